@@ -1,0 +1,205 @@
+//! The client connection's I/O task: writes queued frames in batches, routes responses.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::SinkExt;
+
+use super::pending::Shared;
+use crate::error::{ErrorKind, RpcError};
+use crate::protocol::{self, Message, Status};
+use crate::transport::Transport;
+
+/// Frames read per wake-up before yielding, so one busy connection cannot starve the
+/// runtime's other tasks.
+const READ_BUDGET: usize = 128;
+/// How long closing may take before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the connection until it breaks or every client handle is gone.
+pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
+    let mut driver = Driver {
+        shared,
+        transport,
+        unsent: VecDeque::new(),
+        unflushed: false,
+        peer_left: false,
+    };
+    let outcome = poll_fn(|cx| driver.poll(cx)).await;
+    let Driver {
+        shared,
+        mut transport,
+        peer_left,
+        ..
+    } = driver;
+    let goodbye = match outcome {
+        Ok(()) => None,
+        Err(err) => {
+            let goodbye = (err.kind() == ErrorKind::Protocol && !peer_left)
+                .then(|| protocol::goodbye_frame(ErrorKind::Protocol, err.message()));
+            shared.close(err);
+            goodbye
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(goodbye) = goodbye {
+            transport.send(goodbye).await?;
+        }
+        transport.close().await
+    })
+    .await;
+}
+
+struct Driver<T> {
+    shared: Arc<Shared>,
+    transport: T,
+    /// Frames taken from the shared outbox that the transport has not accepted yet.
+    unsent: VecDeque<Bytes>,
+    unflushed: bool,
+    /// The server said `Goodbye`: nothing more to tell it.
+    peer_left: bool,
+}
+
+impl<T: Transport> Driver<T> {
+    /// `Ready(Ok)` once released and drained; `Ready(Err)` when the connection is gone.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RpcError>> {
+        loop {
+            let released = {
+                let mut state = self.shared.lock();
+                self.unsent.extend(state.outbox.drain(..));
+                if !state
+                    .driver
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.driver = Some(cx.waker().clone());
+                }
+                state.released && state.pending.is_empty()
+            };
+
+            self.poll_write(cx)?;
+
+            let mut budget = READ_BUDGET;
+            loop {
+                match Pin::new(&mut self.transport).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => self.handle(frame)?,
+                    Poll::Ready(Some(Err(err))) => {
+                        let kind = if err.kind() == std::io::ErrorKind::InvalidData {
+                            ErrorKind::Protocol
+                        } else {
+                            ErrorKind::Disconnected
+                        };
+                        return Poll::Ready(Err(RpcError::new(
+                            kind,
+                            format!("the connection to the server failed: {err}"),
+                        )));
+                    }
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(RpcError::disconnected(
+                            "the server closed the connection",
+                        )));
+                    }
+                    Poll::Pending => break,
+                }
+                budget -= 1;
+                if budget == 0 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+
+            if !self.unsent.is_empty() {
+                // Reading queued a reply (a Pong): write it in this wake-up.
+                self.poll_write(cx)?;
+            }
+            if released && self.unsent.is_empty() && !self.unflushed {
+                return Poll::Ready(Ok(()));
+            }
+            let more = !self.shared.lock().outbox.is_empty();
+            if !more {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Hands every queued frame to the transport and flushes them as one batch.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), RpcError> {
+        let broken = |err: std::io::Error| {
+            RpcError::disconnected(format!("writing to the server failed: {err}"))
+        };
+        while !self.unsent.is_empty() {
+            match Pin::new(&mut self.transport).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = self.unsent.pop_front() {
+                        Pin::new(&mut self.transport)
+                            .start_send(frame)
+                            .map_err(broken)?;
+                        self.unflushed = true;
+                    }
+                }
+                Poll::Ready(Err(err)) => return Err(broken(err)),
+                Poll::Pending => break,
+            }
+        }
+        if self.unflushed {
+            if let Poll::Ready(result) = Pin::new(&mut self.transport).poll_flush(cx) {
+                result.map_err(broken)?;
+                self.unflushed = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, frame: Bytes) -> Result<(), RpcError> {
+        if frame.len() > self.shared.max_frame_size {
+            return Err(RpcError::protocol(format!(
+                "the server sent a frame of {} bytes, more than the limit of {} bytes",
+                frame.len(),
+                self.shared.max_frame_size
+            )));
+        }
+        let message = Message::decode(&frame).map_err(|err| {
+            RpcError::protocol(format!(
+                "the server sent {}",
+                protocol::describe_bad_frame(&frame, &err)
+            ))
+        })?;
+        match message {
+            Message::Response { id, status, body } => {
+                let outcome = match status {
+                    Status::Ok => Ok(frame.slice_ref(body)),
+                    Status::Error { kind, message } => {
+                        Err(RpcError::new(ErrorKind::from_wire(kind), message))
+                    }
+                };
+                self.shared.complete(id, outcome);
+                Ok(())
+            }
+            Message::Goodbye { kind, message } => {
+                self.peer_left = true;
+                Err(RpcError::new(
+                    match ErrorKind::from_wire(kind) {
+                        // Whatever the reason, calls still waiting will get no answer.
+                        ErrorKind::Overloaded | ErrorKind::Internal => ErrorKind::Disconnected,
+                        kind => kind,
+                    },
+                    format!("the server closed the connection: {message}"),
+                ))
+            }
+            Message::Ping { nonce } => {
+                self.unsent.push_back(Message::Pong { nonce }.to_frame());
+                Ok(())
+            }
+            Message::Pong { .. } => Ok(()),
+            other => Err(RpcError::protocol(format!(
+                "the server sent a {} message, which a client never expects",
+                other.name()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The one bincode configuration, and bounded encoding and decoding of message bodies.
+//!
+//! Every byte on the wire is bincode 2 with [`CONFIG`]: little-endian, variable-length
+//! integers (`varint`), no trailing bytes allowed. Changing it is a protocol version change.
+//!
+//! Decoding is bounded by the frame: bincode allocates a string or byte buffer from the length
+//! the input claims, before it reads the bytes, so an unbounded decoder could be made to
+//! allocate 2^60 bytes by a 9-byte frame (and abort the process). Every decode here runs with
+//! a bincode limit chosen from the input's length (a step of ×8 from 4 KiB up, at least 16×
+//! the input, see `with_limit_for`), so what `n` bytes of input can make the decoder reserve
+//! is at most `max(4 KiB, 128 n)` — and a claim beyond the input fails before those pages are
+//! touched. A lying length fails that decode with [`ErrorKind::Protocol`].
+
+use bincode::config::{Configuration, LittleEndian, Varint};
+use bincode::error::{DecodeError, EncodeError};
+use bytes::{BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ErrorKind, RpcError};
+
+/// The wire format's bincode configuration: little-endian, varint integers.
+pub const CONFIG: Configuration<LittleEndian, Varint> = bincode::config::standard();
+
+/// Runs `$decode` with `$config` set to [`CONFIG`] with a limit fitting `$len` input bytes.
+///
+/// bincode counts every primitive at its in-memory size (a one-byte varint `u128` claims 16
+/// bytes), so valid input of `n` bytes claims at most `16 n`: the limit is the smallest of
+/// the steps below that is at least that.
+macro_rules! with_limit_for {
+    ($len:expr, |$config:ident| $decode:expr) => {{
+        let claim: u64 = ($len as u64).saturating_mul(16);
+        if claim <= 4 << 10 {
+            let $config = CONFIG.with_limit::<{ 4 << 10 }>();
+            $decode
+        } else if claim <= 32 << 10 {
+            let $config = CONFIG.with_limit::<{ 32 << 10 }>();
+            $decode
+        } else if claim <= 256 << 10 {
+            let $config = CONFIG.with_limit::<{ 256 << 10 }>();
+            $decode
+        } else if claim <= 2 << 20 {
+            let $config = CONFIG.with_limit::<{ 2 << 20 }>();
+            $decode
+        } else if claim <= 16 << 20 {
+            let $config = CONFIG.with_limit::<{ 16 << 20 }>();
+            $decode
+        } else if claim <= 128 << 20 {
+            let $config = CONFIG.with_limit::<{ 128 << 20 }>();
+            $decode
+        } else if claim <= 1 << 30 {
+            let $config = CONFIG.with_limit::<{ 1 << 30 }>();
+            $decode
+        } else if claim <= 8 << 30 {
+            let $config = CONFIG.with_limit::<{ 8 << 30 }>();
+            $decode
+        } else {
+            let $config = CONFIG.with_limit::<{ 64 << 30 }>();
+            $decode
+        }
+    }};
+}
+pub(crate) use with_limit_for;
+
+/// Decodes a whole serde value from `bytes`, bounded as the module docs say.
+pub(crate) fn decode_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) = with_limit_for!(bytes.len(), |config| {
+        bincode::serde::decode_from_slice::<T, _>(bytes, config)
+    })?;
+    if used != bytes.len() {
+        return Err(DecodeError::OtherString(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Appends the encoding of a serde value to `buf`.
+pub(crate) fn encode_serde<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    bincode::serde::encode_into_writer(value, BufWriter(buf), CONFIG)
+}
+
+/// Lets bincode write straight into a frame buffer: no intermediate `Vec`.
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BufWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.0.put_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Decodes a method's arguments or result; the error names the type and what to check.
+pub fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
+    decode_serde(body).map_err(|err| {
+        RpcError::new(
+            ErrorKind::Protocol,
+            format!(
+                "a message body of {} bytes does not decode as `{}`: {err}; client and server \
+                 may have been built with different definitions of that type",
+                body.len(),
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}
+
+/// Encodes a method's arguments or result into `buf`.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T, buf: &mut BytesMut) -> Result<(), RpcError> {
+    encode_serde(value, buf).map_err(|err| {
+        RpcError::new(
+            ErrorKind::Protocol,
+            format!(
+                "a value of type `{}` could not be encoded: {err}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_trailing_bytes() {
+        let mut buf = BytesMut::new();
+        encode_value(&(7i64, String::from("hi")), &mut buf).unwrap();
+        let back: (i64, String) = decode_value(&buf).unwrap();
+        assert_eq!(back, (7, "hi".to_string()));
+        buf.put_u8(0);
+        let err = decode_value::<(i64, String)>(&buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.message().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn a_lying_length_fails_without_allocating_it() {
+        // varint 0xFF then a u64 of 2^60: a string claiming 2^60 bytes, in a 9-byte body.
+        let mut body = vec![0xFF];
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let err = decode_value::<String>(&body).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        let err = decode_value::<Vec<u8>>(&body).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        let err = decode_value::<Vec<String>>(&body).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn bytes_and_vec_u8_share_an_encoding() {
+        // Lets a later version send `Vec<u8>` through serialize_bytes without a wire change.
+        struct AsBytes<'a>(&'a [u8]);
+        impl Serialize for AsBytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        let data: Vec<u8> = (0..=255).collect();
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        encode_value(&data, &mut a).unwrap();
+        encode_value(&AsBytes(&data), &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+}

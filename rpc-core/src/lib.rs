@@ -1,0 +1,82 @@
+//! Trait-first RPC for Rust: write a trait, put [`#[service]`](service) on it, implement it,
+//! and call it from another process as if it were a local `async fn`.
+//!
+//! ```
+//! use rpc_core::{service, RpcError, Server};
+//!
+//! /// A calculator.
+//! #[service]
+//! pub trait Calculator {
+//!     /// Adds two numbers.
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//! }
+//!
+//! struct Calc;
+//! impl Calculator for Calc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), RpcError> {
+//! let (client_end, server_end) = rpc_transport::memory::pair();
+//! tokio::spawn(Server::new().add_service(CalculatorServer::new(Calc)).serve_connection(server_end));
+//! let client = CalculatorClient::new(client_end);
+//! assert_eq!(client.add(1, 2).await?, 3);
+//! # Ok(()) }
+//! ```
+//!
+//! What `#[service]` generates for `trait Foo`: the trait with `Send` futures, `FooRequest`
+//! and `FooResponse` (the typed wire messages), `FooClient` (returns a [`Call`] per method)
+//! and `FooServer<S>` (a [`Service`] for [`Server::add_service`]).
+//!
+//! The crate knows nothing about sockets: connections are [`Transport`]s (see the
+//! `rpc-transport` crate for TCP, Unix sockets and in-memory channels).
+#![deny(missing_docs)]
+
+mod client;
+pub mod codec;
+mod descriptor;
+mod error;
+mod log;
+mod protocol;
+mod server;
+mod transport;
+
+pub use client::{Call, CallFuture, Client, DEFAULT_MAX_FRAME_SIZE};
+pub use descriptor::{MethodInfo, ServiceDescriptor};
+pub use error::{ErrorKind, RpcError};
+pub use server::{BoxFuture, Server, Service};
+pub use transport::{Listener, Transport};
+
+/// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`
+/// and `FooServer`. See the [crate docs](crate) and `DESIGN.md` for what it generates and
+/// the rules it enforces.
+pub use rpc_macros::service;
+
+/// Items used by code that `#[service]` generates. Not a public API: no stability promise.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::{decode_value, encode_value};
+    pub use crate::descriptor::method_index;
+    pub use crate::server::BoxFuture;
+    pub use bytes::BytesMut;
+    pub use serde;
+
+    use crate::error::{ErrorKind, RpcError};
+
+    /// Argument types must be sendable over the wire and across threads.
+    pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+
+    /// Return types must be sendable over the wire and across threads.
+    pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+
+    /// The error for a fingerprint the generated server does not know.
+    pub fn unknown_method(fingerprint: u64) -> RpcError {
+        RpcError::new(
+            ErrorKind::Incompatible,
+            format!("no method with fingerprint {fingerprint:016x} in this service"),
+        )
+    }
+}

@@ -1,0 +1,424 @@
+//! One server connection: reads requests, runs their handlers, writes responses.
+//!
+//! Handlers are polled inside the connection's own task (a `FuturesUnordered`), not spawned:
+//! a call that completes at once is answered in the same wake-up that read it, and dropping
+//! the connection drops every handler it runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{AbortHandle, Abortable, Aborted, CatchUnwind};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use pin_project::pin_project;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::service::{BoxFuture, Service};
+use super::ServerConfig;
+use crate::descriptor::MethodInfo;
+use crate::error::{ErrorKind, RpcError};
+use crate::log;
+use crate::protocol::{self, FrameBuilder, Message};
+use crate::transport::Transport;
+
+/// How the client's method at some index maps onto this server: the method, or why not.
+pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
+
+/// Frames read per wake-up before yielding to other tasks.
+const READ_BUDGET: usize = 128;
+/// How long sending a `Goodbye` and closing may take before the connection is dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a connection gets from its server.
+pub(crate) struct ConnectionContext {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Why a connection ends.
+enum End {
+    /// The client closed the connection or said goodbye.
+    ClientLeft,
+    /// The connection broke.
+    Broken(io::Error),
+    /// This side closes it, and tells the client why.
+    Goodbye(ErrorKind, String),
+}
+
+pub(crate) async fn run<S: Service>(
+    service: Arc<S>,
+    transport: Box<dyn Transport>,
+    routes: Vec<Route>,
+    context: ConnectionContext,
+) -> io::Result<()> {
+    let mut conn = Connection {
+        service,
+        transport,
+        routes,
+        in_flight: FuturesUnordered::new(),
+        aborts: HashMap::new(),
+        unsent: VecDeque::new(),
+        unflushed: false,
+        draining: false,
+        shutdown: Box::pin(context.shutdown.cancelled_owned()),
+        config: context.config,
+    };
+    let end = poll_fn(|cx| conn.poll(cx)).await;
+    // Handlers of a connection that ends are dropped, not left running.
+    conn.in_flight = FuturesUnordered::new();
+    let mut transport = conn.transport;
+    match end {
+        End::ClientLeft => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.close()).await;
+            Ok(())
+        }
+        End::Broken(err) => {
+            log::warn(format_args!("connection broke: {err}"));
+            Err(err)
+        }
+        End::Goodbye(kind, message) => {
+            if kind != ErrorKind::Disconnected {
+                log::warn(format_args!("closing a connection: {kind}: {message}"));
+            }
+            let goodbye = protocol::goodbye_frame(kind, &message);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                for frame in conn.unsent.drain(..) {
+                    transport.feed(frame).await?;
+                }
+                transport.send(goodbye).await?;
+                transport.close().await
+            })
+            .await;
+            match kind {
+                ErrorKind::Disconnected => Ok(()),
+                _ => Err(io::Error::new(io::ErrorKind::InvalidData, message)),
+            }
+        }
+    }
+}
+
+struct Connection<S: Service> {
+    service: Arc<S>,
+    transport: Box<dyn Transport>,
+    routes: Vec<Route>,
+    in_flight: FuturesUnordered<InFlight<S::Response>>,
+    /// Handles to stop handlers when their caller cancels, by request id.
+    aborts: HashMap<u64, AbortHandle>,
+    /// Encoded frames the transport has not accepted yet.
+    unsent: VecDeque<Bytes>,
+    unflushed: bool,
+    /// Shutting down: new calls are refused, the connection closes once idle.
+    draining: bool,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    config: Arc<ServerConfig>,
+}
+
+impl<S: Service> Connection<S> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+        }
+
+        // Read every frame that is ready, up to a budget, unless replies are piling up
+        // because the client does not read them.
+        let mut yielded = false;
+        if self.unsent.len() < self.config.max_concurrent_requests.max(64) {
+            let mut budget = READ_BUDGET;
+            loop {
+                match Pin::new(&mut self.transport).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Err(end) = self.on_frame(frame) {
+                            return Poll::Ready(end);
+                        }
+                    }
+                    Poll::Ready(Some(Err(err))) if err.kind() == io::ErrorKind::InvalidData => {
+                        return Poll::Ready(End::Goodbye(ErrorKind::Protocol, err.to_string()));
+                    }
+                    Poll::Ready(Some(Err(err))) => return Poll::Ready(End::Broken(err)),
+                    Poll::Ready(None) => return Poll::Ready(End::ClientLeft),
+                    Poll::Pending => break,
+                }
+                budget -= 1;
+                if budget == 0 {
+                    yielded = true;
+                    break;
+                }
+            }
+        }
+
+        // Collect finished handlers; their replies go out in the same batch.
+        while let Poll::Ready(Some((id, method, outcome))) = self.in_flight.poll_next_unpin(cx) {
+            self.finish_call(id, method, outcome);
+        }
+
+        if let Err(err) = self.poll_write(cx) {
+            return Poll::Ready(End::Broken(err));
+        }
+
+        if self.draining && self.in_flight.is_empty() && self.unsent.is_empty() && !self.unflushed {
+            return Poll::Ready(End::Goodbye(
+                ErrorKind::Disconnected,
+                "the server is shutting down".to_string(),
+            ));
+        }
+        if yielded {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while !self.unsent.is_empty() {
+            match Pin::new(&mut self.transport).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = self.unsent.pop_front() {
+                        Pin::new(&mut self.transport).start_send(frame)?;
+                        self.unflushed = true;
+                    }
+                }
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => break,
+            }
+        }
+        if self.unflushed {
+            if let Poll::Ready(result) = Pin::new(&mut self.transport).poll_flush(cx) {
+                result?;
+                self.unflushed = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one received frame; `Err` ends the connection.
+    fn on_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        if frame.len() > self.config.max_frame_size {
+            return Err(End::Goodbye(
+                ErrorKind::Protocol,
+                format!(
+                    "the client sent a frame of {} bytes, more than this server's limit of {} \
+                     bytes (max_frame_size)",
+                    frame.len(),
+                    self.config.max_frame_size
+                ),
+            ));
+        }
+        let message = Message::decode(&frame).map_err(|err| {
+            End::Goodbye(
+                ErrorKind::Protocol,
+                format!(
+                    "the client sent {}",
+                    protocol::describe_bad_frame(&frame, &err)
+                ),
+            )
+        })?;
+        match message {
+            Message::Request {
+                id,
+                method,
+                timeout_us,
+                metadata: _,
+                body,
+            } => {
+                if let Err(err) = self.start_call(id, method, timeout_us, body) {
+                    self.unsent
+                        .push_back(protocol::error_response_frame(id, &err));
+                }
+                Ok(())
+            }
+            Message::Cancel { id } => {
+                if let Some(handle) = self.aborts.remove(&id) {
+                    handle.abort();
+                }
+                Ok(())
+            }
+            Message::Goodbye { kind, message } => {
+                if kind != ErrorKind::Disconnected.to_wire() {
+                    log::warn(format_args!(
+                        "a client closed its connection: {}: {message}",
+                        ErrorKind::from_wire(kind)
+                    ));
+                }
+                Err(End::ClientLeft)
+            }
+            Message::Ping { nonce } => {
+                self.unsent.push_back(Message::Pong { nonce }.to_frame());
+                Ok(())
+            }
+            Message::Pong { .. } => Ok(()),
+            other => Err(End::Goodbye(
+                ErrorKind::Protocol,
+                format!(
+                    "the client sent a {} message, which this server does not expect here",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    /// Starts the handler of one request, or says why it cannot run.
+    fn start_call(
+        &mut self,
+        id: u64,
+        method: u32,
+        timeout_us: Option<u64>,
+        body: &[u8],
+    ) -> Result<(), RpcError> {
+        let desc = self.service.descriptor();
+        if self.draining {
+            return Err(RpcError::new(
+                ErrorKind::Overloaded,
+                "the server is shutting down; retry on another server",
+            ));
+        }
+        if self.in_flight.len() >= self.config.max_concurrent_requests {
+            return Err(RpcError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "this connection already has {} calls in progress, the server's limit \
+                     (max_concurrent_requests); retry later or elsewhere",
+                    self.in_flight.len()
+                ),
+            ));
+        }
+        let info = match self.routes.get(method as usize) {
+            Some(Ok(info)) => *info,
+            Some(Err(why)) => return Err(RpcError::new(ErrorKind::Incompatible, &**why)),
+            None => {
+                return Err(RpcError::new(
+                    ErrorKind::Incompatible,
+                    format!(
+                        "the request names method {method}, but the client's Hello listed only \
+                         {} methods of `{}`",
+                        self.routes.len(),
+                        desc.name
+                    ),
+                ))
+            }
+        };
+        if self.aborts.contains_key(&id) {
+            return Err(RpcError::protocol(format!(
+                "request id {id} is already in use by a call in progress on this connection"
+            )));
+        }
+        let request = self.service.decode_request(info.fingerprint, body)?;
+        let timeout = timeout_us.map(Duration::from_micros);
+        let (abort, registration) = AbortHandle::new_pair();
+        let handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        self.aborts.insert(id, abort);
+        self.in_flight.push(InFlight {
+            id,
+            method: info,
+            timeout,
+            deadline: timeout.map(tokio::time::sleep),
+            handler: Abortable::new(handler, registration),
+        });
+        Ok(())
+    }
+
+    /// Queues the reply of a finished handler.
+    fn finish_call(&mut self, id: u64, method: &'static MethodInfo, outcome: Outcome<S::Response>) {
+        self.aborts.remove(&id);
+        let desc = self.service.descriptor();
+        let frame = match outcome {
+            Outcome::Cancelled => return,
+            Outcome::Failed(err) => protocol::error_response_frame(id, &err),
+            Outcome::Done(response) => {
+                let mut builder = FrameBuilder::new();
+                match self.service.encode_response(&response, builder.body_mut()) {
+                    Err(err) => protocol::error_response_frame(id, &err),
+                    Ok(()) => {
+                        let frame = builder.finish_response(id);
+                        if frame.len() <= self.config.max_frame_size {
+                            frame
+                        } else {
+                            let err = RpcError::protocol(format!(
+                                "the result of `{}::{}` is {} bytes, more than the frame size \
+                                 limit of {} bytes; return large data in smaller pieces",
+                                desc.name,
+                                method.name,
+                                frame.len(),
+                                self.config.max_frame_size
+                            ));
+                            protocol::error_response_frame(id, &err)
+                        }
+                    }
+                }
+            }
+        };
+        self.unsent.push_back(frame);
+    }
+}
+
+/// What became of a handler.
+enum Outcome<R> {
+    Done(R),
+    Failed(RpcError),
+    /// The caller cancelled: nobody waits for a reply.
+    Cancelled,
+}
+
+type Handler<R> = Abortable<CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>>;
+
+/// One running handler, with its deadline.
+#[pin_project]
+struct InFlight<R> {
+    id: u64,
+    method: &'static MethodInfo,
+    timeout: Option<Duration>,
+    #[pin]
+    deadline: Option<Sleep>,
+    #[pin]
+    handler: Handler<R>,
+}
+
+impl<R> Future for InFlight<R> {
+    type Output = (u64, &'static MethodInfo, Outcome<R>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = match this.handler.poll(cx) {
+            Poll::Ready(Ok(Ok(response))) => Outcome::Done(response),
+            Poll::Ready(Ok(Err(panic))) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a non-string panic payload");
+                log::warn(format_args!(
+                    "the handler of `{}` panicked: {what}",
+                    this.method.name
+                ));
+                Outcome::Failed(RpcError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the handler of `{}` panicked: {what}; the server and the connection \
+                         carry on",
+                        this.method.name
+                    ),
+                ))
+            }
+            Poll::Ready(Err(Aborted)) => Outcome::Cancelled,
+            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+                Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!(
+                        "the handler of `{}` did not finish within the call's deadline of {:?} \
+                         and was stopped",
+                        this.method.name,
+                        this.timeout.unwrap_or_default()
+                    ),
+                )),
+                _ => return Poll::Pending,
+            },
+        };
+        Poll::Ready((*this.id, *this.method, outcome))
+    }
+}

@@ -1,0 +1,308 @@
+//! The server: a builder of hosted services and limits, and the loops that serve them.
+
+mod connection;
+mod handshake;
+mod service;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use service::HostedService;
+pub use service::{BoxFuture, Service};
+
+use crate::error::ErrorKind;
+use crate::log;
+use crate::protocol;
+use crate::transport::{Listener, Transport};
+use connection::{ConnectionContext, CLOSE_TIMEOUT};
+
+/// Limits and timeouts of a [`Server`].
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig {
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) hello_timeout: Duration,
+}
+
+/// A server: the services it hosts and its limits. Build it, then run one of
+/// [`serve`](Server::serve), [`serve_with_shutdown`](Server::serve_with_shutdown) or
+/// [`serve_connection`](Server::serve_connection).
+///
+/// Each returns a `Send + 'static` future, to `.await` or `tokio::spawn`. Dropping (or
+/// aborting) that future closes every connection it serves and drops their handlers.
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`max_frame_size`](Server::max_frame_size) | 8 MiB |
+/// | [`max_concurrent_requests`](Server::max_concurrent_requests) (per connection) | 1,024 |
+/// | [`shutdown_grace`](Server::shutdown_grace) | 30 s |
+/// | [`hello_timeout`](Server::hello_timeout) | 10 s |
+///
+/// ```
+/// use rpc_core::{service, Server};
+///
+/// #[service]
+/// pub trait Greeter {
+///     async fn hello(&self, name: String) -> String;
+/// }
+///
+/// struct English;
+/// impl Greeter for English {
+///     async fn hello(&self, name: String) -> String {
+///         format!("Hello, {name}!")
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (client_end, server_end) = rpc_transport::memory::pair();
+/// tokio::spawn(Server::new().add_service(GreeterServer::new(English)).serve_connection(server_end));
+/// let client = GreeterClient::new(client_end);
+/// assert_eq!(client.hello("Ada".into()).await?, "Hello, Ada!");
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    services: HashMap<&'static str, Arc<dyn HostedService>>,
+    config: ServerConfig,
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server::new()
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut services: Vec<&str> = self.services.keys().copied().collect();
+        services.sort_unstable();
+        f.debug_struct("Server")
+            .field("services", &services)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server hosting nothing yet, with the default limits.
+    pub fn new() -> Server {
+        Server {
+            services: HashMap::new(),
+            config: ServerConfig {
+                max_frame_size: 8 << 20,
+                max_concurrent_requests: 1024,
+                shutdown_grace: Duration::from_secs(30),
+                hello_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    /// Hosts `service`; each connection's `Hello` names the service it wants.
+    ///
+    /// # Panics
+    /// If a service of the same wire name is already hosted: that is a programming error
+    /// (rename one with `#[service(name = "...")]`).
+    pub fn add_service<S: Service>(mut self, service: S) -> Server {
+        let name = Service::descriptor(&service).name;
+        if self.services.contains_key(name) {
+            panic!(
+                "Server::add_service: a service named `{name}` is already hosted; each wire \
+                 name can be hosted once (give one a different name with \
+                 #[service(name = \"...\")])"
+            );
+        }
+        self.services.insert(name, Arc::new(service));
+        self
+    }
+
+    /// The largest frame accepted from a client or sent to it, in bytes (default 8 MiB).
+    ///
+    /// A larger request closes its connection with a `Protocol` error; a larger response
+    /// fails that call with `Protocol`.
+    pub fn max_frame_size(mut self, bytes: usize) -> Server {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How many calls one connection may have in progress (default 1,024). Calls beyond it
+    /// fail at once with `Overloaded`: they are not queued.
+    pub fn max_concurrent_requests(mut self, limit: usize) -> Server {
+        self.config.max_concurrent_requests = limit.max(1);
+        self
+    }
+
+    /// How long [`serve_with_shutdown`](Server::serve_with_shutdown) lets calls in progress
+    /// finish after the signal (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Server {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How long a new connection may take to send its `Hello` (default 10 s).
+    pub fn hello_timeout(mut self, timeout: Duration) -> Server {
+        self.config.hello_timeout = timeout;
+        self
+    }
+
+    /// Accepts connections from `listener` and serves them until the listener is closed for
+    /// good; then waits for the open connections to end.
+    ///
+    /// A failed `accept` (e.g. out of file descriptors) is retried with backoff.
+    pub fn serve<L: Listener>(self, listener: L) -> impl Future<Output = io::Result<()>> + Send {
+        self.serve_with_shutdown(listener, std::future::pending())
+    }
+
+    /// Like [`serve`](Server::serve) until `signal` completes; then stops accepting, answers
+    /// new calls with `Overloaded` ("shutting down"), lets calls in progress finish within the
+    /// [grace period](Server::shutdown_grace), and closes every connection.
+    pub fn serve_with_shutdown<L, F>(
+        self,
+        mut listener: L,
+        signal: F,
+    ) -> impl Future<Output = io::Result<()>> + Send
+    where
+        L: Listener,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shared = Arc::new(self.into_shared());
+        async move {
+            let shutdown = CancellationToken::new();
+            let mut connections = JoinSet::new();
+            let mut backoff = Duration::ZERO;
+            let mut signal = std::pin::pin!(signal);
+            let signalled = loop {
+                tokio::select! {
+                    () = &mut signal => break true,
+                    accepted = listener.accept() => match accepted {
+                        Some(Ok(transport)) => {
+                            backoff = Duration::ZERO;
+                            connections.spawn(serve_transport(
+                                Arc::clone(&shared),
+                                transport,
+                                shutdown.clone(),
+                            ));
+                        }
+                        Some(Err(err)) => {
+                            backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                            log::warn(format_args!("accept failed: {err}; retrying in {backoff:?}"));
+                            tokio::time::sleep(backoff).await;
+                        }
+                        None => break false,
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            };
+            drop(listener);
+            if signalled {
+                shutdown.cancel();
+                let grace = shared.config.shutdown_grace;
+                let drained = tokio::time::timeout(grace, async {
+                    while connections.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    log::warn(format_args!(
+                        "{} connections still busy after the shutdown grace period of \
+                         {grace:?}; closing them",
+                        connections.len()
+                    ));
+                    connections.shutdown().await;
+                }
+            } else {
+                while connections.join_next().await.is_some() {}
+            }
+            Ok(())
+        }
+    }
+
+    /// Serves one connection until it closes.
+    ///
+    /// Resolves to `Ok` when the client closed it, or to an error saying why the server
+    /// closed it (a protocol violation, a `Hello` it could not accept, a broken connection).
+    pub fn serve_connection<T: Transport>(
+        self,
+        transport: T,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        let shared = Arc::new(self.into_shared());
+        serve_transport(shared, transport, CancellationToken::new())
+    }
+
+    fn into_shared(self) -> Shared {
+        Shared {
+            services: self.services,
+            config: Arc::new(self.config),
+        }
+    }
+}
+
+/// What every connection of one serve loop shares.
+struct Shared {
+    services: HashMap<&'static str, Arc<dyn HostedService>>,
+    config: Arc<ServerConfig>,
+}
+
+/// Reads the `Hello`, then serves the connection with the service it asked for.
+async fn serve_transport<T: Transport>(
+    shared: Arc<Shared>,
+    mut transport: T,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let first = tokio::select! {
+        first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let frame = match first {
+        Err(_) => {
+            let why = format!(
+                "no Hello within {:?} of connecting (hello_timeout)",
+                shared.config.hello_timeout
+            );
+            return refuse(transport, ErrorKind::Protocol, why).await;
+        }
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(err))) if err.kind() == io::ErrorKind::InvalidData => {
+            return refuse(transport, ErrorKind::Protocol, err.to_string()).await;
+        }
+        Ok(Some(Err(err))) => return Err(err),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    if frame.len() > shared.config.max_frame_size {
+        let why = format!(
+            "the Hello is {} bytes, more than this server's limit of {} bytes",
+            frame.len(),
+            shared.config.max_frame_size
+        );
+        return refuse(transport, ErrorKind::Protocol, why).await;
+    }
+    match handshake::accept(&frame, &shared.services) {
+        Ok((service, routes)) => {
+            let context = ConnectionContext {
+                config: Arc::clone(&shared.config),
+                shutdown,
+            };
+            service.serve(Box::new(transport), routes, context).await
+        }
+        Err(err) => refuse(transport, err.kind(), err.message().to_string()).await,
+    }
+}
+
+/// Tells the client why its connection is refused, and closes it.
+async fn refuse<T: Transport>(mut transport: T, kind: ErrorKind, why: String) -> io::Result<()> {
+    log::warn(format_args!("refusing a connection: {kind}: {why}"));
+    let goodbye = protocol::goodbye_frame(kind, &why);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        transport.send(goodbye).await?;
+        transport.close().await
+    })
+    .await;
+    Err(io::Error::new(io::ErrorKind::InvalidData, why))
+}

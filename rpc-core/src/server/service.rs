@@ -1,0 +1,73 @@
+//! What a server hosts: the [`Service`] trait that `#[service]` implements.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::connection::{self, ConnectionContext, Route};
+use crate::descriptor::ServiceDescriptor;
+use crate::error::RpcError;
+use crate::transport::Transport;
+
+/// A boxed, `Send` future, as handlers are run on the server.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A service the [`Server`](crate::Server) can host. `#[service]` implements it for the
+/// generated `FooServer<S>`; implementing it by hand is possible but rarely useful.
+///
+/// The server decodes each request with [`decode_request`](Service::decode_request), runs
+/// [`call`](Service::call)'s future inside the connection's task (no task spawned per call),
+/// and encodes the result with [`encode_response`](Service::encode_response) straight into
+/// the outgoing frame.
+pub trait Service: Send + Sync + 'static {
+    /// The decoded arguments of any method (`FooRequest`).
+    type Request: Send + 'static;
+    /// The result of any method (`FooResponse`).
+    type Response: Send + 'static;
+
+    /// The service's wire name and method table.
+    fn descriptor(&self) -> &'static ServiceDescriptor;
+
+    /// Decodes the arguments of the method with `fingerprint` from a request body.
+    fn decode_request(&self, fingerprint: u64, body: &[u8]) -> Result<Self::Request, RpcError>;
+
+    /// Runs the method the request names.
+    fn call(&self, request: Self::Request) -> BoxFuture<Self::Response>;
+
+    /// Encodes a method's result into a response body.
+    fn encode_response(
+        &self,
+        response: &Self::Response,
+        buf: &mut BytesMut,
+    ) -> Result<(), RpcError>;
+}
+
+/// A hosted service with its types erased, so one server can host several.
+pub(crate) trait HostedService: Send + Sync + 'static {
+    fn descriptor(&self) -> &'static ServiceDescriptor;
+
+    /// Serves one connection whose `Hello` asked for this service.
+    fn serve(
+        self: Arc<Self>,
+        transport: Box<dyn Transport>,
+        routes: Vec<Route>,
+        context: ConnectionContext,
+    ) -> BoxFuture<std::io::Result<()>>;
+}
+
+impl<S: Service> HostedService for S {
+    fn descriptor(&self) -> &'static ServiceDescriptor {
+        Service::descriptor(self)
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        transport: Box<dyn Transport>,
+        routes: Vec<Route>,
+        context: ConnectionContext,
+    ) -> BoxFuture<std::io::Result<()>> {
+        Box::pin(connection::run(self, transport, routes, context))
+    }
+}

@@ -1,0 +1,253 @@
+//! The parsed model of a `#[service]` trait: plain data, built without judging it.
+//!
+//! [`Service::from_syn`] never fails: it records everything the trait says, including what
+//! the macro does not support (generics, receivers other than `&self`, patterns, ...), so that
+//! `valid.rs` can point at each problem with its own span. `expand` only ever sees a model
+//! that passed validation.
+
+use proc_macro2::Span;
+use quote::format_ident;
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
+use syn::{
+    Attribute, Block, FnArg, Generics, Ident, ItemTrait, Pat, Receiver, ReturnType, Signature,
+    Token, TraitItem, Type, TypeParamBound, Visibility,
+};
+
+use crate::attr::ServiceArgs;
+use crate::fingerprint;
+
+/// A `#[service]` trait.
+pub struct Service {
+    /// Outer attributes of the trait (doc comments and anything else), kept as written.
+    pub attrs: Vec<Attribute>,
+    /// The trait's visibility; every generated item gets it too.
+    pub vis: Visibility,
+    /// `unsafe trait`, kept as written.
+    pub unsafety: Option<Token![unsafe]>,
+    /// `auto trait`, kept as written (and rejected by the compiler).
+    pub auto_token: Option<Token![auto]>,
+    /// The `trait` keyword, for its span.
+    pub trait_token: Token![trait],
+    /// The trait's name.
+    pub ident: Ident,
+    /// The trait's generics and where clause (validation rejects any).
+    pub generics: Generics,
+    /// `:` before supertraits, if any (validation rejects it).
+    pub colon_token: Option<Token![:]>,
+    /// Supertraits (validation rejects any).
+    pub supertraits: Punctuated<TypeParamBound, Token![+]>,
+    /// The name on the wire: the trait's name, or `#[service(name = "...")]`.
+    pub wire_name: String,
+    /// The methods, in declaration order.
+    pub methods: Vec<Method>,
+    /// Trait items that are not methods (validation rejects any).
+    pub other_items: Vec<TraitItem>,
+}
+
+/// One method of a service.
+pub struct Method {
+    /// Outer attributes (doc comments, `#[cfg]`, others), kept as written on the trait.
+    pub attrs: Vec<Attribute>,
+    /// The signature as written, for validation and spans.
+    pub sig: Signature,
+    /// A default body, if the trait gives one (validation rejects it).
+    pub default: Option<Block>,
+    /// The method's name.
+    pub ident: Ident,
+    /// The method's name on the wire (no `r#`).
+    pub name: String,
+    /// The receiver (`&self`, `self`, ...), `None` if the method has none.
+    pub receiver: Option<Receiver>,
+    /// The arguments after the receiver.
+    pub args: Vec<Arg>,
+    /// The return type; `()` when the method has no `-> T`.
+    pub output: Type,
+    /// Whether the return type is syntactically `()` (written or implied).
+    pub returns_unit: bool,
+    /// The request/response enum variant: the method's name in UpperCamelCase.
+    pub variant: Ident,
+    /// The method's fingerprint (see `fingerprint.rs`).
+    pub fingerprint: u64,
+}
+
+/// One argument of a method (other than the receiver).
+pub struct Arg {
+    /// Attributes on the argument (validation rejects any).
+    pub attrs: Vec<Attribute>,
+    /// The pattern as written, for validation.
+    pub pat: Pat,
+    /// The argument's name: the identifier of the pattern, or a placeholder when the
+    /// pattern is not a plain identifier (validation rejects those).
+    pub ident: Ident,
+    /// The argument's type, as written.
+    pub ty: Type,
+}
+
+impl Service {
+    /// Builds the model of `item` with the attribute's arguments `args`.
+    pub fn from_syn(item: ItemTrait, args: ServiceArgs) -> Self {
+        let wire_name = match &args.name {
+            Some(name) => name.value(),
+            None => item.ident.unraw().to_string(),
+        };
+        let mut methods = Vec::new();
+        let mut other_items = Vec::new();
+        for trait_item in item.items {
+            match trait_item {
+                TraitItem::Fn(f) => methods.push(Method::from_syn(f.attrs, f.sig, f.default)),
+                other => other_items.push(other),
+            }
+        }
+        Service {
+            attrs: item.attrs,
+            vis: item.vis,
+            unsafety: item.unsafety,
+            auto_token: item.auto_token,
+            trait_token: item.trait_token,
+            ident: item.ident,
+            generics: item.generics,
+            colon_token: item.colon_token,
+            supertraits: item.supertraits,
+            wire_name,
+            methods,
+            other_items,
+        }
+    }
+
+    /// The name of a generated item: the trait's name followed by `suffix`, with the trait's
+    /// span so errors and IDE navigation lead to the trait.
+    pub fn item_ident(&self, suffix: &str) -> Ident {
+        format_ident!("{}{}", self.ident.unraw(), suffix, span = self.ident.span())
+    }
+}
+
+impl Method {
+    fn from_syn(attrs: Vec<Attribute>, sig: Signature, default: Option<Block>) -> Self {
+        let mut receiver = None;
+        let mut args = Vec::new();
+        for (index, input) in sig.inputs.iter().enumerate() {
+            match input {
+                FnArg::Receiver(r) => receiver = Some(r.clone()),
+                FnArg::Typed(typed) => {
+                    let ident = match &*typed.pat {
+                        Pat::Ident(pat) => pat.ident.clone(),
+                        _ => format_ident!("__rpc_arg{}", index, span = Span::mixed_site()),
+                    };
+                    args.push(Arg {
+                        attrs: typed.attrs.clone(),
+                        pat: (*typed.pat).clone(),
+                        ident,
+                        ty: (*typed.ty).clone(),
+                    });
+                }
+            }
+        }
+        let (output, returns_unit) = match &sig.output {
+            ReturnType::Default => (syn::parse_quote!(()), true),
+            ReturnType::Type(_, ty) => {
+                let unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
+                ((**ty).clone(), unit)
+            }
+        };
+        let name = sig.ident.unraw().to_string();
+        let fingerprint =
+            fingerprint::fingerprint(&name, args.iter().map(|arg| &arg.ty), &sig.output);
+        let variant = Ident::new(&upper_camel_case(&name), sig.ident.span());
+        Method {
+            attrs,
+            ident: sig.ident.clone(),
+            name,
+            receiver,
+            args,
+            output,
+            returns_unit,
+            variant,
+            fingerprint,
+            sig,
+            default,
+        }
+    }
+
+    /// The method's `#[cfg(...)]` attributes: they go on everything generated for it.
+    pub fn cfg_attrs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|attr| attr.path().is_ident("cfg"))
+    }
+
+    /// The method's doc comments (`///` and `#[doc = ...]`).
+    pub fn doc_attrs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|attr| attr.path().is_ident("doc"))
+    }
+}
+
+/// `get_user` -> `GetUser`, `getUser` -> `GetUser`, `add` -> `Add`.
+pub fn upper_camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for part in name.split('_') {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    #[test]
+    fn camel_case() {
+        assert_eq!(upper_camel_case("add"), "Add");
+        assert_eq!(upper_camel_case("get_user"), "GetUser");
+        assert_eq!(upper_camel_case("getUser"), "GetUser");
+        assert_eq!(upper_camel_case("__get__user_2"), "GetUser2");
+    }
+
+    #[test]
+    fn model_of_calculator() {
+        let item: ItemTrait = parse_quote! {
+            /// Calc docs
+            pub trait Calculator {
+                /// Adds.
+                async fn add(&self, a: i64, mut b: i64) -> i64;
+                #[cfg(feature = "x")]
+                async fn get_user(&self, r#type: String) -> Result<u8, E>;
+                async fn reset(&self);
+            }
+        };
+        let service = Service::from_syn(item, ServiceArgs::default());
+        assert_eq!(service.wire_name, "Calculator");
+        assert_eq!(service.methods.len(), 3);
+        let add = &service.methods[0];
+        assert_eq!(add.name, "add");
+        assert_eq!(add.variant, "Add");
+        assert_eq!(add.args.len(), 2);
+        assert_eq!(add.args[1].ident, "b");
+        assert_eq!(add.doc_attrs().count(), 1);
+        assert_eq!(add.fingerprint, 0xa6c4_6389_4a40_8591);
+        let get = &service.methods[1];
+        assert_eq!(get.variant, "GetUser");
+        assert_eq!(get.cfg_attrs().count(), 1);
+        assert!(!get.returns_unit);
+        let reset = &service.methods[2];
+        assert!(reset.returns_unit);
+        assert!(reset.receiver.is_some());
+        assert_eq!(reset.fingerprint, 0x5edb_fc11_8dec_ebaf);
+    }
+
+    #[test]
+    fn wire_name_from_args() {
+        let item: ItemTrait = parse_quote!(
+            trait r#Calc {}
+        );
+        let service = Service::from_syn(item.clone(), ServiceArgs::default());
+        assert_eq!(service.wire_name, "Calc");
+        let args = ServiceArgs {
+            name: Some(parse_quote!("Other")),
+        };
+        assert_eq!(Service::from_syn(item, args).wire_name, "Other");
+    }
+}

@@ -1,0 +1,108 @@
+//! The generated client: `FooClient`, one method per trait method returning `rpc_core::Call`.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::{fingerprint_lit, method_link};
+use crate::ast::{Method, Service};
+
+/// `FooClient` and its inherent impl, which holds the service's `DESCRIPTOR`.
+pub fn client(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let trait_name = &service.ident;
+    let client = service.item_ident("Client");
+    let wire_name = &service.wire_name;
+    let doc = format!(
+        " Client of the [`{trait_name}`] service: one method per trait method, each returning an\n \
+         [`rpc_core::Call`] that gives `Result<R, RpcError>` when awaited.\n\n \
+         Cheap to clone: all clones share one connection, and their calls are multiplexed over it."
+    );
+    let entries = service.methods.iter().map(|method| {
+        let cfgs = method.cfg_attrs();
+        let name = &method.name;
+        let fingerprint = fingerprint_lit(method);
+        quote! {
+            #(#cfgs)*
+            ::rpc_core::MethodInfo::new(#name, #fingerprint)
+        }
+    });
+    let methods = service
+        .methods
+        .iter()
+        .map(|method| client_method(service, method));
+    quote! {
+        #[doc = #doc]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #vis struct #client {
+            client: ::rpc_core::Client,
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl #client {
+            /// The service's wire description: its name and method table (name and
+            /// fingerprint of every method).
+            #vis const DESCRIPTOR: ::rpc_core::ServiceDescriptor = ::rpc_core::ServiceDescriptor::new(
+                #wire_name,
+                &[#(#entries),*],
+            );
+
+            /// Connects a client over `transport`.
+            ///
+            /// Spawns the connection's I/O task on the current tokio runtime, so call it from
+            /// within one.
+            #vis fn new<T: ::rpc_core::Transport>(transport: T) -> Self {
+                Self {
+                    client: ::rpc_core::Client::new(transport, &Self::DESCRIPTOR),
+                }
+            }
+
+            /// Wraps an existing client handle.
+            #vis fn from_client(client: ::rpc_core::Client) -> Self {
+                Self { client }
+            }
+
+            /// The underlying client handle.
+            #vis fn client(&self) -> &::rpc_core::Client {
+                &self.client
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+/// The client method calling `method` on the server.
+fn client_method(service: &Service, method: &Method) -> TokenStream {
+    let vis = &service.vis;
+    let cfgs = method.cfg_attrs();
+    let docs: Vec<_> = method.doc_attrs().collect();
+    let docs = if docs.is_empty() {
+        let doc = format!(" Calls {} on the server.", method_link(service, method));
+        quote!(#[doc = #doc])
+    } else {
+        quote!(#(#docs)*)
+    };
+    let name = &method.ident;
+    let params = method.args.iter().map(|arg| {
+        let (ident, ty) = (&arg.ident, &arg.ty);
+        quote!(#ident: #ty)
+    });
+    let idents: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+    let args = match idents.as_slice() {
+        [one] => quote!((#one,)),
+        many => quote!((#(#many),*)),
+    };
+    let output = &method.output;
+    let fingerprint = fingerprint_lit(method);
+    quote! {
+        #(#cfgs)*
+        #docs
+        #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#output> {
+            self.client.call(
+                const { ::rpc_core::__private::method_index(&Self::DESCRIPTOR, #fingerprint) },
+                &#args,
+                ::rpc_core::__private::decode_value::<#output>,
+            )
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Code generation: turns a validated [`Service`] into the trait, the request and response
+//! enums, the client, the server and the type assertions.
+//!
+//! Generated code names only fully qualified paths (`::core`, `::std`, `::rpc_core`), so it
+//! compiles under `#![no_implicit_prelude]`; user types are emitted exactly as written, with
+//! their own spans. Internal locals use `Span::mixed_site()` and a `__rpc_` prefix so that no
+//! argument name can clash with them.
+
+mod client;
+mod server;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, LitInt};
+
+use crate::ast::{Method, Service};
+
+/// Everything `#[service]` generates for a validated `service`.
+pub fn service(service: &Service) -> TokenStream {
+    let trait_def = trait_def(service);
+    let request = request_enum(service);
+    let response = response_enum(service);
+    let client = client::client(service);
+    let server = server::server(service);
+    let assertions = type_assertions(service);
+    quote! {
+        #trait_def
+        #request
+        #response
+        #client
+        #server
+        #assertions
+    }
+}
+
+/// The trait as written, with each `async fn` turned into a `fn` returning
+/// `impl Future<Output = R> + Send`, so handlers can run on a multi-threaded runtime.
+fn trait_def(service: &Service) -> TokenStream {
+    let Service {
+        attrs,
+        vis,
+        unsafety,
+        auto_token,
+        trait_token,
+        ident,
+        ..
+    } = service;
+    let methods = service.methods.iter().map(|method| {
+        let attrs = &method.attrs;
+        let fn_token = &method.sig.fn_token;
+        let name = &method.ident;
+        let receiver = &method.receiver;
+        let args = method.args.iter().map(|arg| {
+            let (ident, ty) = (&arg.ident, &arg.ty);
+            quote!(#ident: #ty)
+        });
+        let output = &method.output;
+        quote! {
+            #(#attrs)*
+            #fn_token #name(#receiver #(, #args)*)
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+    quote! {
+        #(#attrs)*
+        #vis #unsafety #auto_token #trait_token #ident {
+            #(#methods)*
+        }
+    }
+}
+
+/// `FooRequest`: one struct-like variant per method, holding its arguments.
+fn request_enum(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let name = service.item_ident("Request");
+    let doc = format!(
+        " Requests of the `{}` service, one variant per method (the typed face of the wire format).",
+        service.ident
+    );
+    let variants = service.methods.iter().map(|method| {
+        let cfgs = method.cfg_attrs();
+        let summary = format!(" Arguments of {}.", method_link(service, method));
+        let docs = method_docs(method);
+        let variant = &method.variant;
+        let fields = method.args.iter().map(|arg| {
+            let (ident, ty) = (&arg.ident, &arg.ty);
+            let doc = format!(
+                " Argument `{}` of {}.",
+                syn::ext::IdentExt::unraw(ident),
+                method_link(service, method)
+            );
+            quote!(#[doc = #doc] #ident: #ty)
+        });
+        quote! {
+            #(#cfgs)*
+            #[doc = #summary]
+            #docs
+            #variant { #(#fields),* }
+        }
+    });
+    quote! {
+        #[doc = #doc]
+        #[derive(
+            ::rpc_core::__private::serde::Serialize,
+            ::rpc_core::__private::serde::Deserialize
+        )]
+        #[serde(crate = "::rpc_core::__private::serde")]
+        #[allow(
+            missing_debug_implementations,
+            clippy::enum_variant_names,
+            clippy::large_enum_variant
+        )]
+        #vis enum #name {
+            #(#variants,)*
+        }
+    }
+}
+
+/// `FooResponse`: one tuple variant per method, holding its return value.
+fn response_enum(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let name = service.item_ident("Response");
+    let doc = format!(
+        " Responses of the `{}` service, one variant per method holding its return value.",
+        service.ident
+    );
+    let variants = service.methods.iter().map(|method| {
+        let cfgs = method.cfg_attrs();
+        let summary = format!(" Return value of {}.", method_link(service, method));
+        let docs = method_docs(method);
+        let variant = &method.variant;
+        let output = &method.output;
+        quote! {
+            #(#cfgs)*
+            #[doc = #summary]
+            #docs
+            #variant(#output)
+        }
+    });
+    quote! {
+        #[doc = #doc]
+        #[derive(
+            ::rpc_core::__private::serde::Serialize,
+            ::rpc_core::__private::serde::Deserialize
+        )]
+        #[serde(crate = "::rpc_core::__private::serde")]
+        #[allow(
+            missing_debug_implementations,
+            clippy::enum_variant_names,
+            clippy::large_enum_variant
+        )]
+        #vis enum #name {
+            #(#variants,)*
+        }
+    }
+}
+
+/// Compile-time checks that every argument and return type is
+/// `Serialize + DeserializeOwned + Send + 'static`, spanned at the user's type so the
+/// compiler's error points there. The function is never called.
+fn type_assertions(service: &Service) -> TokenStream {
+    let checks = service.methods.iter().map(|method| {
+        let cfgs = method.cfg_attrs();
+        let args = method.args.iter().map(|arg| {
+            let ty = &arg.ty;
+            quote_spanned!(ty.span()=> ::rpc_core::__private::assert_arg::<#ty>();)
+        });
+        let output = &method.output;
+        let ret = match &method.sig.output {
+            syn::ReturnType::Type(_, ty) => ty.span(),
+            syn::ReturnType::Default => method.ident.span(),
+        };
+        let ret = quote_spanned!(ret=> ::rpc_core::__private::assert_return::<#output>(););
+        quote! {
+            #(#cfgs)*
+            {
+                #(#args)*
+                #ret
+            }
+        }
+    });
+    let assert_fn = format_ident!("__rpc_assert_types", span = Span::mixed_site());
+    quote! {
+        const _: () = {
+            #[allow(dead_code)]
+            fn #assert_fn() {
+                #(#checks)*
+            }
+        };
+    }
+}
+
+/// The method's doc comments, after an empty line, or nothing if it has none.
+fn method_docs(method: &Method) -> TokenStream {
+    let docs: Vec<_> = method.doc_attrs().collect();
+    if docs.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(#[doc = ""] #(#docs)*)
+    }
+}
+
+/// An intra-doc link to the trait method, for generated docs.
+fn method_link(service: &Service, method: &Method) -> String {
+    format!("[`{}::{}`]", service.ident, method.ident)
+}
+
+/// The method's fingerprint as a `u64` literal, e.g. `0xa6c4_6389_4a40_8591_u64`.
+fn fingerprint_lit(method: &Method) -> LitInt {
+    let hex = format!("{:016x}", method.fingerprint);
+    let text = format!(
+        "0x{}_{}_{}_{}_u64",
+        &hex[0..4],
+        &hex[4..8],
+        &hex[8..12],
+        &hex[12..16]
+    );
+    LitInt::new(&text, Span::call_site())
+}
+
+/// A local variable name no user argument can clash with.
+fn local(name: &str) -> Ident {
+    format_ident!("__rpc_{}", name, span = Span::mixed_site())
+}

@@ -1,0 +1,287 @@
+//! The `#[service]` attribute macro of the rpc framework.
+//!
+//! Use it through `rpc_core::service`, which re-exports it: the generated code names only
+//! `::rpc_core::…` paths, so a crate using it depends on `rpc-core` (plus `serde` for its
+//! own types), never on this crate directly.
+//!
+//! ```ignore
+//! use rpc_core::service;
+//!
+//! /// Doc comments on the trait and its methods carry over to the generated code.
+//! #[service]
+//! pub trait Calculator {
+//!     /// Adds two numbers.
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+//!     async fn reset(&self);
+//! }
+//! ```
+//!
+//! generates, with the trait's visibility:
+//!
+//! - the trait itself, each `async fn` rewritten to
+//!   `fn … -> impl Future<Output = R> + Send` (implementors still write `async fn`);
+//! - `CalculatorRequest`, an enum with one struct-like variant per method holding its
+//!   arguments (`Add { a: i64, b: i64 }`), and `CalculatorResponse`, one tuple variant per
+//!   method holding its return value (`Add(i64)`, `Reset(())`), both `Serialize + Deserialize`;
+//! - `CalculatorClient`, with `new(transport)` and one method per trait method returning
+//!   `rpc_core::Call<R>`, plus `DESCRIPTOR`, the service's wire name and method table;
+//! - `CalculatorServer<S>`, which wraps an implementation of the trait and implements
+//!   `rpc_core::Service`.
+//!
+//! The wire name is the trait's name; `#[service(name = "Other")]` sets another one. Each
+//! method is identified on the wire by its name and a fingerprint of its signature (see
+//! the `fingerprint` module: FNV-1a 64 of `name(ArgTypes)->Ret` as written).
+//!
+//! # Rules
+//!
+//! Each is a compile error pointing at the offending tokens and saying how to fix it:
+//! methods are `async fn` taking exactly `&self`; arguments are plain identifiers (`mut` is
+//! allowed) with owned types (`String`, not `&str`; no lifetimes, no `impl Trait`, no `Self`);
+//! no generic methods, no generic trait, no supertraits, no associated consts, types or
+//! macros, no default bodies, no `unsafe`/`extern`/`const` methods; two methods may not map to
+//! the same UpperCamelCase variant name; `new`, `from_client` and `client` are taken by the
+//! client. Argument and return types must be `Serialize + DeserializeOwned + Send + 'static`:
+//! the compiler checks that, with the error pointing at the type.
+
+#![deny(missing_docs)]
+
+mod ast;
+mod attr;
+mod expand;
+mod fingerprint;
+mod valid;
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{quote, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Error, FnArg, Item, ItemTrait, Pat, Token, TraitItem};
+
+/// Turns a trait into an RPC service: the trait, its request and response enums, a client and
+/// a server. See the crate documentation for what is generated and the rules the trait
+/// must follow.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand_service(args.into(), input.into()).into()
+}
+
+/// The macro on `proc_macro2` tokens, so it can be unit tested.
+fn expand_service(args: TokenStream2, input: TokenStream2) -> TokenStream2 {
+    match parse_and_validate(args, input.clone()) {
+        Ok(service) => expand::service(&service),
+        // Keep the item as written next to the errors, so that code using the trait does not
+        // drown the real error in "cannot find trait" follow-ups.
+        Err(error) => {
+            let errors = error.to_compile_error();
+            let item = match syn::parse2::<ItemTrait>(input.clone()) {
+                Ok(item) => without_arg_patterns(item).into_token_stream(),
+                Err(_) => input,
+            };
+            quote!(#errors #item)
+        }
+    }
+}
+
+/// `item` with every argument pattern other than a plain identifier replaced by `_`, so the
+/// compiler does not repeat "patterns aren't allowed in functions without bodies" after our
+/// own error.
+fn without_arg_patterns(mut item: ItemTrait) -> ItemTrait {
+    for trait_item in &mut item.items {
+        let TraitItem::Fn(method) = trait_item else {
+            continue;
+        };
+        if method.default.is_some() {
+            continue;
+        }
+        for input in &mut method.sig.inputs {
+            if let FnArg::Typed(typed) = input {
+                let plain = matches!(
+                    &*typed.pat,
+                    Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none()
+                );
+                if !plain {
+                    *typed.pat = Pat::Wild(syn::PatWild {
+                        attrs: Vec::new(),
+                        underscore_token: Token![_](typed.pat.span()),
+                    });
+                }
+            }
+        }
+    }
+    item
+}
+
+/// Parses the attribute arguments and the trait, and validates the result; every problem
+/// found is reported, combined into one `syn::Error`.
+fn parse_and_validate(args: TokenStream2, input: TokenStream2) -> syn::Result<ast::Service> {
+    let args = attr::parse(args);
+    let item = parse_trait(input);
+    let (args, item) = match (args, item) {
+        (Ok(args), Ok(item)) => (args, item),
+        (Err(mut a), Err(b)) => {
+            a.combine(b);
+            return Err(a);
+        }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+    };
+    let service = ast::Service::from_syn(item, args);
+    valid::validate(&service)?;
+    Ok(service)
+}
+
+/// Parses `input` as a trait, with a clear error when it is another item.
+fn parse_trait(input: TokenStream2) -> syn::Result<ItemTrait> {
+    match syn::parse2::<Item>(input)? {
+        Item::Trait(item) => Ok(item),
+        other => {
+            let span = item_keyword_span(&other);
+            Err(Error::new(
+                span,
+                "`#[service]` must be put on a trait: write `#[service] pub trait MyService { async fn method(&self, ...) -> T; }`",
+            ))
+        }
+    }
+}
+
+/// The span of what names the item's kind (`struct`, `fn`, ...), falling back to the item.
+fn item_keyword_span(item: &Item) -> proc_macro2::Span {
+    match item {
+        Item::Struct(i) => i.struct_token.span,
+        Item::Enum(i) => i.enum_token.span,
+        Item::Fn(i) => i.sig.fn_token.span,
+        Item::Impl(i) => i.impl_token.span,
+        Item::Mod(i) => i.mod_token.span,
+        Item::Union(i) => i.union_token.span,
+        Item::Type(i) => i.type_token.span,
+        Item::TraitAlias(i) => i.trait_token.span,
+        other => other.to_token_stream().span(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: TokenStream2, input: TokenStream2) -> String {
+        expand_service(args, input).to_string()
+    }
+
+    #[test]
+    fn not_a_trait() {
+        let out = expand(
+            quote!(),
+            quote!(
+                struct Foo;
+            ),
+        );
+        assert!(out.contains("`#[service]` must be put on a trait"), "{out}");
+        assert!(out.contains("struct Foo"), "the item is kept: {out}");
+    }
+
+    #[test]
+    fn arg_and_trait_errors_are_combined() {
+        let out = expand(
+            quote!(bogus = 1),
+            quote!(
+                trait T {
+                    fn f(&self);
+                }
+            ),
+        );
+        assert!(
+            out.contains("unknown `#[service]` argument `bogus`"),
+            "{out}"
+        );
+        assert!(!out.contains("must be `async fn`"), "{out}");
+        let out = expand(
+            quote!(bogus = 1),
+            quote!(
+                struct S;
+            ),
+        );
+        assert!(
+            out.contains("unknown `#[service]` argument `bogus`"),
+            "{out}"
+        );
+        assert!(out.contains("must be put on a trait"), "{out}");
+    }
+
+    #[test]
+    fn validation_errors_keep_the_trait() {
+        let out = expand(
+            quote!(),
+            quote!(
+                pub trait T {
+                    fn f(&self);
+                }
+            ),
+        );
+        assert!(out.contains("must be `async fn`"), "{out}");
+        assert!(out.contains("pub trait T"), "{out}");
+        let out = expand(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn f(&self, (a, b): (u8, u8), mut c: u8);
+                }
+            ),
+        );
+        assert!(out.contains("must be plain identifiers"), "{out}");
+        assert!(
+            out.contains("fn f (& self , _ : (u8 , u8) , _ : u8)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn expansion_shape() {
+        let out = expand(
+            quote!(name = "Calc"),
+            quote! {
+                /// Calc docs
+                pub trait Calculator {
+                    /// Adds.
+                    async fn add(&self, a: i64, b: i64) -> i64;
+                    #[cfg(feature = "div")]
+                    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+                    async fn neg(&self, a: i64) -> i64;
+                    async fn reset(&self);
+                }
+            },
+        );
+        let out: String = out.chars().filter(|c| !c.is_whitespace()).collect();
+        for expected in [
+            "pubtraitCalculator{",
+            "fnadd(&self,a:i64,b:i64)->impl::core::future::Future<Output=i64>+::core::marker::Send;",
+            "fnreset(&self)->impl::core::future::Future<Output=()>+::core::marker::Send;",
+            "pubenumCalculatorRequest{",
+            "Add{",
+            "Reset{}",
+            "pubenumCalculatorResponse{",
+            "Reset(())",
+            "pubstructCalculatorClient{client:::rpc_core::Client,}",
+            "::rpc_core::ServiceDescriptor::new(\"Calc\",",
+            "::rpc_core::MethodInfo::new(\"add\",0xa6c4_6389_4a40_8591_u64)",
+            "#[cfg(feature=\"div\")]::rpc_core::MethodInfo::new(\"div\",0x2940_ce57_f7a7_3b92_u64)",
+            "pubfnadd(&self,a:i64,b:i64)->::rpc_core::Call<i64>",
+            "&(a,b),::rpc_core::__private::decode_value::<i64>",
+            "&(a,),",
+            "&(),::rpc_core::__private::decode_value::<()>",
+            "pubstructCalculatorServer<S>",
+            "impl<S>::rpc_core::ServiceforCalculatorServer<S>",
+        ] {
+            assert!(out.contains(expected), "missing {expected} in {out}");
+        }
+        for expected in [
+            "let(a,b)=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "let(a,)=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "let()=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "<SasCalculator>::add(&*__rpc_inner,a,b).await",
+            "::rpc_core::__private::assert_arg::<i64>();",
+            "::rpc_core::__private::assert_return::<Result<i64,MathError>>();",
+        ] {
+            assert!(out.contains(expected), "missing {expected} in {out}");
+        }
+    }
+}

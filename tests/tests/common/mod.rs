@@ -1,0 +1,189 @@
+//! Services and helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+pub mod wire;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::{service, Server};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+
+/// A hang guard: long enough never to fire on a slow CI machine, short enough that a hang
+/// fails the test instead of blocking the suite.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test if it takes longer than [`HANG_GUARD`].
+pub async fn guard<F: IntoFuture>(fut: F) -> F::Output {
+    tokio::time::timeout(HANG_GUARD, fut.into_future())
+        .await
+        .expect("hang guard: the operation did not complete")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MathError {
+    DivideByZero,
+}
+
+/// The service the tests exercise.
+#[service]
+pub trait Lab {
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+    async fn echo(&self, data: Vec<u8>) -> Vec<u8>;
+    async fn reset(&self);
+    /// Waits until the test releases it (or forever); reports when its future is dropped.
+    async fn block(&self, tag: u64) -> u64;
+    async fn panic(&self, message: String) -> u32;
+    /// Returns a vector of `len` zero bytes.
+    async fn zeros(&self, len: u32) -> Vec<u8>;
+}
+
+/// What handlers report to the test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Started(u64),
+    Finished(u64),
+    Dropped(u64),
+}
+
+#[derive(Clone)]
+pub struct LabImpl {
+    pub events: mpsc::UnboundedSender<Event>,
+    pub release: Arc<Notify>,
+}
+
+/// Sends `Dropped(tag)` when a `block` handler's future is dropped before it finishes.
+struct DropReport {
+    tag: u64,
+    events: mpsc::UnboundedSender<Event>,
+    finished: bool,
+}
+
+impl Drop for DropReport {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.events.send(Event::Dropped(self.tag));
+        }
+    }
+}
+
+impl Lab for LabImpl {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError> {
+        if b == 0 {
+            Err(MathError::DivideByZero)
+        } else {
+            Ok(a / b)
+        }
+    }
+    async fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+    async fn reset(&self) {}
+    async fn block(&self, tag: u64) -> u64 {
+        let mut report = DropReport {
+            tag,
+            events: self.events.clone(),
+            finished: false,
+        };
+        let _ = self.events.send(Event::Started(tag));
+        self.release.notified().await;
+        report.finished = true;
+        let _ = self.events.send(Event::Finished(tag));
+        tag
+    }
+    async fn panic(&self, message: String) -> u32 {
+        panic!("{message}")
+    }
+    async fn zeros(&self, len: u32) -> Vec<u8> {
+        vec![0; len as usize]
+    }
+}
+
+/// A fresh service and the receiver of its handlers' events.
+pub fn lab() -> (LabImpl, mpsc::UnboundedReceiver<Event>) {
+    let (events, rx) = mpsc::unbounded_channel();
+    (
+        LabImpl {
+            events,
+            release: Arc::new(Notify::new()),
+        },
+        rx,
+    )
+}
+
+/// Waits for the next event from the handlers.
+pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    guard(rx.recv()).await.expect("the service is gone")
+}
+
+/// The transports every end-to-end test runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `memory::pair()` with `serve_connection`.
+    MemoryPair,
+    /// `memory::listener()` with `serve`.
+    MemoryListener,
+}
+
+pub const KINDS: [Kind; 2] = [Kind::MemoryPair, Kind::MemoryListener];
+
+/// A running server and a way to connect to it.
+pub struct Harness {
+    pub kind: Kind,
+    connector: Option<rpc_transport::memory::MemoryConnector>,
+    pair_client: Option<rpc_transport::memory::MemoryTransport>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Harness {
+    /// Starts `server` on a fresh transport of `kind`.
+    pub fn start(kind: Kind, server: Server) -> Harness {
+        match kind {
+            Kind::MemoryPair => {
+                let (client_end, server_end) = rpc_transport::memory::pair();
+                Harness {
+                    kind,
+                    connector: None,
+                    pair_client: Some(client_end),
+                    server: tokio::spawn(server.serve_connection(server_end)),
+                }
+            }
+            Kind::MemoryListener => {
+                let (listener, connector) = rpc_transport::memory::listener();
+                Harness {
+                    kind,
+                    connector: Some(connector),
+                    pair_client: None,
+                    server: tokio::spawn(server.serve(listener)),
+                }
+            }
+        }
+    }
+
+    /// A new client connection (with `MemoryPair`, only the first call succeeds).
+    pub async fn connect(&mut self) -> rpc_transport::memory::MemoryTransport {
+        match (&self.connector, self.pair_client.take()) {
+            (_, Some(end)) => end,
+            (Some(connector), None) => connector.connect().await.expect("connect"),
+            (None, None) => panic!("a memory pair has only one client end"),
+        }
+    }
+
+    /// Whether this transport can take more than one connection.
+    pub fn multi(&self) -> bool {
+        self.connector.is_some()
+    }
+}
+
+/// A `Lab` server on a fresh transport of `kind`, with a client.
+pub async fn lab_client(kind: Kind, server: Server) -> (LabClient, Harness) {
+    let mut harness = Harness::start(kind, server);
+    let client = LabClient::new(harness.connect().await);
+    (client, harness)
+}

@@ -1,0 +1,127 @@
+//! An independent encoding of the wire protocol as DESIGN.md §3 describes it, for tests that
+//! play a hostile or hand-written peer. Written from the spec, not from rpc-core's code.
+#![allow(dead_code)]
+
+use bincode::{Decode, Encode};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rpc_core::ServiceDescriptor;
+use rpc_transport::memory::MemoryTransport;
+
+pub const MAGIC: [u8; 4] = *b"tRPC";
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Status {
+    Ok,
+    Error { kind: u8, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Wire {
+    Hello {
+        magic: [u8; 4],
+        version: u32,
+        service: String,
+        methods: Vec<(String, u64)>,
+    },
+    Request {
+        id: u64,
+        method: u32,
+        timeout_us: Option<u64>,
+        metadata: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        status: Status,
+        body: Vec<u8>,
+    },
+    Cancel {
+        id: u64,
+    },
+    Goodbye {
+        kind: u8,
+        message: String,
+    },
+}
+
+/// Wire codes of `ErrorKind`s.
+pub const PROTOCOL: u8 = 5;
+pub const INCOMPATIBLE: u8 = 4;
+pub const DEADLINE_EXCEEDED: u8 = 1;
+
+pub fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode(message: &Wire) -> Bytes {
+    Bytes::from(bincode::encode_to_vec(message, config()).unwrap())
+}
+
+pub fn body<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, config()).unwrap()
+}
+
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> T {
+    bincode::serde::decode_from_slice(body, config()).unwrap().0
+}
+
+pub fn hello(desc: &ServiceDescriptor) -> Wire {
+    Wire::Hello {
+        magic: MAGIC,
+        version: 1,
+        service: desc.name.to_string(),
+        methods: desc
+            .methods
+            .iter()
+            .map(|m| (m.name.to_string(), m.fingerprint))
+            .collect(),
+    }
+}
+
+pub fn request(id: u64, method: u32, timeout_us: Option<u64>, body: Vec<u8>) -> Wire {
+    Wire::Request {
+        id,
+        method,
+        timeout_us,
+        metadata: vec![],
+        body,
+    }
+}
+
+/// A peer that speaks raw frames.
+pub struct RawPeer(pub MemoryTransport);
+
+impl RawPeer {
+    pub async fn send_frame(&mut self, frame: Bytes) {
+        self.0.send(frame).await.expect("send");
+    }
+
+    pub async fn send(&mut self, message: &Wire) {
+        self.send_frame(encode(message)).await;
+    }
+
+    /// The next message, or `None` once the other side closed the connection.
+    pub async fn recv(&mut self) -> Option<Wire> {
+        let frame = super::guard(self.0.next()).await?.expect("recv");
+        let (message, used) = bincode::decode_from_slice::<Wire, _>(&frame, config())
+            .unwrap_or_else(|e| panic!("undecodable frame {frame:?}: {e}"));
+        assert_eq!(used, frame.len(), "trailing bytes in {frame:?}");
+        Some(message)
+    }
+
+    /// Expects a `Goodbye` and then the end of the connection; returns its kind and text.
+    pub async fn expect_goodbye(&mut self) -> (u8, String) {
+        match self.recv().await {
+            Some(Wire::Goodbye { kind, message }) => {
+                assert_eq!(
+                    self.recv().await,
+                    None,
+                    "the connection stays open after Goodbye"
+                );
+                (kind, message)
+            }
+            other => panic!("expected Goodbye, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The server's life cycle: several services on one listener, graceful shutdown, and what
+//! dropping a serve future does.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use common::{guard, lab, next_event, Event, LabClient, LabServer};
+use rpc_core::{service, ErrorKind, Server};
+use rpc_transport::memory;
+use tokio::sync::oneshot;
+
+#[service]
+pub trait Greeter {
+    /// Greets.
+    async fn greet(&self, name: String) -> String;
+}
+
+struct English;
+impl Greeter for English {
+    async fn greet(&self, name: String) -> String {
+        format!("Hello, {name}!")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_hosts_several_services() {
+    let (imp, _events) = lab();
+    let (listener, connector) = memory::listener();
+    tokio::spawn(
+        Server::new()
+            .add_service(LabServer::new(imp))
+            .add_service(GreeterServer::new(English))
+            .serve(listener),
+    );
+    let lab = LabClient::new(connector.connect().await.unwrap());
+    let greeter = GreeterClient::new(connector.connect().await.unwrap());
+    assert_eq!(
+        guard(greeter.greet("Ada".into())).await.unwrap(),
+        "Hello, Ada!"
+    );
+    assert_eq!(guard(lab.add(1, 2)).await.unwrap(), 3);
+}
+
+#[test]
+#[should_panic(expected = "a service named `Greeter` is already hosted")]
+fn hosting_one_name_twice_is_a_programming_error() {
+    let _ = Server::new()
+        .add_service(GreeterServer::new(English))
+        .add_service(GreeterServer::new(English));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_calls_in_progress_finish_and_sheds_new_ones() {
+    let (imp, mut events) = lab();
+    let release = imp.release.clone();
+    let (listener, connector) = memory::listener();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        Server::new()
+            .add_service(LabServer::new(imp))
+            .serve_with_shutdown(listener, async move {
+                let _ = stopped.await;
+            }),
+    );
+    let client = LabClient::new(connector.connect().await.unwrap());
+    let slow = tokio::spawn(client.block(1).into_future());
+    assert_eq!(next_event(&mut events).await, Event::Started(1));
+
+    stop.send(()).unwrap();
+    // Once the connection has seen the signal, new calls are shed with Overloaded.
+    let err = guard(async {
+        loop {
+            match client.add(1, 1).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(err) => break err,
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    // No new connections are accepted.
+    assert!(connector.connect().await.is_err());
+
+    // The call in progress finishes and gets its answer; then the server is done.
+    release.notify_one();
+    assert_eq!(guard(slow).await.unwrap().unwrap(), 1);
+    guard(serving).await.unwrap().unwrap();
+    let err = guard(client.add(1, 1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_handlers_that_outlive_the_grace_period() {
+    let (imp, mut events) = lab();
+    let (listener, connector) = memory::listener();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        Server::new()
+            .add_service(LabServer::new(imp))
+            .shutdown_grace(Duration::from_millis(20))
+            .serve_with_shutdown(listener, async move {
+                let _ = stopped.await;
+            }),
+    );
+    let client = LabClient::new(connector.connect().await.unwrap());
+    let stuck = tokio::spawn(client.block(2).into_future());
+    assert_eq!(next_event(&mut events).await, Event::Started(2));
+    stop.send(()).unwrap();
+    assert_eq!(next_event(&mut events).await, Event::Dropped(2));
+    guard(serving).await.unwrap().unwrap();
+    let err = guard(stuck).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ends_when_the_listener_closes_and_its_connections_end() {
+    let (imp, _events) = lab();
+    let (listener, connector) = memory::listener();
+    let serving = tokio::spawn(
+        Server::new()
+            .add_service(LabServer::new(imp))
+            .serve(listener),
+    );
+    let client = LabClient::new(connector.connect().await.unwrap());
+    drop(connector);
+    // The listener is closed for good, but the open connection is still served.
+    assert_eq!(guard(client.add(1, 2)).await.unwrap(), 3);
+    assert!(!serving.is_finished());
+    drop(client);
+    guard(serving).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_connection_ends_when_the_client_goes_away() {
+    let (imp, mut events) = lab();
+    let (client_end, server_end) = memory::pair();
+    let serving = tokio::spawn(
+        Server::new()
+            .add_service(LabServer::new(imp))
+            .serve_connection(server_end),
+    );
+    let client = LabClient::new(client_end);
+    let pending = tokio::spawn(client.block(3).into_future());
+    assert_eq!(next_event(&mut events).await, Event::Started(3));
+    pending.abort();
+    drop(client);
+    assert_eq!(next_event(&mut events).await, Event::Dropped(3));
+    guard(serving).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_the_wrong_service_fails_serve_connection() {
+    let (client_end, server_end) = memory::pair();
+    let serving = tokio::spawn(
+        Server::new()
+            .add_service(GreeterServer::new(English))
+            .serve_connection(server_end),
+    );
+    let (imp, _events) = lab();
+    drop(imp);
+    let client = LabClient::new(client_end);
+    let err = guard(client.add(1, 2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+    let served = guard(serving).await.unwrap();
+    assert!(served.unwrap_err().to_string().contains("`Lab`"));
+}

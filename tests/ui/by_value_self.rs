@@ -1,0 +1,8 @@
+use rpc_core::service;
+
+#[service]
+pub trait Counter {
+    async fn consume(self) -> u64;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use rpc_core::service;
+
+#[service]
+pub struct Calculator;
+
+fn main() {}
