@@ -5,7 +5,14 @@
 //!
 //! | module | connect | listen |
 //! | --- | --- | --- |
+//! | [`tcp`] | [`tcp::connect(addr)`](tcp::connect) | [`tcp::bind(addr)`](tcp::bind) → listener with `local_addr()` |
+//! | [`unix`] | [`unix::connect(path)`](unix::connect) | [`unix::bind(path)`](unix::bind) |
 //! | [`memory`] | [`memory::pair()`] → `(client_end, server_end)` | [`memory::listener()`] → `(listener, connector)` |
+//!
+//! Any other byte stream (TLS, a pipe) becomes a transport with [`framing::framed`].
 #![deny(missing_docs)]
 
+pub mod framing;
 pub mod memory;
+pub mod tcp;
+pub mod unix;

@@ -129,61 +129,106 @@ pub enum Kind {
     MemoryPair,
     /// `memory::listener()` with `serve`.
     MemoryListener,
+    /// `tcp::bind("127.0.0.1:0")` with `serve`.
+    Tcp,
+    /// `unix::bind(path)` in the temp dir, with `serve`.
+    Unix,
 }
 
-pub const KINDS: [Kind; 2] = [Kind::MemoryPair, Kind::MemoryListener];
+pub const KINDS: [Kind; 4] = [
+    Kind::MemoryPair,
+    Kind::MemoryListener,
+    Kind::Tcp,
+    Kind::Unix,
+];
+
+/// Any transport, boxed, so one test body runs over each.
+pub type AnyTransport = Box<dyn rpc_core::Transport>;
+
+enum Connect {
+    Pair(Option<rpc_transport::memory::MemoryTransport>),
+    Memory(rpc_transport::memory::MemoryConnector),
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
 
 /// A running server and a way to connect to it.
 pub struct Harness {
     pub kind: Kind,
-    connector: Option<rpc_transport::memory::MemoryConnector>,
-    pair_client: Option<rpc_transport::memory::MemoryTransport>,
+    connect: Connect,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A socket path no other test uses.
+pub fn socket_path() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "rpc-test-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Harness {
     /// Starts `server` on a fresh transport of `kind`.
-    pub fn start(kind: Kind, server: Server) -> Harness {
-        match kind {
+    pub async fn start(kind: Kind, server: Server) -> Harness {
+        let (connect, server) = match kind {
             Kind::MemoryPair => {
                 let (client_end, server_end) = rpc_transport::memory::pair();
-                Harness {
-                    kind,
-                    connector: None,
-                    pair_client: Some(client_end),
-                    server: tokio::spawn(server.serve_connection(server_end)),
-                }
+                (
+                    Connect::Pair(Some(client_end)),
+                    tokio::spawn(server.serve_connection(server_end)),
+                )
             }
             Kind::MemoryListener => {
                 let (listener, connector) = rpc_transport::memory::listener();
-                Harness {
-                    kind,
-                    connector: Some(connector),
-                    pair_client: None,
-                    server: tokio::spawn(server.serve(listener)),
-                }
+                (
+                    Connect::Memory(connector),
+                    tokio::spawn(server.serve(listener)),
+                )
             }
+            Kind::Tcp => {
+                let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("local_addr");
+                (Connect::Tcp(addr), tokio::spawn(server.serve(listener)))
+            }
+            Kind::Unix => {
+                let path = socket_path();
+                let listener = rpc_transport::unix::bind(&path).await.expect("bind");
+                (Connect::Unix(path), tokio::spawn(server.serve(listener)))
+            }
+        };
+        Harness {
+            kind,
+            connect,
+            server,
         }
     }
 
     /// A new client connection (with `MemoryPair`, only the first call succeeds).
-    pub async fn connect(&mut self) -> rpc_transport::memory::MemoryTransport {
-        match (&self.connector, self.pair_client.take()) {
-            (_, Some(end)) => end,
-            (Some(connector), None) => connector.connect().await.expect("connect"),
-            (None, None) => panic!("a memory pair has only one client end"),
+    pub async fn connect(&mut self) -> AnyTransport {
+        match &mut self.connect {
+            Connect::Pair(end) => Box::new(end.take().expect("a memory pair has one client end")),
+            Connect::Memory(connector) => Box::new(connector.connect().await.expect("connect")),
+            Connect::Tcp(addr) => {
+                Box::new(rpc_transport::tcp::connect(*addr).await.expect("connect"))
+            }
+            Connect::Unix(path) => {
+                Box::new(rpc_transport::unix::connect(&*path).await.expect("connect"))
+            }
         }
     }
 
     /// Whether this transport can take more than one connection.
     pub fn multi(&self) -> bool {
-        self.connector.is_some()
+        !matches!(self.connect, Connect::Pair(_))
     }
 }
 
 /// A `Lab` server on a fresh transport of `kind`, with a client.
 pub async fn lab_client(kind: Kind, server: Server) -> (LabClient, Harness) {
-    let mut harness = Harness::start(kind, server);
+    let mut harness = Harness::start(kind, server).await;
     let client = LabClient::new(harness.connect().await);
     (client, harness)
 }

@@ -1,0 +1,361 @@
+//! The length-prefixed framer: turns any byte stream into an [`rpc_core::Transport`].
+//!
+//! A frame on the wire is a `u32` little-endian length followed by that many bytes. The
+//! framer enforces a maximum frame size from the length prefix, before buffering anything,
+//! so a peer announcing 4 GiB costs nothing but an error. Reading decodes every complete
+//! frame in the buffer from one `read`; writing queues frames and sends them all in one
+//! vectored write per flush (small frames are copied together, large ones are sent from
+//! their own buffer without a copy).
+//!
+//! TCP and Unix sockets use it; so can any `AsyncRead + AsyncWrite`, e.g. a TLS stream:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use futures::{SinkExt, StreamExt};
+//!
+//! let (a, b) = tokio::io::duplex(1024); // stands in for a TLS stream
+//! let (mut a, mut b) = (rpc_transport::framing::framed(a), rpc_transport::framing::framed(b));
+//! a.send(bytes::Bytes::from_static(b"hello")).await?;
+//! assert_eq!(&b.next().await.unwrap()?[..], b"hello");
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The default maximum frame size, sent or received: 8 MiB (as the server's default).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = rpc_core::DEFAULT_MAX_FRAME_SIZE;
+
+/// Frames smaller than this are copied into the batch buffer; larger ones are written
+/// from their own buffer (vectored), to avoid copying large payloads.
+const COPY_THRESHOLD: usize = 4 << 10;
+/// Buffered output beyond which `poll_ready` flushes before taking more.
+const WRITE_HIGH_WATER: usize = 256 << 10;
+/// Read buffer allocated when data arrives; buffers larger than this are released once
+/// empty, so an idle connection does not pin a large allocation.
+const READ_CHUNK: usize = 8 << 10;
+/// The most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Wraps `io` in the framer with the default maximum frame size.
+pub fn framed<IO>(io: IO) -> Framed<IO>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    Framed::new(io)
+}
+
+/// A byte stream carrying length-prefixed frames; an [`rpc_core::Transport`].
+pub struct Framed<IO> {
+    io: IO,
+    max_frame_size: usize,
+    read_buf: BytesMut,
+    /// The peer closed its side.
+    eof: bool,
+    /// Frames ready to write, in order.
+    chunks: VecDeque<Bytes>,
+    /// Small frames (and the prefixes of large ones) being gathered into one buffer.
+    staging: BytesMut,
+    /// Bytes in `chunks` and `staging` together.
+    queued: usize,
+}
+
+impl<IO> Framed<IO>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    /// Wraps `io`, with the default maximum frame size.
+    pub fn new(io: IO) -> Framed<IO> {
+        Framed {
+            io,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            read_buf: BytesMut::new(),
+            eof: false,
+            chunks: VecDeque::new(),
+            staging: BytesMut::new(),
+            queued: 0,
+        }
+    }
+
+    /// Sets the largest frame this end accepts or sends, in bytes.
+    ///
+    /// A larger length prefix from the peer fails the stream with
+    /// [`io::ErrorKind::InvalidData`] before the frame is buffered; sending a larger frame
+    /// fails with [`io::ErrorKind::InvalidInput`].
+    pub fn with_max_frame_size(mut self, bytes: usize) -> Framed<IO> {
+        self.max_frame_size = bytes.min(u32::MAX as usize);
+        self
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Takes the next complete frame out of the read buffer, if there is one.
+    fn parse_frame(&mut self) -> io::Result<Option<Bytes>> {
+        if self.read_buf.len() < 4 {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&self.read_buf[..4]);
+        let len = u32::from_le_bytes(prefix) as usize;
+        if len > self.max_frame_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                oversized_message(len, self.max_frame_size, &self.read_buf),
+            ));
+        }
+        if self.read_buf.len() < 4 + len {
+            // Room for the whole frame, so it arrives in as few reads as possible.
+            self.read_buf.reserve(4 + len - self.read_buf.len());
+            return Ok(None);
+        }
+        self.read_buf.advance(4);
+        let frame = self.read_buf.split_to(len).freeze();
+        if self.read_buf.is_empty() && self.read_buf.capacity() > READ_CHUNK {
+            self.read_buf = BytesMut::new();
+        }
+        Ok(Some(frame))
+    }
+
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.staging.is_empty() {
+            self.chunks.push_back(self.staging.split().freeze());
+        }
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the connection accepts no more data",
+                )));
+            }
+            self.queued -= written;
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = self.chunks.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    self.chunks.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        if self.staging.capacity() > WRITE_HIGH_WATER {
+            self.staging = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Says why a length prefix is refused, and what the bytes looked like.
+fn oversized_message(len: usize, max: usize, buf: &[u8]) -> String {
+    let head = &buf[..buf.len().min(16)];
+    let mut text = format!(
+        "the peer announced a frame of {len} bytes, more than the limit of {max} bytes \
+         (max_frame_size)"
+    );
+    if head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        text.push_str(&format!(
+            "; it sent text (\"{}\"): is the peer speaking another protocol, such as HTTP?",
+            String::from_utf8_lossy(head).escape_debug()
+        ));
+    }
+    text
+}
+
+impl<IO> Stream for Framed<IO>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(frame) = this.parse_frame()? {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.eof {
+                return Poll::Ready(if this.read_buf.is_empty() {
+                    None
+                } else {
+                    let have = this.read_buf.len();
+                    this.read_buf.clear();
+                    Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the peer closed the connection in the middle of a frame ({have} bytes of it received)"),
+                    )))
+                });
+            }
+            if this.read_buf.capacity() - this.read_buf.len() < 1024 {
+                this.read_buf.reserve(READ_CHUNK);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.read_buf
+            ))?;
+            if n == 0 {
+                this.eof = true;
+            }
+        }
+    }
+}
+
+impl<IO> Sink<Bytes> for Framed<IO>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Error = io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.queued >= WRITE_HIGH_WATER {
+            ready!(self.poll_write_queue(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        if frame.len() > self.max_frame_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame of {} bytes is more than the limit of {} bytes (max_frame_size)",
+                    frame.len(),
+                    self.max_frame_size
+                ),
+            ));
+        }
+        let this = &mut *self;
+        this.queued += 4 + frame.len();
+        this.staging.put_u32_le(frame.len() as u32);
+        if frame.len() < COPY_THRESHOLD {
+            this.staging.extend_from_slice(&frame);
+        } else {
+            this.chunks.push_back(this.staging.split().freeze());
+            this.chunks.push_back(frame);
+        }
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_queue(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: fmt::Debug> fmt::Debug for Framed<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Framed")
+            .field("io", &self.io)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("buffered_in", &self.read_buf.len())
+            .field("queued_out", &self.queued)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn frames_of_every_size_round_trip_in_order() {
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let (mut a, mut b) = (framed(a), framed(b));
+        let sizes = [
+            0usize,
+            1,
+            100,
+            COPY_THRESHOLD - 1,
+            COPY_THRESHOLD,
+            300_000,
+            7,
+        ];
+        let writer = tokio::spawn(async move {
+            for (i, size) in sizes.iter().enumerate() {
+                a.feed(Bytes::from(vec![i as u8; *size])).await.unwrap();
+            }
+            a.close().await.unwrap();
+        });
+        for (i, size) in sizes.iter().enumerate() {
+            let frame = b.next().await.unwrap().unwrap();
+            assert_eq!(frame.len(), *size);
+            assert!(frame.iter().all(|&x| x == i as u8));
+        }
+        assert!(b.next().await.is_none());
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_prefix_fails_before_buffering() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b).with_max_frame_size(1000);
+        a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let err = b.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("4294967295"), "{err}");
+        assert!(b.read_buf.capacity() < 64 << 10);
+    }
+
+    #[tokio::test]
+    async fn http_is_recognised() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b);
+        a.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+            .await
+            .unwrap();
+        let err = b.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("HTTP"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b);
+        a.write_all(&10u32.to_le_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let err = b.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(b.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn sending_an_oversized_frame_is_refused() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut a = framed(a).with_max_frame_size(10);
+        let err = a.send(Bytes::from(vec![0; 11])).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,71 @@
+//! TCP: `connect` and `bind`, with `TCP_NODELAY` on every connection.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use rpc_core::Listener;
+//!
+//! let mut listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let _client_end = rpc_transport::tcp::connect(addr).await?;
+//! let _server_end = listener.accept().await.expect("open")?;
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::framing::{Framed, DEFAULT_MAX_FRAME_SIZE};
+
+/// A TCP connection carrying frames.
+pub type TcpTransport = Framed<TcpStream>;
+
+/// Connects to `addr` (anything `tokio::net::ToSocketAddrs` takes, e.g. `"host:port"`).
+pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpTransport> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(Framed::new(stream))
+}
+
+/// Listens on `addr`; `"127.0.0.1:0"` picks a free port (see [`TcpListener::local_addr`]).
+pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    Ok(TcpListener {
+        inner: tokio::net::TcpListener::bind(addr).await?,
+        max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+    })
+}
+
+/// A TCP listener; give it to [`rpc_core::Server::serve`].
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: tokio::net::TcpListener,
+    max_frame_size: usize,
+}
+
+impl TcpListener {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The largest frame accepted connections take from their peer, checked from the length
+    /// prefix before anything is buffered (default 8 MiB). Set it with the server's
+    /// `max_frame_size`.
+    pub fn with_max_frame_size(mut self, bytes: usize) -> TcpListener {
+        self.max_frame_size = bytes;
+        self
+    }
+}
+
+impl rpc_core::Listener for TcpListener {
+    type Transport = TcpTransport;
+
+    async fn accept(&mut self) -> Option<io::Result<TcpTransport>> {
+        Some(self.inner.accept().await.and_then(|(stream, _peer)| {
+            stream.set_nodelay(true)?;
+            Ok(Framed::new(stream).with_max_frame_size(self.max_frame_size))
+        }))
+    }
+}

@@ -1,0 +1,117 @@
+//! Unix domain sockets: `connect` and `bind` by path.
+//!
+//! `bind` removes a socket file left behind by a process that is gone (nobody accepts on
+//! it), but never a file that is not a socket or a socket someone is listening on. The
+//! listener removes its socket file when dropped.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use rpc_core::Listener;
+//!
+//! let path = std::env::temp_dir().join(format!("rpc-doc-{}.sock", std::process::id()));
+//! let mut listener = rpc_transport::unix::bind(&path).await?;
+//! let _client_end = rpc_transport::unix::connect(&path).await?;
+//! let _server_end = listener.accept().await.expect("open")?;
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixStream;
+
+use crate::framing::{Framed, DEFAULT_MAX_FRAME_SIZE};
+
+/// A Unix socket connection carrying frames.
+pub type UnixTransport = Framed<UnixStream>;
+
+/// Connects to the socket at `path`.
+pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixTransport> {
+    Ok(Framed::new(UnixStream::connect(path).await?))
+}
+
+/// Listens on a socket at `path`, replacing a stale socket file (see the module docs).
+pub async fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+    let path = path.as_ref();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ));
+        }
+        match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another process is listening on {}", path.display()),
+                ))
+            }
+            // Nobody listens: a leftover of a process that is gone.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let inner = tokio::net::UnixListener::bind(path)?;
+    let identity = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    Ok(UnixListener {
+        inner,
+        path: path.to_path_buf(),
+        identity,
+        max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+    })
+}
+
+/// A Unix socket listener; give it to [`rpc_core::Server::serve`].
+#[derive(Debug)]
+pub struct UnixListener {
+    inner: tokio::net::UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file this listener made, to remove only that one.
+    identity: Option<(u64, u64)>,
+    max_frame_size: usize,
+}
+
+impl UnixListener {
+    /// The path it listens on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The largest frame accepted connections take from their peer (default 8 MiB).
+    pub fn with_max_frame_size(mut self, bytes: usize) -> UnixListener {
+        self.max_frame_size = bytes;
+        self
+    }
+}
+
+impl Drop for UnixListener {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .map(|m| Some((m.dev(), m.ino())) == self.identity)
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl rpc_core::Listener for UnixListener {
+    type Transport = UnixTransport;
+
+    async fn accept(&mut self) -> Option<io::Result<UnixTransport>> {
+        Some(
+            self.inner
+                .accept()
+                .await
+                .map(|(stream, _)| Framed::new(stream).with_max_frame_size(self.max_frame_size)),
+        )
+    }
+}
