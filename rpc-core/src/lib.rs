@@ -47,7 +47,7 @@ mod transport;
 pub use client::{Call, CallFuture, Client, DEFAULT_MAX_FRAME_SIZE};
 pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
-pub use server::{BoxFuture, Server, Service};
+pub use server::{BoxFuture, Server, ServerStats, Service};
 pub use transport::{Listener, Transport};
 
 /// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`

@@ -47,5 +47,14 @@ pub trait Listener: Send + 'static {
     /// `None` means the listener is closed for good and the server stops accepting. An `Err`
     /// is a failure of this one `accept` (e.g. out of file descriptors): the server logs it,
     /// backs off briefly and tries again.
+    ///
+    /// It must be cancel-safe: the server drops an unfinished `accept` when it shuts down.
     fn accept(&mut self) -> impl Future<Output = Option<io::Result<Self::Transport>>> + Send;
+
+    /// Tells the listener the server's frame size limit, so transports that read a length
+    /// prefix can refuse a larger frame before buffering it. The server calls this once,
+    /// before the first `accept`; the default does nothing.
+    fn set_max_frame_size(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
 }

@@ -49,17 +49,13 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
-
-    /// The largest frame accepted connections take from their peer, checked from the length
-    /// prefix before anything is buffered (default 8 MiB). Set it with the server's
-    /// `max_frame_size`.
-    pub fn with_max_frame_size(mut self, bytes: usize) -> TcpListener {
-        self.max_frame_size = bytes;
-        self
-    }
 }
 
 impl rpc_core::Listener for TcpListener {
+    fn set_max_frame_size(&mut self, bytes: usize) {
+        self.max_frame_size = bytes;
+    }
+
     type Transport = TcpTransport;
 
     async fn accept(&mut self) -> Option<io::Result<TcpTransport>> {

@@ -84,12 +84,6 @@ impl UnixListener {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The largest frame accepted connections take from their peer (default 8 MiB).
-    pub fn with_max_frame_size(mut self, bytes: usize) -> UnixListener {
-        self.max_frame_size = bytes;
-        self
-    }
 }
 
 impl Drop for UnixListener {
@@ -104,6 +98,10 @@ impl Drop for UnixListener {
 }
 
 impl rpc_core::Listener for UnixListener {
+    fn set_max_frame_size(&mut self, bytes: usize) {
+        self.max_frame_size = bytes;
+    }
+
     type Transport = UnixTransport;
 
     async fn accept(&mut self) -> Option<io::Result<UnixTransport>> {

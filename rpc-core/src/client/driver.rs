@@ -184,8 +184,9 @@ impl<T: Transport> Driver<T> {
                 self.peer_left = true;
                 Err(RpcError::new(
                     match ErrorKind::from_wire(kind) {
-                        // Whatever the reason, calls still waiting will get no answer.
-                        ErrorKind::Overloaded | ErrorKind::Internal => ErrorKind::Disconnected,
+                        // Calls still waiting will get no answer; `Overloaded` (a server at
+                        // its connection limit) says none of them ran, so it is kept.
+                        ErrorKind::Internal => ErrorKind::Disconnected,
                         kind => kind,
                     },
                     format!("the server closed the connection: {message}"),

@@ -66,6 +66,7 @@ pub(crate) async fn run<S: Service>(
         in_flight: FuturesUnordered::new(),
         aborts: HashMap::new(),
         unsent: VecDeque::new(),
+        unsent_bytes: 0,
         unflushed: false,
         draining: false,
         shutdown: Box::pin(context.shutdown.cancelled_owned()),
@@ -77,7 +78,13 @@ pub(crate) async fn run<S: Service>(
     let mut transport = conn.transport;
     match end {
         End::ClientLeft => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.close()).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                for frame in conn.unsent.drain(..) {
+                    transport.feed(frame).await?;
+                }
+                transport.close().await
+            })
+            .await;
             Ok(())
         }
         End::Broken(err) => {
@@ -114,6 +121,8 @@ struct Connection<S: Service> {
     aborts: HashMap<u64, AbortHandle>,
     /// Encoded frames the transport has not accepted yet.
     unsent: VecDeque<Bytes>,
+    /// Bytes in `unsent`.
+    unsent_bytes: usize,
     unflushed: bool,
     /// Shutting down: new calls are refused, the connection closes once idle.
     draining: bool,
@@ -130,7 +139,10 @@ impl<S: Service> Connection<S> {
         // Read every frame that is ready, up to a budget, unless replies are piling up
         // because the client does not read them.
         let mut yielded = false;
-        if self.unsent.len() < self.config.max_concurrent_requests.max(64) {
+        let mut client_left = false;
+        if self.unsent.len() < self.config.max_concurrent_requests.max(64)
+            && self.unsent_bytes < self.config.max_buffered_bytes
+        {
             let mut budget = READ_BUDGET;
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
@@ -143,7 +155,12 @@ impl<S: Service> Connection<S> {
                         return Poll::Ready(End::Goodbye(ErrorKind::Protocol, err.to_string()));
                     }
                     Poll::Ready(Some(Err(err))) => return Poll::Ready(End::Broken(err)),
-                    Poll::Ready(None) => return Poll::Ready(End::ClientLeft),
+                    Poll::Ready(None) => {
+                        // The client is gone or has half-closed: answer what is already
+                        // answered (below), drop the rest.
+                        client_left = true;
+                        break;
+                    }
                     Poll::Pending => break,
                 }
                 budget -= 1;
@@ -159,6 +176,9 @@ impl<S: Service> Connection<S> {
             self.finish_call(id, method, outcome);
         }
 
+        if client_left {
+            return Poll::Ready(End::ClientLeft);
+        }
         if let Err(err) = self.poll_write(cx) {
             return Poll::Ready(End::Broken(err));
         }
@@ -180,6 +200,7 @@ impl<S: Service> Connection<S> {
             match Pin::new(&mut self.transport).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = self.unsent.pop_front() {
+                        self.unsent_bytes -= frame.len();
                         Pin::new(&mut self.transport).start_send(frame)?;
                         self.unflushed = true;
                     }
@@ -228,8 +249,7 @@ impl<S: Service> Connection<S> {
                 body,
             } => {
                 if let Err(err) = self.start_call(id, method, timeout_us, body) {
-                    self.unsent
-                        .push_back(protocol::error_response_frame(id, &err));
+                    self.queue(protocol::error_response_frame(id, &err));
                 }
                 Ok(())
             }
@@ -249,7 +269,7 @@ impl<S: Service> Connection<S> {
                 Err(End::ClientLeft)
             }
             Message::Ping { nonce } => {
-                self.unsent.push_back(Message::Pong { nonce }.to_frame());
+                self.queue(Message::Pong { nonce }.to_frame());
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
@@ -353,6 +373,11 @@ impl<S: Service> Connection<S> {
                 }
             }
         };
+        self.queue(frame);
+    }
+
+    fn queue(&mut self, frame: Bytes) {
+        self.unsent_bytes += frame.len();
         self.unsent.push_back(frame);
     }
 }

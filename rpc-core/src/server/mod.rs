@@ -3,6 +3,7 @@
 mod connection;
 mod handshake;
 mod service;
+mod stats;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use service::HostedService;
 pub use service::{BoxFuture, Service};
+pub use stats::ServerStats;
 
 use crate::error::ErrorKind;
 use crate::log;
@@ -31,6 +33,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_concurrent_requests: usize,
     pub(crate) shutdown_grace: Duration,
     pub(crate) hello_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_buffered_bytes: usize,
 }
 
 /// A server: the services it hosts and its limits. Build it, then run one of
@@ -46,6 +50,8 @@ pub(crate) struct ServerConfig {
 /// | [`max_concurrent_requests`](Server::max_concurrent_requests) (per connection) | 1,024 |
 /// | [`shutdown_grace`](Server::shutdown_grace) | 30 s |
 /// | [`hello_timeout`](Server::hello_timeout) | 10 s |
+/// | [`max_connections`](Server::max_connections) | 10,000 |
+/// | [`max_buffered_bytes`](Server::max_buffered_bytes) (per connection) | 16 MiB |
 ///
 /// ```
 /// use rpc_core::{service, Server};
@@ -73,6 +79,7 @@ pub(crate) struct ServerConfig {
 pub struct Server {
     services: HashMap<&'static str, Arc<dyn HostedService>>,
     config: ServerConfig,
+    stats: ServerStats,
 }
 
 impl Default for Server {
@@ -102,8 +109,16 @@ impl Server {
                 max_concurrent_requests: 1024,
                 shutdown_grace: Duration::from_secs(30),
                 hello_timeout: Duration::from_secs(10),
+                max_connections: 10_000,
+                max_buffered_bytes: 16 << 20,
             },
+            stats: ServerStats::default(),
         }
+    }
+
+    /// Live counters of this server (open connections, ...), readable while it runs.
+    pub fn stats(&self) -> ServerStats {
+        self.stats.clone()
     }
 
     /// Hosts `service`; each connection's `Hello` names the service it wants.
@@ -153,6 +168,21 @@ impl Server {
         self
     }
 
+    /// How many connections [`serve`](Server::serve) serves at once (default 10,000). A
+    /// connection beyond it is told `Overloaded` ("at its connection limit") and closed.
+    pub fn max_connections(mut self, limit: usize) -> Server {
+        self.config.max_connections = limit;
+        self
+    }
+
+    /// How many bytes of responses one connection may have waiting to be sent (default
+    /// 16 MiB). While a client does not read its responses and they pile up beyond this, the
+    /// server stops reading that client's requests, instead of buffering without bound.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Server {
+        self.config.max_buffered_bytes = bytes;
+        self
+    }
+
     /// Accepts connections from `listener` and serves them until the listener is closed for
     /// good; then waits for the open connections to end.
     ///
@@ -174,6 +204,7 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let shared = Arc::new(self.into_shared());
+        listener.set_max_frame_size(shared.config.max_frame_size);
         async move {
             let shutdown = CancellationToken::new();
             let mut connections = JoinSet::new();
@@ -185,10 +216,22 @@ impl Server {
                     accepted = listener.accept() => match accepted {
                         Some(Ok(transport)) => {
                             backoff = Duration::ZERO;
+                            if shared.stats.open_connections() >= shared.config.max_connections {
+                                shared.stats.refused();
+                                let why = format!(
+                                    "the server is at its limit of {} connections \
+                                     (max_connections); retry later or elsewhere",
+                                    shared.config.max_connections
+                                );
+                                connections.spawn(refuse(transport, ErrorKind::Overloaded, why, REFUSE_TIMEOUT));
+                                continue;
+                            }
+                            let open = shared.stats.open();
                             connections.spawn(serve_transport(
                                 Arc::clone(&shared),
                                 transport,
                                 shutdown.clone(),
+                                open,
                             ));
                         }
                         Some(Err(err)) => {
@@ -233,13 +276,15 @@ impl Server {
         transport: T,
     ) -> impl Future<Output = io::Result<()>> + Send {
         let shared = Arc::new(self.into_shared());
-        serve_transport(shared, transport, CancellationToken::new())
+        let open = shared.stats.open();
+        serve_transport(shared, transport, CancellationToken::new(), open)
     }
 
     fn into_shared(self) -> Shared {
         Shared {
             services: self.services,
             config: Arc::new(self.config),
+            stats: self.stats,
         }
     }
 }
@@ -248,13 +293,18 @@ impl Server {
 struct Shared {
     services: HashMap<&'static str, Arc<dyn HostedService>>,
     config: Arc<ServerConfig>,
+    stats: ServerStats,
 }
+
+/// How long telling a connection beyond `max_connections` why it is refused may take.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads the `Hello`, then serves the connection with the service it asked for.
 async fn serve_transport<T: Transport>(
     shared: Arc<Shared>,
     mut transport: T,
     shutdown: CancellationToken,
+    _open: stats::OpenConnection,
 ) -> io::Result<()> {
     let first = tokio::select! {
         first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
@@ -266,13 +316,22 @@ async fn serve_transport<T: Transport>(
                 "no Hello within {:?} of connecting (hello_timeout)",
                 shared.config.hello_timeout
             );
-            return refuse(transport, ErrorKind::Protocol, why).await;
+            return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
         }
         Ok(None) => return Ok(()),
         Ok(Some(Err(err))) if err.kind() == io::ErrorKind::InvalidData => {
-            return refuse(transport, ErrorKind::Protocol, err.to_string()).await;
+            return refuse(
+                transport,
+                ErrorKind::Protocol,
+                err.to_string(),
+                CLOSE_TIMEOUT,
+            )
+            .await;
         }
-        Ok(Some(Err(err))) => return Err(err),
+        Ok(Some(Err(err))) => {
+            log::warn(format_args!("a connection failed before its Hello: {err}"));
+            return Err(err);
+        }
         Ok(Some(Ok(frame))) => frame,
     };
     if frame.len() > shared.config.max_frame_size {
@@ -281,7 +340,7 @@ async fn serve_transport<T: Transport>(
             frame.len(),
             shared.config.max_frame_size
         );
-        return refuse(transport, ErrorKind::Protocol, why).await;
+        return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
     }
     match handshake::accept(&frame, &shared.services) {
         Ok((service, routes)) => {
@@ -291,15 +350,28 @@ async fn serve_transport<T: Transport>(
             };
             service.serve(Box::new(transport), routes, context).await
         }
-        Err(err) => refuse(transport, err.kind(), err.message().to_string()).await,
+        Err(err) => {
+            refuse(
+                transport,
+                err.kind(),
+                err.message().to_string(),
+                CLOSE_TIMEOUT,
+            )
+            .await
+        }
     }
 }
 
 /// Tells the client why its connection is refused, and closes it.
-async fn refuse<T: Transport>(mut transport: T, kind: ErrorKind, why: String) -> io::Result<()> {
+async fn refuse<T: Transport>(
+    mut transport: T,
+    kind: ErrorKind,
+    why: String,
+    within: Duration,
+) -> io::Result<()> {
     log::warn(format_args!("refusing a connection: {kind}: {why}"));
     let goodbye = protocol::goodbye_frame(kind, &why);
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let _ = tokio::time::timeout(within, async {
         transport.send(goodbye).await?;
         transport.close().await
     })

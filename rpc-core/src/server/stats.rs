@@ -1,0 +1,63 @@
+//! Counters a server keeps, readable while it runs.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Live counters of a [`Server`](crate::Server), from [`Server::stats`](crate::Server::stats).
+///
+/// Cheap to clone; every clone reads the same counters.
+///
+/// ```
+/// let server = rpc_core::Server::new();
+/// let stats = server.stats();
+/// assert_eq!(stats.open_connections(), 0);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ServerStats {
+    /// Connections being served now (including ones still waiting for their `Hello`).
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted since the server started.
+    pub fn accepted_connections(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because the server was at its `max_connections`.
+    pub fn refused_connections(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub(crate) fn open(&self) -> OpenConnection {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    pub(crate) fn refused(&self) {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps one connection counted as open; dropped with the connection's task, however it
+/// ends (even when aborted).
+pub(crate) struct OpenConnection(ServerStats);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.inner.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
