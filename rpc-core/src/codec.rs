@@ -167,3 +167,28 @@ mod tests {
         assert_eq!(a, b);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bodies_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_value::<(i64, String)>(&body);
+            let _ = decode_value::<Vec<String>>(&body);
+            let _ = decode_value::<Option<Vec<u8>>>(&body);
+            let _ = decode_value::<std::collections::HashMap<String, Vec<u64>>>(&body);
+            let _ = decode_value::<(u128, char, bool, f64)>(&body);
+        }
+
+        #[test]
+        fn values_round_trip(a in any::<i64>(), s in ".{0,40}", v in proptest::collection::vec(any::<u64>(), 0..50)) {
+            let mut buf = BytesMut::new();
+            encode_value(&(a, &s, &v), &mut buf).unwrap();
+            let back: (i64, String, Vec<u64>) = decode_value(&buf).unwrap();
+            prop_assert_eq!(back, (a, s, v));
+        }
+    }
+}

@@ -320,3 +320,48 @@ mod tests {
         assert!(text.contains("another protocol"), "{text}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Message::decode(&frame);
+        }
+
+        #[test]
+        fn decoding_mutated_valid_frames_never_panics(
+            id in any::<u64>(),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut b = FrameBuilder::new();
+            b.body_mut().extend_from_slice(&body);
+            let mut frame = b.finish_request(id, 1, Some(Duration::from_millis(5))).to_vec();
+            for (at, value) in flips {
+                let at = at % frame.len();
+                frame[at] = value;
+            }
+            frame.truncate(cut % (frame.len() + 1));
+            let _ = Message::decode(&frame);
+        }
+
+        #[test]
+        fn request_frames_round_trip(
+            id in any::<u64>(),
+            method in any::<u32>(),
+            timeout_us in proptest::option::of(any::<u64>()),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut b = FrameBuilder::new();
+            b.body_mut().extend_from_slice(&body);
+            let frame = b.finish_request(id, method, timeout_us.map(Duration::from_micros));
+            let expected = Message::Request { id, method, timeout_us, metadata: vec![], body: &body };
+            prop_assert_eq!(Message::decode(&frame).unwrap(), expected);
+        }
+    }
+}

@@ -359,3 +359,63 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use futures::StreamExt;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_byte_streams_never_panic_the_reader(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+        ) {
+            runtime().block_on(async {
+                let (mut a, b) = tokio::io::duplex(1 << 16);
+                let mut b = framed(b).with_max_frame_size(1024);
+                for chunk in &chunks {
+                    a.write_all(chunk).await.unwrap();
+                }
+                drop(a);
+                while let Some(item) = b.next().await {
+                    if item.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+
+        #[test]
+        fn frames_survive_any_chunking(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+            split in 1usize..50,
+        ) {
+            runtime().block_on(async {
+                let mut wire = Vec::new();
+                for f in &frames {
+                    wire.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                    wire.extend_from_slice(f);
+                }
+                let (mut a, b) = tokio::io::duplex(1 << 16);
+                let mut b = framed(b);
+                for chunk in wire.chunks(split) {
+                    a.write_all(chunk).await.unwrap();
+                }
+                drop(a);
+                for f in &frames {
+                    assert_eq!(&b.next().await.unwrap().unwrap()[..], &f[..]);
+                }
+                assert!(b.next().await.is_none());
+            });
+        }
+    }
+}
