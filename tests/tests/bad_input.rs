@@ -8,26 +8,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::wire::{self, RawPeer, Status, Wire};
 use common::{guard, lab, next_event, Event, LabClient, LabServer};
+use common::{Harness, Kind};
 use rpc_core::{service, ErrorKind, Server};
-use rpc_transport::memory::{self, MemoryConnector};
+use rpc_transport::memory;
 
-/// A `Lab` server on a memory listener, a well-behaved client of it, and the connector.
-async fn server_with_good_client(
-    server: Server,
-) -> (
-    MemoryConnector,
-    LabClient,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let (listener, connector) = memory::listener();
-    let serving = tokio::spawn(server.serve(listener));
-    let good = LabClient::new(connector.connect().await.unwrap());
+/// The transports with a listener: every test with a hostile client runs over each.
+const LISTENERS: [Kind; 3] = [Kind::MemoryListener, Kind::Tcp, Kind::Unix];
+
+/// A `Lab` server on a listener of `kind`, and a well-behaved client of it.
+async fn server_with_good_client(kind: Kind, server: Server) -> (Harness, LabClient) {
+    let mut harness = Harness::start(kind, server).await;
+    let good = LabClient::new(harness.connect().await);
     assert_eq!(guard(good.add(1, 1)).await.unwrap(), 2);
-    (connector, good, serving)
+    (harness, good)
 }
 
-async fn raw_peer(connector: &MemoryConnector) -> RawPeer {
-    RawPeer(connector.connect().await.unwrap())
+async fn raw_peer(harness: &mut Harness) -> RawPeer {
+    RawPeer(harness.connect().await)
 }
 
 fn lab_server() -> (Server, tokio::sync::mpsc::UnboundedReceiver<Event>) {
@@ -46,134 +43,146 @@ fn method(name: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_first_frame_gets_a_protocol_goodbye() {
-    let (server, _events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    for garbage in [
-        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        &[0xff; 64][..],
-        &[][..],
-        &[0, b't', b'R', b'P'][..],
-    ] {
-        let mut peer = raw_peer(&connector).await;
-        peer.send_frame(Bytes::copy_from_slice(garbage)).await;
-        let (kind, message) = peer.expect_goodbye().await;
-        assert_eq!(kind, wire::PROTOCOL, "{message}");
-        assert!(message.contains("expected a Hello"), "{message}");
-        assert_eq!(guard(good.add(2, 2)).await.unwrap(), 4);
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &[0xff; 64][..],
+            &[][..],
+            &[0, b't', b'R', b'P'][..],
+        ] {
+            let mut peer = raw_peer(&mut harness).await;
+            peer.send_frame(Bytes::copy_from_slice(garbage)).await;
+            let (kind, message) = peer.expect_goodbye().await;
+            assert_eq!(kind, wire::PROTOCOL, "{message}");
+            assert!(message.contains("expected a Hello"), "{message}");
+            assert_eq!(guard(good.add(2, 2)).await.unwrap(), 4);
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_protocol_is_named_as_such() {
-    let (server, _events) = lab_server();
-    let (connector, _good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send_frame(Bytes::from_static(b"GET / HTTP/1.1\r\n"))
-        .await;
-    let (_, message) = peer.expect_goodbye().await;
-    assert!(message.contains("another protocol"), "{message}");
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, _good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send_frame(Bytes::from_static(b"GET / HTTP/1.1\r\n"))
+            .await;
+        let (_, message) = peer.expect_goodbye().await;
+        assert!(message.contains("another protocol"), "{message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_frame_after_hello_closes_only_that_connection() {
-    let (server, _events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-    peer.send_frame(Bytes::from_static(&[0x7f, 1, 2, 3])).await;
-    let (kind, message) = peer.expect_goodbye().await;
-    assert_eq!(kind, wire::PROTOCOL);
-    assert!(message.contains("not a protocol message"), "{message}");
-    assert_eq!(guard(good.add(3, 3)).await.unwrap(), 6);
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+        peer.send_frame(Bytes::from_static(&[0x7f, 1, 2, 3])).await;
+        let (kind, message) = peer.expect_goodbye().await;
+        assert_eq!(kind, wire::PROTOCOL);
+        assert!(message.contains("not a protocol message"), "{message}");
+        assert_eq!(guard(good.add(3, 3)).await.unwrap(), 6);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_decode_fails_only_that_call() {
-    let (server, _events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-    // A string that claims 2^60 bytes, in a 9-byte body: must not be allocated.
-    let mut lying = vec![0xff];
-    lying.extend_from_slice(&(1u64 << 60).to_le_bytes());
-    peer.send(&wire::request(1, method("panic"), None, lying))
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+        // A string that claims 2^60 bytes, in a 9-byte body: must not be allocated.
+        let mut lying = vec![0xff];
+        lying.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        peer.send(&wire::request(1, method("panic"), None, lying))
+            .await;
+        peer.send(&wire::request(2, method("add"), None, vec![0xff]))
+            .await;
+        peer.send(&wire::request(
+            3,
+            method("add"),
+            None,
+            wire::body(&(20i64, 22i64)),
+        ))
         .await;
-    peer.send(&wire::request(2, method("add"), None, vec![0xff]))
-        .await;
-    peer.send(&wire::request(
-        3,
-        method("add"),
-        None,
-        wire::body(&(20i64, 22i64)),
-    ))
-    .await;
-    for expected_id in 1..=2 {
+        for expected_id in 1..=2 {
+            match peer.recv().await {
+                Some(Wire::Response {
+                    id,
+                    status: Status::Error { kind, message },
+                    ..
+                }) => {
+                    assert_eq!(id, expected_id);
+                    assert_eq!(kind, wire::PROTOCOL, "{message}");
+                    assert!(message.contains("does not decode"), "{message}");
+                }
+                other => panic!("expected an error response, got {other:?}"),
+            }
+        }
         match peer.recv().await {
             Some(Wire::Response {
-                id,
-                status: Status::Error { kind, message },
-                ..
-            }) => {
-                assert_eq!(id, expected_id);
-                assert_eq!(kind, wire::PROTOCOL, "{message}");
-                assert!(message.contains("does not decode"), "{message}");
-            }
-            other => panic!("expected an error response, got {other:?}"),
+                id: 3,
+                status: Status::Ok,
+                body,
+            }) => assert_eq!(wire::decode_body::<i64>(&body), 42),
+            other => panic!("expected the sum, got {other:?}"),
         }
+        assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
     }
-    match peer.recv().await {
-        Some(Wire::Response {
-            id: 3,
-            status: Status::Ok,
-            body,
-        }) => assert_eq!(wire::decode_body::<i64>(&body), 42),
-        other => panic!("expected the sum, got {other:?}"),
-    }
-    assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_protocol_version_is_incompatible() {
-    let (server, _events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    let Wire::Hello {
-        magic,
-        service,
-        methods,
-        ..
-    } = wire::hello(&LabClient::DESCRIPTOR)
-    else {
-        unreachable!()
-    };
-    peer.send(&Wire::Hello {
-        magic,
-        version: 2,
-        service,
-        methods,
-    })
-    .await;
-    let (kind, message) = peer.expect_goodbye().await;
-    assert_eq!(kind, wire::INCOMPATIBLE, "{message}");
-    assert!(message.contains("version 2"), "{message}");
-    assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        let Wire::Hello {
+            magic,
+            service,
+            methods,
+            ..
+        } = wire::hello(&LabClient::DESCRIPTOR)
+        else {
+            unreachable!()
+        };
+        peer.send(&Wire::Hello {
+            magic,
+            version: 2,
+            service,
+            methods,
+        })
+        .await;
+        let (kind, message) = peer.expect_goodbye().await;
+        assert_eq!(kind, wire::INCOMPATIBLE, "{message}");
+        assert!(message.contains("version 2"), "{message}");
+        assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_without_our_magic_is_another_protocol() {
-    let (server, _events) = lab_server();
-    let (connector, _good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&Wire::Hello {
-        magic: *b"HTTP",
-        version: 1,
-        service: "Lab".into(),
-        methods: vec![],
-    })
-    .await;
-    let (kind, message) = peer.expect_goodbye().await;
-    assert_eq!(kind, wire::PROTOCOL);
-    assert!(message.contains("another protocol"), "{message}");
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, _good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&Wire::Hello {
+            magic: *b"HTTP",
+            version: 1,
+            service: "Lab".into(),
+            methods: vec![],
+        })
+        .await;
+        let (kind, message) = peer.expect_goodbye().await;
+        assert_eq!(kind, wire::PROTOCOL);
+        assert!(message.contains("another protocol"), "{message}");
+    }
 }
 
 /// A service the Lab server does not host.
@@ -184,142 +193,153 @@ pub trait Elsewhere {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_for_another_service_is_incompatible_and_names_both() {
-    let (server, _events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let client = ElsewhereClient::new(connector.connect().await.unwrap());
-    let err = guard(client.ping()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains("`Elsewhere`") && text.contains("`Lab`"),
-        "{text}"
-    );
-    // Later calls on that client fail the same way, at once.
-    assert_eq!(
-        guard(client.ping()).await.unwrap_err().kind(),
-        ErrorKind::Incompatible
-    );
-    assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let client = ElsewhereClient::new(harness.connect().await);
+        let err = guard(client.ping()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("`Elsewhere`") && text.contains("`Lab`"),
+            "{text}"
+        );
+        // Later calls on that client fail the same way, at once.
+        assert_eq!(
+            guard(client.ping()).await.unwrap_err().kind(),
+            ErrorKind::Incompatible
+        );
+        assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_vanishing_mid_call_gives_disconnected() {
-    let (server, mut events) = lab_server();
-    let (connector, good, serving) = server_with_good_client(server).await;
-    drop(connector);
-    let call = tokio::spawn(good.block(5).into_future_for_test());
-    assert_eq!(next_event(&mut events).await, Event::Started(5));
-    // Dropping the serve future closes its connections and drops their handlers.
-    serving.abort();
-    assert_eq!(next_event(&mut events).await, Event::Dropped(5));
-    let err = guard(call).await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
-    assert!(err.to_string().contains("closed"), "{err}");
-    let err = guard(good.add(1, 1)).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Disconnected);
+    for kind in LISTENERS {
+        let (server, mut events) = lab_server();
+        let (harness, good) = server_with_good_client(kind, server).await;
+        let call = tokio::spawn(good.block(5).into_future_for_test());
+        assert_eq!(next_event(&mut events).await, Event::Started(5));
+        // Dropping the serve future closes its connections and drops their handlers.
+        harness.server.abort();
+        assert_eq!(next_event(&mut events).await, Event::Dropped(5));
+        let err = guard(call).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+        assert!(err.to_string().contains("closed"), "{err}");
+        let err = guard(good.add(1, 1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Disconnected);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_vanishing_mid_call_stops_its_handler_only() {
-    let (server, mut events) = lab_server();
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-    peer.send(&wire::request(
-        1,
-        method("block"),
-        None,
-        wire::body(&(11u64,)),
-    ))
-    .await;
-    assert_eq!(next_event(&mut events).await, Event::Started(11));
-    drop(peer);
-    assert_eq!(next_event(&mut events).await, Event::Dropped(11));
-    assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    for kind in LISTENERS {
+        let (server, mut events) = lab_server();
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+        peer.send(&wire::request(
+            1,
+            method("block"),
+            None,
+            wire::body(&(11u64,)),
+        ))
+        .await;
+        assert_eq!(next_event(&mut events).await, Event::Started(11));
+        drop(peer);
+        assert_eq!(next_event(&mut events).await, Event::Dropped(11));
+        assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_enforces_the_deadline_it_is_sent() {
-    let (server, mut events) = lab_server();
-    let (connector, _good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-    // 20 ms remaining; this peer never cancels.
-    peer.send(&wire::request(
-        1,
-        method("block"),
-        Some(20_000),
-        wire::body(&(4u64,)),
-    ))
-    .await;
-    assert_eq!(next_event(&mut events).await, Event::Started(4));
-    assert_eq!(next_event(&mut events).await, Event::Dropped(4));
-    match peer.recv().await {
-        Some(Wire::Response {
-            id: 1,
-            status: Status::Error { kind, message },
-            ..
-        }) => {
-            assert_eq!(kind, wire::DEADLINE_EXCEEDED, "{message}");
-            assert!(message.contains("block"), "{message}");
+    for kind in LISTENERS {
+        let (server, mut events) = lab_server();
+        let (mut harness, _good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+        // 20 ms remaining; this peer never cancels.
+        peer.send(&wire::request(
+            1,
+            method("block"),
+            Some(20_000),
+            wire::body(&(4u64,)),
+        ))
+        .await;
+        assert_eq!(next_event(&mut events).await, Event::Started(4));
+        assert_eq!(next_event(&mut events).await, Event::Dropped(4));
+        match peer.recv().await {
+            Some(Wire::Response {
+                id: 1,
+                status: Status::Error { kind, message },
+                ..
+            }) => {
+                assert_eq!(kind, wire::DEADLINE_EXCEEDED, "{message}");
+                assert!(message.contains("block"), "{message}");
+            }
+            other => panic!("expected DeadlineExceeded, got {other:?}"),
         }
-        other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_drops_the_handler() {
-    let (server, mut events) = lab_server();
-    let (connector, _good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-    peer.send(&wire::request(
-        8,
-        method("block"),
-        None,
-        wire::body(&(8u64,)),
-    ))
-    .await;
-    assert_eq!(next_event(&mut events).await, Event::Started(8));
-    peer.send(&Wire::Cancel { id: 8 }).await;
-    assert_eq!(next_event(&mut events).await, Event::Dropped(8));
-    // No response is sent for a cancelled call; the connection goes on.
-    peer.send(&wire::request(
-        9,
-        method("add"),
-        None,
-        wire::body(&(1i64, 1i64)),
-    ))
-    .await;
-    match peer.recv().await {
-        Some(Wire::Response {
-            id: 9,
-            status: Status::Ok,
-            body,
-        }) => {
-            assert_eq!(wire::decode_body::<i64>(&body), 2)
+    for kind in LISTENERS {
+        let (server, mut events) = lab_server();
+        let (mut harness, _good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+        peer.send(&wire::request(
+            8,
+            method("block"),
+            None,
+            wire::body(&(8u64,)),
+        ))
+        .await;
+        assert_eq!(next_event(&mut events).await, Event::Started(8));
+        peer.send(&Wire::Cancel { id: 8 }).await;
+        assert_eq!(next_event(&mut events).await, Event::Dropped(8));
+        // No response is sent for a cancelled call; the connection goes on.
+        peer.send(&wire::request(
+            9,
+            method("add"),
+            None,
+            wire::body(&(1i64, 1i64)),
+        ))
+        .await;
+        match peer.recv().await {
+            Some(Wire::Response {
+                id: 9,
+                status: Status::Ok,
+                body,
+            }) => {
+                assert_eq!(wire::decode_body::<i64>(&body), 2)
+            }
+            other => panic!("expected the response to 9, got {other:?}"),
         }
-        other => panic!("expected the response to 9, got {other:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_after_the_hello_timeout() {
-    let (server, _events) = lab_server();
-    let server = server.hello_timeout(Duration::from_millis(50));
-    let (connector, good, _serving) = server_with_good_client(server).await;
-    let mut peer = raw_peer(&connector).await;
-    let (kind, message) = peer.expect_goodbye().await;
-    assert_eq!(kind, wire::PROTOCOL);
-    assert!(message.contains("no Hello"), "{message}");
-    assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    for kind in LISTENERS {
+        let (server, _events) = lab_server();
+        let server = server.hello_timeout(Duration::from_millis(50));
+        let (mut harness, good) = server_with_good_client(kind, server).await;
+        let mut peer = raw_peer(&mut harness).await;
+        let (kind, message) = peer.expect_goodbye().await;
+        assert_eq!(kind, wire::PROTOCOL);
+        assert!(message.contains("no Hello"), "{message}");
+        assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_response_fails_the_client_with_protocol() {
     let (client_end, server_end) = memory::pair();
     let client = LabClient::new(client_end);
-    let mut fake_server = RawPeer(server_end);
+    let mut fake_server = RawPeer(Box::new(server_end));
     let call = tokio::spawn(client.add(1, 2).into_future_for_test());
     assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
     assert!(matches!(
@@ -341,7 +361,7 @@ async fn a_garbage_response_fails_the_client_with_protocol() {
 async fn a_response_body_that_does_not_decode_fails_only_that_call() {
     let (client_end, server_end) = memory::pair();
     let client = LabClient::new(client_end);
-    let mut fake_server = RawPeer(server_end);
+    let mut fake_server = RawPeer(Box::new(server_end));
     let call = tokio::spawn(client.add(1, 2).into_future_for_test());
     assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
     let Some(Wire::Request { id, .. }) = fake_server.recv().await else {

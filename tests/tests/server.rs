@@ -6,10 +6,69 @@ mod common;
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use common::{guard, lab, next_event, Event, LabClient, LabServer};
+use common::{guard, lab, next_event, Event, Harness, Kind, LabClient, LabServer};
 use rpc_core::{service, ErrorKind, Server};
 use rpc_transport::memory;
 use tokio::sync::oneshot;
+
+/// The transports with a listener.
+const LISTENERS: [Kind; 3] = [Kind::MemoryListener, Kind::Tcp, Kind::Unix];
+
+/// A listener of `kind` and a way to connect to it, for tests that drive `serve*` by hand.
+async fn listen(kind: Kind) -> (Listener, Connector) {
+    match kind {
+        Kind::MemoryListener => {
+            let (listener, connector) = memory::listener();
+            (Listener::Memory(listener), Connector::Memory(connector))
+        }
+        Kind::Tcp => {
+            let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            (Listener::Tcp(listener), Connector::Tcp(addr))
+        }
+        Kind::Unix => {
+            let path = common::socket_path();
+            let listener = rpc_transport::unix::bind(&path).await.unwrap();
+            (Listener::Unix(listener), Connector::Unix(path))
+        }
+        Kind::MemoryPair => unreachable!("a pair has no listener"),
+    }
+}
+
+enum Listener {
+    Memory(memory::MemoryListener),
+    Tcp(rpc_transport::tcp::TcpListener),
+    Unix(rpc_transport::unix::UnixListener),
+}
+
+enum Connector {
+    Memory(memory::MemoryConnector),
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl Connector {
+    async fn connect(&self) -> std::io::Result<common::AnyTransport> {
+        Ok(match self {
+            Connector::Memory(c) => Box::new(c.connect().await?),
+            Connector::Tcp(addr) => Box::new(rpc_transport::tcp::connect(*addr).await?),
+            Connector::Unix(path) => Box::new(rpc_transport::unix::connect(path).await?),
+        })
+    }
+}
+
+/// `serve_with_shutdown` on any listener.
+fn serve_with_shutdown(
+    server: Server,
+    listener: Listener,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    match listener {
+        Listener::Memory(l) => tokio::spawn(server.serve_with_shutdown(l, signal)),
+        Listener::Tcp(l) => tokio::spawn(server.serve_with_shutdown(l, signal)),
+        Listener::Unix(l) => tokio::spawn(server.serve_with_shutdown(l, signal)),
+    }
+}
 
 #[service]
 pub trait Greeter {
@@ -26,21 +85,20 @@ impl Greeter for English {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_listener_hosts_several_services() {
-    let (imp, _events) = lab();
-    let (listener, connector) = memory::listener();
-    tokio::spawn(
-        Server::new()
+    for kind in LISTENERS {
+        let (imp, _events) = lab();
+        let server = Server::new()
             .add_service(LabServer::new(imp))
-            .add_service(GreeterServer::new(English))
-            .serve(listener),
-    );
-    let lab = LabClient::new(connector.connect().await.unwrap());
-    let greeter = GreeterClient::new(connector.connect().await.unwrap());
-    assert_eq!(
-        guard(greeter.greet("Ada".into())).await.unwrap(),
-        "Hello, Ada!"
-    );
-    assert_eq!(guard(lab.add(1, 2)).await.unwrap(), 3);
+            .add_service(GreeterServer::new(English));
+        let mut harness = Harness::start(kind, server).await;
+        let lab = LabClient::new(harness.connect().await);
+        let greeter = GreeterClient::new(harness.connect().await);
+        assert_eq!(
+            guard(greeter.greet("Ada".into())).await.unwrap(),
+            "Hello, Ada!"
+        );
+        assert_eq!(guard(lab.add(1, 2)).await.unwrap(), 3);
+    }
 }
 
 #[test]
@@ -53,66 +111,71 @@ fn hosting_one_name_twice_is_a_programming_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_calls_in_progress_finish_and_sheds_new_ones() {
-    let (imp, mut events) = lab();
-    let release = imp.release.clone();
-    let (listener, connector) = memory::listener();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(
-        Server::new()
-            .add_service(LabServer::new(imp))
-            .serve_with_shutdown(listener, async move {
+    for kind in LISTENERS {
+        let (imp, mut events) = lab();
+        let release = imp.release.clone();
+        let (listener, connector) = listen(kind).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = serve_with_shutdown(
+            Server::new().add_service(LabServer::new(imp)),
+            listener,
+            async move {
                 let _ = stopped.await;
-            }),
-    );
-    let client = LabClient::new(connector.connect().await.unwrap());
-    let slow = tokio::spawn(client.block(1).into_future());
-    assert_eq!(next_event(&mut events).await, Event::Started(1));
+            },
+        );
+        let client = LabClient::new(connector.connect().await.unwrap());
+        let slow = tokio::spawn(client.block(1).into_future());
+        assert_eq!(next_event(&mut events).await, Event::Started(1));
 
-    stop.send(()).unwrap();
-    // Once the connection has seen the signal, new calls are shed with Overloaded.
-    let err = guard(async {
-        loop {
-            match client.add(1, 1).await {
-                Ok(_) => tokio::task::yield_now().await,
-                Err(err) => break err,
+        stop.send(()).unwrap();
+        // Once the connection has seen the signal, new calls are shed with Overloaded.
+        let err = guard(async {
+            loop {
+                match client.add(1, 1).await {
+                    Ok(_) => tokio::task::yield_now().await,
+                    Err(err) => break err,
+                }
             }
-        }
-    })
-    .await;
-    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
-    assert!(err.to_string().contains("shutting down"), "{err}");
-    // No new connections are accepted.
-    assert!(connector.connect().await.is_err());
+        })
+        .await;
+        assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+        assert!(err.to_string().contains("shutting down"), "{err}");
+        // No new connections are accepted.
+        assert!(connector.connect().await.is_err());
 
-    // The call in progress finishes and gets its answer; then the server is done.
-    release.notify_one();
-    assert_eq!(guard(slow).await.unwrap().unwrap(), 1);
-    guard(serving).await.unwrap().unwrap();
-    let err = guard(client.add(1, 1)).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+        // The call in progress finishes and gets its answer; then the server is done.
+        release.notify_one();
+        assert_eq!(guard(slow).await.unwrap().unwrap(), 1);
+        guard(serving).await.unwrap().unwrap();
+        let err = guard(client.add(1, 1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_handlers_that_outlive_the_grace_period() {
-    let (imp, mut events) = lab();
-    let (listener, connector) = memory::listener();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(
-        Server::new()
-            .add_service(LabServer::new(imp))
-            .shutdown_grace(Duration::from_millis(20))
-            .serve_with_shutdown(listener, async move {
+    for kind in LISTENERS {
+        let (imp, mut events) = lab();
+        let (listener, connector) = listen(kind).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = serve_with_shutdown(
+            Server::new()
+                .add_service(LabServer::new(imp))
+                .shutdown_grace(Duration::from_millis(20)),
+            listener,
+            async move {
                 let _ = stopped.await;
-            }),
-    );
-    let client = LabClient::new(connector.connect().await.unwrap());
-    let stuck = tokio::spawn(client.block(2).into_future());
-    assert_eq!(next_event(&mut events).await, Event::Started(2));
-    stop.send(()).unwrap();
-    assert_eq!(next_event(&mut events).await, Event::Dropped(2));
-    guard(serving).await.unwrap().unwrap();
-    let err = guard(stuck).await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+            },
+        );
+        let client = LabClient::new(connector.connect().await.unwrap());
+        let stuck = tokio::spawn(client.block(2).into_future());
+        assert_eq!(next_event(&mut events).await, Event::Started(2));
+        stop.send(()).unwrap();
+        assert_eq!(next_event(&mut events).await, Event::Dropped(2));
+        guard(serving).await.unwrap().unwrap();
+        let err = guard(stuck).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,11 @@ impl Calculator for Calc {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(Server::new().add_service(CalculatorServer::new(Calc)).serve(listener));
+    tokio::spawn(
+        Server::new()
+            .add_service(CalculatorServer::new(Calc))
+            .serve(listener),
+    );
     let calc = CalculatorClient::new(rpc_transport::tcp::connect(addr).await?);
 
     // `?` handles the framework's error; the service's result is an ordinary `Result`.

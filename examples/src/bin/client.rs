@@ -21,6 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         GreeterClient::new(rpc_transport::tcp::connect(&address).await?)
     };
     println!("{}", client.hello(name).await?);
-    println!("greetings given by the server so far: {}", client.count().await?);
+    println!(
+        "greetings given by the server so far: {}",
+        client.count().await?
+    );
     Ok(())
 }

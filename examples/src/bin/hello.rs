@@ -28,6 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (a, b) = tokio::join!(client.hello("Edsger".into()), client.count());
     println!("concurrently: hello -> {:?}, count -> {:?}", a?, b?);
 
-    println!("the server has given {} greetings; done", client.count().await?);
+    println!(
+        "the server has given {} greetings; done",
+        client.count().await?
+    );
     Ok(())
 }

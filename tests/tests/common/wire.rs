@@ -6,7 +6,6 @@ use bincode::{Decode, Encode};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rpc_core::ServiceDescriptor;
-use rpc_transport::memory::MemoryTransport;
 
 pub const MAGIC: [u8; 4] = *b"tRPC";
 
@@ -90,7 +89,7 @@ pub fn request(id: u64, method: u32, timeout_us: Option<u64>, body: Vec<u8>) -> 
 }
 
 /// A peer that speaks raw frames.
-pub struct RawPeer(pub MemoryTransport);
+pub struct RawPeer(pub super::AnyTransport);
 
 impl RawPeer {
     pub async fn send_frame(&mut self, frame: Bytes) {
