@@ -113,3 +113,46 @@ impl rpc_core::Listener for UnixListener {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("rpc-unix-{}-{name}.sock", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced() {
+        let path = temp_path("stale");
+        let _ = std::fs::remove_file(&path);
+        // A socket file nobody listens on, as a crashed process leaves behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let listener = bind(&path).await.unwrap();
+        assert!(connect(&path).await.is_ok());
+        drop(listener);
+        assert!(!path.exists(), "the listener removes its socket file");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_taken_over() {
+        let path = temp_path("live");
+        let _ = std::fs::remove_file(&path);
+        let first = bind(&path).await.unwrap();
+        let err = bind(&path).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(path.exists());
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_left_alone() {
+        let path = temp_path("regular");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = bind(&path).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
