@@ -284,4 +284,56 @@ mod tests {
             assert!(out.contains(expected), "missing {expected} in {out}");
         }
     }
+
+    #[test]
+    fn unfit_types_are_reported_only_by_the_assertions() {
+        let out = expand(
+            quote!(),
+            quote! {
+                pub trait Geometry {
+                    async fn norm(&self, p: Point) -> f64;
+                    async fn scale(&self, p: Point, by: f64) -> Point;
+                    #[cfg(feature = "x")]
+                    async fn gone(&self, x: Missing) -> f64;
+                }
+            },
+        );
+        let out: String = out.chars().filter(|c| !c.is_whitespace()).collect();
+        let wire = "::rpc_core::__private::serde::Serialize+::rpc_core::__private::serde::de::DeserializeOwned+::core::marker::Send+'static";
+        // The server requires each distinct type once, in its where clause.
+        let bounds = format!(
+            "S:Geometry+::core::marker::Send+::core::marker::Sync+'static,\
+             for<'__rpc>Point:{wire},for<'__rpc>f64:{wire},{{"
+        );
+        assert!(out.contains(&bounds), "missing {bounds} in {out}");
+        // So do the serde impls of the enums.
+        let serde = "#[serde(bound(serialize=\"for<'__rpc>Point:::rpc_core::__private::serde::Serialize,for<'__rpc>f64:::rpc_core::__private::serde::Serialize\",deserialize=";
+        assert!(out.contains(serde), "missing {serde} in {out}");
+        // A type of a `#[cfg]` method cannot be in a where clause.
+        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
+        // The assertions come before everything else that uses the types.
+        let assertions = out.find("assert_arg::<Point>").unwrap();
+        assert!(
+            assertions < out.find("enumGeometryRequest").unwrap(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn server_parameter_does_not_shadow_user_types() {
+        let out = expand(
+            quote!(),
+            quote! {
+                pub trait Store {
+                    async fn put(&self, value: S) -> Vec<Svc>;
+                }
+            },
+        );
+        let out: String = out.chars().filter(|c| !c.is_whitespace()).collect();
+        assert!(
+            out.contains("pubstructStoreServer<Implementation>"),
+            "{out}"
+        );
+        assert!(out.contains("for<'__rpc>S:"), "{out}");
+    }
 }

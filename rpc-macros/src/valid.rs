@@ -120,10 +120,17 @@ fn check_method(method: &Method, errors: &mut Errors) {
         );
     }
     if !sig.generics.params.is_empty() {
-        errors.spanned(
-            &sig.generics,
-            "RPC methods cannot be generic: remove the generic parameters and use concrete types",
-        );
+        let only_lifetimes = sig
+            .generics
+            .params
+            .iter()
+            .all(|param| matches!(param, syn::GenericParam::Lifetime(_)));
+        let message = if only_lifetimes {
+            "RPC methods cannot be generic, not even over lifetimes: arguments and results are owned values that cross the network; remove the lifetime parameters and use owned types (`String`, not `&'a str`)"
+        } else {
+            "RPC methods cannot be generic: remove the generic parameters and use concrete types"
+        };
+        errors.spanned(&sig.generics, message);
     }
     if let Some(where_clause) = &sig.generics.where_clause {
         errors.spanned(

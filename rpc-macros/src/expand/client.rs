@@ -1,9 +1,10 @@
 //! The generated client: `FooClient`, one method per trait method returning `rpc_core::Call`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
-use super::{fingerprint_lit, method_link};
+use super::{fingerprint_lit, method_link, return_span};
 use crate::ast::{Method, Service};
 
 /// `FooClient` and its inherent impl, which holds the service's `DESCRIPTOR`.
@@ -87,12 +88,22 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
         let (ident, ty) = (&arg.ident, &arg.ty);
         quote!(#ident: #ty)
     });
+    // If a type is not `Serialize`/`DeserializeOwned`, the type assertions report it at the
+    // type; the compiler then also fails `call`'s bounds here. Span those uses so that error
+    // points into the method too, not at `#[service]`: the arguments at the argument's type
+    // when there is one (the compiler blames the whole tuple, never one element), else at
+    // the method's name; the decoder at the return type.
     let idents: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-    let args = match idents.as_slice() {
-        [one] => quote!((#one,)),
-        many => quote!((#(#many),*)),
+    let args = match method.args.as_slice() {
+        [one] => {
+            let ident = &one.ident;
+            quote_spanned!(one.ty.span()=> &(#ident,))
+        }
+        _ => quote_spanned!(method.ident.span()=> &(#(#idents),*)),
     };
     let output = &method.output;
+    let decode =
+        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_value::<#output>);
     let fingerprint = fingerprint_lit(method);
     quote! {
         #(#cfgs)*
@@ -100,8 +111,8 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
         #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#output> {
             self.client.call(
                 const { ::rpc_core::__private::method_index(&Self::DESCRIPTOR, #fingerprint) },
-                &#args,
-                ::rpc_core::__private::decode_value::<#output>,
+                #args,
+                #decode,
             )
         }
     }

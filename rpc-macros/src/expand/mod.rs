@@ -24,13 +24,15 @@ pub fn service(service: &Service) -> TokenStream {
     let client = client::client(service);
     let server = server::server(service);
     let assertions = type_assertions(service);
+    // The assertions come first so that, when a type is unfit, their error (at the type) is
+    // the first one reported.
     quote! {
         #trait_def
+        #assertions
         #request
         #response
         #client
         #server
-        #assertions
     }
 }
 
@@ -99,6 +101,7 @@ fn request_enum(service: &Service) -> TokenStream {
             #variant { #(#fields),* }
         }
     });
+    let bound = serde_bound(service);
     quote! {
         #[doc = #doc]
         #[derive(
@@ -106,6 +109,7 @@ fn request_enum(service: &Service) -> TokenStream {
             ::rpc_core::__private::serde::Deserialize
         )]
         #[serde(crate = "::rpc_core::__private::serde")]
+        #bound
         #[allow(
             missing_debug_implementations,
             clippy::enum_variant_names,
@@ -138,6 +142,7 @@ fn response_enum(service: &Service) -> TokenStream {
             #variant(#output)
         }
     });
+    let bound = serde_bound(service);
     quote! {
         #[doc = #doc]
         #[derive(
@@ -145,6 +150,7 @@ fn response_enum(service: &Service) -> TokenStream {
             ::rpc_core::__private::serde::Deserialize
         )]
         #[serde(crate = "::rpc_core::__private::serde")]
+        #bound
         #[allow(
             missing_debug_implementations,
             clippy::enum_variant_names,
@@ -159,6 +165,11 @@ fn response_enum(service: &Service) -> TokenStream {
 /// Compile-time checks that every argument and return type is
 /// `Serialize + DeserializeOwned + Send + 'static`, spanned at the user's type so the
 /// compiler's error points there. The function is never called.
+///
+/// This is where a bad type is reported: the other generated uses of the types carry the
+/// same requirement in where clauses (see [`checked_types`]), so they do not report it again.
+/// (A custom `#[diagnostic::on_unimplemented]` message cannot be generated here: the
+/// `diagnostic` tool namespace does not resolve under `#![no_implicit_prelude]`.)
 fn type_assertions(service: &Service) -> TokenStream {
     let checks = service.methods.iter().map(|method| {
         let cfgs = method.cfg_attrs();
@@ -167,11 +178,7 @@ fn type_assertions(service: &Service) -> TokenStream {
             quote_spanned!(ty.span()=> ::rpc_core::__private::assert_arg::<#ty>();)
         });
         let output = &method.output;
-        let ret = match &method.sig.output {
-            syn::ReturnType::Type(_, ty) => ty.span(),
-            syn::ReturnType::Default => method.ident.span(),
-        };
-        let ret = quote_spanned!(ret=> ::rpc_core::__private::assert_return::<#output>(););
+        let ret = quote_spanned!(return_span(method)=> ::rpc_core::__private::assert_return::<#output>(););
         quote! {
             #(#cfgs)*
             {
@@ -189,6 +196,81 @@ fn type_assertions(service: &Service) -> TokenStream {
             }
         };
     }
+}
+
+/// Where errors about the method's return type should point: the type, or the method's
+/// name when it returns `()` implicitly.
+pub(crate) fn return_span(method: &Method) -> Span {
+    match &method.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.span(),
+        syn::ReturnType::Default => method.ident.span(),
+    }
+}
+
+/// `Serialize + DeserializeOwned + Send + 'static`: what every argument and return type
+/// must be.
+fn wire_traits() -> TokenStream {
+    quote! {
+        ::rpc_core::__private::serde::Serialize
+            + ::rpc_core::__private::serde::de::DeserializeOwned
+            + ::core::marker::Send
+            + 'static
+    }
+}
+
+/// The distinct argument and return types of the methods that have no `#[cfg]`.
+///
+/// The serde impls of the request and response enums and the server's `Service` impl
+/// require [`wire_traits`] of these in their where clauses, so that a type lacking them is
+/// reported once, by [`type_assertions`] at the user's type, rather than again by every
+/// generated use of it (serde's derives, `decode_value`, ...). The bounds are written
+/// `for<'__rpc> T: ...`: a bound on a concrete type must not be trivially false in a where
+/// clause, but one under a binder is not checked on its own and simply makes the impl
+/// unusable, which costs nothing since the assertion already fails.
+///
+/// Methods under `#[cfg]` are left out, because a where predicate cannot carry `#[cfg]`:
+/// their types are still checked everywhere they are used, only less quietly.
+pub(crate) fn checked_types(service: &Service) -> Vec<&syn::Type> {
+    let mut seen = std::collections::HashSet::new();
+    service
+        .methods
+        .iter()
+        .filter(|method| method.cfg_attrs().next().is_none())
+        .flat_map(|method| {
+            method
+                .args
+                .iter()
+                .map(|arg| &arg.ty)
+                .chain(std::iter::once(&method.output))
+        })
+        .filter(|ty| seen.insert(quote!(#ty).to_string()))
+        .collect()
+}
+
+/// `for<'__rpc> T: Serialize + DeserializeOwned + Send + 'static` for each of
+/// [`checked_types`].
+pub(crate) fn wire_bounds(service: &Service) -> Vec<TokenStream> {
+    let wire = wire_traits();
+    checked_types(service)
+        .into_iter()
+        .map(|ty| quote!(for<'__rpc> #ty: #wire))
+        .collect()
+}
+
+/// `#[serde(bound(...))]` for the request and response enums: their impls require each of
+/// [`checked_types`] to be `Serialize`, resp. `DeserializeOwned`.
+fn serde_bound(service: &Service) -> TokenStream {
+    let types = checked_types(service);
+    let bound = |tr: &str| {
+        types
+            .iter()
+            .map(|ty| format!("for<'__rpc> {}: {tr}", quote!(#ty)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ser = bound("::rpc_core::__private::serde::Serialize");
+    let de = bound("::rpc_core::__private::serde::de::DeserializeOwned");
+    quote!(#[serde(bound(serialize = #ser, deserialize = #de))])
 }
 
 /// The method's doc comments, after an empty line, or nothing if it has none.

@@ -1,10 +1,12 @@
 //! The generated server: `FooServer<S>`, which implements `rpc_core::Service` for any `S`
 //! implementing the trait.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use std::collections::HashSet;
 
-use super::{fingerprint_lit, local};
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use quote::{quote, ToTokens};
+
+use super::{checked_types, fingerprint_lit, local, wire_bounds};
 use crate::ast::Service;
 
 /// `FooServer<S>`, its inherent impl and its `Clone`, `Debug` and `rpc_core::Service` impls.
@@ -13,12 +15,7 @@ pub fn server(service: &Service) -> TokenStream {
     let trait_name = &service.ident;
     let server = service.item_ident("Server");
     let client = service.item_ident("Client");
-    // The implementation's type parameter; it must not shadow the trait's own name.
-    let param = if service.ident == "S" {
-        format_ident!("Svc", span = Span::call_site())
-    } else {
-        format_ident!("S", span = Span::call_site())
-    };
+    let param = type_param(service);
     let doc = format!(
         " Server side of the [`{trait_name}`] service: wraps an implementation of the trait and\n \
          implements [`rpc_core::Service`], which `rpc_core::Server::add_service` takes.\n\n \
@@ -81,8 +78,13 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         local("response"),
     );
 
-    // decode_request: the types are inferred from the enum's fields, so no user type is ever
-    // named inside `impl<S>`, where a user type called `S` would mean the parameter.
+    // decode_request: the types are inferred from the enum's fields; the only user types
+    // named inside `impl<S>` are those of the where clause, and `type_param` picks a name
+    // none of them uses.
+    // A bad argument or return type is reported once, by the type assertions; here it only
+    // makes the impl unusable instead of failing again in `decode_value`/`encode_value`.
+    let bounds = wire_bounds(service);
+
     let decode_arms = service.methods.iter().map(|method| {
         let cfgs = method.cfg_attrs();
         let fp = fingerprint_lit(method);
@@ -152,6 +154,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         impl<#param> ::rpc_core::Service for #server<#param>
         where
             #param: #trait_name + ::core::marker::Send + ::core::marker::Sync + 'static,
+            #(#bounds,)*
         {
             type Request = #request;
             type Response = #response;
@@ -186,6 +189,36 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                     #(#encode_arms)*
                 }
             }
+        }
+    }
+}
+
+/// The name of the implementation's type parameter: `S`, unless the trait or one of its
+/// argument or return types names an `S`, which the parameter would shadow.
+fn type_param(service: &Service) -> Ident {
+    let mut taken = HashSet::new();
+    taken.insert(service.ident.to_string());
+    for ty in checked_types(service) {
+        collect_idents(ty.to_token_stream(), &mut taken);
+    }
+    ["S", "Svc", "Implementation"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..).map(|n| format!("S{n}")))
+        .find(|name| !taken.contains(name))
+        .map(|name| Ident::new(&name, Span::call_site()))
+        .expect("an endless list of names has a free one")
+}
+
+/// Every identifier in `tokens`, as a string.
+fn collect_idents(tokens: TokenStream, out: &mut HashSet<String>) {
+    for tree in tokens {
+        match tree {
+            TokenTree::Ident(ident) => {
+                out.insert(ident.to_string());
+            }
+            TokenTree::Group(group) => collect_idents(group.stream(), out),
+            TokenTree::Punct(_) | TokenTree::Literal(_) => {}
         }
     }
 }

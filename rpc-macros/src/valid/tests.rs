@@ -256,6 +256,14 @@ fn generic_methods() {
         ),
         &["cannot be generic", "remove the `where` clause"],
     );
+    assert_error(
+        parse_quote!(
+            trait T {
+                async fn f<'a>(&self, a: String);
+            }
+        ),
+        &["not even over lifetimes", "remove the lifetime parameters"],
+    );
 }
 
 #[test]
