@@ -1,0 +1,478 @@
+//! The benchmark: the workloads of the shared benchmark specification, against a server
+//! started in this process, over TCP, Unix sockets and the in-memory transport.
+//!
+//! ```text
+//! cargo run --release -p rpc-examples --bin bench                     # everything, a table
+//! cargo run --release -p rpc-examples --bin bench -- --quick --json   # smoke test, JSON lines
+//! cargo run --release -p rpc-examples --bin bench -- --transport tcp --workload seq,conc
+//! ```
+//!
+//! Workloads: `seq` (one caller, sequential `add`: calls/s, p50, p99), `conc` (64 tasks
+//! sharing one connection: calls/s), `bulk` (sequential 1 MiB `echo`: MB/s, and the peak
+//! resident memory), `conns` (TCP only: 5,000 connections that each made one call and then
+//! idle: resident memory per connection, client and server ends together).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rpc_core::{service, Server, Transport};
+
+/// The benchmark service of the specification.
+#[service]
+pub trait Bench {
+    /// Adds two numbers.
+    async fn add(&self, a: u64, b: u64) -> u64;
+    /// Returns its argument.
+    async fn echo(&self, data: Vec<u8>) -> Vec<u8>;
+}
+
+#[derive(Clone)]
+struct BenchImpl;
+
+impl Bench for BenchImpl {
+    async fn add(&self, a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    async fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+}
+
+const USAGE: &str =
+    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns]
+  --quick      10x fewer calls and 1 s windows: a smoke test, not numbers
+  --json       one JSON object per result on stdout (the table goes to stderr)
+  TOKIO_WORKER_THREADS sets the number of runtime worker threads.";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Tcp,
+    Unix,
+    Mem,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Seq,
+    Conc,
+    Bulk,
+    Conns,
+}
+
+const KINDS: [(&str, Kind); 3] = [("tcp", Kind::Tcp), ("unix", Kind::Unix), ("mem", Kind::Mem)];
+const WORKLOADS: [(&str, Workload); 4] = [
+    ("seq", Workload::Seq),
+    ("conc", Workload::Conc),
+    ("bulk", Workload::Bulk),
+    ("conns", Workload::Conns),
+];
+
+struct Opts {
+    json: bool,
+    kinds: Vec<Kind>,
+    workloads: Vec<Workload>,
+    seq_warmup: u64,
+    seq_calls: u64,
+    conc_tasks: usize,
+    conc_warmup: Duration,
+    conc_window: Duration,
+    bulk_warmup: u64,
+    bulk_calls: u64,
+    bulk_size: usize,
+    conns: usize,
+}
+
+fn list<T: Copy>(value: &str, names: &[(&str, T)]) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|v| {
+            names
+                .iter()
+                .find(|(n, _)| *n == v)
+                .map(|&(_, t)| t)
+                .ok_or_else(|| format!("unknown value {v:?}\n{USAGE}"))
+        })
+        .collect()
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut opts = Opts {
+        json: false,
+        kinds: KINDS.map(|(_, k)| k).to_vec(),
+        workloads: WORKLOADS.map(|(_, w)| w).to_vec(),
+        seq_warmup: if quick { 200 } else { 2_000 },
+        seq_calls: if quick { 2_000 } else { 20_000 },
+        conc_tasks: 64,
+        conc_warmup: Duration::from_millis(if quick { 100 } else { 500 }),
+        conc_window: Duration::from_secs(if quick { 1 } else { 3 }),
+        bulk_warmup: if quick { 1 } else { 10 },
+        bulk_calls: if quick { 20 } else { 200 },
+        bulk_size: 1 << 20,
+        conns: if quick { 500 } else { 5_000 },
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => {}
+            "--json" => opts.json = true,
+            "--transport" | "--only" => {
+                opts.kinds = list(it.next().ok_or(USAGE)?, &KINDS)?;
+            }
+            "--workload" => opts.workloads = list(it.next().ok_or(USAGE)?, &WORKLOADS)?,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(opts)
+}
+
+/// One result row, printed as a JSON line and a table row.
+#[derive(Default)]
+struct Row {
+    workload: &'static str,
+    transport: &'static str,
+    calls_per_s: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    mb_per_s: Option<f64>,
+    calls: u64,
+    secs: f64,
+    peak_rss_mib: Option<f64>,
+    rss_kib_per_conn: Option<f64>,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn json_number(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{x}"),
+        _ => "null".to_string(),
+    }
+}
+
+impl Row {
+    fn json(&self) -> String {
+        let mut out = format!(
+            "{{\"system\":\"rpc\",\"workload\":\"{}\",\"transport\":\"{}\",\"calls_per_s\":{},\
+             \"p50_us\":{},\"p99_us\":{},\"mb_per_s\":{},\"variant\":null,\"calls\":{},\"secs\":{}",
+            self.workload,
+            self.transport,
+            json_number(self.calls_per_s),
+            json_number(self.p50_us),
+            json_number(self.p99_us),
+            json_number(self.mb_per_s),
+            self.calls,
+            round(self.secs, 4)
+        );
+        if let Some(peak) = self.peak_rss_mib {
+            let _ = write!(out, ",\"peak_rss_mib\":{}", round(peak, 1));
+        }
+        if let Some(per_conn) = self.rss_kib_per_conn {
+            let _ = write!(out, ",\"rss_kib_per_conn\":{}", round(per_conn, 2));
+        }
+        out.push('}');
+        out
+    }
+
+    fn table(&self) -> String {
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+        let extra = match (self.peak_rss_mib, self.rss_kib_per_conn) {
+            (Some(p), _) => format!("peak RSS {p:.1} MiB"),
+            (_, Some(k)) => format!("{k:.2} KiB/conn"),
+            _ => String::new(),
+        };
+        format!(
+            "{:<6} {:<5} {:>12} {:>9} {:>9} {:>9}  {}",
+            self.workload,
+            self.transport,
+            opt(self.calls_per_s.map(|x| x.round())),
+            opt(self.p50_us),
+            opt(self.p99_us),
+            opt(self.mb_per_s),
+            extra
+        )
+    }
+}
+
+/// A fresh socket path in the run's temp dir.
+fn socket_path(dir: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    dir.join(format!("{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Starts a fresh server on a transport of `kind` and connects a client to it.
+async fn connect(kind: Kind, dir: &Path) -> std::io::Result<BenchClient> {
+    let server = || Server::new().add_service(BenchServer::new(BenchImpl));
+    Ok(match kind {
+        Kind::Mem => {
+            let (client_end, server_end) = rpc_transport::memory::pair();
+            tokio::spawn(server().serve_connection(server_end));
+            BenchClient::new(client_end)
+        }
+        Kind::Tcp => {
+            let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(server().serve(listener));
+            BenchClient::new(rpc_transport::tcp::connect(addr).await?)
+        }
+        Kind::Unix => {
+            let path = socket_path(dir);
+            let listener = rpc_transport::unix::bind(&path).await?;
+            tokio::spawn(server().serve(listener));
+            BenchClient::new(rpc_transport::unix::connect(&path).await?)
+        }
+    })
+}
+
+fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
+    let i = ((sorted_ns.len() as f64 * p).ceil() as usize).max(1) - 1;
+    sorted_ns.get(i).map(|&ns| round(ns as f64 / 1e3, 2))
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+async fn seq(client: &BenchClient, warmup: u64, calls: u64) -> Result<Row, Failure> {
+    for i in 0..warmup {
+        client.add(i, 1).await?;
+    }
+    let mut lat_ns = Vec::with_capacity(calls as usize);
+    let start = Instant::now();
+    for i in 0..calls {
+        let t = Instant::now();
+        let sum = client.add(i, 1).await?;
+        lat_ns.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(sum, i + 1);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat_ns.sort_unstable();
+    Ok(Row {
+        workload: "seq",
+        calls_per_s: Some(round(calls as f64 / secs, 1)),
+        p50_us: percentile_us(&lat_ns, 0.50),
+        p99_us: percentile_us(&lat_ns, 0.99),
+        calls,
+        secs,
+        ..Row::default()
+    })
+}
+
+async fn conc(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
+    let start = Instant::now() + o.conc_warmup;
+    let end = start + o.conc_window;
+    let tasks: Vec<_> = (0..o.conc_tasks)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut counted = 0u64;
+                let mut i = 0u64;
+                loop {
+                    client.add(t as u64, i).await?;
+                    i += 1;
+                    let now = Instant::now();
+                    if now >= end {
+                        return Ok::<u64, rpc_core::RpcError>(counted);
+                    }
+                    counted += u64::from(now >= start);
+                }
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await??;
+    }
+    let secs = o.conc_window.as_secs_f64();
+    Ok(Row {
+        workload: "conc",
+        calls_per_s: Some(round(calls as f64 / secs, 1)),
+        calls,
+        secs,
+        ..Row::default()
+    })
+}
+
+async fn bulk(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
+    let payload: Vec<u8> = (0..o.bulk_size).map(|i| i as u8).collect();
+    for _ in 0..o.bulk_warmup {
+        client.echo(payload.clone()).await?;
+    }
+    let mut lat_ns = Vec::with_capacity(o.bulk_calls as usize);
+    let start = Instant::now();
+    for _ in 0..o.bulk_calls {
+        let data = payload.clone();
+        let t = Instant::now();
+        let back = client.echo(data).await?;
+        lat_ns.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(back.len(), payload.len());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat_ns.sort_unstable();
+    let bytes = o.bulk_size as f64 * o.bulk_calls as f64;
+    Ok(Row {
+        workload: "bulk",
+        calls_per_s: Some(round(o.bulk_calls as f64 / secs, 1)),
+        p50_us: percentile_us(&lat_ns, 0.50),
+        p99_us: percentile_us(&lat_ns, 0.99),
+        mb_per_s: Some(round(bytes / secs / 1e6, 1)),
+        calls: o.bulk_calls,
+        secs,
+        peak_rss_mib: proc_status_kib("VmHWM").map(|k| k as f64 / 1024.0),
+        ..Row::default()
+    })
+}
+
+/// `n` TCP connections to one server, one call on each, then idle: resident memory per
+/// connection, client and server ends together.
+async fn conns(n: usize) -> Result<Row, Failure> {
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = Server::new()
+        .add_service(BenchServer::new(BenchImpl))
+        .max_connections(n + 16);
+    let stats = server.stats();
+    tokio::spawn(server.serve(listener));
+    // Warm the allocator and the runtime up with a first connection.
+    let first = BenchClient::new(rpc_transport::tcp::connect(addr).await?);
+    first.add(1, 1).await?;
+    let before = proc_status_kib("VmRSS").ok_or("cannot read /proc/self/status")?;
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let transport = rpc_transport::tcp::connect(addr).await.map_err(|e| {
+            format!(
+                "connection {i} failed: {e} (raise the open-file limit, e.g. `ulimit -n 20000`)"
+            )
+        })?;
+        let client = BenchClient::new(transport);
+        client.add(i as u64, 1).await?;
+        clients.push(client);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(stats.open_connections() > n);
+    let after = proc_status_kib("VmRSS").ok_or("cannot read /proc/self/status")?;
+    let per_conn = after.saturating_sub(before) as f64 / n as f64;
+    drop(clients);
+    Ok(Row {
+        workload: "conns",
+        transport: "tcp",
+        calls_per_s: Some(round(n as f64 / secs, 1)),
+        calls: n as u64,
+        secs,
+        rss_kib_per_conn: Some(per_conn),
+        ..Row::default()
+    })
+}
+
+/// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`).
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak resident memory counter, so `bulk` reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn emit(opts: &Opts, row: &Row) {
+    if opts.json {
+        println!("{}", row.json());
+        eprintln!("{}", row.table());
+    } else {
+        println!("{}", row.table());
+    }
+}
+
+async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
+    let header = format!(
+        "{:<6} {:<5} {:>12} {:>9} {:>9} {:>9}",
+        "work", "trans", "calls/s", "p50 us", "p99 us", "MB/s"
+    );
+    if opts.json {
+        eprintln!("{header}");
+    } else {
+        println!("{header}");
+    }
+    for &workload in &opts.workloads {
+        if workload == Workload::Conns {
+            if opts.kinds.contains(&Kind::Tcp) {
+                let row = conns(opts.conns).await?;
+                emit(&opts, &row);
+            }
+            continue;
+        }
+        for &kind in &opts.kinds {
+            let name = KINDS
+                .iter()
+                .find(|(_, k)| *k == kind)
+                .map_or("?", |(n, _)| n);
+            let client = connect(kind, &dir).await?;
+            let mut row = match workload {
+                Workload::Seq => seq(&client, opts.seq_warmup, opts.seq_calls).await?,
+                Workload::Conc => conc(&client, &opts).await?,
+                Workload::Bulk => {
+                    reset_peak_rss();
+                    bulk(&client, &opts).await?
+                }
+                Workload::Conns => unreachable!(),
+            };
+            row.transport = name;
+            emit(&opts, &row);
+            drop(client);
+            // Let the connection wind down before the next measurement.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let opts = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(if e == USAGE { 0 } else { 2 })
+    });
+    let dir = std::env::temp_dir().join(format!("rpc-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("bench: cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| {
+        eprintln!("bench: cannot start the tokio runtime: {e}");
+        std::process::exit(1)
+    });
+    eprintln!(
+        "rpc bench: {} tokio worker threads",
+        runtime.metrics().num_workers()
+    );
+    // Callers run on worker threads, as a server's would.
+    let result = runtime.block_on(async { tokio::spawn(run(opts, dir.clone())).await });
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("bench: a benchmark task failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Keeps the `Transport` import meaningful for readers: every transport above is one.
+#[allow(dead_code)]
+fn assert_transports() {
+    fn is_transport<T: Transport>() {}
+    is_transport::<rpc_transport::tcp::TcpTransport>();
+    is_transport::<rpc_transport::unix::UnixTransport>();
+    is_transport::<rpc_transport::memory::MemoryTransport>();
+}
