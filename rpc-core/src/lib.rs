@@ -58,7 +58,7 @@ pub use rpc_macros::service;
 /// Items used by code that `#[service]` generates. Not a public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codec::{decode_value, encode_value};
+    pub use crate::codec::{decode_byte_vec, decode_value, encode_value, AsBytes, ByteBuf};
     pub use crate::descriptor::method_index;
     pub use crate::server::BoxFuture;
     pub use bytes::BytesMut;

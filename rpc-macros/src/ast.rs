@@ -251,3 +251,61 @@ mod tests {
         assert_eq!(Service::from_syn(item, args).wire_name, "Other");
     }
 }
+
+/// Whether `ty` is written as a byte vector: `Vec<u8>`, `std::vec::Vec<u8>`,
+/// `alloc::vec::Vec<u8>` (with or without a leading `::`).
+///
+/// Those go over the wire through serde's bytes path (one length and a block copy) instead
+/// of element by element; the encoding is the same bincode bytes either way, so this is
+/// only a matter of speed, and a type alias of `Vec<u8>` still works, just slower.
+pub fn is_byte_vec(ty: &Type) -> bool {
+    let Type::Path(path) = ty else {
+        return false;
+    };
+    if path.qself.is_some() {
+        return false;
+    }
+    let segments: Vec<_> = path.path.segments.iter().collect();
+    let Some((last, prefix)) = segments.split_last() else {
+        return false;
+    };
+    let prefix: Vec<String> = prefix.iter().map(|s| s.ident.to_string()).collect();
+    let prefix_ok = match prefix.as_slice() {
+        [] => path.path.leading_colon.is_none(),
+        [krate, module] => (krate == "std" || krate == "alloc") && module == "vec",
+        _ => false,
+    };
+    if !prefix_ok || last.ident != "Vec" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    matches!(
+        args.args.iter().collect::<Vec<_>>().as_slice(),
+        [syn::GenericArgument::Type(Type::Path(inner))]
+            if inner.qself.is_none() && inner.path.is_ident("u8")
+    )
+}
+
+#[cfg(test)]
+mod byte_vec_tests {
+    use super::is_byte_vec;
+
+    #[test]
+    fn recognises_byte_vectors_as_written() {
+        for yes in ["Vec<u8>", "std::vec::Vec<u8>", "::alloc::vec::Vec<u8>"] {
+            assert!(is_byte_vec(&syn::parse_str(yes).unwrap()), "{yes}");
+        }
+        for no in [
+            "Vec<u16>",
+            "Vec<Vec<u8>>",
+            "Option<Vec<u8>>",
+            "my::Vec<u8>",
+            "Bytes",
+            "[u8; 4]",
+        ] {
+            assert!(!is_byte_vec(&syn::parse_str(no).unwrap()), "{no}");
+        }
+    }
+}

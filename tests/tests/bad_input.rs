@@ -485,3 +485,29 @@ trait IntoFutureForTest: std::future::IntoFuture + Sized {
     }
 }
 impl<T: std::future::IntoFuture> IntoFutureForTest for T {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_vectors_keep_the_plain_serde_encoding() {
+    // `Vec<u8>` arguments and results take serde's bytes path; a peer that encodes them as
+    // an ordinary sequence (serde's default) must still interoperate.
+    let (server, _events) = lab_server();
+    let (mut harness, _good) = server_with_good_client(Kind::MemoryListener, server).await;
+    let mut peer = raw_peer(&mut harness).await;
+    peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
+    let data: Vec<u8> = (0..=255).collect();
+    peer.send(&wire::request(
+        1,
+        method("echo"),
+        None,
+        wire::body(&(data.clone(),)),
+    ))
+    .await;
+    match peer.recv().await {
+        Some(Wire::Response {
+            id: 1,
+            status: Status::Ok,
+            body,
+        }) => assert_eq!(wire::decode_body::<Vec<u8>>(&body), data),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+}

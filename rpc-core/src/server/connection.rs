@@ -4,17 +4,17 @@
 //! a call that completes at once is answered in the same wake-up that read it, and dropping
 //! the connection drops every handler it runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{AbortHandle, Abortable, Aborted, CatchUnwind};
+use futures::future::CatchUnwind;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use pin_project::pin_project;
@@ -64,7 +64,6 @@ pub(crate) async fn run<S: Service>(
         transport,
         routes,
         in_flight: FuturesUnordered::new(),
-        aborts: HashMap::new(),
         unsent: VecDeque::new(),
         unsent_bytes: 0,
         unflushed: false,
@@ -117,8 +116,6 @@ struct Connection<S: Service> {
     transport: Box<dyn Transport>,
     routes: Vec<Route>,
     in_flight: FuturesUnordered<InFlight<S::Response>>,
-    /// Handles to stop handlers when their caller cancels, by request id.
-    aborts: HashMap<u64, AbortHandle>,
     /// Encoded frames the transport has not accepted yet.
     unsent: VecDeque<Bytes>,
     /// Bytes in `unsent`.
@@ -254,8 +251,12 @@ impl<S: Service> Connection<S> {
                 Ok(())
             }
             Message::Cancel { id } => {
-                if let Some(handle) = self.aborts.remove(&id) {
-                    handle.abort();
+                // Cancels are rare: a scan beats keeping a map per call.
+                if let Some(call) = Pin::new(&mut self.in_flight)
+                    .iter_pin_mut()
+                    .find(|call| call.id == id && !call.cancelled)
+                {
+                    call.cancel();
                 }
                 Ok(())
             }
@@ -323,29 +324,23 @@ impl<S: Service> Connection<S> {
                 ))
             }
         };
-        if self.aborts.contains_key(&id) {
-            return Err(RpcError::protocol(format!(
-                "request id {id} is already in use by a call in progress on this connection"
-            )));
-        }
         let request = self.service.decode_request(info.fingerprint, body)?;
         let timeout = timeout_us.map(Duration::from_micros);
-        let (abort, registration) = AbortHandle::new_pair();
         let handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
-        self.aborts.insert(id, abort);
         self.in_flight.push(InFlight {
             id,
             method: info,
             timeout,
             deadline: timeout.map(tokio::time::sleep),
-            handler: Abortable::new(handler, registration),
+            handler,
+            cancelled: false,
+            waker: None,
         });
         Ok(())
     }
 
     /// Queues the reply of a finished handler.
     fn finish_call(&mut self, id: u64, method: &'static MethodInfo, outcome: Outcome<S::Response>) {
-        self.aborts.remove(&id);
         let desc = self.service.descriptor();
         let frame = match outcome {
             Outcome::Cancelled => return,
@@ -390,7 +385,7 @@ enum Outcome<R> {
     Cancelled,
 }
 
-type Handler<R> = Abortable<CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>>;
+type Handler<R> = CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>;
 
 /// One running handler, with its deadline.
 #[pin_project]
@@ -402,6 +397,20 @@ struct InFlight<R> {
     deadline: Option<Sleep>,
     #[pin]
     handler: Handler<R>,
+    /// The caller sent `Cancel`: finish without polling the handler again.
+    cancelled: bool,
+    /// The waker `FuturesUnordered` gave this call, to wake it when it is cancelled.
+    waker: Option<Waker>,
+}
+
+impl<R> InFlight<R> {
+    fn cancel(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.cancelled = true;
+        if let Some(waker) = this.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 impl<R> Future for InFlight<R> {
@@ -409,9 +418,15 @@ impl<R> Future for InFlight<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if *this.cancelled {
+            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled));
+        }
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *this.waker = Some(cx.waker().clone());
+        }
         let outcome = match this.handler.poll(cx) {
-            Poll::Ready(Ok(Ok(response))) => Outcome::Done(response),
-            Poll::Ready(Ok(Err(panic))) => {
+            Poll::Ready(Ok(response)) => Outcome::Done(response),
+            Poll::Ready(Err(panic)) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .copied()
@@ -430,7 +445,6 @@ impl<R> Future for InFlight<R> {
                     ),
                 ))
             }
-            Poll::Ready(Err(Aborted)) => Outcome::Cancelled,
             Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
                 Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(
                     ErrorKind::DeadlineExceeded,

@@ -93,17 +93,29 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
     // points into the method too, not at `#[service]`: the arguments at the argument's type
     // when there is one (the compiler blames the whole tuple, never one element), else at
     // the method's name; the decoder at the return type.
-    let idents: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-    let args = match method.args.as_slice() {
-        [one] => {
-            let ident = &one.ident;
-            quote_spanned!(one.ty.span()=> &(#ident,))
-        }
-        _ => quote_spanned!(method.ident.span()=> &(#(#idents),*)),
+    // Byte vectors take serde's bytes path (see `ast::is_byte_vec`).
+    let elements: Vec<_> = method
+        .args
+        .iter()
+        .map(|arg| {
+            let ident = &arg.ident;
+            if crate::ast::is_byte_vec(&arg.ty) {
+                quote!(::rpc_core::__private::AsBytes(&#ident))
+            } else {
+                quote!(#ident)
+            }
+        })
+        .collect();
+    let args = match (method.args.as_slice(), elements.as_slice()) {
+        ([one], [element]) => quote_spanned!(one.ty.span()=> &(#element,)),
+        _ => quote_spanned!(method.ident.span()=> &(#(#elements),*)),
     };
     let output = &method.output;
-    let decode =
-        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_value::<#output>);
+    let decode = if crate::ast::is_byte_vec(output) {
+        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_byte_vec)
+    } else {
+        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_value::<#output>)
+    };
     let fingerprint = fingerprint_lit(method);
     quote! {
         #(#cfgs)*

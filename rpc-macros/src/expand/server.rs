@@ -94,11 +94,19 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             [one] => quote!((#one,)),
             many => quote!((#(#many),*)),
         };
+        let fields = method.args.iter().map(|arg| {
+            let ident = &arg.ident;
+            if crate::ast::is_byte_vec(&arg.ty) {
+                quote!(#ident: ::rpc_core::__private::ByteBuf::into_inner(#ident))
+            } else {
+                quote!(#ident)
+            }
+        });
         quote! {
             #(#cfgs)*
             #fp => {
                 let #pattern = ::rpc_core::__private::decode_value(#body)?;
-                ::core::result::Result::Ok(#request::#variant { #(#idents),* })
+                ::core::result::Result::Ok(#request::#variant { #(#fields),* })
             }
         }
     });
@@ -143,9 +151,14 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
     let encode_arms = service.methods.iter().map(|method| {
         let cfgs = method.cfg_attrs();
         let variant = &method.variant;
+        let encoded = if crate::ast::is_byte_vec(&method.output) {
+            quote!(&::rpc_core::__private::AsBytes(#value))
+        } else {
+            quote!(#value)
+        };
         quote! {
             #(#cfgs)*
-            #response::#variant(ref #value) => ::rpc_core::__private::encode_value(#value, #buf),
+            #response::#variant(ref #value) => ::rpc_core::__private::encode_value(#encoded, #buf),
         }
     });
 
