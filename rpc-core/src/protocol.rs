@@ -23,6 +23,8 @@ pub(crate) const MAGIC: [u8; 4] = *b"tRPC";
 pub(crate) const VERSION: u32 = 1;
 /// Room reserved in front of a body for the envelope's head.
 pub(crate) const HEADROOM: usize = 48;
+/// Size of the buffers small response frames are carved from.
+const ARENA_CHUNK: usize = 16 << 10;
 
 /// Tags of the messages, in the order of [`Message`]'s variants.
 const TAG_REQUEST: u32 = 1;
@@ -189,6 +191,19 @@ impl FrameBuilder {
         FrameBuilder { buf }
     }
 
+    /// A builder writing into the spare capacity of `arena` (which must be empty), so that
+    /// many small frames share one allocation; give what is left back with
+    /// [`finish_response_in`](FrameBuilder::finish_response_in).
+    pub(crate) fn in_arena(arena: &mut BytesMut) -> FrameBuilder {
+        debug_assert!(arena.is_empty());
+        if arena.capacity() < HEADROOM + 256 {
+            *arena = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        let mut buf = std::mem::take(arena);
+        buf.resize(HEADROOM, 0);
+        FrameBuilder { buf }
+    }
+
     /// Where the body is written.
     pub(crate) fn body_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
@@ -210,6 +225,13 @@ impl FrameBuilder {
     pub(crate) fn finish_response(self, id: u64) -> Bytes {
         let len = self.body_len() as u64;
         self.finish((TAG_RESPONSE, id, Status::Ok, len))
+    }
+
+    /// Finishes a successful `Response` frame built [`in_arena`](FrameBuilder::in_arena),
+    /// returning the arena's unused capacity to it.
+    pub(crate) fn finish_response_in(mut self, id: u64, arena: &mut BytesMut) -> Bytes {
+        *arena = self.buf.split_off(self.buf.len());
+        self.finish_response(id)
     }
 
     /// Writes `head` (the message's fields before the body, ending with the body's length,

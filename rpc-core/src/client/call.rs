@@ -160,15 +160,15 @@ impl<R> Future for CallFuture<R> {
         };
         let shared = client.shared();
         let outcome = {
-            let mut state = shared.lock();
-            match state.pending.get_mut(id) {
+            let mut calls = shared.calls(*id);
+            match calls.get_mut(id) {
                 Some(Slot::Waiting(waker)) => {
                     if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         *waker = Some(cx.waker().clone());
                     }
                     None
                 }
-                Some(Slot::Done(_)) => match state.pending.remove(id) {
+                Some(Slot::Done(_)) => match calls.remove(id) {
                     Some(Slot::Done(outcome)) => Some(outcome),
                     _ => unreachable!(),
                 },

@@ -70,17 +70,17 @@ impl<T: Transport> Driver<T> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RpcError>> {
         loop {
             let released = {
-                let mut state = self.shared.lock();
-                self.unsent.extend(state.outbox.drain(..));
-                if !state
+                let mut outbox = self.shared.outbox();
+                self.unsent.extend(outbox.frames.drain(..));
+                if !outbox
                     .driver
                     .as_ref()
                     .is_some_and(|w| w.will_wake(cx.waker()))
                 {
-                    state.driver = Some(cx.waker().clone());
+                    outbox.driver = Some(cx.waker().clone());
                 }
-                state.released && state.pending.is_empty()
-            };
+                outbox.released
+            } && self.shared.idle();
 
             self.poll_write(cx)?;
 
@@ -120,7 +120,7 @@ impl<T: Transport> Driver<T> {
             if released && self.unsent.is_empty() && !self.unflushed {
                 return Poll::Ready(Ok(()));
             }
-            let more = !self.shared.lock().outbox.is_empty();
+            let more = !self.shared.outbox().frames.is_empty();
             if !more {
                 return Poll::Pending;
             }

@@ -1,8 +1,15 @@
 //! The state a client connection shares between its callers and its I/O task.
+//!
+//! Calls are many and concurrent, so the table of pending calls is split into shards by
+//! request id, each behind its own lock, and the queue of frames to send has a lock of its
+//! own: a caller registering a call, the I/O task completing another, and a third caller
+//! queueing its frame rarely wait for each other. No lock is ever held across an `.await`
+//! or an I/O call.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -10,6 +17,9 @@ use bytes::Bytes;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::protocol::{self, Message};
+
+/// Shards of the pending-call table (a power of two).
+const SHARDS: usize = 16;
 
 /// Where a call stands, from the connection's point of view.
 pub(crate) enum Slot {
@@ -19,16 +29,34 @@ pub(crate) enum Slot {
     Done(Result<Bytes, RpcError>),
 }
 
-/// Everything behind the lock. The lock is only ever held for a few map or queue
-/// operations, never across an `.await` or an I/O call.
-pub(crate) struct State {
-    pub(crate) pending: HashMap<u64, Slot>,
-    /// Frames waiting for the I/O task to write them.
-    pub(crate) outbox: Vec<Bytes>,
-    /// The I/O task's waker, to wake when `outbox` gets frames.
+/// Request ids are this connection's own counter: spread, never chosen by a peer, so they
+/// need no DoS-resistant hashing.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: consecutive ids land in different buckets.
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(crate) type Calls = HashMap<u64, Slot, BuildHasherDefault<IdHasher>>;
+
+/// Frames waiting for the I/O task, and how to wake it.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) frames: Vec<Bytes>,
+    /// The I/O task's waker, to wake when `frames` gets one.
     pub(crate) driver: Option<Waker>,
-    /// Why the connection is gone, once it is: every later call fails with this.
-    pub(crate) closed: Option<RpcError>,
     /// Every `Client` clone is gone: the I/O task finishes its queue and closes.
     pub(crate) released: bool,
 }
@@ -38,7 +66,18 @@ pub(crate) struct Shared {
     pub(crate) desc: &'static ServiceDescriptor,
     pub(crate) max_frame_size: usize,
     next_id: AtomicU64,
-    state: Mutex<State>,
+    shards: [Mutex<Calls>; SHARDS],
+    outbox: Mutex<Outbox>,
+    /// Why the connection is gone, once it is: every later call fails with this.
+    closed: OnceLock<RpcError>,
+}
+
+/// Locks `mutex`, using the data as it is if a panic poisoned it: every update under these
+/// locks leaves the data consistent, so a panic elsewhere cannot make it wrong.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
@@ -47,68 +86,74 @@ impl Shared {
             desc,
             max_frame_size,
             next_id: AtomicU64::new(0),
-            state: Mutex::new(State {
-                pending: HashMap::new(),
-                outbox: vec![protocol::hello_frame(desc)],
-                driver: None,
-                closed: None,
-                released: false,
+            shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
+            outbox: Mutex::new(Outbox {
+                frames: vec![protocol::hello_frame(desc)],
+                ..Outbox::default()
             }),
+            closed: OnceLock::new(),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the state half-updated in a way that
-        // matters more than losing the connection, so a poisoned lock is used as it is.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The shard holding call `id`.
+    pub(crate) fn calls(&self, id: u64) -> MutexGuard<'_, Calls> {
+        lock(&self.shards[id as usize & (SHARDS - 1)])
+    }
+
+    pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        lock(&self.outbox)
     }
 
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers call `id` and queues its frame; fails at once if the connection is gone.
-    pub(crate) fn start(&self, id: u64, frame: Bytes, waker: &Waker) -> Result<(), RpcError> {
+    /// Whether no call is waiting for a response.
+    pub(crate) fn idle(&self) -> bool {
+        self.shards.iter().all(|shard| lock(shard).is_empty())
+    }
+
+    /// Queues `frame` for the I/O task and wakes it.
+    fn send(&self, frame: Bytes) {
         let driver = {
-            let mut state = self.lock();
-            if let Some(err) = &state.closed {
-                return Err(err.clone());
-            }
-            state.pending.insert(id, Slot::Waiting(Some(waker.clone())));
-            state.outbox.push(frame);
-            state.driver.take()
+            let mut outbox = self.outbox();
+            outbox.frames.push(frame);
+            outbox.driver.take()
         };
         if let Some(driver) = driver {
             driver.wake();
         }
+    }
+
+    /// Registers call `id` and queues its frame; fails at once if the connection is gone.
+    pub(crate) fn start(&self, id: u64, frame: Bytes, waker: &Waker) -> Result<(), RpcError> {
+        {
+            let mut calls = self.calls(id);
+            // Checked under the shard's lock: `close` sets `closed` before it drains the
+            // shards, so a call either sees it here or is failed by the drain.
+            if let Some(err) = self.closed.get() {
+                return Err(err.clone());
+            }
+            calls.insert(id, Slot::Waiting(Some(waker.clone())));
+        }
+        self.send(frame);
         Ok(())
     }
 
     /// The caller gave up on `id` (dropped or timed out): forget it and tell the server.
     pub(crate) fn cancel(&self, id: u64) {
-        let driver = {
-            let mut state = self.lock();
-            match state.pending.remove(&id) {
-                Some(Slot::Waiting(_)) if state.closed.is_none() => {
-                    state.outbox.push(Message::Cancel { id }.to_frame());
-                    state.driver.take()
-                }
-                _ => None,
-            }
-        };
-        if let Some(driver) = driver {
-            driver.wake();
+        let was_waiting = matches!(self.calls(id).remove(&id), Some(Slot::Waiting(_)));
+        if was_waiting && self.closed.get().is_none() {
+            self.send(Message::Cancel { id }.to_frame());
         }
     }
 
     /// Every `Client` clone is gone.
     pub(crate) fn release(&self) {
         let driver = {
-            let mut state = self.lock();
-            state.released = true;
-            state.driver.take()
+            let mut outbox = self.outbox();
+            outbox.released = true;
+            outbox.driver.take()
         };
         if let Some(driver) = driver {
             driver.wake();
@@ -117,17 +162,12 @@ impl Shared {
 
     /// Delivers the outcome of call `id`, if its caller still waits for it.
     pub(crate) fn complete(&self, id: u64, outcome: Result<Bytes, RpcError>) {
-        let waker = {
-            let mut state = self.lock();
-            match state.pending.get_mut(&id) {
-                Some(slot @ Slot::Waiting(_)) => {
-                    match std::mem::replace(slot, Slot::Done(outcome)) {
-                        Slot::Waiting(waker) => waker,
-                        Slot::Done(_) => None,
-                    }
-                }
-                _ => None,
-            }
+        let waker = match self.calls(id).get_mut(&id) {
+            Some(slot @ Slot::Waiting(_)) => match std::mem::replace(slot, Slot::Done(outcome)) {
+                Slot::Waiting(waker) => waker,
+                Slot::Done(_) => None,
+            },
+            _ => None,
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -136,14 +176,13 @@ impl Shared {
 
     /// The connection is gone: fail every waiting call and every later one with `err`.
     pub(crate) fn close(&self, err: RpcError) {
-        let wakers: Vec<Waker> = {
-            let mut state = self.lock();
-            if state.closed.is_none() {
-                state.closed = Some(err.clone());
-            }
-            state.outbox.clear();
-            state
-                .pending
+        let _ = self.closed.set(err);
+        let Some(err) = self.closed.get() else {
+            return;
+        };
+        self.outbox().frames.clear();
+        for shard in &self.shards {
+            let wakers: Vec<Waker> = lock(shard)
                 .values_mut()
                 .filter_map(|slot| match slot {
                     Slot::Waiting(waker) => {
@@ -153,10 +192,10 @@ impl Shared {
                     }
                     Slot::Done(_) => None,
                 })
-                .collect()
-        };
-        for waker in wakers {
-            waker.wake();
+                .collect();
+            for waker in wakers {
+                waker.wake();
+            }
         }
     }
 }

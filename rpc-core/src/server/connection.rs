@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::CatchUnwind;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -66,6 +66,7 @@ pub(crate) async fn run<S: Service>(
         in_flight: FuturesUnordered::new(),
         unsent: VecDeque::new(),
         unsent_bytes: 0,
+        arena: BytesMut::new(),
         unflushed: false,
         draining: false,
         shutdown: Box::pin(context.shutdown.cancelled_owned()),
@@ -120,6 +121,8 @@ struct Connection<S: Service> {
     unsent: VecDeque<Bytes>,
     /// Bytes in `unsent`.
     unsent_bytes: usize,
+    /// Spare buffer space that response frames are built in (see `FrameBuilder::in_arena`).
+    arena: BytesMut,
     unflushed: bool,
     /// Shutting down: new calls are refused, the connection closes once idle.
     draining: bool,
@@ -188,6 +191,9 @@ impl<S: Service> Connection<S> {
         }
         if yielded {
             cx.waker().wake_by_ref();
+        } else if self.in_flight.is_empty() && self.unsent.is_empty() {
+            // An idle connection pins no buffer.
+            self.arena = BytesMut::new();
         }
         Poll::Pending
     }
@@ -346,11 +352,11 @@ impl<S: Service> Connection<S> {
             Outcome::Cancelled => return,
             Outcome::Failed(err) => protocol::error_response_frame(id, &err),
             Outcome::Done(response) => {
-                let mut builder = FrameBuilder::new();
+                let mut builder = FrameBuilder::in_arena(&mut self.arena);
                 match self.service.encode_response(&response, builder.body_mut()) {
                     Err(err) => protocol::error_response_frame(id, &err),
                     Ok(()) => {
-                        let frame = builder.finish_response(id);
+                        let frame = builder.finish_response_in(id, &mut self.arena);
                         if frame.len() <= self.config.max_frame_size {
                             frame
                         } else {
