@@ -65,7 +65,8 @@ pub(crate) use with_limit_for;
 /// Decodes a whole serde value from `bytes`, bounded as the module docs say.
 pub(crate) fn decode_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used) = with_limit_for!(bytes.len(), |config| {
-        bincode::serde::decode_from_slice::<T, _>(bytes, config)
+        // Borrowed decoding lets byte arrays be copied straight out of the frame.
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config)
     })?;
     if used != bytes.len() {
         return Err(DecodeError::OtherString(format!(
@@ -81,7 +82,22 @@ pub(crate) fn encode_serde<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    // Measure first, so a large value is written into a buffer of the right size instead of
+    // one that is reallocated (and copied) as it grows. Measuring a byte array is O(1).
+    let mut size = SizeWriter(0);
+    bincode::serde::encode_into_writer(value, &mut size, CONFIG)?;
+    buf.reserve(size.0);
     bincode::serde::encode_into_writer(value, BufWriter(buf), CONFIG)
+}
+
+/// Counts what would be written.
+struct SizeWriter(usize);
+
+impl bincode::enc::write::Writer for SizeWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.0 += bytes.len();
+        Ok(())
+    }
 }
 
 /// Lets bincode write straight into a frame buffer: no intermediate `Vec`.
@@ -169,7 +185,9 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
                 Ok(ByteBuf(bytes))
             }
         }
-        deserializer.deserialize_byte_buf(Visitor)
+        // `bytes`, not `byte_buf`: the decoder lends the bytes from the frame and they are
+        // copied once, instead of into a zeroed buffer of its own first.
+        deserializer.deserialize_bytes(Visitor)
     }
 }
 
