@@ -72,6 +72,34 @@ pub mod __private {
     /// Return types must be sendable over the wire and across threads.
     pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
 
+    /// What the runtime does to a call's arguments on each side, for the codec
+    /// micro-benchmark (`cargo bench -p rpc-core`).
+    pub mod bench {
+        use bytes::Bytes;
+
+        use crate::error::RpcError;
+        use crate::protocol::{FrameBuilder, Message};
+
+        /// The client's side: the arguments encoded into a whole `Request` frame.
+        pub fn encode_request<A: serde::Serialize + ?Sized>(
+            id: u64,
+            method: u32,
+            args: &A,
+        ) -> Result<Bytes, RpcError> {
+            let mut builder = FrameBuilder::new();
+            crate::codec::encode_value(args, builder.body_mut())?;
+            Ok(builder.finish_request(id, method, None))
+        }
+
+        /// The server's side: the frame parsed and its body decoded.
+        pub fn decode_request<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, RpcError> {
+            match Message::decode(frame) {
+                Ok(Message::Request { body, .. }) => crate::codec::decode_value(body),
+                _ => Err(RpcError::protocol("not a request frame")),
+            }
+        }
+    }
+
     /// The error for a fingerprint the generated server does not know.
     pub fn unknown_method(fingerprint: u64) -> RpcError {
         RpcError::new(
