@@ -192,8 +192,8 @@ impl FrameBuilder {
     }
 
     /// A builder writing into the spare capacity of `arena` (which must be empty), so that
-    /// many small frames share one allocation; give what is left back with
-    /// [`finish_response_in`](FrameBuilder::finish_response_in).
+    /// many small frames share one allocation; once the body is written, give what is left
+    /// back with [`detach`](FrameBuilder::detach).
     pub(crate) fn in_arena(arena: &mut BytesMut) -> FrameBuilder {
         debug_assert!(arena.is_empty());
         if arena.capacity() < HEADROOM + 256 {
@@ -227,11 +227,10 @@ impl FrameBuilder {
         self.finish((TAG_RESPONSE, id, Status::Ok, len))
     }
 
-    /// Finishes a successful `Response` frame built [`in_arena`](FrameBuilder::in_arena),
-    /// returning the arena's unused capacity to it.
-    pub(crate) fn finish_response_in(mut self, id: u64, arena: &mut BytesMut) -> Bytes {
+    /// Gives the capacity this builder took [`in_arena`](FrameBuilder::in_arena) and did
+    /// not use back to the arena; call it once the body is written.
+    pub(crate) fn detach(&mut self, arena: &mut BytesMut) {
         *arena = self.buf.split_off(self.buf.len());
-        self.finish_response(id)
     }
 
     /// Writes `head` (the message's fields before the body, ending with the body's length,

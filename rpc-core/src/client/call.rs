@@ -16,6 +16,11 @@ use crate::codec;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::FrameBuilder;
 
+thread_local! {
+    /// Spare buffer space request frames are built in (see `FrameBuilder::in_arena`).
+    static ARENA: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// A call of one method, ready to be sent: `.await` it for `Result<R, RpcError>`.
 ///
 /// Generated client methods return it; nothing is sent until it is awaited. Set options
@@ -48,8 +53,14 @@ impl<R> Call<R> {
         args: &A,
         decode: fn(&[u8]) -> Result<R, RpcError>,
     ) -> Call<R> {
-        let mut builder = FrameBuilder::new();
-        let frame = codec::encode_value(args, builder.body_mut()).map(|()| builder);
+        // Request frames of one thread are carved from one buffer: no allocation per call.
+        let frame = ARENA.with(|arena| {
+            let mut arena = arena.borrow_mut();
+            let mut builder = FrameBuilder::in_arena(&mut arena);
+            let encoded = codec::encode_value(args, builder.body_mut());
+            builder.detach(&mut arena);
+            encoded.map(|()| builder)
+        });
         Call {
             client,
             method,

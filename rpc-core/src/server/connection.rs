@@ -353,10 +353,12 @@ impl<S: Service> Connection<S> {
             Outcome::Failed(err) => protocol::error_response_frame(id, &err),
             Outcome::Done(response) => {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
-                match self.service.encode_response(&response, builder.body_mut()) {
+                let encoded = self.service.encode_response(&response, builder.body_mut());
+                builder.detach(&mut self.arena);
+                match encoded {
                     Err(err) => protocol::error_response_frame(id, &err),
                     Ok(()) => {
-                        let frame = builder.finish_response_in(id, &mut self.arena);
+                        let frame = builder.finish_response(id);
                         if frame.len() <= self.config.max_frame_size {
                             frame
                         } else {
