@@ -88,6 +88,14 @@ pub(crate) enum Message<'a> {
 impl<'a> Message<'a> {
     /// Decodes one whole frame, bounded by its length; trailing bytes are an error.
     pub(crate) fn decode(frame: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+        match fast::decode(frame) {
+            Some(message) => Ok(message),
+            None => Message::decode_general(frame),
+        }
+    }
+
+    /// [`decode`](Message::decode) through bincode's derived decoder, for every message.
+    pub(crate) fn decode_general(frame: &'a [u8]) -> Result<Message<'a>, DecodeError> {
         let (message, used) = with_limit_for!(frame.len(), |config| {
             bincode::borrow_decode_from_slice::<Message<'a>, _>(frame, config)
         })?;
@@ -177,6 +185,80 @@ pub(crate) fn error_response_frame(id: u64, err: &RpcError) -> Bytes {
         body: &[],
     }
     .to_frame()
+}
+
+/// The two messages of every call, `Request` (without metadata) and `Response` (success),
+/// parsed by hand: bincode's derived decoder spends ~500 instructions on a 20-byte frame,
+/// this ~50. It accepts exactly what the derived decoder accepts and gives the same
+/// message (a property test checks it); anything else it leaves to that decoder.
+mod fast {
+    use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE};
+
+    /// A bincode varint of at most `max` (`u32::MAX` or `u64::MAX`).
+    fn varint(buf: &mut &[u8], max: u64) -> Option<u64> {
+        let (&first, rest) = buf.split_first()?;
+        let (value, used) = match first {
+            0..=250 => (u64::from(first), 0),
+            251 => (
+                u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
+                2,
+            ),
+            252 => (
+                u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
+                4,
+            ),
+            253 if max == u64::MAX => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
+            _ => return None,
+        };
+        *buf = &rest[used..];
+        Some(value)
+    }
+
+    /// The body: a length, then exactly that many bytes to the end of the frame.
+    fn body<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = varint(buf, u64::MAX)?;
+        (len == buf.len() as u64).then_some(*buf)
+    }
+
+    pub(super) fn decode(frame: &[u8]) -> Option<Message<'_>> {
+        let mut buf = frame;
+        let tag = varint(&mut buf, u64::from(u32::MAX))?;
+        if tag == u64::from(TAG_REQUEST) {
+            let id = varint(&mut buf, u64::MAX)?;
+            let method = varint(&mut buf, u64::from(u32::MAX))? as u32;
+            let (&has_timeout, rest) = buf.split_first()?;
+            buf = rest;
+            let timeout_us = match has_timeout {
+                0 => None,
+                1 => Some(varint(&mut buf, u64::MAX)?),
+                _ => return None,
+            };
+            if varint(&mut buf, u64::MAX)? != 0 {
+                return None; // metadata: the general decoder
+            }
+            let body = body(&mut buf)?;
+            Some(Message::Request {
+                id,
+                method,
+                timeout_us,
+                metadata: Vec::new(),
+                body,
+            })
+        } else if tag == u64::from(TAG_RESPONSE) {
+            let id = varint(&mut buf, u64::MAX)?;
+            if varint(&mut buf, u64::from(u32::MAX))? != 0 {
+                return None; // an error status: the general decoder
+            }
+            let body = body(&mut buf)?;
+            Some(Message::Response {
+                id,
+                status: Status::Ok,
+                body,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// A frame under construction: [`HEADROOM`] bytes for the head, then the body.
@@ -368,7 +450,36 @@ mod proptests {
                 frame[at] = value;
             }
             frame.truncate(cut % (frame.len() + 1));
-            let _ = Message::decode(&frame);
+            let general = Message::decode_general(&frame).ok();
+            if let Some(fast) = fast::decode(&frame) {
+                prop_assert_eq!(Some(fast), general);
+            }
+        }
+
+        #[test]
+        fn the_fast_decoder_agrees_with_the_general_one(frame in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(fast) = fast::decode(&frame) {
+                prop_assert_eq!(Some(fast), Message::decode_general(&frame).ok());
+            }
+        }
+
+        #[test]
+        fn the_fast_decoder_takes_every_request_and_response(
+            id in any::<u64>(),
+            method in any::<u32>(),
+            timeout_us in proptest::option::of(any::<u64>()),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut b = FrameBuilder::new();
+            b.body_mut().extend_from_slice(&body);
+            let frame = b.finish_request(id, method, timeout_us.map(Duration::from_micros));
+            prop_assert!(fast::decode(&frame).is_some());
+            prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
+            let mut b = FrameBuilder::new();
+            b.body_mut().extend_from_slice(&body);
+            let frame = b.finish_response(id);
+            prop_assert!(fast::decode(&frame).is_some());
+            prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
         }
 
         #[test]

@@ -14,16 +14,53 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures::channel::mpsc;
 use futures::{Sink, Stream};
 
 /// Frames one direction of a pair may have queued before the sender waits.
 const CAPACITY: usize = 256;
+
+/// One direction of a connection: a bounded queue of frames. (A plain queue under a lock,
+/// rather than a general-purpose channel: one sender and one receiver, no allocation per
+/// frame.)
+#[derive(Debug, Default)]
+struct Pipe {
+    state: Mutex<PipeState>,
+}
+
+#[derive(Debug, Default)]
+struct PipeState {
+    frames: VecDeque<Bytes>,
+    /// The receiver waits for a frame.
+    receiver: Option<Waker>,
+    /// The sender waits for room.
+    sender: Option<Waker>,
+    /// No more frames will come (the sending end closed or was dropped).
+    sender_gone: bool,
+    /// Nobody will read (the receiving end was dropped).
+    receiver_gone: bool,
+}
+
+impl Pipe {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        // Every update leaves the state consistent: a poisoned lock is used as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
 
 /// One end of an in-memory connection: an [`rpc_core::Transport`].
 ///
@@ -31,17 +68,22 @@ const CAPACITY: usize = 256;
 /// with [`io::ErrorKind::BrokenPipe`].
 #[derive(Debug)]
 pub struct MemoryTransport {
-    tx: mpsc::Sender<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    outgoing: Arc<Pipe>,
+    incoming: Arc<Pipe>,
 }
 
 /// A connected pair: `(client_end, server_end)`.
 pub fn pair() -> (MemoryTransport, MemoryTransport) {
-    let (a_tx, a_rx) = mpsc::channel(CAPACITY);
-    let (b_tx, b_rx) = mpsc::channel(CAPACITY);
+    let (a, b) = (Arc::new(Pipe::default()), Arc::new(Pipe::default()));
     (
-        MemoryTransport { tx: a_tx, rx: b_rx },
-        MemoryTransport { tx: b_tx, rx: a_rx },
+        MemoryTransport {
+            outgoing: Arc::clone(&a),
+            incoming: Arc::clone(&b),
+        },
+        MemoryTransport {
+            outgoing: b,
+            incoming: a,
+        },
     )
 }
 
@@ -55,32 +97,89 @@ fn gone() -> io::Error {
 impl Stream for MemoryTransport {
     type Item = io::Result<Bytes>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.rx)
-            .poll_next(cx)
-            .map(|frame| frame.map(Ok))
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut pipe = self.incoming.lock();
+        if let Some(frame) = pipe.frames.pop_front() {
+            let sender = pipe.sender.take();
+            drop(pipe);
+            wake(sender);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if pipe.sender_gone {
+            return Poll::Ready(None);
+        }
+        if !pipe
+            .receiver
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            pipe.receiver = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
 impl Sink<Bytes> for MemoryTransport {
     type Error = io::Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tx.poll_ready(cx).map_err(|_| gone())
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pipe = self.outgoing.lock();
+        if pipe.receiver_gone || pipe.sender_gone {
+            return Poll::Ready(Err(gone()));
+        }
+        if pipe.frames.len() < CAPACITY {
+            return Poll::Ready(Ok(()));
+        }
+        if !pipe
+            .sender
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            pipe.sender = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        self.tx.start_send(frame).map_err(|_| gone())
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        let mut pipe = self.outgoing.lock();
+        if pipe.receiver_gone || pipe.sender_gone {
+            return Err(gone());
+        }
+        pipe.frames.push_back(frame);
+        let receiver = pipe.receiver.take();
+        drop(pipe);
+        wake(receiver);
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // A frame is delivered as soon as the channel accepts it.
+        // A frame is delivered as soon as the queue accepts it.
         Poll::Ready(Ok(()))
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tx.close_channel();
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pipe = self.outgoing.lock();
+        pipe.sender_gone = true;
+        let receiver = pipe.receiver.take();
+        drop(pipe);
+        wake(receiver);
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        let mut pipe = self.outgoing.lock();
+        pipe.sender_gone = true;
+        let receiver = pipe.receiver.take();
+        drop(pipe);
+        wake(receiver);
+        let mut pipe = self.incoming.lock();
+        pipe.receiver_gone = true;
+        pipe.frames.clear();
+        let sender = pipe.sender.take();
+        drop(pipe);
+        wake(sender);
     }
 }
 
