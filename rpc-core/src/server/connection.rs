@@ -69,7 +69,9 @@ pub(crate) async fn run<S: Service>(
         arena: BytesMut::new(),
         unflushed: false,
         draining: false,
-        shutdown: Box::pin(context.shutdown.cancelled_owned()),
+        shutdown_wait: Box::pin(context.shutdown.clone().cancelled_owned()),
+        shutdown_waker: None,
+        shutdown: context.shutdown,
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -104,6 +106,7 @@ pub(crate) async fn run<S: Service>(
                 transport.close().await
             })
             .await;
+            super::linger(&mut transport).await;
             match kind {
                 ErrorKind::Disconnected => Ok(()),
                 _ => Err(io::Error::new(io::ErrorKind::InvalidData, message)),
@@ -126,13 +129,25 @@ struct Connection<S: Service> {
     unflushed: bool,
     /// Shutting down: new calls are refused, the connection closes once idle.
     draining: bool,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: CancellationToken,
+    /// Polled with each new waker, to have this task woken on shutdown (and kept, as
+    /// dropping it would unregister); in between, the token's flag is enough.
+    shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown_waker: Option<Waker>,
     config: Arc<ServerConfig>,
 }
 
 impl<S: Service> Connection<S> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+        if !self
+            .shutdown_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let _ = self.shutdown_wait.as_mut().poll(cx);
+            self.shutdown_waker = Some(cx.waker().clone());
+        }
+        if !self.draining && self.shutdown.is_cancelled() {
             self.draining = true;
         }
 
@@ -147,7 +162,7 @@ impl<S: Service> Connection<S> {
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Err(end) = self.on_frame(frame) {
+                        if let Err(end) = self.on_frame(frame, cx) {
                             return Poll::Ready(end);
                         }
                     }
@@ -222,7 +237,7 @@ impl<S: Service> Connection<S> {
     }
 
     /// Handles one received frame; `Err` ends the connection.
-    fn on_frame(&mut self, frame: Bytes) -> Result<(), End> {
+    fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Result<(), End> {
         if frame.len() > self.config.max_frame_size {
             return Err(End::Goodbye(
                 ErrorKind::Protocol,
@@ -251,7 +266,7 @@ impl<S: Service> Connection<S> {
                 metadata: _,
                 body,
             } => {
-                if let Err(err) = self.start_call(id, method, timeout_us, body) {
+                if let Err(err) = self.start_call(id, method, timeout_us, body, cx) {
                     self.queue(protocol::error_response_frame(id, &err));
                 }
                 Ok(())
@@ -297,6 +312,7 @@ impl<S: Service> Connection<S> {
         method: u32,
         timeout_us: Option<u64>,
         body: &[u8],
+        cx: &mut Context<'_>,
     ) -> Result<(), RpcError> {
         let desc = self.service.descriptor();
         if self.draining {
@@ -332,7 +348,13 @@ impl<S: Service> Connection<S> {
         };
         let request = self.service.decode_request(info.fingerprint, body)?;
         let timeout = timeout_us.map(Duration::from_micros);
-        let handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        let mut handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        // Most handlers finish in their first poll: answer those at once, and give only the
+        // others a place (and a deadline) among the calls in progress.
+        if let Poll::Ready(result) = Pin::new(&mut handler).poll(cx) {
+            self.finish_call(id, info, Outcome::of(result, info));
+            return Ok(());
+        }
         self.in_flight.push(InFlight {
             id,
             method: info,
@@ -393,6 +415,34 @@ enum Outcome<R> {
     Cancelled,
 }
 
+impl<R> Outcome<R> {
+    /// The outcome of a handler that ran to its end or panicked.
+    fn of(result: std::thread::Result<R>, method: &MethodInfo) -> Outcome<R> {
+        match result {
+            Ok(response) => Outcome::Done(response),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a non-string panic payload");
+                log::warn(format_args!(
+                    "the handler of `{}` panicked: {what}",
+                    method.name
+                ));
+                Outcome::Failed(RpcError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the handler of `{}` panicked: {what}; the server and the connection \
+                         carry on",
+                        method.name
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 type Handler<R> = CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>;
 
 /// One running handler, with its deadline.
@@ -433,26 +483,7 @@ impl<R> Future for InFlight<R> {
             *this.waker = Some(cx.waker().clone());
         }
         let outcome = match this.handler.poll(cx) {
-            Poll::Ready(Ok(response)) => Outcome::Done(response),
-            Poll::Ready(Err(panic)) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("a non-string panic payload");
-                log::warn(format_args!(
-                    "the handler of `{}` panicked: {what}",
-                    this.method.name
-                ));
-                Outcome::Failed(RpcError::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "the handler of `{}` panicked: {what}; the server and the connection \
-                         carry on",
-                        this.method.name
-                    ),
-                ))
-            }
+            Poll::Ready(result) => Outcome::of(result, this.method),
             Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
                 Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(
                     ErrorKind::DeadlineExceeded,

@@ -376,5 +376,20 @@ async fn refuse<T: Transport>(
         transport.close().await
     })
     .await;
+    linger(&mut transport).await;
     Err(io::Error::new(io::ErrorKind::InvalidData, why))
+}
+
+/// How long a connection told goodbye may take to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After a `Goodbye` and closing our side: reads and drops whatever the peer still sends
+/// (requests it pipelined behind its `Hello`, say) until it closes too, for at most
+/// [`LINGER`]. Closing a TCP socket with unread data resets the connection, and the reset
+/// can destroy the `Goodbye` before the peer has read it.
+pub(crate) async fn linger<T: Transport + ?Sized>(transport: &mut T) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = transport.next().await {}
+    })
+    .await;
 }
