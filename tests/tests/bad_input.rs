@@ -10,7 +10,6 @@ use common::wire::{self, RawPeer, Status, Wire};
 use common::{guard, lab, next_event, Event, LabClient, LabServer};
 use common::{Harness, Kind};
 use rpc_core::{service, ErrorKind, Server};
-use rpc_transport::memory;
 
 /// The transports with a listener: every test with a hostile client runs over each.
 const LISTENERS: [Kind; 3] = [Kind::MemoryListener, Kind::Tcp, Kind::Unix];
@@ -337,59 +336,63 @@ async fn a_silent_client_is_closed_after_the_hello_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_response_fails_the_client_with_protocol() {
-    let (client_end, server_end) = memory::pair();
-    let client = LabClient::new(client_end);
-    let mut fake_server = RawPeer(Box::new(server_end));
-    let call = tokio::spawn(client.add(1, 2).into_future_for_test());
-    assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
-    assert!(matches!(
-        fake_server.recv().await,
-        Some(Wire::Request { .. })
-    ));
-    fake_server
-        .send_frame(Bytes::from_static(b"\xff\xfe garbage"))
-        .await;
-    let err = guard(call).await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
-    assert!(err.to_string().contains("not a protocol message"), "{err}");
-    // The client tells the server why it leaves.
-    let (kind, _) = fake_server.expect_goodbye().await;
-    assert_eq!(kind, wire::PROTOCOL);
+    for kind in common::KINDS {
+        let (client_end, server_end) = common::connected_pair(kind).await;
+        let client = LabClient::new(client_end);
+        let mut fake_server = RawPeer(server_end);
+        let call = tokio::spawn(client.add(1, 2).into_future_for_test());
+        assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
+        assert!(matches!(
+            fake_server.recv().await,
+            Some(Wire::Request { .. })
+        ));
+        fake_server
+            .send_frame(Bytes::from_static(b"\xff\xfe garbage"))
+            .await;
+        let err = guard(call).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("not a protocol message"), "{err}");
+        // The client tells the server why it leaves.
+        let (kind, _) = fake_server.expect_goodbye().await;
+        assert_eq!(kind, wire::PROTOCOL);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_that_does_not_decode_fails_only_that_call() {
-    let (client_end, server_end) = memory::pair();
-    let client = LabClient::new(client_end);
-    let mut fake_server = RawPeer(Box::new(server_end));
-    let call = tokio::spawn(client.add(1, 2).into_future_for_test());
-    assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
-    let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
-        panic!("expected a request")
-    };
-    fake_server
-        .send(&Wire::Response {
-            id,
-            status: Status::Ok,
-            body: vec![0xff],
-        })
-        .await;
-    let err = guard(call).await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
-    assert!(err.to_string().contains("i64"), "{err}");
-    // The connection is still up: the next call is sent.
-    let next = tokio::spawn(client.add(2, 2).into_future_for_test());
-    let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
-        panic!("expected a request")
-    };
-    fake_server
-        .send(&Wire::Response {
-            id,
-            status: Status::Ok,
-            body: wire::body(&4i64),
-        })
-        .await;
-    assert_eq!(guard(next).await.unwrap().unwrap(), 4);
+    for kind in common::KINDS {
+        let (client_end, server_end) = common::connected_pair(kind).await;
+        let client = LabClient::new(client_end);
+        let mut fake_server = RawPeer(server_end);
+        let call = tokio::spawn(client.add(1, 2).into_future_for_test());
+        assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
+        let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
+            panic!("expected a request")
+        };
+        fake_server
+            .send(&Wire::Response {
+                id,
+                status: Status::Ok,
+                body: vec![0xff],
+            })
+            .await;
+        let err = guard(call).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("i64"), "{err}");
+        // The connection is still up: the next call is sent.
+        let next = tokio::spawn(client.add(2, 2).into_future_for_test());
+        let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
+            panic!("expected a request")
+        };
+        fake_server
+            .send(&Wire::Response {
+                id,
+                status: Status::Ok,
+                body: wire::body(&4i64),
+            })
+            .await;
+        assert_eq!(guard(next).await.unwrap().unwrap(), 4);
+    }
 }
 
 /// Two versions of one service: same wire name, methods that changed between them.
@@ -449,33 +452,35 @@ mod v2 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_methods_fail_only_their_own_calls() {
-    let (client_end, server_end) = memory::pair();
-    tokio::spawn(
-        Server::new()
-            .add_service(v2::ShapesServer::new(v2::Impl))
-            .serve_connection(server_end),
-    );
-    let client = v1::ShapesClient::new(client_end);
+    for kind in common::KINDS {
+        let (client_end, server_end) = common::connected_pair(kind).await;
+        tokio::spawn(
+            Server::new()
+                .add_service(v2::ShapesServer::new(v2::Impl))
+                .serve_connection(server_end),
+        );
+        let client = v1::ShapesClient::new(client_end);
 
-    // Unchanged, and reordered: fine.
-    assert_eq!(guard(client.kept()).await.unwrap(), 2);
+        // Unchanged, and reordered: fine.
+        assert_eq!(guard(client.kept()).await.unwrap(), 2);
 
-    // A method the server does not have.
-    let err = guard(client.removed()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
-    assert!(err.to_string().contains("no method `removed`"), "{err}");
+        // A method the server does not have.
+        let err = guard(client.removed()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+        assert!(err.to_string().contains("no method `removed`"), "{err}");
 
-    // A changed signature.
-    let err = guard(client.scale(2)).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
-    assert!(err.to_string().contains("`Shapes::scale`"), "{err}");
-    assert!(err.to_string().contains("different signature"), "{err}");
+        // A changed signature.
+        let err = guard(client.scale(2)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+        assert!(err.to_string().contains("`Shapes::scale`"), "{err}");
+        assert!(err.to_string().contains("different signature"), "{err}");
 
-    // Same signature text, other type definition: the body does not decode.
-    let err = guard(client.area(v1::Shape { side: 3 })).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        // Same signature text, other type definition: the body does not decode.
+        let err = guard(client.area(v1::Shape { side: 3 })).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
 
-    assert_eq!(guard(client.kept()).await.unwrap(), 2);
+        assert_eq!(guard(client.kept()).await.unwrap(), 2);
+    }
 }
 
 /// Lets a `Call` be spawned as a task.

@@ -232,3 +232,28 @@ pub async fn lab_client(kind: Kind, server: Server) -> (LabClient, Harness) {
     let client = LabClient::new(harness.connect().await);
     (client, harness)
 }
+
+/// Both ends of one connection of `kind`, for tests that play the server by hand.
+pub async fn connected_pair(kind: Kind) -> (AnyTransport, AnyTransport) {
+    use rpc_core::Listener;
+    match kind {
+        Kind::MemoryPair | Kind::MemoryListener => {
+            let (client_end, server_end) = rpc_transport::memory::pair();
+            (Box::new(client_end), Box::new(server_end))
+        }
+        Kind::Tcp => {
+            let mut listener = rpc_transport::tcp::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local_addr");
+            let client_end = rpc_transport::tcp::connect(addr).await.expect("connect");
+            let server_end = listener.accept().await.expect("open").expect("accept");
+            (Box::new(client_end), Box::new(server_end))
+        }
+        Kind::Unix => {
+            let path = socket_path();
+            let mut listener = rpc_transport::unix::bind(&path).await.expect("bind");
+            let client_end = rpc_transport::unix::connect(&path).await.expect("connect");
+            let server_end = listener.accept().await.expect("open").expect("accept");
+            (Box::new(client_end), Box::new(server_end))
+        }
+    }
+}
