@@ -39,9 +39,12 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = rpc_core::DEFAULT_MAX_FRAME_SIZE;
 const COPY_THRESHOLD: usize = 4 << 10;
 /// Buffered output beyond which `poll_ready` flushes before taking more.
 const WRITE_HIGH_WATER: usize = 256 << 10;
-/// Read buffer allocated when data arrives; buffers larger than this are released once
-/// empty, so an idle connection does not pin a large allocation.
+/// Read buffers larger than this are released once empty, so an idle connection pins at
+/// most this much (and, after small calls, about `READ_CHUNK_MIN`).
 const READ_CHUNK: usize = 8 << 10;
+/// The smallest and largest read buffer allocated at a time.
+const READ_CHUNK_MIN: usize = 1000;
+const READ_CHUNK_MAX: usize = 64 << 10;
 /// The most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -60,6 +63,8 @@ pub struct Framed<IO> {
     read_buf: BytesMut,
     /// The peer closed its side.
     eof: bool,
+    /// How much to allocate for the next read (adapts to the traffic).
+    read_chunk: usize,
     /// Frames ready to write, in order.
     chunks: VecDeque<Bytes>,
     /// Small frames (and the prefixes of large ones) being gathered into one buffer.
@@ -79,6 +84,7 @@ where
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             read_buf: BytesMut::new(),
             eof: false,
+            read_chunk: READ_CHUNK_MIN,
             chunks: VecDeque::new(),
             staging: BytesMut::new(),
             queued: 0,
@@ -210,9 +216,10 @@ where
                     )))
                 });
             }
-            if this.read_buf.capacity() - this.read_buf.len() < 1024 {
-                this.read_buf.reserve(READ_CHUNK);
+            if this.read_buf.capacity() - this.read_buf.len() < 256 {
+                this.read_buf.reserve(this.read_chunk);
             }
+            let room = this.read_buf.capacity() - this.read_buf.len();
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.io),
                 cx,
@@ -220,6 +227,13 @@ where
             ))?;
             if n == 0 {
                 this.eof = true;
+            }
+            // Size the next buffer by what arrives: small for calls one at a time (a buffer
+            // that small comes from the allocator's per-thread cache), larger for bursts.
+            if n == room {
+                this.read_chunk = (this.read_chunk * 2).min(READ_CHUNK_MAX);
+            } else if n < this.read_chunk / 4 {
+                this.read_chunk = (this.read_chunk / 2).max(READ_CHUNK_MIN);
             }
         }
     }
