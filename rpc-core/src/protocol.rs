@@ -516,16 +516,18 @@ mod proptests {
             timeout_us in proptest::option::of(any::<u64>()),
             body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
-            let mut b = FrameBuilder::new();
-            b.body_mut().extend_from_slice(&body);
-            let frame = b.finish_request(id, method, timeout_us.map(Duration::from_micros));
-            prop_assert!(fast::decode(&frame).is_some());
-            prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
-            let mut b = FrameBuilder::new();
-            b.body_mut().extend_from_slice(&body);
-            let frame = b.finish_response(id);
-            prop_assert!(fast::decode(&frame).is_some());
-            prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
+            let build = || {
+                let mut b = FrameBuilder::new();
+                b.body_mut().extend_from_slice(&body);
+                b
+            };
+            for frame in [
+                build().finish_request(id, method, timeout_us.map(Duration::from_micros)),
+                build().finish_response(id),
+            ] {
+                prop_assert!(fast::decode(&frame).is_some());
+                prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
+            }
         }
 
         #[test]

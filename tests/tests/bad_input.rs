@@ -31,14 +31,7 @@ fn lab_server() -> (Server, tokio::sync::mpsc::UnboundedReceiver<Event>) {
     (Server::new().add_service(LabServer::new(imp)), events)
 }
 
-/// Index of `name` in the Lab client's method table.
-fn method(name: &str) -> u32 {
-    LabClient::DESCRIPTOR
-        .methods
-        .iter()
-        .position(|m| m.name == name)
-        .unwrap() as u32
-}
+use common::lab_method as method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_first_frame_gets_a_protocol_goodbye() {
@@ -110,28 +103,12 @@ async fn a_body_that_does_not_decode_fails_only_that_call() {
             wire::body(&(20i64, 22i64)),
         ))
         .await;
-        for expected_id in 1..=2 {
-            match peer.recv().await {
-                Some(Wire::Response {
-                    id,
-                    status: Status::Error { kind, message },
-                    ..
-                }) => {
-                    assert_eq!(id, expected_id);
-                    assert_eq!(kind, wire::PROTOCOL, "{message}");
-                    assert!(message.contains("does not decode"), "{message}");
-                }
-                other => panic!("expected an error response, got {other:?}"),
-            }
+        for id in 1..=2 {
+            let (kind, message) = peer.expect_error(id).await;
+            assert_eq!(kind, wire::PROTOCOL, "{message}");
+            assert!(message.contains("does not decode"), "{message}");
         }
-        match peer.recv().await {
-            Some(Wire::Response {
-                id: 3,
-                status: Status::Ok,
-                body,
-            }) => assert_eq!(wire::decode_body::<i64>(&body), 42),
-            other => panic!("expected the sum, got {other:?}"),
-        }
+        assert_eq!(peer.expect_ok::<i64>(3).await, 42);
         assert_eq!(guard(good.add(1, 2)).await.unwrap(), 3);
     }
 }
@@ -236,14 +213,7 @@ async fn a_client_vanishing_mid_call_stops_its_handler_only() {
         let (server, mut events) = lab_server();
         let (mut harness, good) = server_with_good_client(kind, server).await;
         let mut peer = raw_peer(&mut harness).await;
-        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-        peer.send(&wire::request(
-            1,
-            method("block"),
-            None,
-            wire::body(&(11u64,)),
-        ))
-        .await;
+        peer.start_block(1, 11, None).await;
         assert_eq!(next_event(&mut events).await, Event::Started(11));
         drop(peer);
         assert_eq!(next_event(&mut events).await, Event::Dropped(11));
@@ -257,28 +227,13 @@ async fn the_server_enforces_the_deadline_it_is_sent() {
         let (server, mut events) = lab_server();
         let (mut harness, _good) = server_with_good_client(kind, server).await;
         let mut peer = raw_peer(&mut harness).await;
-        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
         // 20 ms remaining; this peer never cancels.
-        peer.send(&wire::request(
-            1,
-            method("block"),
-            Some(20_000),
-            wire::body(&(4u64,)),
-        ))
-        .await;
+        peer.start_block(1, 4, Some(20_000)).await;
         assert_eq!(next_event(&mut events).await, Event::Started(4));
         assert_eq!(next_event(&mut events).await, Event::Dropped(4));
-        match peer.recv().await {
-            Some(Wire::Response {
-                id: 1,
-                status: Status::Error { kind, message },
-                ..
-            }) => {
-                assert_eq!(kind, wire::DEADLINE_EXCEEDED, "{message}");
-                assert!(message.contains("block"), "{message}");
-            }
-            other => panic!("expected DeadlineExceeded, got {other:?}"),
-        }
+        let (kind, message) = peer.expect_error(1).await;
+        assert_eq!(kind, wire::DEADLINE_EXCEEDED, "{message}");
+        assert!(message.contains("block"), "{message}");
     }
 }
 
@@ -288,14 +243,7 @@ async fn a_cancel_drops_the_handler() {
         let (server, mut events) = lab_server();
         let (mut harness, _good) = server_with_good_client(kind, server).await;
         let mut peer = raw_peer(&mut harness).await;
-        peer.send(&wire::hello(&LabClient::DESCRIPTOR)).await;
-        peer.send(&wire::request(
-            8,
-            method("block"),
-            None,
-            wire::body(&(8u64,)),
-        ))
-        .await;
+        peer.start_block(8, 8, None).await;
         assert_eq!(next_event(&mut events).await, Event::Started(8));
         peer.send(&Wire::Cancel { id: 8 }).await;
         assert_eq!(next_event(&mut events).await, Event::Dropped(8));
@@ -307,16 +255,7 @@ async fn a_cancel_drops_the_handler() {
             wire::body(&(1i64, 1i64)),
         ))
         .await;
-        match peer.recv().await {
-            Some(Wire::Response {
-                id: 9,
-                status: Status::Ok,
-                body,
-            }) => {
-                assert_eq!(wire::decode_body::<i64>(&body), 2)
-            }
-            other => panic!("expected the response to 9, got {other:?}"),
-        }
+        assert_eq!(peer.expect_ok::<i64>(9).await, 2);
     }
 }
 
@@ -507,12 +446,5 @@ async fn byte_vectors_keep_the_plain_serde_encoding() {
         wire::body(&(data.clone(),)),
     ))
     .await;
-    match peer.recv().await {
-        Some(Wire::Response {
-            id: 1,
-            status: Status::Ok,
-            body,
-        }) => assert_eq!(wire::decode_body::<Vec<u8>>(&body), data),
-        other => panic!("expected the echo, got {other:?}"),
-    }
+    assert_eq!(peer.expect_ok::<Vec<u8>>(1).await, data);
 }

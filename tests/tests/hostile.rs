@@ -81,13 +81,7 @@ fn goodbye(frames: &[Wire]) -> (u8, String) {
     }
 }
 
-fn method(name: &str) -> u32 {
-    LabClient::DESCRIPTOR
-        .methods
-        .iter()
-        .position(|m| m.name == name)
-        .unwrap() as u32
-}
+use common::lab_method as method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sent_to_the_port_is_refused_by_name() {

@@ -105,6 +105,15 @@ impl Lab for LabImpl {
     }
 }
 
+/// The index of `Lab`'s method `name` in its client's table, as raw requests name it.
+pub fn lab_method(name: &str) -> u32 {
+    LabClient::DESCRIPTOR
+        .methods
+        .iter()
+        .position(|m| m.name == name)
+        .expect("no such method") as u32
+}
+
 /// A fresh service and the receiver of its handlers' events.
 pub fn lab() -> (LabImpl, mpsc::UnboundedReceiver<Event>) {
     let (events, rx) = mpsc::unbounded_channel();

@@ -109,6 +109,42 @@ impl RawPeer {
         Some(message)
     }
 
+    /// Expects a successful response to `id` and decodes its body.
+    pub async fn expect_ok<T: serde::de::DeserializeOwned>(&mut self, id: u64) -> T {
+        match self.recv().await {
+            Some(Wire::Response {
+                id: got,
+                status: Status::Ok,
+                body,
+            }) if got == id => decode_body(&body),
+            other => panic!("expected a successful response to {id}, got {other:?}"),
+        }
+    }
+
+    /// Expects an error response to `id`; returns its kind and text.
+    pub async fn expect_error(&mut self, id: u64) -> (u8, String) {
+        match self.recv().await {
+            Some(Wire::Response {
+                id: got,
+                status: Status::Error { kind, message },
+                ..
+            }) if got == id => (kind, message),
+            other => panic!("expected an error response to {id}, got {other:?}"),
+        }
+    }
+
+    /// Says `Hello` for `Lab` and starts `block(tag)` as request `id`.
+    pub async fn start_block(&mut self, id: u64, tag: u64, timeout_us: Option<u64>) {
+        self.send(&hello(&super::LabClient::DESCRIPTOR)).await;
+        self.send(&request(
+            id,
+            super::lab_method("block"),
+            timeout_us,
+            body(&(tag,)),
+        ))
+        .await;
+    }
+
     /// Expects a `Goodbye` and then the end of the connection; returns its kind and text.
     pub async fn expect_goodbye(&mut self) -> (u8, String) {
         match self.recv().await {
