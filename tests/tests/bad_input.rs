@@ -448,3 +448,61 @@ async fn byte_vectors_keep_the_plain_serde_encoding() {
     .await;
     assert_eq!(peer.expect_ok::<Vec<u8>>(1).await, data);
 }
+
+/// A type whose serde impls panic on some values, as a buggy user type might.
+mod touchy {
+    use rpc_core::service;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Debug, PartialEq)]
+    pub struct Touchy(pub u32);
+
+    impl Serialize for Touchy {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            assert_ne!(self.0, 13, "13 cannot be serialized");
+            s.serialize_u32(self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Touchy {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Touchy, D::Error> {
+            let v = u32::deserialize(d)?;
+            assert_ne!(v, 7, "7 cannot be deserialized");
+            Ok(Touchy(v))
+        }
+    }
+
+    #[service]
+    pub trait Fragile {
+        async fn next(&self, v: Touchy) -> Touchy;
+    }
+
+    pub struct Impl;
+    impl Fragile for Impl {
+        async fn next(&self, v: Touchy) -> Touchy {
+            Touchy(v.0 + 1)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_serde_impl_on_the_server_fails_only_its_call() {
+    for kind in common::KINDS {
+        let server = Server::new().add_service(touchy::FragileServer::new(touchy::Impl));
+        let mut harness = Harness::start(kind, server).await;
+        let client = touchy::FragileClient::new(harness.connect().await);
+        // The server cannot decode the argument.
+        let err = guard(client.next(touchy::Touchy(7))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{kind:?}: {err}");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        // The server cannot encode the result.
+        let err = guard(client.next(touchy::Touchy(12))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{kind:?}: {err}");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        // The connection carries on.
+        assert_eq!(
+            guard(client.next(touchy::Touchy(1))).await.unwrap(),
+            touchy::Touchy(2)
+        );
+    }
+}

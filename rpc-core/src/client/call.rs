@@ -54,12 +54,19 @@ impl<R> Call<R> {
         decode: fn(&[u8]) -> Result<R, RpcError>,
     ) -> Call<R> {
         // Request frames of one thread are carved from one buffer: no allocation per call.
-        let frame = ARENA.with(|arena| {
-            let mut arena = arena.borrow_mut();
-            let mut builder = FrameBuilder::in_arena(&mut arena);
-            let encoded = codec::encode_value(args, builder.body_mut());
-            builder.detach(&mut arena);
-            encoded.map(|()| builder)
+        let frame = ARENA.with(|arena| match arena.try_borrow_mut() {
+            Ok(mut arena) => {
+                let mut builder = FrameBuilder::in_arena(&mut arena);
+                let encoded = codec::encode_value(args, builder.body_mut());
+                builder.detach(&mut arena);
+                encoded.map(|()| builder)
+            }
+            // A call made while encoding another (from inside a `Serialize` impl): it gets
+            // a buffer of its own.
+            Err(_) => {
+                let mut builder = FrameBuilder::new();
+                codec::encode_value(args, builder.body_mut()).map(|()| builder)
+            }
         });
         Call {
             client,

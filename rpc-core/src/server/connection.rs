@@ -346,7 +346,17 @@ impl<S: Service> Connection<S> {
                 ))
             }
         };
-        let request = self.service.decode_request(info.fingerprint, body)?;
+        // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
+        let service = &self.service;
+        let request = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            service.decode_request(info.fingerprint, body)
+        }))
+        .unwrap_or_else(|_| {
+            Err(RpcError::protocol(format!(
+                "decoding the arguments of `{}` panicked",
+                info.name
+            )))
+        })?;
         let timeout = timeout_us.map(Duration::from_micros);
         let mut handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
         // Most handlers finish in their first poll: answer those at once, and give only the
@@ -375,7 +385,16 @@ impl<S: Service> Connection<S> {
             Outcome::Failed(err) => protocol::error_response_frame(id, &err),
             Outcome::Done(response) => {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
-                let encoded = self.service.encode_response(&response, builder.body_mut());
+                let service = &self.service;
+                let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    service.encode_response(&response, builder.body_mut())
+                }))
+                .unwrap_or_else(|_| {
+                    Err(RpcError::new(
+                        ErrorKind::Internal,
+                        format!("encoding the result of `{}` panicked", method.name),
+                    ))
+                });
                 builder.detach(&mut self.arena);
                 match encoded {
                     Err(err) => protocol::error_response_frame(id, &err),
