@@ -3,13 +3,17 @@
 //! Every byte on the wire is bincode 2 with [`CONFIG`]: little-endian, variable-length
 //! integers (`varint`), no trailing bytes allowed. Changing it is a protocol version change.
 //!
-//! Decoding is bounded by the frame: bincode allocates a string or byte buffer from the length
-//! the input claims, before it reads the bytes, so an unbounded decoder could be made to
-//! allocate 2^60 bytes by a 9-byte frame (and abort the process). Every decode here runs with
-//! a bincode limit chosen from the input's length (a step of ×8 from 4 KiB up, at least 16×
-//! the input, see `with_limit_for`), so what `n` bytes of input can make the decoder reserve
-//! is at most `max(4 KiB, 128 n)` — and a claim beyond the input fails before those pages are
-//! touched. A lying length fails that decode with [`ErrorKind::Protocol`].
+//! Decoding is bounded by the message: bincode allocates a string or byte buffer from the
+//! length the input claims, before it reads the bytes, and hands claimed sequence lengths to
+//! serde as capacity hints, so a 9-byte frame could ask for 2^60 bytes (and abort the
+//! process). Bodies (arguments and results) are decoded through an adapter (`bounded`) that
+//! reads strings and bytes borrowed from the input and caps every capacity hint at the
+//! input's length in elements (each takes at least a byte on the wire): a string or byte
+//! buffer is never larger than the message it came in, and a sequence's reservation never
+//! larger than that many elements. The protocol's own
+//! envelope, decoded by bincode's derive, runs with a bincode limit chosen from the frame's
+//! length instead (`with_limit_for`). A lying length fails that decode with
+//! [`ErrorKind::Protocol`].
 
 use bincode::config::{Configuration, LittleEndian, Varint};
 use bincode::error::{DecodeError, EncodeError};
@@ -19,10 +23,13 @@ use serde::Serialize;
 
 use crate::error::{ErrorKind, RpcError};
 
+mod bounded;
+
 /// The wire format's bincode configuration: little-endian, varint integers.
 pub const CONFIG: Configuration<LittleEndian, Varint> = bincode::config::standard();
 
-/// Runs `$decode` with `$config` set to [`CONFIG`] with a limit fitting `$len` input bytes.
+/// Runs `$decode` with `$config` set to [`CONFIG`] with a limit fitting `$len` input bytes:
+/// for bincode's derived decoders, which the `bounded` adapter cannot reach.
 ///
 /// bincode counts every primitive at its in-memory size (a one-byte varint `u128` claims 16
 /// bytes), so valid input of `n` bytes claims at most `16 n`: the limit is the smallest of
@@ -64,10 +71,11 @@ pub(crate) use with_limit_for;
 
 /// Decodes a whole serde value from `bytes`, bounded as the module docs say.
 pub(crate) fn decode_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = with_limit_for!(bytes.len(), |config| {
-        // Borrowed decoding lets byte arrays be copied straight out of the frame.
-        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config)
-    })?;
+    let seed = bounded::Seed::<T> {
+        limit: bytes.len(),
+        value: std::marker::PhantomData,
+    };
+    let (value, used) = bincode::serde::seed_decode_from_slice(seed, bytes, CONFIG)?;
     if used != bytes.len() {
         return Err(DecodeError::OtherString(format!(
             "{} trailing bytes after the value",
