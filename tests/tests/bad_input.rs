@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::wire::{self, RawPeer, Status, Wire};
+use common::wire::{self, RawPeer, Wire};
 use common::{guard, lab, next_event, Event, LabClient, LabServer};
 use common::{Harness, Kind};
 use rpc_core::{service, ErrorKind, Server};
@@ -194,7 +195,7 @@ async fn the_server_vanishing_mid_call_gives_disconnected() {
     for kind in LISTENERS {
         let (server, mut events) = lab_server();
         let (harness, good) = server_with_good_client(kind, server).await;
-        let call = tokio::spawn(good.block(5).into_future_for_test());
+        let call = tokio::spawn(good.block(5).into_future());
         assert_eq!(next_event(&mut events).await, Event::Started(5));
         // Dropping the serve future closes its connections and drops their handlers.
         harness.server.abort();
@@ -279,7 +280,7 @@ async fn a_garbage_response_fails_the_client_with_protocol() {
         let (client_end, server_end) = common::connected_pair(kind).await;
         let client = LabClient::new(client_end);
         let mut fake_server = RawPeer(server_end);
-        let call = tokio::spawn(client.add(1, 2).into_future_for_test());
+        let call = tokio::spawn(client.add(1, 2).into_future());
         assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
         assert!(matches!(
             fake_server.recv().await,
@@ -303,33 +304,15 @@ async fn a_response_body_that_does_not_decode_fails_only_that_call() {
         let (client_end, server_end) = common::connected_pair(kind).await;
         let client = LabClient::new(client_end);
         let mut fake_server = RawPeer(server_end);
-        let call = tokio::spawn(client.add(1, 2).into_future_for_test());
+        let call = tokio::spawn(client.add(1, 2).into_future());
         assert!(matches!(fake_server.recv().await, Some(Wire::Hello { .. })));
-        let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
-            panic!("expected a request")
-        };
-        fake_server
-            .send(&Wire::Response {
-                id,
-                status: Status::Ok,
-                body: vec![0xff],
-            })
-            .await;
+        fake_server.answer_next(vec![0xff]).await;
         let err = guard(call).await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
         assert!(err.to_string().contains("i64"), "{err}");
         // The connection is still up: the next call is sent.
-        let next = tokio::spawn(client.add(2, 2).into_future_for_test());
-        let Some(Wire::Request { id, .. }) = fake_server.recv().await else {
-            panic!("expected a request")
-        };
-        fake_server
-            .send(&Wire::Response {
-                id,
-                status: Status::Ok,
-                body: wire::body(&4i64),
-            })
-            .await;
+        let next = tokio::spawn(client.add(2, 2).into_future());
+        fake_server.answer_next(wire::body(&4i64)).await;
         assert_eq!(guard(next).await.unwrap().unwrap(), 4);
     }
 }
@@ -421,14 +404,6 @@ async fn changed_methods_fail_only_their_own_calls() {
         assert_eq!(guard(client.kept()).await.unwrap(), 2);
     }
 }
-
-/// Lets a `Call` be spawned as a task.
-trait IntoFutureForTest: std::future::IntoFuture + Sized {
-    fn into_future_for_test(self) -> Self::IntoFuture {
-        self.into_future()
-    }
-}
-impl<T: std::future::IntoFuture> IntoFutureForTest for T {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_vectors_keep_the_plain_serde_encoding() {

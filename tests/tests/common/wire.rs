@@ -133,6 +133,19 @@ impl RawPeer {
         }
     }
 
+    /// Receives the next request and answers it with a successful `body`.
+    pub async fn answer_next(&mut self, body: Vec<u8>) {
+        let Some(Wire::Request { id, .. }) = self.recv().await else {
+            panic!("expected a request")
+        };
+        self.send(&Wire::Response {
+            id,
+            status: Status::Ok,
+            body,
+        })
+        .await;
+    }
+
     /// Says `Hello` for `Lab` and starts `block(tag)` as request `id`.
     pub async fn start_block(&mut self, id: u64, tag: u64, timeout_us: Option<u64>) {
         self.send(&hello(&super::LabClient::DESCRIPTOR)).await;
