@@ -40,6 +40,7 @@ pub mod codec;
 mod descriptor;
 mod error;
 mod log;
+mod outgoing;
 mod protocol;
 mod server;
 mod transport;

@@ -1,6 +1,5 @@
 //! The client connection's I/O task: writes queued frames in batches, routes responses.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use futures::SinkExt;
 
 use super::pending::Shared;
 use crate::error::{ErrorKind, RpcError};
+use crate::outgoing::Outgoing;
 use crate::protocol::{self, Message, Status};
 use crate::transport::Transport;
 
@@ -26,8 +26,7 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
     let mut driver = Driver {
         shared,
         transport,
-        unsent: VecDeque::new(),
-        unflushed: false,
+        unsent: Outgoing::default(),
         peer_left: false,
     };
     let outcome = poll_fn(|cx| driver.poll(cx)).await;
@@ -59,8 +58,7 @@ struct Driver<T> {
     shared: Arc<Shared>,
     transport: T,
     /// Frames taken from the shared outbox that the transport has not accepted yet.
-    unsent: VecDeque<Bytes>,
-    unflushed: bool,
+    unsent: Outgoing,
     /// The server said `Goodbye`: nothing more to tell it.
     peer_left: bool,
 }
@@ -117,7 +115,7 @@ impl<T: Transport> Driver<T> {
                 // Reading queued a reply (a Pong): write it in this wake-up.
                 self.poll_write(cx)?;
             }
-            if released && self.unsent.is_empty() && !self.unflushed {
+            if released && self.unsent.is_done() {
                 return Poll::Ready(Ok(()));
             }
             let more = !self.shared.outbox().frames.is_empty();
@@ -129,30 +127,9 @@ impl<T: Transport> Driver<T> {
 
     /// Hands every queued frame to the transport and flushes them as one batch.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), RpcError> {
-        let broken = |err: std::io::Error| {
-            RpcError::disconnected(format!("writing to the server failed: {err}"))
-        };
-        while !self.unsent.is_empty() {
-            match Pin::new(&mut self.transport).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = self.unsent.pop_front() {
-                        Pin::new(&mut self.transport)
-                            .start_send(frame)
-                            .map_err(broken)?;
-                        self.unflushed = true;
-                    }
-                }
-                Poll::Ready(Err(err)) => return Err(broken(err)),
-                Poll::Pending => break,
-            }
-        }
-        if self.unflushed {
-            if let Poll::Ready(result) = Pin::new(&mut self.transport).poll_flush(cx) {
-                result.map_err(broken)?;
-                self.unflushed = false;
-            }
-        }
-        Ok(())
+        self.unsent
+            .poll_send(Pin::new(&mut self.transport), cx)
+            .map_err(|err| RpcError::disconnected(format!("writing to the server failed: {err}")))
     }
 
     fn handle(&mut self, frame: Bytes) -> Result<(), RpcError> {
@@ -193,7 +170,7 @@ impl<T: Transport> Driver<T> {
                 ))
             }
             Message::Ping { nonce } => {
-                self.unsent.push_back(Message::Pong { nonce }.to_frame());
+                self.unsent.push(Message::Pong { nonce }.to_frame());
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),

@@ -4,7 +4,6 @@
 //! a call that completes at once is answered in the same wake-up that read it, and dropping
 //! the connection drops every handler it runs.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::CatchUnwind;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -26,6 +25,7 @@ use super::ServerConfig;
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::log;
+use crate::outgoing::Outgoing;
 use crate::protocol::{self, FrameBuilder, Message};
 use crate::transport::Transport;
 
@@ -64,10 +64,8 @@ pub(crate) async fn run<S: Service>(
         transport,
         routes,
         in_flight: FuturesUnordered::new(),
-        unsent: VecDeque::new(),
-        unsent_bytes: 0,
+        unsent: Outgoing::default(),
         arena: BytesMut::new(),
-        unflushed: false,
         draining: false,
         shutdown_wait: Box::pin(context.shutdown.clone().cancelled_owned()),
         shutdown_waker: None,
@@ -81,7 +79,7 @@ pub(crate) async fn run<S: Service>(
     match end {
         End::ClientLeft => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                for frame in conn.unsent.drain(..) {
+                for frame in conn.unsent.take() {
                     transport.feed(frame).await?;
                 }
                 transport.close().await
@@ -99,7 +97,7 @@ pub(crate) async fn run<S: Service>(
             }
             let goodbye = protocol::goodbye_frame(kind, &message);
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                for frame in conn.unsent.drain(..) {
+                for frame in conn.unsent.take() {
                     transport.feed(frame).await?;
                 }
                 transport.send(goodbye).await?;
@@ -121,12 +119,9 @@ struct Connection<S: Service> {
     routes: Vec<Route>,
     in_flight: FuturesUnordered<InFlight<S::Response>>,
     /// Encoded frames the transport has not accepted yet.
-    unsent: VecDeque<Bytes>,
-    /// Bytes in `unsent`.
-    unsent_bytes: usize,
+    unsent: Outgoing,
     /// Spare buffer space that response frames are built in (see `FrameBuilder::in_arena`).
     arena: BytesMut,
-    unflushed: bool,
     /// Shutting down: new calls are refused, the connection closes once idle.
     draining: bool,
     shutdown: CancellationToken,
@@ -156,7 +151,7 @@ impl<S: Service> Connection<S> {
         let mut yielded = false;
         let mut client_left = false;
         if self.unsent.len() < self.config.max_concurrent_requests.max(64)
-            && self.unsent_bytes < self.config.max_buffered_bytes
+            && self.unsent.bytes() < self.config.max_buffered_bytes
         {
             let mut budget = READ_BUDGET;
             loop {
@@ -198,7 +193,7 @@ impl<S: Service> Connection<S> {
             return Poll::Ready(End::Broken(err));
         }
 
-        if self.draining && self.in_flight.is_empty() && self.unsent.is_empty() && !self.unflushed {
+        if self.draining && self.in_flight.is_empty() && self.unsent.is_done() {
             return Poll::Ready(End::Goodbye(
                 ErrorKind::Disconnected,
                 "the server is shutting down".to_string(),
@@ -214,26 +209,7 @@ impl<S: Service> Connection<S> {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        while !self.unsent.is_empty() {
-            match Pin::new(&mut self.transport).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = self.unsent.pop_front() {
-                        self.unsent_bytes -= frame.len();
-                        Pin::new(&mut self.transport).start_send(frame)?;
-                        self.unflushed = true;
-                    }
-                }
-                Poll::Ready(Err(err)) => return Err(err),
-                Poll::Pending => break,
-            }
-        }
-        if self.unflushed {
-            if let Poll::Ready(result) = Pin::new(&mut self.transport).poll_flush(cx) {
-                result?;
-                self.unflushed = false;
-            }
-        }
-        Ok(())
+        self.unsent.poll_send(Pin::new(&mut self.transport), cx)
     }
 
     /// Handles one received frame; `Err` ends the connection.
@@ -421,8 +397,7 @@ impl<S: Service> Connection<S> {
     }
 
     fn queue(&mut self, frame: Bytes) {
-        self.unsent_bytes += frame.len();
-        self.unsent.push_back(frame);
+        self.unsent.push(frame);
     }
 }
 

@@ -1,0 +1,87 @@
+//! Frames on their way into a transport: the queue both ends of a connection keep.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Sink;
+
+use crate::transport::Transport;
+
+/// Frames not yet accepted by the transport, and whether what it accepted is flushed.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    frames: VecDeque<Bytes>,
+    /// Bytes in `frames`.
+    bytes: usize,
+    /// The transport accepted frames since its last completed flush.
+    unflushed: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub(crate) fn extend(&mut self, frames: impl IntoIterator<Item = Bytes>) {
+        for frame in frames {
+            self.push(frame);
+        }
+    }
+
+    /// Frames waiting for the transport.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Bytes waiting for the transport.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Everything was handed over and flushed.
+    pub(crate) fn is_done(&self) -> bool {
+        self.frames.is_empty() && !self.unflushed
+    }
+
+    /// The frames still waiting, for a last write when closing.
+    pub(crate) fn take(&mut self) -> VecDeque<Bytes> {
+        self.bytes = 0;
+        std::mem::take(&mut self.frames)
+    }
+
+    /// Hands every frame the transport will take and flushes them as one batch.
+    pub(crate) fn poll_send<T: Transport + ?Sized>(
+        &mut self,
+        mut transport: Pin<&mut T>,
+        cx: &mut Context<'_>,
+    ) -> io::Result<()> {
+        while !self.frames.is_empty() {
+            match transport.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = self.frames.pop_front() {
+                        self.bytes -= frame.len();
+                        transport.as_mut().start_send(frame)?;
+                        self.unflushed = true;
+                    }
+                }
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => break,
+            }
+        }
+        if self.unflushed {
+            if let Poll::Ready(result) = Sink::poll_flush(transport, cx) {
+                result?;
+                self.unflushed = false;
+            }
+        }
+        Ok(())
+    }
+}
