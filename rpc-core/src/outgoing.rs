@@ -4,11 +4,32 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 
 use crate::transport::Transport;
+
+/// How long sending the last frames and closing may take before a connection is simply
+/// dropped (a peer that stops reading must not hold a task forever).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes `last` (whatever was still queued, a `Goodbye`), flushes, and closes our side,
+/// all within `within`; errors only mean the peer is already gone.
+pub(crate) async fn close_with<T: Transport + ?Sized>(
+    transport: &mut T,
+    last: impl IntoIterator<Item = Bytes>,
+    within: Duration,
+) {
+    let _ = tokio::time::timeout(within, async {
+        for frame in last {
+            transport.feed(frame).await?;
+        }
+        transport.close().await
+    })
+    .await;
+}
 
 /// Frames not yet accepted by the transport, and whether what it accepted is flushed.
 #[derive(Default)]

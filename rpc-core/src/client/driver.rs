@@ -4,22 +4,18 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::SinkExt;
 
 use super::pending::Shared;
 use crate::error::{ErrorKind, RpcError};
-use crate::outgoing::Outgoing;
+use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
 use crate::transport::Transport;
 
 /// Frames read per wake-up before yielding, so one busy connection cannot starve the
 /// runtime's other tasks.
 const READ_BUDGET: usize = 128;
-/// How long closing may take before the connection is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the connection until it breaks or every client handle is gone.
 pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
@@ -45,13 +41,7 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
             goodbye
         }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if let Some(goodbye) = goodbye {
-            transport.send(goodbye).await?;
-        }
-        transport.close().await
-    })
-    .await;
+    close_with(&mut transport, goodbye, CLOSE_TIMEOUT).await;
 }
 
 struct Driver<T> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::CatchUnwind;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -25,7 +25,7 @@ use super::ServerConfig;
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::log;
-use crate::outgoing::Outgoing;
+use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, FrameBuilder, Message};
 use crate::transport::Transport;
 
@@ -34,8 +34,6 @@ pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
 
 /// Frames read per wake-up before yielding to other tasks.
 const READ_BUDGET: usize = 128;
-/// How long sending a `Goodbye` and closing may take before the connection is dropped.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a connection gets from its server.
 pub(crate) struct ConnectionContext {
@@ -78,13 +76,7 @@ pub(crate) async fn run<S: Service>(
     let mut transport = conn.transport;
     match end {
         End::ClientLeft => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                for frame in conn.unsent.take() {
-                    transport.feed(frame).await?;
-                }
-                transport.close().await
-            })
-            .await;
+            close_with(&mut transport, conn.unsent.take(), CLOSE_TIMEOUT).await;
             Ok(())
         }
         End::Broken(err) => {
@@ -96,14 +88,8 @@ pub(crate) async fn run<S: Service>(
                 log::warn(format_args!("closing a connection: {kind}: {message}"));
             }
             let goodbye = protocol::goodbye_frame(kind, &message);
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                for frame in conn.unsent.take() {
-                    transport.feed(frame).await?;
-                }
-                transport.send(goodbye).await?;
-                transport.close().await
-            })
-            .await;
+            let last = conn.unsent.take().into_iter().chain([goodbye]);
+            close_with(&mut transport, last, CLOSE_TIMEOUT).await;
             super::linger(&mut transport).await;
             match kind {
                 ErrorKind::Disconnected => Ok(()),

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +22,10 @@ pub use stats::ServerStats;
 
 use crate::error::ErrorKind;
 use crate::log;
+use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::protocol;
 use crate::transport::{Listener, Transport};
-use connection::{ConnectionContext, CLOSE_TIMEOUT};
+use connection::ConnectionContext;
 
 /// Limits and timeouts of a [`Server`].
 #[derive(Debug, Clone)]
@@ -370,11 +371,11 @@ async fn refuse<T: Transport>(
     within: Duration,
 ) -> io::Result<()> {
     log::warn(format_args!("refusing a connection: {kind}: {why}"));
-    let goodbye = protocol::goodbye_frame(kind, &why);
-    let _ = tokio::time::timeout(within, async {
-        transport.send(goodbye).await?;
-        transport.close().await
-    })
+    close_with(
+        &mut transport,
+        [protocol::goodbye_frame(kind, &why)],
+        within,
+    )
     .await;
     linger(&mut transport).await;
     Err(io::Error::new(io::ErrorKind::InvalidData, why))
