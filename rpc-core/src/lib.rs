@@ -44,6 +44,7 @@ mod outgoing;
 mod protocol;
 mod server;
 mod transport;
+mod waker;
 
 pub use client::{Call, CallFuture, Client, DEFAULT_MAX_FRAME_SIZE};
 pub use descriptor::{MethodInfo, ServiceDescriptor};

@@ -56,6 +56,13 @@ impl Pipe {
     }
 }
 
+/// Stores `waker` unless the one there already wakes the same task.
+fn remember(slot: &mut Option<Waker>, waker: &Waker) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        *slot = Some(waker.clone());
+    }
+}
+
 fn wake(waker: Option<Waker>) {
     if let Some(waker) = waker {
         waker.wake();
@@ -108,13 +115,7 @@ impl Stream for MemoryTransport {
         if pipe.sender_gone {
             return Poll::Ready(None);
         }
-        if !pipe
-            .receiver
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            pipe.receiver = Some(cx.waker().clone());
-        }
+        remember(&mut pipe.receiver, cx.waker());
         Poll::Pending
     }
 }
@@ -130,13 +131,7 @@ impl Sink<Bytes> for MemoryTransport {
         if pipe.frames.len() < CAPACITY {
             return Poll::Ready(Ok(()));
         }
-        if !pipe
-            .sender
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            pipe.sender = Some(cx.waker().clone());
-        }
+        remember(&mut pipe.sender, cx.waker());
         Poll::Pending
     }
 

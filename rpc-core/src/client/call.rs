@@ -15,6 +15,7 @@ use super::Client;
 use crate::codec;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::FrameBuilder;
+use crate::waker;
 
 thread_local! {
     /// Spare buffer space request frames are built in (see `FrameBuilder::in_arena`).
@@ -181,9 +182,7 @@ impl<R> Future for CallFuture<R> {
             let mut calls = shared.calls(*id);
             match calls.get_mut(id) {
                 Some(Slot::Waiting(waker)) => {
-                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *waker = Some(cx.waker().clone());
-                    }
+                    waker::remember(waker, cx.waker());
                     None
                 }
                 Some(Slot::Done(_)) => match calls.remove(id) {

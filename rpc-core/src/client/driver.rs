@@ -12,6 +12,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
 use crate::transport::Transport;
+use crate::waker;
 
 /// Frames read per wake-up before yielding, so one busy connection cannot starve the
 /// runtime's other tasks.
@@ -60,13 +61,7 @@ impl<T: Transport> Driver<T> {
             let released = {
                 let mut outbox = self.shared.outbox();
                 self.unsent.extend(outbox.frames.drain(..));
-                if !outbox
-                    .driver
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    outbox.driver = Some(cx.waker().clone());
-                }
+                waker::remember(&mut outbox.driver, cx.waker());
                 outbox.released
             } && self.shared.idle();
 

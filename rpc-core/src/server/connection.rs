@@ -28,6 +28,7 @@ use crate::log;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, FrameBuilder, Message};
 use crate::transport::Transport;
+use crate::waker;
 
 /// How the client's method at some index maps onto this server: the method, or why not.
 pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
@@ -120,13 +121,8 @@ struct Connection<S: Service> {
 
 impl<S: Service> Connection<S> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if !self
-            .shutdown_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if waker::remember(&mut self.shutdown_waker, cx.waker()) {
             let _ = self.shutdown_wait.as_mut().poll(cx);
-            self.shutdown_waker = Some(cx.waker().clone());
         }
         if !self.draining && self.shutdown.is_cancelled() {
             self.draining = true;
@@ -459,9 +455,7 @@ impl<R> Future for InFlight<R> {
         if *this.cancelled {
             return Poll::Ready((*this.id, *this.method, Outcome::Cancelled));
         }
-        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *this.waker = Some(cx.waker().clone());
-        }
+        waker::remember(this.waker, cx.waker());
         let outcome = match this.handler.poll(cx) {
             Poll::Ready(result) => Outcome::of(result, this.method),
             Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
