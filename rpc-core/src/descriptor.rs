@@ -12,12 +12,28 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// The signature fingerprint.
     pub fingerprint: u64,
+    /// Marked `#[rpc(idempotent)]`: running it twice does no harm, so a reconnecting or
+    /// balancing client may retry it after the request may have reached a server. Not sent
+    /// on the wire.
+    pub idempotent: bool,
 }
 
 impl MethodInfo {
     /// A method entry; used by generated code.
     pub const fn new(name: &'static str, fingerprint: u64) -> MethodInfo {
-        MethodInfo { name, fingerprint }
+        MethodInfo {
+            name,
+            fingerprint,
+            idempotent: false,
+        }
+    }
+
+    /// The same entry, marked idempotent (see [`MethodInfo::idempotent`]).
+    pub const fn idempotent(self) -> MethodInfo {
+        MethodInfo {
+            idempotent: true,
+            ..self
+        }
     }
 }
 

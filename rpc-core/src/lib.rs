@@ -35,10 +35,18 @@
 //! `rpc-transport` crate for TCP, Unix sockets and in-memory channels).
 #![deny(missing_docs)]
 
+// Generated code names `::rpc_core`, also inside this crate (the health service).
+extern crate self as rpc_core;
+
+pub mod balance;
 mod client;
 pub mod codec;
+mod connect;
+pub mod context;
 mod descriptor;
 mod error;
+pub mod health;
+mod keepalive;
 mod log;
 mod outgoing;
 mod protocol;
@@ -46,9 +54,11 @@ mod server;
 mod transport;
 mod waker;
 
-pub use client::{Call, CallFuture, Client, DEFAULT_MAX_FRAME_SIZE};
+pub use client::{Call, CallFuture, Client, ClientBuilder, DEFAULT_MAX_FRAME_SIZE};
+pub use connect::Connect;
 pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
+pub use keepalive::Keepalive;
 pub use server::{BoxFuture, Server, ServerStats, Service};
 pub use transport::{Listener, Transport};
 

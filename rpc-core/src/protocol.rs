@@ -15,6 +15,7 @@ use bincode::{BorrowDecode, Encode};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::{with_limit_for, CONFIG};
+use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
 
@@ -312,6 +313,47 @@ impl FrameBuilder {
         // No metadata (an empty sequence), then the body's length.
         head.varint(0).varint(self.body_len() as u64);
         self.finish(&head)
+    }
+
+    /// Finishes a `Request` frame carrying `first`'s metadata, then `second`'s. Without any,
+    /// this is [`finish_request`](FrameBuilder::finish_request); with some, the frame is
+    /// encoded afresh (one copy of the body), as metadata goes in front of it.
+    pub(crate) fn finish_request_with(
+        self,
+        id: u64,
+        method: u32,
+        timeout: Option<Duration>,
+        first: &Metadata,
+        second: &Metadata,
+    ) -> Bytes {
+        if first.is_empty() && second.is_empty() {
+            return self.finish_request(id, method, timeout);
+        }
+        let metadata = first
+            .iter()
+            .chain(second.iter())
+            .map(|(key, value)| (key, &value[..]))
+            .collect();
+        let message = Message::Request {
+            id,
+            method,
+            timeout_us: timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+            metadata,
+            body: &self.buf[HEADROOM..],
+        };
+        let mut buf = BytesMut::with_capacity(self.buf.len() + 64);
+        if bincode::encode_into_std_write(&message, &mut BufWrite(&mut buf), CONFIG).is_err() {
+            unreachable!("encoding a protocol message into memory failed");
+        }
+        buf.freeze()
+    }
+
+    /// A builder holding a copy of `body`, to send an encoded body again.
+    pub(crate) fn with_body(body: &[u8]) -> FrameBuilder {
+        let mut buf = BytesMut::with_capacity(HEADROOM + body.len());
+        buf.resize(HEADROOM, 0);
+        buf.extend_from_slice(body);
+        FrameBuilder { buf }
     }
 
     /// Finishes a successful `Response` frame.

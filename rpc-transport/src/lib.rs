@@ -9,6 +9,10 @@
 //! | [`unix`] | [`unix::connect(path)`](unix::connect) | [`unix::bind(path)`](unix::bind) |
 //! | [`memory`] | [`memory::pair()`] → `(client_end, server_end)` | [`memory::listener()`] → `(listener, connector)` |
 //!
+//! Each module also has a connector (`tcp::connector(addr)`, `unix::connector(path)`, and
+//! the memory listener's connector) for clients that reconnect or balance over several
+//! endpoints: see `rpc_core::ClientBuilder`.
+//!
 //! Any other byte stream (TLS, a pipe) becomes a transport with [`framing::framed`].
 #![deny(missing_docs)]
 

@@ -224,6 +224,16 @@ impl MemoryConnector {
     }
 }
 
+/// A memory connector is also a [`Connect`](rpc_core::Connect), for reconnecting and
+/// balancing clients in tests: each connection is a new one to the listener.
+impl rpc_core::Connect for MemoryConnector {
+    type Transport = MemoryTransport;
+
+    fn connect(&self) -> impl std::future::Future<Output = io::Result<MemoryTransport>> + Send {
+        MemoryConnector::connect(self)
+    }
+}
+
 impl rpc_core::Listener for MemoryListener {
     type Transport = MemoryTransport;
 

@@ -29,6 +29,43 @@ pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpTransport> {
     Ok(Framed::new(stream))
 }
 
+/// A [`Connect`](rpc_core::Connect) for reconnecting and balancing clients: connects to
+/// `addr` (resolved again on every connection, so a DNS name may move) each time a new
+/// connection is needed.
+///
+/// ```
+/// fn assert_connect<C: rpc_core::Connect>(_: &C) {}
+/// let connector = rpc_transport::tcp::connector("localhost:4000");
+/// assert_connect(&connector);
+/// assert_eq!(connector.addr(), "localhost:4000");
+/// ```
+pub fn connector(addr: impl ToString) -> TcpConnector {
+    TcpConnector {
+        addr: addr.to_string(),
+    }
+}
+
+/// Connects to one TCP address whenever asked; see [`connector`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnector {
+    addr: String,
+}
+
+impl TcpConnector {
+    /// The address it connects to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl rpc_core::Connect for TcpConnector {
+    type Transport = TcpTransport;
+
+    fn connect(&self) -> impl std::future::Future<Output = io::Result<TcpTransport>> + Send {
+        connect(self.addr.as_str())
+    }
+}
+
 /// Listens on `addr`; `"127.0.0.1:0"` picks a free port (see [`TcpListener::local_addr`]).
 pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
     Ok(TcpListener {

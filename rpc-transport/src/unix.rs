@@ -34,6 +34,35 @@ pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixTransport> {
     Ok(Framed::new(stream))
 }
 
+/// A [`Connect`](rpc_core::Connect) for reconnecting and balancing clients: connects to the
+/// socket at `path` each time a new connection is needed.
+pub fn connector(path: impl AsRef<Path>) -> UnixConnector {
+    UnixConnector {
+        path: path.as_ref().to_path_buf(),
+    }
+}
+
+/// Connects to one Unix socket path whenever asked; see [`connector`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixConnector {
+    path: PathBuf,
+}
+
+impl UnixConnector {
+    /// The socket path it connects to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl rpc_core::Connect for UnixConnector {
+    type Transport = UnixTransport;
+
+    fn connect(&self) -> impl std::future::Future<Output = io::Result<UnixTransport>> + Send {
+        connect(self.path.as_path())
+    }
+}
+
 /// Socket buffer size asked for on each Unix socket.
 const SOCKET_BUFFER: usize = 1 << 20;
 

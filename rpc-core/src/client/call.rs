@@ -6,15 +6,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project::{pin_project, pinned_drop};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pin_project::pin_project;
 use serde::Serialize;
 use tokio::time::Sleep;
 
 use super::pending::Slot;
-use super::Client;
+use super::{Client, Handle, Inner};
+use crate::balance::{self, ManagedCall};
 use crate::codec;
+use crate::context::{self, Metadata};
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::FrameBuilder;
+use crate::server::BoxFuture;
 use crate::waker;
 
 thread_local! {
@@ -30,14 +38,20 @@ thread_local! {
 /// ```no_run
 /// # use std::time::Duration;
 /// # async fn demo(call: rpc_core::Call<i64>) -> Result<(), rpc_core::RpcError> {
-/// let sum: i64 = call.timeout(Duration::from_millis(50)).await?;
+/// let sum: i64 = call
+///     .timeout(Duration::from_millis(50))
+///     .metadata("authorization", "Bearer secret")
+///     .await?;
 /// # Ok(()) }
 /// ```
 ///
 /// The timeout is the call's deadline: if no response arrives in time, the call fails with
 /// [`ErrorKind::DeadlineExceeded`] and the server, which is told the time remaining with the
-/// request, stops the handler as well. Dropping the call (or the future it became) before it
-/// completes cancels it: the server drops the handler's future.
+/// request, stops the handler as well. A call made while a handler runs inherits what is
+/// left of that handler's own deadline (see [`context`](crate::context)), unless
+/// [`inherit_deadline(false)`](Call::inherit_deadline) says otherwise. Dropping the call (or
+/// the future it became) before it completes cancels it: the server drops the handler's
+/// future.
 #[must_use = "a Call does nothing until it is awaited"]
 pub struct Call<R> {
     client: Client,
@@ -45,6 +59,9 @@ pub struct Call<R> {
     frame: Result<FrameBuilder, RpcError>,
     timeout: Option<Duration>,
     decode: fn(&[u8]) -> Result<R, RpcError>,
+    metadata: Metadata,
+    inherit_deadline: bool,
+    key: Option<u64>,
 }
 
 impl<R> Call<R> {
@@ -75,12 +92,38 @@ impl<R> Call<R> {
             frame,
             timeout: None,
             decode,
+            metadata: Metadata::new(),
+            inherit_deadline: true,
+            key: None,
         }
     }
 
     /// Sets the call's deadline to `timeout` from when it is first polled.
     pub fn timeout(mut self, timeout: Duration) -> Call<R> {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether the call takes on what is left of the deadline of the handler it is made from
+    /// (when it is made from one): `true` by default. The call's own
+    /// [`timeout`](Call::timeout) applies either way; when both do, the earlier one wins.
+    pub fn inherit_deadline(mut self, inherit: bool) -> Call<R> {
+        self.inherit_deadline = inherit;
+        self
+    }
+
+    /// Sends a key/value pair with the call, after the client's own metadata; the handler
+    /// reads it with [`context::metadata`](crate::context::metadata).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Call<R> {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// The key a consistent-hashing balancer routes this call by: calls with equal keys go
+    /// to the same endpoint while the set of endpoints stays the same. Other strategies, and
+    /// clients with one connection, ignore it.
+    pub fn hash_key<K: Hash + ?Sized>(mut self, key: &K) -> Call<R> {
+        self.key = Some(balance::hash_key(key));
         self
     }
 }
@@ -96,6 +139,7 @@ impl<R> fmt::Debug for Call<R> {
             .field("service", &desc.name)
             .field("method", &method)
             .field("timeout", &self.timeout)
+            .field("metadata", &self.metadata)
             .finish()
     }
 }
@@ -114,22 +158,45 @@ impl<R> IntoFuture for Call<R> {
 
 enum State<R> {
     Unsent(Call<R>),
+    /// On a connection the caller gave (`Client::new`).
     Waiting {
-        client: Client,
-        id: u64,
+        call: ConnectionCall,
         decode: fn(&[u8]) -> Result<R, RpcError>,
         timeout: Option<Duration>,
+    },
+    /// Run by the client's pool: endpoint choice, reconnection, retries.
+    Managed {
+        future: BoxFuture<Result<Bytes, RpcError>>,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
     },
     Finished,
 }
 
 /// The future of an awaited [`Call`]. Dropping it before it completes cancels the call.
-#[pin_project(PinnedDrop)]
+#[pin_project]
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<R> {
     #[pin]
     sleep: Option<Sleep>,
     state: State<R>,
+}
+
+/// The deadline a call runs under: its own timeout, or what is left of the handler's it is
+/// made from, whichever ends first. `Err` if that has already passed.
+fn effective_timeout(own: Option<Duration>, inherit: bool) -> Result<Option<Duration>, RpcError> {
+    let inherited = if inherit { context::deadline() } else { None };
+    let Some(deadline) = inherited else {
+        return Ok(own);
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(RpcError::new(
+            ErrorKind::DeadlineExceeded,
+            "the deadline of the call this one is made from had already passed, so it was \
+             not sent",
+        ));
+    }
+    Ok(Some(own.map_or(left, |own| own.min(left))))
 }
 
 impl<R> Future for CallFuture<R> {
@@ -142,84 +209,82 @@ impl<R> Future for CallFuture<R> {
                 unreachable!()
             };
             let builder = call.frame?;
-            let shared = call.client.shared();
-            let id = shared.next_id();
-            let frame = builder.finish_request(id, call.method, call.timeout);
-            if frame.len() > shared.max_frame_size {
-                return Poll::Ready(Err(RpcError::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "the request is {} bytes, more than the frame size limit of {} bytes; \
-                         send large data in smaller calls",
-                        frame.len(),
-                        shared.max_frame_size
-                    ),
-                )));
+            let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
+            match call.client.inner {
+                Inner::Connection(handle) => {
+                    let shared = &handle.shared;
+                    let id = shared.next_id();
+                    let frame = builder.finish_request_with(
+                        id,
+                        call.method,
+                        timeout,
+                        &shared.metadata,
+                        &call.metadata,
+                    );
+                    let conn_call = ConnectionCall::start(handle, id, frame, cx.waker())?;
+                    if let Some(timeout) = timeout {
+                        this.sleep.set(Some(tokio::time::sleep(timeout)));
+                    }
+                    *this.state = State::Waiting {
+                        call: conn_call,
+                        decode: call.decode,
+                        timeout,
+                    };
+                }
+                Inner::Pool(pool) => {
+                    let idempotent = pool
+                        .desc()
+                        .methods
+                        .get(call.method as usize)
+                        .is_some_and(|m| m.idempotent);
+                    let future = balance::run(
+                        pool.pool(),
+                        ManagedCall {
+                            builder,
+                            method: call.method,
+                            timeout,
+                            metadata: call.metadata,
+                            key: call.key,
+                            idempotent,
+                        },
+                    );
+                    *this.state = State::Managed {
+                        future,
+                        decode: call.decode,
+                    };
+                }
             }
-            shared.start(id, frame, cx.waker())?;
-            if let Some(timeout) = call.timeout {
-                this.sleep.set(Some(tokio::time::sleep(timeout)));
-            }
-            *this.state = State::Waiting {
-                client: call.client,
-                id,
-                decode: call.decode,
-                timeout: call.timeout,
-            };
         }
 
-        let State::Waiting {
-            client,
-            id,
-            decode,
-            timeout,
-        } = this.state
-        else {
-            panic!("CallFuture polled after it completed");
-        };
-        let shared = client.shared();
-        let outcome = {
-            let mut calls = shared.calls(*id);
-            match calls.get_mut(id) {
-                Some(Slot::Waiting(waker)) => {
-                    waker::remember(waker, cx.waker());
-                    None
+        let result = match this.state {
+            State::Waiting {
+                call,
+                decode,
+                timeout,
+            } => match call.poll(cx) {
+                Poll::Ready(Ok(body)) => decode(&body),
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => {
+                    let expired = this
+                        .sleep
+                        .as_pin_mut()
+                        .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                    if !expired {
+                        return Poll::Pending;
+                    }
+                    call.cancel();
+                    Err(RpcError::deadline(timeout.unwrap_or_default()))
                 }
-                Some(Slot::Done(_)) => match calls.remove(id) {
-                    Some(Slot::Done(outcome)) => Some(outcome),
-                    _ => unreachable!(),
-                },
-                None => Some(Err(RpcError::disconnected(
-                    "the call was lost by its connection",
-                ))),
-            }
-        };
-        let result = match outcome {
-            Some(Ok(body)) => decode(&body),
-            Some(Err(err)) => Err(err),
-            None => {
-                let expired = this
-                    .sleep
-                    .as_pin_mut()
-                    .is_some_and(|sleep| sleep.poll(cx).is_ready());
-                if !expired {
-                    return Poll::Pending;
-                }
-                shared.cancel(*id);
-                Err(RpcError::deadline(timeout.unwrap_or_default()))
-            }
+            },
+            State::Managed { future, decode } => match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(body)) => decode(&body),
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => return Poll::Pending,
+            },
+            State::Unsent(_) | State::Finished => panic!("CallFuture polled after it completed"),
         };
         *this.state = State::Finished;
         Poll::Ready(result)
-    }
-}
-
-#[pinned_drop]
-impl<R> PinnedDrop for CallFuture<R> {
-    fn drop(self: Pin<&mut Self>) {
-        if let State::Waiting { client, id, .. } = &self.state {
-            client.shared().cancel(*id);
-        }
     }
 }
 
@@ -228,10 +293,93 @@ impl<R> fmt::Debug for CallFuture<R> {
         let state = match &self.state {
             State::Unsent(_) => "unsent",
             State::Waiting { .. } => "waiting",
+            State::Managed { .. } => "managed",
             State::Finished => "finished",
         };
         f.debug_struct("CallFuture")
             .field("state", &state)
             .finish_non_exhaustive()
+    }
+}
+
+/// One request sent on one connection, waiting for its response. Dropping it before the
+/// response arrives cancels the call (the server is sent `Cancel`).
+pub(crate) struct ConnectionCall {
+    handle: Arc<Handle>,
+    id: u64,
+    done: bool,
+}
+
+impl ConnectionCall {
+    /// Sends `frame`, a request with `id`, on the connection; fails at once if the
+    /// connection is gone (the request was then not sent) or the frame is too large.
+    pub(crate) fn start(
+        handle: Arc<Handle>,
+        id: u64,
+        frame: Bytes,
+        waker: &std::task::Waker,
+    ) -> Result<ConnectionCall, RpcError> {
+        let shared = &handle.shared;
+        if frame.len() > shared.max_frame_size {
+            return Err(RpcError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the request is {} bytes, more than the frame size limit of {} bytes; \
+                     send large data in smaller calls",
+                    frame.len(),
+                    shared.max_frame_size
+                ),
+            ));
+        }
+        shared.start(id, frame, waker)?;
+        Ok(ConnectionCall {
+            handle,
+            id,
+            done: false,
+        })
+    }
+
+    /// The response body, or why there is none.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, RpcError>> {
+        let outcome = {
+            let mut calls = self.handle.shared.calls(self.id);
+            match calls.get_mut(&self.id) {
+                Some(Slot::Waiting(waker)) => {
+                    waker::remember(waker, cx.waker());
+                    return Poll::Pending;
+                }
+                Some(Slot::Done(_)) => match calls.remove(&self.id) {
+                    Some(Slot::Done(outcome)) => outcome,
+                    _ => unreachable!(),
+                },
+                None => Err(RpcError::disconnected(
+                    "the call was lost by its connection",
+                )),
+            }
+        };
+        self.done = true;
+        Poll::Ready(outcome)
+    }
+
+    /// Gives up on the call: forgets it and tells the server.
+    pub(crate) fn cancel(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.handle.shared.cancel(self.id);
+        }
+    }
+}
+
+impl Drop for ConnectionCall {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl Future for ConnectionCall {
+    type Output = Result<Bytes, RpcError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        ConnectionCall::poll(&mut self, cx)
     }
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::pending::Shared;
 use crate::error::{ErrorKind, RpcError};
+use crate::keepalive::KeepaliveTimer;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
 use crate::transport::Transport;
@@ -21,6 +22,7 @@ const READ_BUDGET: usize = 128;
 /// Runs the connection until it breaks or every client handle is gone.
 pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
     let mut driver = Driver {
+        keepalive: shared.keepalive.map(KeepaliveTimer::new),
         shared,
         transport,
         unsent: Outgoing::default(),
@@ -34,7 +36,10 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
         ..
     } = driver;
     let goodbye = match outcome {
-        Ok(()) => None,
+        Ok(()) => {
+            shared.close(RpcError::disconnected("the client was dropped"));
+            None
+        }
         Err(err) => {
             let goodbye = (err.kind() == ErrorKind::Protocol && !peer_left)
                 .then(|| protocol::goodbye_frame(ErrorKind::Protocol, err.message()));
@@ -52,6 +57,7 @@ struct Driver<T> {
     unsent: Outgoing,
     /// The server said `Goodbye`: nothing more to tell it.
     peer_left: bool,
+    keepalive: Option<KeepaliveTimer>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -96,8 +102,20 @@ impl<T: Transport> Driver<T> {
                 }
             }
 
+            if let Some(keepalive) = &mut self.keepalive {
+                match keepalive.poll(cx) {
+                    Poll::Ready(Ok(ping)) => self.unsent.push(ping),
+                    Poll::Ready(Err(waited)) => {
+                        return Poll::Ready(Err(RpcError::disconnected(format!(
+                            "the server did not answer a keepalive ping within {waited:?}; the \
+                             connection is presumed dead"
+                        ))))
+                    }
+                    Poll::Pending => {}
+                }
+            }
             if !self.unsent.is_empty() {
-                // Reading queued a reply (a Pong): write it in this wake-up.
+                // Reading queued a reply (a Pong) or the keepalive a ping: write it now.
                 self.poll_write(cx)?;
             }
             if released && self.unsent.is_done() {
@@ -118,6 +136,9 @@ impl<T: Transport> Driver<T> {
     }
 
     fn handle(&mut self, frame: Bytes) -> Result<(), RpcError> {
+        if let Some(keepalive) = &mut self.keepalive {
+            keepalive.heard();
+        }
         if frame.len() > self.shared.max_frame_size {
             return Err(RpcError::protocol(format!(
                 "the server sent a frame of {} bytes, more than the limit of {} bytes",

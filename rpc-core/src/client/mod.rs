@@ -5,6 +5,7 @@
 //! which writes every queued frame in one batch and routes each response to its caller by
 //! request id. No task is spawned per call; the I/O task is spawned once per connection.
 
+mod builder;
 mod call;
 mod driver;
 mod pending;
@@ -14,21 +15,49 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use builder::ClientBuilder;
+pub(crate) use call::ConnectionCall;
 pub use call::{Call, CallFuture};
 pub(crate) use pending::Shared;
 
+use crate::balance::PoolHandle;
+use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::keepalive::Keepalive;
 use crate::transport::Transport;
 
 /// The default limit on the size of one frame, sent or received: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 << 20;
 
-/// A handle to one client connection; generated clients (`FooClient`) wrap it.
+/// What every connection of a client is opened with.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionOptions {
+    pub(crate) max_frame_size: usize,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) metadata: Metadata,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> ConnectionOptions {
+        ConnectionOptions {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            keepalive: None,
+            metadata: Metadata::new(),
+        }
+    }
+}
+
+/// A handle to a client's connection (or connections); generated clients (`FooClient`)
+/// wrap it.
 ///
-/// Cheap to clone: all clones share the connection, and calls from any of them are
-/// multiplexed over it. The connection closes when the last clone (and the last call made
-/// through it) is dropped.
+/// Made from one transport ([`Client::new`]), it is one connection: cheap to clone, all
+/// clones share it, and calls from any of them are multiplexed over it. The connection
+/// closes when the last clone (and the last call made through it) is dropped.
+///
+/// Made by a [`ClientBuilder`] from a connector or a set of endpoints, it reconnects,
+/// balances calls over endpoints and retries idempotent calls; the generated client and its
+/// calls look the same either way.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -43,12 +72,20 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 << 20;
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    handle: Arc<Handle>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+pub(crate) enum Inner {
+    /// One connection, as given.
+    Connection(Arc<Handle>),
+    /// Connections made and remade by the client itself, to one endpoint or several.
+    Pool(Arc<PoolHandle>),
 }
 
 /// Closes the connection when the last `Client` clone goes away.
-struct Handle {
-    shared: Arc<Shared>,
+pub(crate) struct Handle {
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Drop for Handle {
@@ -64,16 +101,48 @@ impl Client {
     /// same write. Spawns the connection's I/O task, so it must be called within a tokio
     /// runtime (it panics otherwise, as `tokio::spawn` does).
     pub fn new<T: Transport>(transport: T, desc: &'static ServiceDescriptor) -> Client {
-        let shared = Arc::new(Shared::new(desc, DEFAULT_MAX_FRAME_SIZE));
+        Client::with_options(transport, desc, &ConnectionOptions::default())
+    }
+
+    pub(crate) fn with_options<T: Transport>(
+        transport: T,
+        desc: &'static ServiceDescriptor,
+        options: &ConnectionOptions,
+    ) -> Client {
+        let shared = Arc::new(Shared::new(desc, options));
         tokio::spawn(driver::run(Arc::clone(&shared), transport));
         Client {
-            handle: Arc::new(Handle { shared }),
+            inner: Inner::Connection(Arc::new(Handle { shared })),
         }
+    }
+
+    pub(crate) fn from_pool(pool: Arc<PoolHandle>) -> Client {
+        Client {
+            inner: Inner::Pool(pool),
+        }
+    }
+
+    /// Starts building a client with options (reconnection, load balancing, retries,
+    /// keepalive); generated clients have `FooClient::builder()`.
+    pub fn builder(desc: &'static ServiceDescriptor) -> ClientBuilder<Client> {
+        ClientBuilder::new(desc, std::convert::identity)
     }
 
     /// The service this client talks to.
     pub fn service(&self) -> &'static ServiceDescriptor {
-        self.handle.shared.desc
+        match &self.inner {
+            Inner::Connection(handle) => handle.shared.desc,
+            Inner::Pool(pool) => pool.desc(),
+        }
+    }
+
+    /// What a reconnecting or balancing client has done so far: calls, retries, and the
+    /// state of each endpoint. `None` for a client made from one transport.
+    pub fn stats(&self) -> Option<crate::balance::ClientStats> {
+        match &self.inner {
+            Inner::Connection(_) => None,
+            Inner::Pool(pool) => Some(pool.stats()),
+        }
     }
 
     /// Starts a call of the method at `method` in the service's table; used by generated
@@ -90,15 +159,22 @@ impl Client {
         Call::new(self.clone(), method, args, decode)
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("service", &self.handle.shared.desc.name)
+            .field("service", &self.service().name)
+            .field(
+                "kind",
+                &match self.inner {
+                    Inner::Connection(_) => "connection",
+                    Inner::Pool(_) => "pool",
+                },
+            )
             .finish_non_exhaustive()
     }
 }

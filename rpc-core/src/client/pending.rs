@@ -13,6 +13,11 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 
 use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::ConnectionOptions;
+use crate::context::Metadata;
+use crate::keepalive::Keepalive;
 
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
@@ -65,6 +70,11 @@ pub(crate) struct Outbox {
 pub(crate) struct Shared {
     pub(crate) desc: &'static ServiceDescriptor,
     pub(crate) max_frame_size: usize,
+    pub(crate) keepalive: Option<Keepalive>,
+    /// Sent with every call, before the call's own metadata.
+    pub(crate) metadata: Metadata,
+    /// Woken once the connection is gone (see [`Shared::closed`]).
+    closed_notify: Notify,
     next_id: AtomicU64,
     shards: [Mutex<Calls>; SHARDS],
     outbox: Mutex<Outbox>,
@@ -81,10 +91,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(desc: &'static ServiceDescriptor, max_frame_size: usize) -> Shared {
+    pub(crate) fn new(desc: &'static ServiceDescriptor, options: &ConnectionOptions) -> Shared {
         Shared {
             desc,
-            max_frame_size,
+            max_frame_size: options.max_frame_size,
+            keepalive: options.keepalive,
+            metadata: options.metadata.clone(),
+            closed_notify: Notify::new(),
             next_id: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
             outbox: Mutex::new(Outbox {
@@ -174,9 +187,23 @@ impl Shared {
         }
     }
 
+    /// Waits until the connection is gone, and says why.
+    pub(crate) async fn closed(&self) -> RpcError {
+        loop {
+            let notified = self.closed_notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(err) = self.closed.get() {
+                return err.clone();
+            }
+            notified.await;
+        }
+    }
+
     /// The connection is gone: fail every waiting call and every later one with `err`.
     pub(crate) fn close(&self, err: RpcError) {
         let _ = self.closed.set(err);
+        self.closed_notify.notify_waiters();
         let Some(err) = self.closed.get() else {
             return;
         };

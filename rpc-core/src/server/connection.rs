@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::CatchUnwind;
@@ -22,8 +22,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
+use crate::context::{self, CallContext, Metadata};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
+use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, FrameBuilder, Message};
@@ -69,6 +71,7 @@ pub(crate) async fn run<S: Service>(
         shutdown_wait: Box::pin(context.shutdown.clone().cancelled_owned()),
         shutdown_waker: None,
         shutdown: context.shutdown,
+        keepalive: context.config.keepalive.map(KeepaliveTimer::new),
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -116,6 +119,7 @@ struct Connection<S: Service> {
     /// dropping it would unregister); in between, the token's flag is enough.
     shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_waker: Option<Waker>,
+    keepalive: Option<KeepaliveTimer>,
     config: Arc<ServerConfig>,
 }
 
@@ -171,6 +175,21 @@ impl<S: Service> Connection<S> {
         if client_left {
             return Poll::Ready(End::ClientLeft);
         }
+        if let Some(keepalive) = &mut self.keepalive {
+            match keepalive.poll(cx) {
+                Poll::Ready(Ok(ping)) => self.unsent.push(ping),
+                Poll::Ready(Err(waited)) => {
+                    return Poll::Ready(End::Broken(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the client did not answer a keepalive ping within {waited:?}; \
+                             closing its connection"
+                        ),
+                    )))
+                }
+                Poll::Pending => {}
+            }
+        }
         if let Err(err) = self.poll_write(cx) {
             return Poll::Ready(End::Broken(err));
         }
@@ -196,6 +215,9 @@ impl<S: Service> Connection<S> {
 
     /// Handles one received frame; `Err` ends the connection.
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Result<(), End> {
+        if let Some(keepalive) = &mut self.keepalive {
+            keepalive.heard();
+        }
         if frame.len() > self.config.max_frame_size {
             return Err(End::Goodbye(
                 ErrorKind::Protocol,
@@ -221,10 +243,14 @@ impl<S: Service> Connection<S> {
                 id,
                 method,
                 timeout_us,
-                metadata: _,
+                metadata,
                 body,
             } => {
-                if let Err(err) = self.start_call(id, method, timeout_us, body, cx) {
+                let metadata = metadata
+                    .iter()
+                    .map(|&(key, value)| (key, frame.slice_ref(value)))
+                    .collect();
+                if let Err(err) = self.start_call(id, method, timeout_us, metadata, body, cx) {
                     self.queue(protocol::error_response_frame(id, &err));
                 }
                 Ok(())
@@ -269,6 +295,7 @@ impl<S: Service> Connection<S> {
         id: u64,
         method: u32,
         timeout_us: Option<u64>,
+        metadata: Metadata,
         body: &[u8],
         cx: &mut Context<'_>,
     ) -> Result<(), RpcError> {
@@ -316,10 +343,19 @@ impl<S: Service> Connection<S> {
             )))
         })?;
         let timeout = timeout_us.map(Duration::from_micros);
-        let mut handler = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+        let mut context = Some(CallContext::for_call(
+            deadline, metadata, desc.name, info.name,
+        ));
+        let service = &self.service;
+        let mut handler = context::enter(&mut context, || {
+            AssertUnwindSafe(service.call(request)).catch_unwind()
+        });
         // Most handlers finish in their first poll: answer those at once, and give only the
         // others a place (and a deadline) among the calls in progress.
-        if let Poll::Ready(result) = Pin::new(&mut handler).poll(cx) {
+        if let Poll::Ready(result) =
+            context::enter(&mut context, || Pin::new(&mut handler).poll(cx))
+        {
             self.finish_call(id, info, Outcome::of(result, info));
             return Ok(());
         }
@@ -327,7 +363,8 @@ impl<S: Service> Connection<S> {
             id,
             method: info,
             timeout,
-            deadline: timeout.map(tokio::time::sleep),
+            deadline: deadline.map(|deadline| tokio::time::sleep_until(deadline.into())),
+            context,
             handler,
             cancelled: false,
             waker: None,
@@ -429,6 +466,8 @@ struct InFlight<R> {
     timeout: Option<Duration>,
     #[pin]
     deadline: Option<Sleep>,
+    /// Installed as the thread's current context while the handler is polled.
+    context: Option<CallContext>,
     #[pin]
     handler: Handler<R>,
     /// The caller sent `Cancel`: finish without polling the handler again.
@@ -456,7 +495,8 @@ impl<R> Future for InFlight<R> {
             return Poll::Ready((*this.id, *this.method, Outcome::Cancelled));
         }
         waker::remember(this.waker, cx.waker());
-        let outcome = match this.handler.poll(cx) {
+        let handler = this.handler;
+        let outcome = match context::enter(this.context, || handler.poll(cx)) {
             Poll::Ready(result) => Outcome::of(result, this.method),
             Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
                 Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(

@@ -21,6 +21,8 @@ pub use service::{BoxFuture, Service};
 pub use stats::ServerStats;
 
 use crate::error::ErrorKind;
+use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
+use crate::keepalive::Keepalive;
 use crate::log;
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::protocol;
@@ -36,6 +38,7 @@ pub(crate) struct ServerConfig {
     pub(crate) hello_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_buffered_bytes: usize,
+    pub(crate) keepalive: Option<Keepalive>,
 }
 
 /// A server: the services it hosts and its limits. Build it, then run one of
@@ -53,6 +56,9 @@ pub(crate) struct ServerConfig {
 /// | [`hello_timeout`](Server::hello_timeout) | 10 s |
 /// | [`max_connections`](Server::max_connections) | 10,000 |
 /// | [`max_buffered_bytes`](Server::max_buffered_bytes) (per connection) | 16 MiB |
+/// | [`keepalive`](Server::keepalive) | ping after 60 s of silence, 20 s to answer |
+///
+/// Every server also hosts the [health check](crate::health) (`rpc.Health`).
 ///
 /// ```
 /// use rpc_core::{service, Server};
@@ -81,6 +87,7 @@ pub struct Server {
     services: HashMap<&'static str, Arc<dyn HostedService>>,
     config: ServerConfig,
     stats: ServerStats,
+    health: HealthReporter,
 }
 
 impl Default for Server {
@@ -112,8 +119,13 @@ impl Server {
                 hello_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
                 max_buffered_bytes: 16 << 20,
+                keepalive: Some(Keepalive::new(
+                    Duration::from_secs(60),
+                    Duration::from_secs(20),
+                )),
             },
             stats: ServerStats::default(),
+            health: HealthReporter::default(),
         }
     }
 
@@ -184,6 +196,20 @@ impl Server {
         self
     }
 
+    /// Pings a client that has sent nothing for a while, and closes its connection if it
+    /// does not answer in time (its machine or network is gone; without this, a connection
+    /// with no FIN would stay open for good). `None` turns it off.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Server {
+        self.config.keepalive = keepalive;
+        self
+    }
+
+    /// Marks services as serving or not in this server's [health check](crate::health);
+    /// the reporter stays valid after the server is started.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
     /// Accepts connections from `listener` and serves them until the listener is closed for
     /// good; then waits for the open connections to end.
     ///
@@ -207,7 +233,7 @@ impl Server {
         let shared = Arc::new(self.into_shared());
         listener.set_max_frame_size(shared.config.max_frame_size);
         async move {
-            let shutdown = CancellationToken::new();
+            let shutdown = shared.shutdown.clone();
             let mut connections = JoinSet::new();
             let mut backoff = Duration::ZERO;
             let mut signal = std::pin::pin!(signal);
@@ -278,12 +304,27 @@ impl Server {
     ) -> impl Future<Output = io::Result<()>> + Send {
         let shared = Arc::new(self.into_shared());
         let open = shared.stats.open();
-        serve_transport(shared, transport, CancellationToken::new(), open)
+        let shutdown = shared.shutdown.clone();
+        serve_transport(shared, transport, shutdown, open)
     }
 
     fn into_shared(self) -> Shared {
+        let shutdown = CancellationToken::new();
+        let mut services = self.services;
+        if !services.contains_key(HealthClient::DESCRIPTOR.name) {
+            let check = HealthCheck {
+                services: services.keys().copied().collect(),
+                reporter: self.health,
+                shutdown: shutdown.clone(),
+            };
+            services.insert(
+                HealthClient::DESCRIPTOR.name,
+                Arc::new(HealthServer::new(check)),
+            );
+        }
         Shared {
-            services: self.services,
+            shutdown,
+            services,
             config: Arc::new(self.config),
             stats: self.stats,
         }
@@ -292,6 +333,8 @@ impl Server {
 
 /// What every connection of one serve loop shares.
 struct Shared {
+    /// Cancelled when a shutdown starts.
+    shutdown: CancellationToken,
     services: HashMap<&'static str, Arc<dyn HostedService>>,
     config: Arc<ServerConfig>,
     stats: ServerStats,

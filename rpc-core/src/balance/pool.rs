@@ -1,0 +1,467 @@
+//! The endpoints of a reconnecting or balancing client, and the tasks that keep them
+//! connected.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use super::backoff::Backoff;
+use super::breaker::{Breaker, FailureAccrual};
+use super::budget::{Budget, RetryBudget};
+use super::stats::{ClientStats, EndpointState, EndpointStats};
+use super::strategy::{Endpoints, Rng, Strategy};
+use super::{Change, Endpoint};
+use crate::client::{ConnectionOptions, Handle, Inner};
+use crate::connect::{self, Connect, DynConnect};
+use crate::descriptor::ServiceDescriptor;
+use crate::error::RpcError;
+
+/// A connection that lasted this long was healthy: its loss resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
+/// How a pool behaves; set through [`ClientBuilder`](crate::ClientBuilder).
+pub(crate) struct PoolConfig {
+    pub(crate) strategy: Box<dyn Strategy>,
+    pub(crate) retry_budget: RetryBudget,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) retry_backoff: Backoff,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) wait_for_ready: bool,
+    pub(crate) accrual: FailureAccrual,
+    pub(crate) options: ConnectionOptions,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where one endpoint's connection stands.
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// A connection attempt is under way; `waitable` if calls should wait for it (a first
+    /// attempt, or the first after a healthy connection was lost) rather than fail fast.
+    Connecting {
+        waitable: bool,
+    },
+    Ready(Arc<Handle>),
+    /// The last attempt failed; the next one comes after a backoff.
+    Down(RpcError),
+}
+
+/// One endpoint of the pool.
+pub(crate) struct Member {
+    pub(crate) key: String,
+    pub(crate) weight: u32,
+    pub(crate) outstanding: AtomicUsize,
+    calls: AtomicU64,
+    link: Mutex<Link>,
+    breaker: Mutex<Breaker>,
+}
+
+impl Member {
+    fn link(&self) -> Link {
+        lock(&self.link).clone()
+    }
+
+    fn set_link(&self, link: Link) {
+        *lock(&self.link) = link;
+    }
+
+    /// A call found `handle`'s connection gone: stop choosing it until it is remade.
+    pub(crate) fn lost(&self, handle: &Arc<Handle>) {
+        let mut link = lock(&self.link);
+        if matches!(&*link, Link::Ready(current) if Arc::ptr_eq(current, handle)) {
+            *link = Link::Connecting { waitable: true };
+        }
+    }
+
+    /// Counts a call in progress until the guard is dropped.
+    pub(crate) fn track(self: &Arc<Self>) -> Load {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Load(Arc::clone(self))
+    }
+
+    pub(crate) fn success(&self) {
+        lock(&self.breaker).success();
+    }
+
+    pub(crate) fn failure(&self, policy: &FailureAccrual) {
+        lock(&self.breaker).failure(policy, Instant::now());
+    }
+}
+
+/// A call in progress on a member.
+pub(crate) struct Load(Arc<Member>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints at one moment; replaced as a whole when one is added or removed.
+#[derive(Default)]
+struct Members {
+    list: Vec<Arc<Member>>,
+    generation: u64,
+}
+
+/// The state shared by a pool's client handles, calls and tasks.
+pub(crate) struct Pool {
+    pub(crate) desc: &'static ServiceDescriptor,
+    pub(crate) config: PoolConfig,
+    pub(crate) budget: Budget,
+    members: RwLock<Arc<Members>>,
+    tasks: Mutex<HashMap<String, AbortHandle>>,
+    discovery: Mutex<Option<AbortHandle>>,
+    /// Woken whenever an endpoint's connection changes state or endpoints come and go.
+    changed: Notify,
+    /// Waiting for the discovery source's first change.
+    resolving: AtomicBool,
+    rng: Rng,
+    pub(crate) calls: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) retries_refused: AtomicU64,
+}
+
+/// What choosing an endpoint came to.
+pub(crate) enum Pick {
+    Ready(Arc<Member>, Arc<Handle>),
+    Wait,
+    Fail(RpcError),
+}
+
+impl Pool {
+    pub(crate) fn new(desc: &'static ServiceDescriptor, config: PoolConfig) -> Pool {
+        Pool {
+            desc,
+            budget: Budget::new(config.retry_budget),
+            config,
+            members: RwLock::new(Arc::default()),
+            tasks: Mutex::new(HashMap::new()),
+            discovery: Mutex::new(None),
+            changed: Notify::new(),
+            resolving: AtomicBool::new(false),
+            rng: Rng::random(),
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
+        }
+    }
+
+    fn members(&self) -> Arc<Members> {
+        Arc::clone(
+            &self
+                .members
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<Arc<Member>>)) {
+        {
+            let mut members = self
+                .members
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut list = members.list.clone();
+            f(&mut list);
+            *members = Arc::new(Members {
+                list,
+                generation: members.generation + 1,
+            });
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Adds an endpoint (replacing one with the same key) and starts connecting to it.
+    pub(crate) fn insert<C: Connect>(self: &Arc<Self>, endpoint: Endpoint<C>) {
+        let member = Arc::new(Member {
+            key: endpoint.key.clone(),
+            weight: endpoint.weight,
+            outstanding: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            link: Mutex::new(Link::Connecting { waitable: true }),
+            breaker: Mutex::new(Breaker::default()),
+        });
+        let task = tokio::spawn(maintain(
+            Arc::clone(self),
+            Arc::clone(&member),
+            connect::erase(endpoint.connector),
+        ));
+        if let Some(old) = lock(&self.tasks).insert(endpoint.key.clone(), task.abort_handle()) {
+            old.abort();
+        }
+        self.update(|list| {
+            list.retain(|m| m.key != endpoint.key);
+            list.push(member);
+        });
+    }
+
+    /// Removes an endpoint. Calls in progress on it finish; its connection closes after.
+    pub(crate) fn remove(&self, key: &str) {
+        if let Some(task) = lock(&self.tasks).remove(key) {
+            task.abort();
+        }
+        self.update(|list| list.retain(|m| m.key != key));
+    }
+
+    /// Follows a discovery source until it ends.
+    pub(crate) fn follow<C, D>(self: &Arc<Self>, discover: D)
+    where
+        C: Connect,
+        D: Stream<Item = Change<C>> + Send + 'static,
+    {
+        self.resolving.store(true, Ordering::Release);
+        let pool = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let mut discover = std::pin::pin!(discover);
+            while let Some(change) = discover.next().await {
+                match change {
+                    Change::Insert(endpoint) => pool.insert(endpoint),
+                    Change::Remove(key) => pool.remove(&key),
+                }
+                pool.resolving.store(false, Ordering::Release);
+            }
+            pool.resolving.store(false, Ordering::Release);
+            pool.changed.notify_waiters();
+        });
+        if let Some(old) = lock(&self.discovery).replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Stops every task: the last client handle is gone.
+    fn shut(&self) {
+        if let Some(task) = lock(&self.discovery).take() {
+            task.abort();
+        }
+        for (_, task) in lock(&self.tasks).drain() {
+            task.abort();
+        }
+        self.update(Vec::clear);
+    }
+
+    /// Chooses an endpoint for a call, avoiding those in `tried` if it can.
+    pub(crate) fn pick(&self, key: Option<u64>, tried: &[Arc<Member>]) -> Pick {
+        let members = self.members();
+        let list = &members.list;
+        if list.is_empty() {
+            return if self.resolving.load(Ordering::Acquire) || self.config.wait_for_ready {
+                Pick::Wait
+            } else {
+                Pick::Fail(RpcError::disconnected(format!(
+                    "the client of `{}` has no endpoints to call",
+                    self.desc.name
+                )))
+            };
+        }
+        struct Snapshot {
+            link: Link,
+            allowed: bool,
+            fresh: bool,
+        }
+        let now = Instant::now();
+        let snaps: Vec<Snapshot> = list
+            .iter()
+            .map(|m| Snapshot {
+                link: m.link(),
+                allowed: lock(&m.breaker).allows(now),
+                fresh: !tried.iter().any(|t| Arc::ptr_eq(t, m)),
+            })
+            .collect();
+        let ready = |s: &Snapshot| matches!(s.link, Link::Ready(_));
+        // Best: connected, not ejected, not tried. Then ejected ones too (better than
+        // failing), then ones already tried.
+        let tiers: [&dyn Fn(&Snapshot) -> bool; 3] = [
+            &|s| ready(s) && s.allowed && s.fresh,
+            &|s| ready(s) && s.fresh,
+            &|s| ready(s),
+        ];
+        let mut usable = vec![false; list.len()];
+        for tier in tiers {
+            for (flag, snap) in usable.iter_mut().zip(&snaps) {
+                *flag = tier(snap);
+            }
+            if !usable.contains(&true) {
+                continue;
+            }
+            let endpoints = Endpoints {
+                members: list,
+                usable: &usable,
+                generation: members.generation,
+            };
+            let chosen = self
+                .config
+                .strategy
+                .pick(&endpoints, key)
+                .filter(|&i| i < usable.len() && usable[i])
+                .or_else(|| endpoints.usable().next());
+            if let Some(i) = chosen {
+                let Link::Ready(handle) = &snaps[i].link else {
+                    unreachable!("only connected endpoints are usable")
+                };
+                lock(&list[i].breaker).admit(now);
+                return Pick::Ready(Arc::clone(&list[i]), Arc::clone(handle));
+            }
+        }
+        let waitable = snaps
+            .iter()
+            .any(|s| matches!(s.link, Link::Connecting { waitable: true }));
+        if waitable || self.config.wait_for_ready {
+            return Pick::Wait;
+        }
+        let why: Vec<String> = list
+            .iter()
+            .zip(&snaps)
+            .map(|(m, snap)| match &snap.link {
+                Link::Down(err) => format!("{}: {}", m.key, err.message()),
+                _ => format!("{}: connecting", m.key),
+            })
+            .collect();
+        Pick::Fail(RpcError::disconnected(format!(
+            "no endpoint of `{}` is reachable ({}); the client keeps reconnecting",
+            self.desc.name,
+            why.join("; ")
+        )))
+    }
+
+    /// [`pick`](Pool::pick), waiting while it says to.
+    pub(crate) async fn acquire(
+        &self,
+        key: Option<u64>,
+        tried: &[Arc<Member>],
+    ) -> Result<(Arc<Member>, Arc<Handle>), RpcError> {
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.pick(key, tried) {
+                Pick::Ready(member, handle) => return Ok((member, handle)),
+                Pick::Fail(err) => return Err(err),
+                Pick::Wait => notified.await,
+            }
+        }
+    }
+
+    pub(crate) fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
+    pub(crate) fn stats(&self) -> ClientStats {
+        let members = self.members();
+        ClientStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_refused: self.retries_refused.load(Ordering::Relaxed),
+            endpoints: members
+                .list
+                .iter()
+                .map(|m| EndpointStats {
+                    key: m.key.clone(),
+                    weight: m.weight,
+                    state: match m.link() {
+                        Link::Connecting { .. } => EndpointState::Connecting,
+                        Link::Ready(_) => EndpointState::Ready,
+                        Link::Down(_) => EndpointState::Down,
+                    },
+                    ejected: lock(&m.breaker).is_ejected(),
+                    in_flight: m.outstanding.load(Ordering::Relaxed),
+                    calls: m.calls.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Keeps one endpoint connected: connects, waits for the connection to end, backs off,
+/// connects again, until the endpoint is removed or the pool dropped (which abort it).
+async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
+    let config = &pool.config;
+    let mut failures = 0u32;
+    let mut waitable = true;
+    loop {
+        member.set_link(Link::Connecting { waitable });
+        pool.changed.notify_waiters();
+        let attempt = tokio::time::timeout(
+            config.connect_timeout,
+            connect(pool.desc, config.options.clone()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => {
+                let Inner::Connection(handle) = client.inner().clone() else {
+                    unreachable!("a connector makes single connections")
+                };
+                drop(client);
+                let since = Instant::now();
+                member.set_link(Link::Ready(Arc::clone(&handle)));
+                pool.changed.notify_waiters();
+                let err = handle.shared.closed().await;
+                drop(handle);
+                member.set_link(Link::Down(err));
+                pool.changed.notify_waiters();
+                if since.elapsed() >= HEALTHY_AFTER {
+                    failures = 0;
+                    waitable = true;
+                    continue;
+                }
+            }
+            Ok(Err(err)) => {
+                member.set_link(Link::Down(RpcError::disconnected(format!(
+                    "connecting failed: {err}"
+                ))));
+                pool.changed.notify_waiters();
+            }
+            Err(_) => {
+                member.set_link(Link::Down(RpcError::disconnected(format!(
+                    "connecting did not finish within {:?}",
+                    config.connect_timeout
+                ))));
+                pool.changed.notify_waiters();
+            }
+        }
+        failures = failures.saturating_add(1);
+        waitable = false;
+        tokio::time::sleep(config.backoff.delay_with(failures, &pool.rng)).await;
+    }
+}
+
+/// Owned by the client handles of a pool; when the last goes, the pool's tasks stop and its
+/// connections close once their calls finish.
+pub(crate) struct PoolHandle {
+    pool: Arc<Pool>,
+}
+
+impl PoolHandle {
+    pub(crate) fn new(pool: Arc<Pool>) -> PoolHandle {
+        PoolHandle { pool }
+    }
+
+    pub(crate) fn pool(&self) -> Arc<Pool> {
+        Arc::clone(&self.pool)
+    }
+
+    pub(crate) fn desc(&self) -> &'static ServiceDescriptor {
+        self.pool.desc
+    }
+
+    pub(crate) fn stats(&self) -> ClientStats {
+        self.pool.stats()
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        self.pool.shut();
+    }
+}

@@ -1,0 +1,367 @@
+//! How a balancing client chooses an endpoint for each call.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::pool::Member;
+
+/// The endpoints a [`Strategy`] chooses from, by index.
+///
+/// An endpoint is *usable* when it is connected and not ejected (and, for a retry, not
+/// already tried); a strategy must return a usable one, or `None` when none is.
+pub struct Endpoints<'a> {
+    pub(crate) members: &'a [Arc<Member>],
+    pub(crate) usable: &'a [bool],
+    pub(crate) generation: u64,
+}
+
+impl Endpoints<'_> {
+    /// The number of endpoints, usable or not.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The key the endpoint was added under.
+    pub fn key(&self, index: usize) -> &str {
+        &self.members[index].key
+    }
+
+    /// The endpoint's weight (1 unless set).
+    pub fn weight(&self, index: usize) -> u32 {
+        self.members[index].weight
+    }
+
+    /// Calls this client has in progress on the endpoint.
+    pub fn load(&self, index: usize) -> usize {
+        self.members[index].outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint may get this call.
+    pub fn is_usable(&self, index: usize) -> bool {
+        self.usable[index]
+    }
+
+    /// The indices of the usable endpoints.
+    pub fn usable(&self) -> impl Iterator<Item = usize> + '_ {
+        self.usable
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &usable)| usable.then_some(i))
+    }
+
+    /// Changes whenever endpoints are added or removed (indices may then mean other
+    /// endpoints), so a strategy can cache what it derives from the set.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// Chooses the endpoint for each call; implement it for a strategy of your own.
+///
+/// `key` is the call's [`hash_key`](crate::Call::hash_key), if it set one.
+pub trait Strategy: Send + Sync + 'static {
+    /// The index of a usable endpoint, or `None` when none is usable.
+    fn pick(&self, endpoints: &Endpoints<'_>, key: Option<u64>) -> Option<usize>;
+}
+
+/// Every usable endpoint in turn.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Round robin from the first endpoint.
+    pub fn new() -> RoundRobin {
+        RoundRobin::default()
+    }
+}
+
+impl Strategy for RoundRobin {
+    fn pick(&self, endpoints: &Endpoints<'_>, _key: Option<u64>) -> Option<usize> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|step| (start + step) % n)
+            .find(|&i| endpoints.is_usable(i))
+    }
+}
+
+/// A usable endpoint chosen uniformly at random.
+#[derive(Debug)]
+pub struct Random {
+    rng: Rng,
+}
+
+impl Random {
+    /// Seeded from the operating system's randomness.
+    pub fn new() -> Random {
+        Random { rng: Rng::random() }
+    }
+
+    /// The same choices every run, for tests.
+    pub fn with_seed(seed: u64) -> Random {
+        Random {
+            rng: Rng::seeded(seed),
+        }
+    }
+}
+
+impl Default for Random {
+    fn default() -> Random {
+        Random::new()
+    }
+}
+
+impl Strategy for Random {
+    fn pick(&self, endpoints: &Endpoints<'_>, _key: Option<u64>) -> Option<usize> {
+        let usable = endpoints.usable().count();
+        if usable == 0 {
+            return None;
+        }
+        endpoints
+            .usable()
+            .nth(self.rng.below(usable as u64) as usize)
+    }
+}
+
+/// A usable endpoint chosen at random in proportion to its weight: an endpoint of weight 3
+/// gets three times the calls of one of weight 1.
+#[derive(Debug)]
+pub struct Weighted {
+    rng: Rng,
+}
+
+impl Weighted {
+    /// Seeded from the operating system's randomness.
+    pub fn new() -> Weighted {
+        Weighted { rng: Rng::random() }
+    }
+
+    /// The same choices every run, for tests.
+    pub fn with_seed(seed: u64) -> Weighted {
+        Weighted {
+            rng: Rng::seeded(seed),
+        }
+    }
+}
+
+impl Default for Weighted {
+    fn default() -> Weighted {
+        Weighted::new()
+    }
+}
+
+impl Strategy for Weighted {
+    fn pick(&self, endpoints: &Endpoints<'_>, _key: Option<u64>) -> Option<usize> {
+        let total: u64 = endpoints
+            .usable()
+            .map(|i| u64::from(endpoints.weight(i)))
+            .sum();
+        if total == 0 {
+            // Only weight-0 endpoints are usable: they still beat failing the call.
+            return endpoints.usable().next();
+        }
+        let mut point = self.rng.below(total);
+        endpoints.usable().find(|&i| {
+            let weight = u64::from(endpoints.weight(i));
+            if point < weight {
+                true
+            } else {
+                point -= weight;
+                false
+            }
+        })
+    }
+}
+
+/// The less loaded of two usable endpoints chosen at random ("power of two choices"): calls
+/// drift away from slow or busy endpoints without every client herding to the same one.
+/// Load is the number of this client's calls in progress on the endpoint.
+#[derive(Debug)]
+pub struct LeastLoaded {
+    rng: Rng,
+}
+
+impl LeastLoaded {
+    /// Seeded from the operating system's randomness.
+    pub fn new() -> LeastLoaded {
+        LeastLoaded { rng: Rng::random() }
+    }
+
+    /// The same choices every run, for tests.
+    pub fn with_seed(seed: u64) -> LeastLoaded {
+        LeastLoaded {
+            rng: Rng::seeded(seed),
+        }
+    }
+}
+
+impl Default for LeastLoaded {
+    fn default() -> LeastLoaded {
+        LeastLoaded::new()
+    }
+}
+
+impl Strategy for LeastLoaded {
+    fn pick(&self, endpoints: &Endpoints<'_>, _key: Option<u64>) -> Option<usize> {
+        let usable = endpoints.usable().count() as u64;
+        match usable {
+            0 => None,
+            1 => endpoints.usable().next(),
+            _ => {
+                let a = self.rng.below(usable);
+                // A second choice different from the first.
+                let b = (a + 1 + self.rng.below(usable - 1)) % usable;
+                let a = endpoints.usable().nth(a as usize)?;
+                let b = endpoints.usable().nth(b as usize)?;
+                Some(if endpoints.load(b) < endpoints.load(a) {
+                    b
+                } else {
+                    a
+                })
+            }
+        }
+    }
+}
+
+/// Consistent hashing on the call's [`hash_key`](crate::Call::hash_key): calls with the same
+/// key go to the same endpoint, and adding or removing an endpoint moves only the keys of
+/// that endpoint's share. Each endpoint owns `points × weight` points of a hash ring; a key
+/// goes to the first usable endpoint at or after its hash. Calls without a key go round robin.
+#[derive(Debug)]
+pub struct ConsistentHash {
+    points: u32,
+    ring: Mutex<Ring>,
+    fallback: RoundRobin,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    generation: Option<u64>,
+    /// (point, endpoint index), sorted by point.
+    points: Vec<(u64, usize)>,
+}
+
+impl ConsistentHash {
+    /// 160 points per unit of weight.
+    pub fn new() -> ConsistentHash {
+        ConsistentHash::with_points(160)
+    }
+
+    /// `points` ring points per unit of weight: more spread the keys more evenly.
+    pub fn with_points(points: u32) -> ConsistentHash {
+        ConsistentHash {
+            points: points.max(1),
+            ring: Mutex::new(Ring::default()),
+            fallback: RoundRobin::new(),
+        }
+    }
+}
+
+impl Default for ConsistentHash {
+    fn default() -> ConsistentHash {
+        ConsistentHash::new()
+    }
+}
+
+impl Strategy for ConsistentHash {
+    fn pick(&self, endpoints: &Endpoints<'_>, key: Option<u64>) -> Option<usize> {
+        let Some(key) = key else {
+            return self.fallback.pick(endpoints, None);
+        };
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ring.generation != Some(endpoints.generation()) {
+            ring.points.clear();
+            for index in 0..endpoints.len() {
+                let base = hash_str(endpoints.key(index));
+                let count = u64::from(self.points) * u64::from(endpoints.weight(index).max(1));
+                ring.points
+                    .extend((0..count).map(|replica| (mix(base ^ mix(replica + 1)), index)));
+            }
+            ring.points.sort_unstable();
+            ring.generation = Some(endpoints.generation());
+        }
+        let start = ring.points.partition_point(|&(point, _)| point < key);
+        let n = ring.points.len();
+        (0..n)
+            .map(|step| ring.points[(start + step) % n].1)
+            .find(|&i| endpoints.is_usable(i))
+    }
+}
+
+/// A stable 64-bit hash of a value's `Hash` output (FNV-1a, then a finalizer), the same in
+/// every process of the same platform, unlike std's randomly keyed one.
+pub(crate) fn hash_key<K: Hash + ?Sized>(key: &K) -> u64 {
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    key.hash(&mut hasher);
+    mix(hasher.0)
+}
+
+fn hash_str(text: &str) -> u64 {
+    hash_key(text)
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// splitmix64's finalizer: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A small, lock-free random number generator (splitmix64), shared by all callers.
+#[derive(Debug)]
+pub(crate) struct Rng(AtomicU64);
+
+impl Rng {
+    pub(crate) fn seeded(seed: u64) -> Rng {
+        Rng(AtomicU64::new(seed))
+    }
+
+    pub(crate) fn random() -> Rng {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        Rng::seeded(seed)
+    }
+
+    pub(crate) fn next_u64(&self) -> u64 {
+        mix(self
+            .0
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15))
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub(crate) fn below(&self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub(crate) fn unit(&self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

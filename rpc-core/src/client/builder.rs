@@ -1,0 +1,239 @@
+//! [`ClientBuilder`]: a client with options — reconnection, balancing, retries, keepalive.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::{Client, ConnectionOptions};
+use crate::balance::{
+    Backoff, Change, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
+    RetryBudget, Strategy,
+};
+use crate::connect::Connect;
+use crate::descriptor::ServiceDescriptor;
+use crate::keepalive::Keepalive;
+use crate::transport::Transport;
+
+/// Builds a client with options; generated clients start one with `FooClient::builder()`.
+///
+/// Set options, then finish with how the client reaches its server:
+/// - [`connect`](ClientBuilder::connect): one endpoint, reconnected whenever the connection
+///   is lost;
+/// - [`balance`](ClientBuilder::balance): a fixed set of endpoints, each kept connected, each
+///   call sent to one of them;
+/// - [`discover`](ClientBuilder::discover): endpoints that come and go, from a stream of
+///   [`Change`]s;
+/// - [`transport`](ClientBuilder::transport): one connection over a transport you opened,
+///   as `FooClient::new` does, with this builder's keepalive and metadata.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_core::{service, Keepalive, Server};
+/// use rpc_core::balance::RetryBudget;
+///
+/// #[service]
+/// pub trait Echo {
+///     #[rpc(idempotent)]
+///     async fn echo(&self, text: String) -> String;
+/// }
+/// struct Parrot;
+/// impl Echo for Parrot {
+///     async fn echo(&self, text: String) -> String { text }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), rpc_core::RpcError> {
+/// let (listener, connector) = rpc_transport::memory::listener();
+/// tokio::spawn(Server::new().add_service(EchoServer::new(Parrot)).serve(listener));
+///
+/// let client = EchoClient::builder()
+///     .keepalive(Some(Keepalive::new(Duration::from_secs(20), Duration::from_secs(5))))
+///     .retry_budget(RetryBudget::new(0.1))
+///     .wait_for_ready(true)
+///     .connect(connector);
+/// assert_eq!(client.echo("hi".into()).await?, "hi");
+/// # Ok(()) }
+/// ```
+///
+/// The finishing methods spawn tasks, so call them within a tokio runtime.
+pub struct ClientBuilder<C> {
+    desc: &'static ServiceDescriptor,
+    wrap: fn(Client) -> C,
+    strategy: Box<dyn Strategy>,
+    retry_budget: RetryBudget,
+    max_attempts: u32,
+    backoff: Backoff,
+    retry_backoff: Backoff,
+    connect_timeout: Duration,
+    wait_for_ready: bool,
+    accrual: FailureAccrual,
+    options: ConnectionOptions,
+}
+
+impl<C> fmt::Debug for ClientBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("service", &self.desc.name)
+            .field("retry_budget", &self.retry_budget)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .field("failure_accrual", &self.accrual)
+            .field("keepalive", &self.options.keepalive)
+            .field("metadata", &self.options.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> ClientBuilder<C> {
+    /// A builder for a client of `desc`, finished by wrapping the [`Client`] with `wrap`;
+    /// generated code calls it as `ClientBuilder::new(&Self::DESCRIPTOR, Self::from_client)`.
+    ///
+    /// The defaults: [`LeastLoaded`] balancing; retries of idempotent methods within
+    /// [`RetryBudget::default`] and at most 3 attempts per call; reconnection after
+    /// [`Backoff::default`]; a 5 s connect timeout; calls fail fast with `Disconnected` while
+    /// no endpoint is connected (but wait for a first connection attempt under way);
+    /// [`FailureAccrual::default`]; keepalive pings after 30 s of silence, 10 s to answer.
+    pub fn new(desc: &'static ServiceDescriptor, wrap: fn(Client) -> C) -> ClientBuilder<C> {
+        ClientBuilder {
+            desc,
+            wrap,
+            strategy: Box::new(LeastLoaded::new()),
+            retry_budget: RetryBudget::default(),
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            retry_backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(500)),
+            connect_timeout: Duration::from_secs(5),
+            wait_for_ready: false,
+            accrual: FailureAccrual::default(),
+            options: ConnectionOptions {
+                keepalive: Some(Keepalive::new(
+                    Duration::from_secs(30),
+                    Duration::from_secs(10),
+                )),
+                ..ConnectionOptions::default()
+            },
+        }
+    }
+
+    /// How each call chooses its endpoint (see [`balance`](crate::balance)).
+    pub fn strategy(mut self, strategy: impl Strategy) -> ClientBuilder<C> {
+        self.strategy = Box::new(strategy);
+        self
+    }
+
+    /// How many retries the client may make in all.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> ClientBuilder<C> {
+        self.retry_budget = budget;
+        self
+    }
+
+    /// The most times one call is sent, the first included (at least 1, which means no
+    /// retries).
+    pub fn max_attempts(mut self, attempts: u32) -> ClientBuilder<C> {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The delays between attempts to reconnect to an endpoint.
+    pub fn backoff(mut self, backoff: Backoff) -> ClientBuilder<C> {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The delays before retrying a call on an endpoint already tried, or after
+    /// `Overloaded`.
+    pub fn retry_backoff(mut self, backoff: Backoff) -> ClientBuilder<C> {
+        self.retry_backoff = backoff;
+        self
+    }
+
+    /// How long one attempt to connect may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder<C> {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// What a call does while no endpoint is connected: `false` (the default) fails it at
+    /// once with `Disconnected`, unless a first connection attempt is under way; `true`
+    /// waits for a connection, up to the call's deadline.
+    pub fn wait_for_ready(mut self, wait: bool) -> ClientBuilder<C> {
+        self.wait_for_ready = wait;
+        self
+    }
+
+    /// When endpoints whose calls keep failing are set aside.
+    pub fn failure_accrual(mut self, accrual: FailureAccrual) -> ClientBuilder<C> {
+        self.accrual = accrual;
+        self
+    }
+
+    /// Keepalive pings on every connection, or `None` for none.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> ClientBuilder<C> {
+        self.options.keepalive = keepalive;
+        self
+    }
+
+    /// Sends a key/value pair with every call (before the call's own metadata).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> ClientBuilder<C> {
+        self.options.metadata.insert(key, value);
+        self
+    }
+
+    /// The largest frame sent or received (8 MiB by default).
+    pub fn max_frame_size(mut self, bytes: usize) -> ClientBuilder<C> {
+        self.options.max_frame_size = bytes;
+        self
+    }
+
+    /// One connection over `transport`, not remade when lost.
+    pub fn transport<T: Transport>(self, transport: T) -> C {
+        (self.wrap)(Client::with_options(transport, self.desc, &self.options))
+    }
+
+    /// One endpoint, reconnected whenever its connection is lost.
+    pub fn connect<K: Connect>(self, connector: K) -> C {
+        self.balance([Endpoint::new("default", connector)])
+    }
+
+    /// A fixed set of endpoints.
+    pub fn balance<K: Connect>(self, endpoints: impl IntoIterator<Item = Endpoint<K>>) -> C {
+        let (pool, wrap) = self.into_pool();
+        for endpoint in endpoints {
+            pool.insert(endpoint);
+        }
+        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
+    }
+
+    /// Endpoints that come and go: each item of `changes` adds or removes one. Calls wait
+    /// for the first change; after the stream ends, the endpoints stay as they are.
+    pub fn discover<K, D>(self, changes: D) -> C
+    where
+        K: Connect,
+        D: Stream<Item = Change<K>> + Send + 'static,
+    {
+        let (pool, wrap) = self.into_pool();
+        pool.follow(changes);
+        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
+    }
+
+    fn into_pool(self) -> (Arc<Pool>, fn(Client) -> C) {
+        let config = PoolConfig {
+            strategy: self.strategy,
+            retry_budget: self.retry_budget,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_backoff: self.retry_backoff,
+            connect_timeout: self.connect_timeout,
+            wait_for_ready: self.wait_for_ready,
+            accrual: self.accrual,
+            options: self.options,
+        };
+        (Arc::new(Pool::new(self.desc, config)), self.wrap)
+    }
+}

@@ -1,0 +1,330 @@
+//! What a handler knows about the call it is serving: its deadline and metadata.
+//!
+//! While the server polls a handler, the call's [`CallContext`] is the *current* context of
+//! that thread; [`current`], [`deadline`] and [`metadata`] read it. A client call made from
+//! inside a handler inherits the remaining deadline by default, so a chain of services gives
+//! up together instead of working on for a caller that has already gone:
+//!
+//! ```
+//! use std::time::Duration;
+//! use rpc_core::{context, service, RpcError, Server};
+//!
+//! #[service]
+//! pub trait Front {
+//!     async fn page(&self) -> Result<String, String>;
+//! }
+//! #[service]
+//! pub trait Back {
+//!     async fn data(&self) -> String;
+//! }
+//!
+//! struct FrontImpl { back: BackClient }
+//! impl Front for FrontImpl {
+//!     async fn page(&self) -> Result<String, String> {
+//!         // This call's deadline is whatever is left of `page`'s own (if it has one).
+//!         let left = context::deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
+//!         assert!(left.is_some_and(|left| left <= Duration::from_secs(5)));
+//!         self.back.data().await.map_err(|err| err.to_string())
+//!     }
+//! }
+//! struct BackImpl;
+//! impl Back for BackImpl {
+//!     async fn data(&self) -> String { "data".into() }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), RpcError> {
+//! let (back_end, back_server) = rpc_transport::memory::pair();
+//! tokio::spawn(Server::new().add_service(BackServer::new(BackImpl)).serve_connection(back_server));
+//! let (front_end, front_server) = rpc_transport::memory::pair();
+//! let front = FrontImpl { back: BackClient::new(back_end) };
+//! tokio::spawn(Server::new().add_service(FrontServer::new(front)).serve_connection(front_server));
+//!
+//! let page = FrontClient::new(front_end).page().timeout(Duration::from_secs(5)).await?;
+//! assert_eq!(page.as_deref(), Ok("data"));
+//! # Ok(()) }
+//! ```
+//!
+//! The context belongs to the handler's future, not to its task: a task the handler spawns
+//! starts without one. Carry it over with [`scope`]:
+//! `tokio::spawn(context::scope(context::current(), work))`.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pin_project::pin_project;
+
+/// Key/value pairs sent with a call: keys are text, values are bytes.
+///
+/// Cheap to clone (the pairs are shared).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pairs: Option<Arc<Vec<(String, Bytes)>>>,
+}
+
+impl Metadata {
+    /// No pairs.
+    pub const fn new() -> Metadata {
+        Metadata { pairs: None }
+    }
+
+    /// Adds a pair; a key may appear more than once.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Bytes>) {
+        let pairs = self.pairs.get_or_insert_with(Default::default);
+        Arc::make_mut(pairs).push((key.into(), value.into()));
+    }
+
+    /// The first value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The first value stored under `key`, if it is UTF-8 text.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every pair, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.pairs
+            .iter()
+            .flat_map(|pairs| pairs.iter())
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.as_ref().is_none_or(|pairs| pairs.is_empty())
+    }
+
+    /// The number of pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.as_ref().map_or(0, |pairs| pairs.len())
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| {
+                (
+                    k,
+                    match std::str::from_utf8(v) {
+                        Ok(text) => format!("{text:?}"),
+                        Err(_) => format!("{} bytes", v.len()),
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Metadata {
+        let mut metadata = Metadata::new();
+        for (k, v) in iter {
+            metadata.insert(k, v);
+        }
+        metadata
+    }
+}
+
+/// The call a handler is serving.
+#[derive(Clone, Debug, Default)]
+pub struct CallContext {
+    deadline: Option<Instant>,
+    metadata: Metadata,
+    service: &'static str,
+    method: &'static str,
+}
+
+impl CallContext {
+    /// A context with a deadline and metadata, e.g. to give work started outside any handler
+    /// a deadline that client calls inherit (see [`scope`]).
+    pub fn new(deadline: Option<Instant>, metadata: Metadata) -> CallContext {
+        CallContext {
+            deadline,
+            metadata,
+            service: "",
+            method: "",
+        }
+    }
+
+    pub(crate) fn for_call(
+        deadline: Option<Instant>,
+        metadata: Metadata,
+        service: &'static str,
+        method: &'static str,
+    ) -> CallContext {
+        CallContext {
+            deadline,
+            metadata,
+            service,
+            method,
+        }
+    }
+
+    /// When the caller stops waiting, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The time left until the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The metadata the caller sent with the call.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The service's wire name (empty for a context made with [`CallContext::new`]).
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// The method's name (empty for a context made with [`CallContext::new`]).
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<CallContext>> = const { RefCell::new(None) };
+}
+
+/// The context of the call being served on this thread, if any.
+pub fn current() -> Option<CallContext> {
+    CURRENT.with(|current| current.try_borrow().ok().and_then(|c| c.clone()))
+}
+
+/// The current call's deadline, if it is being served and its caller set one.
+pub fn deadline() -> Option<Instant> {
+    CURRENT.with(|current| {
+        current
+            .try_borrow()
+            .ok()
+            .and_then(|c| c.as_ref().and_then(|c| c.deadline))
+    })
+}
+
+/// The current call's metadata (empty outside a handler).
+pub fn metadata() -> Metadata {
+    CURRENT.with(|current| {
+        current
+            .try_borrow()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.metadata.clone()))
+            .unwrap_or_default()
+    })
+}
+
+/// Runs `f` with `context` as the current one, restoring the previous one after (also if
+/// `f` panics).
+pub(crate) fn enter<R>(context: &mut Option<CallContext>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a> {
+        slot: &'a mut Option<CallContext>,
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            CURRENT.with(|current| {
+                if let Ok(mut current) = current.try_borrow_mut() {
+                    std::mem::swap(&mut *current, self.slot);
+                }
+            });
+        }
+    }
+    if context.is_none() {
+        // Nothing to install, but a context from an outer scope must not leak in.
+        let outer = CURRENT.with(|current| current.try_borrow().is_ok_and(|c| c.is_none()));
+        if outer {
+            return f();
+        }
+    }
+    let swapped = CURRENT.with(|current| match current.try_borrow_mut() {
+        Ok(mut current) => {
+            std::mem::swap(&mut *current, context);
+            true
+        }
+        Err(_) => false,
+    });
+    if !swapped {
+        return f();
+    }
+    let _restore = Restore { slot: context };
+    f()
+}
+
+/// Runs `future` with `context` as the current context whenever it is polled: the way to
+/// carry a handler's deadline and metadata into a task it spawns, or to give a deadline to
+/// work that is not a handler.
+pub fn scope<F: Future>(context: Option<CallContext>, future: F) -> Scoped<F> {
+    Scoped { context, future }
+}
+
+/// A future running with a [`CallContext`]; see [`scope`].
+#[pin_project]
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Scoped<F> {
+    context: Option<CallContext>,
+    #[pin]
+    future: F,
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let future = this.future;
+        enter(this.context, || future.poll(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enter_installs_and_restores() {
+        let mut outer = Some(CallContext::new(None, [("a", "1")].into_iter().collect()));
+        let mut inner = Some(CallContext::new(Some(Instant::now()), Metadata::new()));
+        assert!(current().is_none());
+        enter(&mut outer, || {
+            assert_eq!(metadata().get_str("a"), Some("1"));
+            enter(&mut inner, || {
+                assert!(deadline().is_some());
+                assert!(metadata().is_empty());
+            });
+            assert!(deadline().is_none());
+            let mut none = None;
+            enter(&mut none, || assert!(current().is_none()));
+            assert_eq!(metadata().get_str("a"), Some("1"));
+        });
+        assert!(current().is_none());
+        assert!(outer.is_some() && inner.is_some());
+    }
+
+    #[test]
+    fn metadata_keeps_order_and_duplicates() {
+        let mut m = Metadata::new();
+        assert!(m.is_empty());
+        m.insert("k", "1");
+        m.insert("k", "2");
+        m.insert("bin", vec![0xff_u8]);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get_str("k"), Some("1"));
+        assert_eq!(m.get_str("bin"), None);
+        let other: Metadata = [("x", "y")].into_iter().collect();
+        assert_eq!(format!("{other:?}"), r#"{"x": "\"y\""}"#);
+    }
+}
