@@ -1,20 +1,21 @@
 //! The parsed model of a `#[service]` trait: plain data, built without judging it.
 //!
-//! [`Service::from_syn`] never fails: it records everything the trait says, including what
-//! the macro does not support (generics, receivers other than `&self`, patterns, ...), so that
-//! `valid.rs` can point at each problem with its own span. `expand` only ever sees a model
-//! that passed validation.
+//! [`Service::from_syn`] fails only on a malformed `#[rpc(...)]` attribute (a parse error,
+//! like a bad `#[service(...)]` argument). Otherwise it records everything the trait says,
+//! including what the macro does not support (generics, receivers other than `&self`,
+//! patterns, ...), so that `valid.rs` can point at each problem with its own span. `expand`
+//! only ever sees a model that passed validation.
 
 use proc_macro2::Span;
 use quote::format_ident;
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
 use syn::{
-    Attribute, Block, FnArg, Generics, Ident, ItemTrait, Pat, Receiver, ReturnType, Signature,
-    Token, TraitItem, Type, TypeParamBound, Visibility,
+    Attribute, Block, Error, FnArg, Generics, Ident, ItemTrait, Pat, Receiver, Result, ReturnType,
+    Signature, Token, TraitItem, Type, TypeParamBound, Visibility,
 };
 
-use crate::attr::ServiceArgs;
+use crate::attr::{self, MethodArgs, ServiceArgs};
 use crate::fingerprint;
 
 /// A `#[service]` trait.
@@ -47,8 +48,11 @@ pub struct Service {
 
 /// One method of a service.
 pub struct Method {
-    /// Outer attributes (doc comments, `#[cfg]`, others), kept as written on the trait.
+    /// Outer attributes (doc comments, `#[cfg]`, others), kept as written on the trait,
+    /// except `#[rpc(...)]`, which is parsed into `rpc` and not emitted again.
     pub attrs: Vec<Attribute>,
+    /// The method's `#[rpc(...)]` arguments (`idempotent`).
+    pub rpc: MethodArgs,
     /// The signature as written, for validation and spans.
     pub sig: Signature,
     /// A default body, if the trait gives one (validation rejects it).
@@ -86,20 +90,40 @@ pub struct Arg {
 
 impl Service {
     /// Builds the model of `item` with the attribute's arguments `args`.
-    pub fn from_syn(item: ItemTrait, args: ServiceArgs) -> Self {
+    ///
+    /// Fails, with every error found, if an `#[rpc(...)]` attribute is malformed or is on
+    /// the trait rather than on a method.
+    pub fn from_syn(item: ItemTrait, args: ServiceArgs) -> Result<Self> {
         let wire_name = match &args.name {
             Some(name) => name.value(),
             None => item.ident.unraw().to_string(),
         };
+        let mut errors: Option<Error> = None;
+        let mut push = |error: Error| match &mut errors {
+            Some(all) => all.combine(error),
+            None => errors = Some(error),
+        };
+        if let Err(error) = attr::reject_on_trait(&item.attrs) {
+            push(error);
+        }
         let mut methods = Vec::new();
         let mut other_items = Vec::new();
         for trait_item in item.items {
             match trait_item {
-                TraitItem::Fn(f) => methods.push(Method::from_syn(f.attrs, f.sig, f.default)),
+                TraitItem::Fn(mut f) => {
+                    let rpc = attr::take_method_args(&mut f.attrs).unwrap_or_else(|error| {
+                        push(error);
+                        MethodArgs::default()
+                    });
+                    methods.push(Method::from_syn(f.attrs, rpc, f.sig, f.default));
+                }
                 other => other_items.push(other),
             }
         }
-        Service {
+        if let Some(errors) = errors {
+            return Err(errors);
+        }
+        Ok(Service {
             attrs: item.attrs,
             vis: item.vis,
             unsafety: item.unsafety,
@@ -112,7 +136,7 @@ impl Service {
             wire_name,
             methods,
             other_items,
-        }
+        })
     }
 
     /// The name of a generated item: the trait's name followed by `suffix`, with the trait's
@@ -123,7 +147,12 @@ impl Service {
 }
 
 impl Method {
-    fn from_syn(attrs: Vec<Attribute>, sig: Signature, default: Option<Block>) -> Self {
+    fn from_syn(
+        attrs: Vec<Attribute>,
+        rpc: MethodArgs,
+        sig: Signature,
+        default: Option<Block>,
+    ) -> Self {
         let mut receiver = None;
         let mut args = Vec::new();
         for (index, input) in sig.inputs.iter().enumerate() {
@@ -156,6 +185,7 @@ impl Method {
         let variant = Ident::new(&upper_camel_case(&name), sig.ident.span());
         Method {
             attrs,
+            rpc,
             ident: sig.ident.clone(),
             name,
             receiver,
@@ -218,7 +248,7 @@ mod tests {
                 async fn reset(&self);
             }
         };
-        let service = Service::from_syn(item, ServiceArgs::default());
+        let service = Service::from_syn(item, ServiceArgs::default()).unwrap();
         assert_eq!(service.wire_name, "Calculator");
         assert_eq!(service.methods.len(), 3);
         let add = &service.methods[0];
@@ -243,12 +273,64 @@ mod tests {
         let item: ItemTrait = parse_quote!(
             trait r#Calc {}
         );
-        let service = Service::from_syn(item.clone(), ServiceArgs::default());
+        let service = Service::from_syn(item.clone(), ServiceArgs::default()).unwrap();
         assert_eq!(service.wire_name, "Calc");
         let args = ServiceArgs {
             name: Some(parse_quote!("Other")),
         };
-        assert_eq!(Service::from_syn(item, args).wire_name, "Other");
+        assert_eq!(Service::from_syn(item, args).unwrap().wire_name, "Other");
+    }
+
+    #[test]
+    fn rpc_attrs_are_parsed_and_removed() {
+        let item: ItemTrait = parse_quote! {
+            pub trait Store {
+                /// Reads.
+                #[rpc(idempotent)]
+                async fn get(&self, key: String) -> Option<String>;
+                async fn put(&self, key: String, value: String);
+            }
+        };
+        let service = Service::from_syn(item, ServiceArgs::default()).unwrap();
+        let (get, put) = (&service.methods[0], &service.methods[1]);
+        assert!(get.rpc.idempotent);
+        assert!(!put.rpc.idempotent);
+        assert_eq!(get.attrs.len(), 1, "only the doc comment is kept");
+        assert_eq!(get.doc_attrs().count(), 1);
+        // Idempotence is not on the wire: the fingerprint is that of the bare signature.
+        let bare: ItemTrait = parse_quote! {
+            pub trait Store {
+                async fn get(&self, key: String) -> Option<String>;
+            }
+        };
+        let bare = Service::from_syn(bare, ServiceArgs::default()).unwrap();
+        assert_eq!(get.fingerprint, bare.methods[0].fingerprint);
+    }
+
+    #[test]
+    fn rpc_attr_errors_are_all_reported() {
+        let item: ItemTrait = parse_quote! {
+            #[rpc(idempotent)]
+            pub trait Store {
+                #[rpc(idempotnet)]
+                async fn get(&self, key: String) -> Option<String>;
+                #[rpc]
+                async fn put(&self, key: String, value: String);
+                #[rpc(idempotent)]
+                async fn len(&self) -> u64;
+            }
+        };
+        let Err(errors) = Service::from_syn(item, ServiceArgs::default()) else {
+            panic!("malformed `#[rpc]` attributes must fail");
+        };
+        let errors: Vec<String> = errors.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].contains("not on the trait itself"), "{errors:#?}");
+        assert!(
+            errors[1].contains("unknown `#[rpc]` argument"),
+            "{errors:#?}"
+        );
+        assert!(errors[2].contains("needs an argument"), "{errors:#?}");
     }
 }
 

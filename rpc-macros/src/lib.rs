@@ -14,6 +14,9 @@
 //!     async fn add(&self, a: i64, b: i64) -> i64;
 //!     async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
 //!     async fn reset(&self);
+//!     /// Reads the current total.
+//!     #[rpc(idempotent)]
+//!     async fn total(&self) -> i64;
 //! }
 //! ```
 //!
@@ -24,14 +27,21 @@
 //! - `CalculatorRequest`, an enum with one struct-like variant per method holding its
 //!   arguments (`Add { a: i64, b: i64 }`), and `CalculatorResponse`, one tuple variant per
 //!   method holding its return value (`Add(i64)`, `Reset(())`), both `Serialize + Deserialize`;
-//! - `CalculatorClient`, with `new(transport)` and one method per trait method returning
-//!   `rpc_core::Call<R>`, plus `DESCRIPTOR`, the service's wire name and method table;
+//! - `CalculatorClient`, with `new(transport)`, `builder()` (a `rpc_core::ClientBuilder` for
+//!   reconnection, load balancing, retries and keepalive) and one method per trait method
+//!   returning `rpc_core::Call<R>`, plus `DESCRIPTOR`, the service's wire name and method
+//!   table;
 //! - `CalculatorServer<S>`, which wraps an implementation of the trait and implements
 //!   `rpc_core::Service`.
 //!
 //! The wire name is the trait's name; `#[service(name = "Other")]` sets another one. Each
 //! method is identified on the wire by its name and a fingerprint of its signature (see
 //! the `fingerprint` module: FNV-1a 64 of `name(ArgTypes)->Ret` as written).
+//!
+//! `#[rpc(idempotent)]` on a method says that running it twice does no harm, so a
+//! reconnecting or balancing client may retry it: its `DESCRIPTOR` entry is marked
+//! `idempotent`. It is not on the wire and does not change the fingerprint. `#[rpc]` is read
+//! and removed by `#[service]`; it is an error anywhere but on a method of the trait.
 //!
 //! # Rules
 //!
@@ -40,8 +50,8 @@
 //! allowed) with owned types (`String`, not `&str`; no lifetimes, no `impl Trait`, no `Self`);
 //! no generic methods, no generic trait, no supertraits, no associated consts, types or
 //! macros, no default bodies, no `unsafe`/`extern`/`const` methods; two methods may not map to
-//! the same UpperCamelCase variant name; `new`, `from_client` and `client` are taken by the
-//! client. Argument and return types must be `Serialize + DeserializeOwned + Send + 'static`:
+//! the same UpperCamelCase variant name; `new`, `from_client`, `client` and `builder` are
+//! taken by the client. Argument and return types must be `Serialize + DeserializeOwned + Send + 'static`:
 //! the compiler checks that, with the error pointing at the type.
 
 #![deny(missing_docs)]
@@ -75,7 +85,7 @@ fn expand_service(args: TokenStream2, input: TokenStream2) -> TokenStream2 {
         Err(error) => {
             let errors = error.to_compile_error();
             let item = match syn::parse2::<ItemTrait>(input.clone()) {
-                Ok(item) => without_arg_patterns(item).into_token_stream(),
+                Ok(item) => without_rpc_attrs(without_arg_patterns(item)).into_token_stream(),
                 Err(_) => input,
             };
             quote!(#errors #item)
@@ -112,6 +122,23 @@ fn without_arg_patterns(mut item: ItemTrait) -> ItemTrait {
     item
 }
 
+/// `item` without any `#[rpc(...)]` attribute, which is not a real attribute: the compiler
+/// would add "cannot find attribute `rpc`" to our own errors.
+fn without_rpc_attrs(mut item: ItemTrait) -> ItemTrait {
+    item.attrs.retain(|attr| !attr::is_rpc(attr));
+    for trait_item in &mut item.items {
+        let attrs = match trait_item {
+            TraitItem::Fn(method) => &mut method.attrs,
+            TraitItem::Const(constant) => &mut constant.attrs,
+            TraitItem::Type(ty) => &mut ty.attrs,
+            TraitItem::Macro(mac) => &mut mac.attrs,
+            _ => continue,
+        };
+        attrs.retain(|attr| !attr::is_rpc(attr));
+    }
+    item
+}
+
 /// Parses the attribute arguments and the trait, and validates the result; every problem
 /// found is reported, combined into one `syn::Error`.
 fn parse_and_validate(args: TokenStream2, input: TokenStream2) -> syn::Result<ast::Service> {
@@ -125,7 +152,7 @@ fn parse_and_validate(args: TokenStream2, input: TokenStream2) -> syn::Result<as
         }
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
     };
-    let service = ast::Service::from_syn(item, args);
+    let service = ast::Service::from_syn(item, args)?;
     valid::validate(&service)?;
     Ok(service)
 }
@@ -335,5 +362,65 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("for<'__rpc>S:"), "{out}");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        let out = expand(
+            quote!(),
+            quote! {
+                pub trait Calculator {
+                    /// Adds.
+                    #[rpc(idempotent)]
+                    async fn add(&self, a: i64, b: i64) -> i64;
+                    #[rpc(idempotent)]
+                    #[cfg(feature = "div")]
+                    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+                    async fn reset(&self);
+                }
+            },
+        );
+        assert!(
+            !out.contains("rpc (idempotent)"),
+            "`#[rpc]` is removed: {out}"
+        );
+        let out: String = out.chars().filter(|c| !c.is_whitespace()).collect();
+        for expected in [
+            // The same fingerprints as without the attribute (see `expansion_shape`).
+            "::rpc_core::MethodInfo::new(\"add\",0xa6c4_6389_4a40_8591_u64).idempotent()",
+            "#[cfg(feature=\"div\")]::rpc_core::MethodInfo::new(\"div\",0x2940_ce57_f7a7_3b92_u64).idempotent()",
+            "::rpc_core::MethodInfo::new(\"reset\",0x5edb_fc11_8dec_ebaf_u64)]",
+            "#[doc=r\"Adds.\"]#[doc=\"\"]#[doc=\"Idempotent:areconnectingorbalancingclientmayretryit.\"]pubfnadd(",
+            "pubfnbuilder()->::rpc_core::ClientBuilder<Self>{::rpc_core::ClientBuilder::new(&Self::DESCRIPTOR,Self::from_client)}",
+        ] {
+            assert!(out.contains(expected), "missing {expected} in {out}");
+        }
+        let reset_docs = "#[doc=\"Calls[`Calculator::reset`]ontheserver.\"]pubfnreset(";
+        assert!(out.contains(reset_docs), "missing {reset_docs} in {out}");
+    }
+
+    #[test]
+    fn rpc_attr_errors_keep_the_trait_without_rpc_attrs() {
+        let out = expand(
+            quote!(),
+            quote! {
+                #[rpc(idempotent)]
+                pub trait Store {
+                    #[rpc(idempotnet)]
+                    async fn get(&self, key: String) -> Option<String>;
+                    #[rpc(idempotent)]
+                    async fn put(&self, key: String, value: String);
+                    #[rpc(idempotent)]
+                    const C: u8;
+                }
+            },
+        );
+        assert!(
+            out.contains("unknown `#[rpc]` argument `idempotnet`; valid keys: `idempotent`"),
+            "{out}"
+        );
+        assert!(out.contains("not on the trait itself"), "{out}");
+        assert!(out.contains("pub trait Store"), "{out}");
+        assert!(!out.contains("# [rpc"), "`#[rpc]` is removed: {out}");
     }
 }

@@ -14,7 +14,7 @@ use syn::{Error, Pat, Result, TraitItem, Type};
 use crate::ast::{Arg, Method, Service};
 
 /// Names of the generated client's own inherent methods, which RPC methods cannot take.
-const RESERVED_METHOD_NAMES: &[&str] = &["new", "from_client", "client"];
+const RESERVED_METHOD_NAMES: &[&str] = &["new", "from_client", "client", "builder"];
 
 /// Collects errors, to report all of them at once.
 #[derive(Default)]

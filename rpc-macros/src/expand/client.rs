@@ -22,9 +22,11 @@ pub fn client(service: &Service) -> TokenStream {
         let cfgs = method.cfg_attrs();
         let name = &method.name;
         let fingerprint = fingerprint_lit(method);
+        // Idempotence is a property of the entry, not of the signature: same fingerprint.
+        let idempotent = method.rpc.idempotent.then(|| quote!(.idempotent()));
         quote! {
             #(#cfgs)*
-            ::rpc_core::MethodInfo::new(#name, #fingerprint)
+            ::rpc_core::MethodInfo::new(#name, #fingerprint) #idempotent
         }
     });
     let methods = service
@@ -41,7 +43,7 @@ pub fn client(service: &Service) -> TokenStream {
         #[allow(clippy::too_many_arguments)]
         impl #client {
             /// The service's wire description: its name and method table (name and
-            /// fingerprint of every method).
+            /// fingerprint of every method, and which are idempotent).
             #vis const DESCRIPTOR: ::rpc_core::ServiceDescriptor = ::rpc_core::ServiceDescriptor::new(
                 #wire_name,
                 &[#(#entries),*],
@@ -67,6 +69,12 @@ pub fn client(service: &Service) -> TokenStream {
                 &self.client
             }
 
+            /// Starts building a client with options: reconnection, load balancing, retries,
+            /// keepalive (see [`rpc_core::ClientBuilder`]).
+            #vis fn builder() -> ::rpc_core::ClientBuilder<Self> {
+                ::rpc_core::ClientBuilder::new(&Self::DESCRIPTOR, Self::from_client)
+            }
+
             #(#methods)*
         }
     }
@@ -83,6 +91,12 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
     } else {
         quote!(#(#docs)*)
     };
+    let idempotent = method.rpc.idempotent.then(|| {
+        quote! {
+            #[doc = ""]
+            #[doc = " Idempotent: a reconnecting or balancing client may retry it."]
+        }
+    });
     let name = &method.ident;
     let params = method.args.iter().map(|arg| {
         let (ident, ty) = (&arg.ident, &arg.ty);
@@ -120,6 +134,7 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
     quote! {
         #(#cfgs)*
         #docs
+        #idempotent
         #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#output> {
             self.client.call(
                 const { ::rpc_core::__private::method_index(&Self::DESCRIPTOR, #fingerprint) },

@@ -5,7 +5,7 @@ use crate::attr::ServiceArgs;
 use syn::{parse_quote, ItemTrait};
 
 fn errors_of(item: ItemTrait) -> Vec<String> {
-    let service = Service::from_syn(item, ServiceArgs::default());
+    let service = Service::from_syn(item, ServiceArgs::default()).expect("no `#[rpc]` errors");
     match validate(&service) {
         Ok(()) => Vec::new(),
         Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
@@ -399,6 +399,14 @@ fn names() {
             }
         ),
         &["cannot be named `new`", "rename it"],
+    );
+    assert_error(
+        parse_quote!(
+            trait T {
+                async fn builder(&self);
+            }
+        ),
+        &["cannot be named `builder`", "rename it"],
     );
     assert_error(
         parse_quote!(
