@@ -1,7 +1,8 @@
 //! What a handler knows about the call it is serving: its deadline and metadata.
 //!
 //! While the server polls a handler, the call's [`CallContext`] is the *current* context of
-//! that thread; [`current`], [`deadline`] and [`metadata`] read it. A client call made from
+//! that thread; [`current`], [`deadline`] and [`metadata`] read it (`current()` is `None`
+//! for a call that carries neither a deadline nor metadata, and outside handlers). A client call made from
 //! inside a handler inherits the remaining deadline by default, so a chain of services gives
 //! up together instead of working on for a caller that has already gone:
 //!
@@ -49,7 +50,7 @@
 //! starts without one. Carry it over with [`scope`]:
 //! `tokio::spawn(context::scope(context::current(), work))`.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -135,39 +136,24 @@ impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Metadata {
     }
 }
 
-/// The call a handler is serving.
+/// The call a handler is serving: its deadline and metadata.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
-    service: &'static str,
-    method: &'static str,
 }
 
 impl CallContext {
     /// A context with a deadline and metadata, e.g. to give work started outside any handler
     /// a deadline that client calls inherit (see [`scope`]).
     pub fn new(deadline: Option<Instant>, metadata: Metadata) -> CallContext {
-        CallContext {
-            deadline,
-            metadata,
-            service: "",
-            method: "",
-        }
+        CallContext { deadline, metadata }
     }
 
-    pub(crate) fn for_call(
-        deadline: Option<Instant>,
-        metadata: Metadata,
-        service: &'static str,
-        method: &'static str,
-    ) -> CallContext {
-        CallContext {
-            deadline,
-            metadata,
-            service,
-            method,
-        }
+    /// The context of a call, or `None` when it carries nothing (no deadline, no metadata),
+    /// which reads the same and costs nothing to install.
+    pub(crate) fn for_call(deadline: Option<Instant>, metadata: Metadata) -> Option<CallContext> {
+        (deadline.is_some() || !metadata.is_empty()).then_some(CallContext { deadline, metadata })
     }
 
     /// When the caller stops waiting, if it set a deadline.
@@ -185,81 +171,76 @@ impl CallContext {
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
-
-    /// The service's wire name (empty for a context made with [`CallContext::new`]).
-    pub fn service(&self) -> &'static str {
-        self.service
-    }
-
-    /// The method's name (empty for a context made with [`CallContext::new`]).
-    pub fn method(&self) -> &'static str {
-        self.method
-    }
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<CallContext>> = const { RefCell::new(None) };
+    /// The context of the handler being polled on this thread. A `Cell` rather than a
+    /// `RefCell`: installing it around every handler poll is on the server's hot path, and
+    /// a swap is the cheapest way to do it.
+    static CURRENT: Cell<Option<CallContext>> = const { Cell::new(None) };
+    /// Whether `CURRENT` holds a context: a plain flag is cheaper to read than the context,
+    /// and most reads (every client call) find none.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Reads the current context without moving it out for good.
+fn peek<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
+    if !ACTIVE.with(Cell::get) {
+        return f(None);
+    }
+    CURRENT.with(|current| {
+        let context = current.take();
+        let result = f(context.as_ref());
+        current.set(context);
+        result
+    })
 }
 
 /// The context of the call being served on this thread, if any.
 pub fn current() -> Option<CallContext> {
-    CURRENT.with(|current| current.try_borrow().ok().and_then(|c| c.clone()))
+    peek(|context| context.cloned())
 }
 
 /// The current call's deadline, if it is being served and its caller set one.
 pub fn deadline() -> Option<Instant> {
-    CURRENT.with(|current| {
-        current
-            .try_borrow()
-            .ok()
-            .and_then(|c| c.as_ref().and_then(|c| c.deadline))
-    })
+    peek(|context| context.and_then(|c| c.deadline))
 }
 
 /// The current call's metadata (empty outside a handler).
 pub fn metadata() -> Metadata {
-    CURRENT.with(|current| {
-        current
-            .try_borrow()
-            .ok()
-            .and_then(|c| c.as_ref().map(|c| c.metadata.clone()))
-            .unwrap_or_default()
-    })
+    peek(|context| context.map(|c| c.metadata.clone()).unwrap_or_default())
 }
 
 /// Runs `f` with `context` as the current one, restoring the previous one after (also if
-/// `f` panics).
+/// `f` panics); `context` gets back what `f` left current (normally itself).
+#[inline]
 pub(crate) fn enter<R>(context: &mut Option<CallContext>, f: impl FnOnce() -> R) -> R {
+    if context.is_none() && !ACTIVE.with(Cell::get) {
+        // Nothing to install and nothing to hide: the common case of calls without a
+        // deadline or metadata costs one flag read.
+        return f();
+    }
+    enter_slow(context, f)
+}
+
+fn enter_slow<R>(context: &mut Option<CallContext>, f: impl FnOnce() -> R) -> R {
     struct Restore<'a> {
         slot: &'a mut Option<CallContext>,
+        previous: Option<CallContext>,
     }
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            CURRENT.with(|current| {
-                if let Ok(mut current) = current.try_borrow_mut() {
-                    std::mem::swap(&mut *current, self.slot);
-                }
-            });
+            let previous = self.previous.take();
+            ACTIVE.with(|active| active.set(previous.is_some()));
+            *self.slot = CURRENT.with(|current| current.replace(previous));
         }
     }
-    if context.is_none() {
-        // Nothing to install, but a context from an outer scope must not leak in.
-        let outer = CURRENT.with(|current| current.try_borrow().is_ok_and(|c| c.is_none()));
-        if outer {
-            return f();
-        }
-    }
-    let swapped = CURRENT.with(|current| match current.try_borrow_mut() {
-        Ok(mut current) => {
-            std::mem::swap(&mut *current, context);
-            true
-        }
-        Err(_) => false,
-    });
-    if !swapped {
-        return f();
-    }
-    let _restore = Restore { slot: context };
+    ACTIVE.with(|active| active.set(context.is_some()));
+    let previous = CURRENT.with(|current| current.replace(context.take()));
+    let _restore = Restore {
+        slot: context,
+        previous,
+    };
     f()
 }
 

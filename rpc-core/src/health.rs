@@ -46,6 +46,7 @@ pub enum HealthStatus {
 #[service(name = "rpc.Health")]
 pub trait Health {
     /// The status of `service` on this server, or of the server itself for `""`.
+    #[rpc(idempotent)]
     async fn check(&self, service: String) -> HealthStatus;
 }
 

@@ -318,6 +318,7 @@ impl FrameBuilder {
     /// Finishes a `Request` frame carrying `first`'s metadata, then `second`'s. Without any,
     /// this is [`finish_request`](FrameBuilder::finish_request); with some, the frame is
     /// encoded afresh (one copy of the body), as metadata goes in front of it.
+    #[inline]
     pub(crate) fn finish_request_with(
         self,
         id: u64,
@@ -471,6 +472,40 @@ mod tests {
             assert_eq!(&frame[..], &encode(&expected)[..]);
             assert_eq!(Message::decode(&frame).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn request_frames_with_metadata_decode_with_both_lists_in_order() {
+        let client: Metadata = [("tenant", "a")].into_iter().collect();
+        let call: Metadata = [("token", &b"\xff\x00"[..])].into_iter().collect();
+        let mut b = FrameBuilder::new();
+        b.body_mut().extend_from_slice(b"\x05");
+        let frame = b.finish_request_with(9, 1, Some(Duration::from_micros(7)), &client, &call);
+        let expected = Message::Request {
+            id: 9,
+            method: 1,
+            timeout_us: Some(7),
+            metadata: vec![("tenant", &b"a"[..]), ("token", &b"\xff\x00"[..])],
+            body: b"\x05",
+        };
+        assert_eq!(Message::decode(&frame).unwrap(), expected);
+        // Without metadata it is the hand-built frame.
+        let mut b = FrameBuilder::new();
+        b.body_mut().extend_from_slice(b"\x05");
+        let plain = b.finish_request_with(9, 1, None, &Metadata::new(), &Metadata::new());
+        let mut b = FrameBuilder::new();
+        b.body_mut().extend_from_slice(b"\x05");
+        assert_eq!(plain, b.finish_request(9, 1, None));
+        // A body kept from a sent frame can be framed again.
+        let again = FrameBuilder::with_body(&frame[frame.len() - 1..]).finish_request(10, 1, None);
+        assert!(matches!(
+            Message::decode(&again),
+            Ok(Message::Request {
+                id: 10,
+                body: b"\x05",
+                ..
+            })
+        ));
     }
 
     #[test]

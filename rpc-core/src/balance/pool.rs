@@ -75,6 +75,19 @@ impl Member {
         *lock(&self.link) = link;
     }
 
+    /// An endpoint that is not connected to anything, for strategy tests.
+    #[cfg(test)]
+    pub(crate) fn detached(key: &str, weight: u32) -> Member {
+        Member {
+            key: key.to_string(),
+            weight,
+            outstanding: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            link: Mutex::new(Link::Connecting { waitable: false }),
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
     /// A call found `handle`'s connection gone: stop choosing it until it is remade.
     pub(crate) fn lost(&self, handle: &Arc<Handle>) {
         let mut link = lock(&self.link);

@@ -85,14 +85,14 @@ impl RoundRobin {
 
 impl Strategy for RoundRobin {
     fn pick(&self, endpoints: &Endpoints<'_>, _key: Option<u64>) -> Option<usize> {
-        let n = endpoints.len();
-        if n == 0 {
+        // Counting over the usable endpoints only: one that is down does not hand its turns
+        // to its neighbour.
+        let usable = endpoints.usable().count();
+        if usable == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|step| (start + step) % n)
-            .find(|&i| endpoints.is_usable(i))
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        endpoints.usable().nth(turn % usable)
     }
 }
 
@@ -363,5 +363,132 @@ impl Rng {
     /// Uniform in `[0, 1)`.
     pub(crate) fn unit(&self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(weights: &[u32]) -> Vec<Arc<Member>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Arc::new(Member::detached(&format!("endpoint-{i}"), w)))
+            .collect()
+    }
+
+    fn shares(
+        strategy: &dyn Strategy,
+        members: &[Arc<Member>],
+        usable: &[bool],
+        n: u32,
+    ) -> Vec<f64> {
+        let endpoints = Endpoints {
+            members,
+            usable,
+            generation: 1,
+        };
+        let mut counts = vec![0u32; members.len()];
+        for call in 0..n {
+            let i = strategy
+                .pick(&endpoints, Some(hash_key(&call)))
+                .expect("a usable endpoint");
+            assert!(usable[i], "picked an unusable endpoint");
+            counts[i] += 1;
+        }
+        counts
+            .iter()
+            .map(|&c| f64::from(c) / f64::from(n))
+            .collect()
+    }
+
+    #[test]
+    fn weighted_follows_the_weights() {
+        let members = members(&[1, 2, 3, 0]);
+        let shares = shares(&Weighted::with_seed(1), &members, &[true; 4], 60_000);
+        for (share, expected) in shares.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0, 0.0]) {
+            assert!((share - expected).abs() < 0.01, "{shares:?}");
+        }
+    }
+
+    #[test]
+    fn strategies_skip_unusable_endpoints() {
+        let members = members(&[1, 1, 1]);
+        let usable = [true, false, true];
+        let strategies: [&dyn Strategy; 5] = [
+            &RoundRobin::new(),
+            &Random::with_seed(2),
+            &Weighted::with_seed(3),
+            &LeastLoaded::with_seed(4),
+            &ConsistentHash::new(),
+        ];
+        for strategy in strategies {
+            let shares = shares(strategy, &members, &usable, 3000);
+            assert_eq!(shares[1], 0.0);
+            assert!(shares[0] > 0.3 && shares[2] > 0.3, "{shares:?}");
+        }
+        let none = Endpoints {
+            members: &members,
+            usable: &[false; 3],
+            generation: 1,
+        };
+        assert_eq!(RoundRobin::new().pick(&none, None), None);
+        assert_eq!(ConsistentHash::new().pick(&none, Some(7)), None);
+    }
+
+    #[test]
+    fn least_loaded_avoids_the_busy_endpoint() {
+        let members = members(&[1, 1]);
+        members[0].outstanding.store(10, Ordering::Relaxed);
+        let shares = shares(&LeastLoaded::with_seed(5), &members, &[true; 2], 1000);
+        assert_eq!(shares[1], 1.0);
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_only_the_removed_share() {
+        let all = members(&[1, 1, 1, 1]);
+        let ring = ConsistentHash::new();
+        let everyone = Endpoints {
+            members: &all,
+            usable: &[true; 4],
+            generation: 1,
+        };
+        let before: Vec<usize> = (0..2000u32)
+            .map(|k| ring.pick(&everyone, Some(hash_key(&k))).expect("usable"))
+            .collect();
+        for (k, &owner) in before.iter().enumerate() {
+            assert_eq!(
+                ring.pick(&everyone, Some(hash_key(&(k as u32)))),
+                Some(owner)
+            );
+        }
+        for i in 0..4 {
+            let share = before.iter().filter(|&&o| o == i).count();
+            assert!(
+                (300..=700).contains(&share),
+                "endpoint {i} owns {share} of 2000 keys"
+            );
+        }
+        // Endpoint 2 leaves: a new set (generation), the same keys for the others.
+        let rest: Vec<Arc<Member>> = [0, 1, 3].iter().map(|&i| Arc::clone(&all[i])).collect();
+        let fewer = Endpoints {
+            members: &rest,
+            usable: &[true; 3],
+            generation: 2,
+        };
+        for (k, &owner) in before.iter().enumerate() {
+            let now = rest[ring
+                .pick(&fewer, Some(hash_key(&(k as u32))))
+                .expect("usable")]
+            .key
+            .clone();
+            if owner != 2 {
+                assert_eq!(
+                    now, all[owner].key,
+                    "key {k} moved although its endpoint stayed"
+                );
+            }
+        }
     }
 }

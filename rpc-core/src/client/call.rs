@@ -181,6 +181,7 @@ pub struct CallFuture<R> {
     state: State<R>,
 }
 
+#[inline]
 /// The deadline a call runs under: its own timeout, or what is left of the handler's it is
 /// made from, whichever ends first. `Err` if that has already passed.
 fn effective_timeout(own: Option<Duration>, inherit: bool) -> Result<Option<Duration>, RpcError> {
@@ -311,6 +312,7 @@ pub(crate) struct ConnectionCall {
 }
 
 impl ConnectionCall {
+    #[inline]
     /// Sends `frame`, a request with `id`, on the connection; fails at once if the
     /// connection is gone (the request was then not sent) or the frame is too large.
     pub(crate) fn start(
@@ -340,6 +342,7 @@ impl ConnectionCall {
     }
 
     /// The response body, or why there is none.
+    #[inline]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, RpcError>> {
         let outcome = {
             let mut calls = self.handle.shared.calls(self.id);

@@ -74,9 +74,13 @@ impl<T: Transport> Driver<T> {
             self.poll_write(cx)?;
 
             let mut budget = READ_BUDGET;
+            let mut heard = false;
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
-                    Poll::Ready(Some(Ok(frame))) => self.handle(frame)?,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        heard = true;
+                        self.handle(frame)?;
+                    }
                     Poll::Ready(Some(Err(err))) => {
                         let kind = if err.kind() == std::io::ErrorKind::InvalidData {
                             ErrorKind::Protocol
@@ -103,7 +107,11 @@ impl<T: Transport> Driver<T> {
             }
 
             if let Some(keepalive) = &mut self.keepalive {
-                match keepalive.poll(cx) {
+                if heard {
+                    keepalive.heard();
+                }
+                let verdict = keepalive.poll(cx);
+                match verdict {
                     Poll::Ready(Ok(ping)) => self.unsent.push(ping),
                     Poll::Ready(Err(waited)) => {
                         return Poll::Ready(Err(RpcError::disconnected(format!(
@@ -136,9 +144,6 @@ impl<T: Transport> Driver<T> {
     }
 
     fn handle(&mut self, frame: Bytes) -> Result<(), RpcError> {
-        if let Some(keepalive) = &mut self.keepalive {
-            keepalive.heard();
-        }
         if frame.len() > self.shared.max_frame_size {
             return Err(RpcError::protocol(format!(
                 "the server sent a frame of {} bytes, more than the limit of {} bytes",

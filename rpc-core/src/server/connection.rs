@@ -136,6 +136,7 @@ impl<S: Service> Connection<S> {
         // because the client does not read them.
         let mut yielded = false;
         let mut client_left = false;
+        let mut heard = false;
         if self.unsent.len() < self.config.max_concurrent_requests.max(64)
             && self.unsent.bytes() < self.config.max_buffered_bytes
         {
@@ -143,6 +144,7 @@ impl<S: Service> Connection<S> {
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        heard = true;
                         if let Err(end) = self.on_frame(frame, cx) {
                             return Poll::Ready(end);
                         }
@@ -176,7 +178,11 @@ impl<S: Service> Connection<S> {
             return Poll::Ready(End::ClientLeft);
         }
         if let Some(keepalive) = &mut self.keepalive {
-            match keepalive.poll(cx) {
+            if heard {
+                keepalive.heard();
+            }
+            let verdict = keepalive.poll(cx);
+            match verdict {
                 Poll::Ready(Ok(ping)) => self.unsent.push(ping),
                 Poll::Ready(Err(waited)) => {
                     return Poll::Ready(End::Broken(io::Error::new(
@@ -215,9 +221,6 @@ impl<S: Service> Connection<S> {
 
     /// Handles one received frame; `Err` ends the connection.
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Result<(), End> {
-        if let Some(keepalive) = &mut self.keepalive {
-            keepalive.heard();
-        }
         if frame.len() > self.config.max_frame_size {
             return Err(End::Goodbye(
                 ErrorKind::Protocol,
@@ -246,10 +249,14 @@ impl<S: Service> Connection<S> {
                 metadata,
                 body,
             } => {
-                let metadata = metadata
-                    .iter()
-                    .map(|&(key, value)| (key, frame.slice_ref(value)))
-                    .collect();
+                let metadata = if metadata.is_empty() {
+                    Metadata::new()
+                } else {
+                    metadata
+                        .iter()
+                        .map(|&(key, value)| (key, frame.slice_ref(value)))
+                        .collect()
+                };
                 if let Err(err) = self.start_call(id, method, timeout_us, metadata, body, cx) {
                     self.queue(protocol::error_response_frame(id, &err));
                 }
@@ -344,18 +351,17 @@ impl<S: Service> Connection<S> {
         })?;
         let timeout = timeout_us.map(Duration::from_micros);
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
-        let mut context = Some(CallContext::for_call(
-            deadline, metadata, desc.name, info.name,
-        ));
+        let mut context = CallContext::for_call(deadline, metadata);
         let service = &self.service;
-        let mut handler = context::enter(&mut context, || {
-            AssertUnwindSafe(service.call(request)).catch_unwind()
+        // One context switch for making the handler and its first poll.
+        let (handler, first) = context::enter(&mut context, || {
+            let mut handler = AssertUnwindSafe(service.call(request)).catch_unwind();
+            let first = Pin::new(&mut handler).poll(cx);
+            (handler, first)
         });
         // Most handlers finish in their first poll: answer those at once, and give only the
         // others a place (and a deadline) among the calls in progress.
-        if let Poll::Ready(result) =
-            context::enter(&mut context, || Pin::new(&mut handler).poll(cx))
-        {
+        if let Poll::Ready(result) = first {
             self.finish_call(id, info, Outcome::of(result, info));
             return Ok(());
         }
