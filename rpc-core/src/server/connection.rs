@@ -25,6 +25,7 @@ use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
+use crate::health::HealthClient;
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
@@ -307,7 +308,9 @@ impl<S: Service> Connection<S> {
         cx: &mut Context<'_>,
     ) -> Result<(), RpcError> {
         let desc = self.service.descriptor();
-        if self.draining {
+        // The health check still answers while the server drains: "not serving" is what a
+        // balancer asking then needs to hear.
+        if self.draining && desc.name != HealthClient::DESCRIPTOR.name {
             return Err(RpcError::new(
                 ErrorKind::Overloaded,
                 "the server is shutting down; retry on another server",
