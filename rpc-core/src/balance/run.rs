@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::breaker;
-use super::pool::{Member, Pool};
+use super::pool::{Member, Pool, PoolHandle};
 use crate::client::ConnectionCall;
 use crate::context::Metadata;
 use crate::error::{ErrorKind, RpcError};
@@ -28,16 +28,26 @@ pub(crate) struct ManagedCall {
     pub(crate) idempotent: bool,
 }
 
-/// Runs `call` through `pool`, within its deadline; the result is the response body.
-pub(crate) fn run(pool: Arc<Pool>, call: ManagedCall) -> BoxFuture<Result<Bytes, RpcError>> {
+/// Runs `call` through `handle`'s pool, within its deadline; the result is the response
+/// body. The call keeps the pool running (as a call on one connection keeps that open), even
+/// if every client handle is dropped meanwhile.
+pub(crate) fn run(
+    handle: Arc<PoolHandle>,
+    call: ManagedCall,
+) -> BoxFuture<Result<Bytes, RpcError>> {
     Box::pin(async move {
-        let Some(timeout) = call.timeout else {
-            return attempts(&pool, call, None).await;
+        let pool = handle.pool();
+        let result = match call.timeout {
+            None => attempts(&pool, call, None).await,
+            Some(timeout) => {
+                let deadline = Instant::now() + timeout;
+                tokio::time::timeout_at(deadline.into(), attempts(&pool, call, Some(deadline)))
+                    .await
+                    .unwrap_or_else(|_| Err(RpcError::deadline(timeout)))
+            }
         };
-        let deadline = Instant::now() + timeout;
-        tokio::time::timeout_at(deadline.into(), attempts(&pool, call, Some(deadline)))
-            .await
-            .unwrap_or_else(|_| Err(RpcError::deadline(timeout)))
+        drop(handle);
+        result
     })
 }
 

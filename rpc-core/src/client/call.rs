@@ -239,7 +239,7 @@ impl<R> Future for CallFuture<R> {
                         .get(call.method as usize)
                         .is_some_and(|m| m.idempotent);
                     let future = balance::run(
-                        pool.pool(),
+                        pool,
                         ManagedCall {
                             builder,
                             method: call.method,
