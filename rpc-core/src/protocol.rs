@@ -328,8 +328,21 @@ impl FrameBuilder {
         second: &Metadata,
     ) -> Bytes {
         if first.is_empty() && second.is_empty() {
-            return self.finish_request(id, method, timeout);
+            self.finish_request(id, method, timeout)
+        } else {
+            self.finish_request_with_metadata(id, method, timeout, first, second)
         }
+    }
+
+    #[cold]
+    fn finish_request_with_metadata(
+        self,
+        id: u64,
+        method: u32,
+        timeout: Option<Duration>,
+        first: &Metadata,
+        second: &Metadata,
+    ) -> Bytes {
         let metadata = first
             .iter()
             .chain(second.iter())

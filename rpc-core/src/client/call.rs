@@ -323,15 +323,7 @@ impl ConnectionCall {
     ) -> Result<ConnectionCall, RpcError> {
         let shared = &handle.shared;
         if frame.len() > shared.max_frame_size {
-            return Err(RpcError::new(
-                ErrorKind::Protocol,
-                format!(
-                    "the request is {} bytes, more than the frame size limit of {} bytes; \
-                     send large data in smaller calls",
-                    frame.len(),
-                    shared.max_frame_size
-                ),
-            ));
+            return Err(too_large(frame.len(), shared.max_frame_size));
         }
         shared.start(id, frame, waker)?;
         Ok(ConnectionCall {
@@ -371,6 +363,17 @@ impl ConnectionCall {
             self.handle.shared.cancel(self.id);
         }
     }
+}
+
+#[cold]
+fn too_large(len: usize, limit: usize) -> RpcError {
+    RpcError::new(
+        ErrorKind::Protocol,
+        format!(
+            "the request is {len} bytes, more than the frame size limit of {limit} bytes; \
+             send large data in smaller calls"
+        ),
+    )
 }
 
 impl Drop for ConnectionCall {
