@@ -3,11 +3,15 @@
 //!
 //! Each server answers the [`Health`] service (wire name `rpc.Health`) next to its own, on
 //! the same listener: `check("")` says whether the server as a whole serves, `check("Name")`
-//! whether it hosts and serves the service `Name`. A server that is shutting down answers
-//! [`HealthStatus::NotServing`], so a balancer can stop sending it calls before it goes.
-//! Services can be marked not serving by hand through a [`HealthReporter`]
-//! ([`Server::health_reporter`](crate::Server::health_reporter)), e.g. while a dependency is
-//! down.
+//! whether it hosts and serves the service `Name`. Services can be marked not serving
+//! through a [`HealthReporter`] ([`Server::health_reporter`](crate::Server::health_reporter)),
+//! e.g. while a dependency is down.
+//!
+//! A server that starts shutting down closes its idle connections at once, health checks'
+//! included, and accepts no new ones, so a prober sees it go. To let balancers and
+//! orchestrators move traffic away *before* that, mark the server
+//! [`NotServing`](HealthStatus::NotServing) with the reporter, give them time to notice, and
+//! then start the shutdown.
 //!
 //! ```
 //! use rpc_core::health::{HealthClient, HealthStatus};

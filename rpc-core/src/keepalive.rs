@@ -74,6 +74,13 @@ impl KeepaliveTimer {
     /// Something arrived from the peer.
     pub(crate) fn heard(&mut self) {
         self.heard = true;
+        if self.pinged {
+            // The answer to a ping: the next one is due one interval from now, not when the
+            // wait for this answer would have run out.
+            self.pinged = false;
+            self.heard = false;
+            self.rearm(self.config.interval);
+        }
     }
 
     fn rearm(&mut self, after: Duration) {

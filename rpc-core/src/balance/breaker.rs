@@ -73,8 +73,12 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One probe call is out.
-    Probing,
+    /// One probe call is out. A probe that ends with neither a success nor a counted
+    /// failure (it timed out, was cancelled, found the connection gone) gives no verdict, so
+    /// another probe is let through at `next`, not never.
+    Probing {
+        next: Instant,
+    },
 }
 
 /// One endpoint's failure accrual.
@@ -91,7 +95,7 @@ impl Breaker {
         match self.state {
             State::Closed => true,
             State::Open { until } => now >= until,
-            State::Probing => false,
+            State::Probing { next } => now >= next,
         }
     }
 
@@ -100,11 +104,16 @@ impl Breaker {
     }
 
     /// The endpoint got a call.
-    pub(crate) fn admit(&mut self, now: Instant) {
-        if let State::Open { until } = self.state {
-            if now >= until {
-                self.state = State::Probing;
-            }
+    pub(crate) fn admit(&mut self, now: Instant, policy: &FailureAccrual) {
+        let due = match self.state {
+            State::Closed => return,
+            State::Open { until } => until,
+            State::Probing { next } => next,
+        };
+        if now >= due {
+            self.state = State::Probing {
+                next: now + policy.ejection(self.ejections.saturating_sub(1)),
+            };
         }
     }
 
@@ -116,7 +125,7 @@ impl Breaker {
 
     pub(crate) fn failure(&mut self, policy: &FailureAccrual, now: Instant) {
         match self.state {
-            State::Probing => self.eject(policy, now),
+            State::Probing { .. } => self.eject(policy, now),
             State::Closed => {
                 self.failures = self.failures.saturating_add(1);
                 if self.failures >= policy.consecutive_failures {
@@ -153,16 +162,31 @@ mod tests {
         assert!(!breaker.allows(t0));
         let later = t0 + Duration::from_secs(1);
         assert!(breaker.allows(later));
-        breaker.admit(later);
+        breaker.admit(later, &policy);
         assert!(!breaker.allows(later), "one probe at a time");
         breaker.failure(&policy, later);
         // The second ejection lasts twice as long.
         assert!(!breaker.allows(later + Duration::from_millis(1999)));
         let probe = later + Duration::from_secs(2);
         assert!(breaker.allows(probe));
-        breaker.admit(probe);
+        breaker.admit(probe, &policy);
         breaker.success();
         assert!(breaker.allows(probe) && !breaker.is_ejected());
+    }
+
+    #[test]
+    fn a_probe_without_a_verdict_is_followed_by_another() {
+        let policy = FailureAccrual::new(1);
+        let mut breaker = Breaker::default();
+        let t0 = Instant::now();
+        breaker.failure(&policy, t0);
+        let probe = t0 + Duration::from_secs(1);
+        breaker.admit(probe, &policy);
+        assert!(!breaker.allows(probe));
+        // The probe timed out or was cancelled: nothing is reported. One ejection later,
+        // another probe may go.
+        assert!(breaker.allows(probe + Duration::from_secs(1)));
+        assert!(breaker.is_ejected());
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Pool {
                 let Link::Ready(handle) = &snaps[i].link else {
                     unreachable!("only connected endpoints are usable")
                 };
-                lock(&list[i].breaker).admit(now);
+                lock(&list[i].breaker).admit(now, &self.config.accrual);
                 return Pick::Ready(Arc::clone(&list[i]), Arc::clone(handle));
             }
         }

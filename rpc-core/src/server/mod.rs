@@ -313,7 +313,11 @@ impl Server {
         let mut services = self.services;
         if !services.contains_key(HealthClient::DESCRIPTOR.name) {
             let check = HealthCheck {
-                services: services.keys().copied().collect(),
+                services: services
+                    .keys()
+                    .copied()
+                    .chain([HealthClient::DESCRIPTOR.name])
+                    .collect(),
                 reporter: self.health,
                 shutdown: shutdown.clone(),
             };
