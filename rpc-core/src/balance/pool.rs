@@ -99,8 +99,12 @@ impl Member {
     /// Counts a call in progress until the guard is dropped.
     pub(crate) fn track(self: &Arc<Self>) -> Load {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
         Load(Arc::clone(self))
+    }
+
+    /// A request went out to this endpoint.
+    pub(crate) fn sent(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn success(&self) {

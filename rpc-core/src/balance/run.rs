@@ -86,7 +86,10 @@ async fn attempts(
         let load = member.track();
         let result =
             match ConnectionCall::start(Arc::clone(&handle), id, frame, std::task::Waker::noop()) {
-                Ok(sent) => sent.await,
+                Ok(sent) => {
+                    member.sent();
+                    sent.await
+                }
                 Err(err) if err.kind() == ErrorKind::Protocol => return Err(err),
                 Err(err) => {
                     // The connection was gone before the request left: it never reached a

@@ -1,6 +1,7 @@
 //! Services and helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod replica;
 pub mod wire;
 
 use std::future::IntoFuture;
