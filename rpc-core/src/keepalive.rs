@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
 
+use crate::outgoing::Outgoing;
 use crate::protocol::Message;
 use crate::waker;
 
@@ -86,6 +87,26 @@ impl KeepaliveTimer {
     fn rearm(&mut self, after: Duration) {
         self.sleep.as_mut().reset(Instant::now() + after);
         self.armed = true;
+    }
+
+    /// One look per wake-up of a connection: `heard` says whether it read a frame; a ping
+    /// due is queued on `unsent`. `Err(waited)`: no answer in `waited`, the peer is presumed
+    /// dead.
+    pub(crate) fn tick(
+        &mut self,
+        heard: bool,
+        unsent: &mut Outgoing,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Duration> {
+        if heard {
+            self.heard();
+        }
+        match self.poll(cx) {
+            Poll::Ready(Ok(ping)) => unsent.push(ping),
+            Poll::Ready(Err(waited)) => return Err(waited),
+            Poll::Pending => {}
+        }
+        Ok(())
     }
 
     /// `Ready(Ok(ping))`: send this ping. `Ready(Err(waited))`: no answer in `waited`, the

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use bytes::Bytes;
 use common::wire::{self, Status};
 use common::{connected_pair, guard, lab, next_event, Event, Harness, Kind, LabClient, KINDS};
@@ -20,54 +19,7 @@ use rpc_core::{ErrorKind, Keepalive, Listener, Server, Transport};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-/// Every message of protocol version 1, in its wire order, including those `common::wire`
-/// leaves out (streaming and keepalive), to read what a peer sends.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-enum Frame {
-    Hello {
-        magic: [u8; 4],
-        version: u32,
-        service: String,
-        methods: Vec<(String, u64)>,
-    },
-    Request {
-        id: u64,
-        method: u32,
-        timeout_us: Option<u64>,
-        metadata: Vec<(String, Vec<u8>)>,
-        body: Vec<u8>,
-    },
-    Response {
-        id: u64,
-        status: Status,
-        body: Vec<u8>,
-    },
-    Cancel {
-        id: u64,
-    },
-    Goodbye {
-        kind: u8,
-        message: String,
-    },
-    StreamItem {
-        id: u64,
-        body: Vec<u8>,
-    },
-    StreamEnd {
-        id: u64,
-        status: Status,
-    },
-    Credit {
-        id: u64,
-        items: u32,
-    },
-    Ping {
-        nonce: u64,
-    },
-    Pong {
-        nonce: u64,
-    },
-}
+use common::wire::Wire as Frame;
 
 /// The first byte of a frame is its message's tag (a varint, one byte for these).
 const HELLO: u8 = 0;
@@ -83,7 +35,7 @@ fn decode(frame: &[u8]) -> Frame {
 }
 
 fn encode(frame: &Frame) -> Bytes {
-    Bytes::from(bincode::encode_to_vec(frame, wire::config()).unwrap())
+    wire::encode(frame)
 }
 
 /// Frames sent and received through a [`Counted`] transport, by message tag.

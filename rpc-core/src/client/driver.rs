@@ -107,19 +107,11 @@ impl<T: Transport> Driver<T> {
             }
 
             if let Some(keepalive) = &mut self.keepalive {
-                if heard {
-                    keepalive.heard();
-                }
-                let verdict = keepalive.poll(cx);
-                match verdict {
-                    Poll::Ready(Ok(ping)) => self.unsent.push(ping),
-                    Poll::Ready(Err(waited)) => {
-                        return Poll::Ready(Err(RpcError::disconnected(format!(
-                            "the server did not answer a keepalive ping within {waited:?}; the \
-                             connection is presumed dead"
-                        ))))
-                    }
-                    Poll::Pending => {}
+                if let Err(waited) = keepalive.tick(heard, &mut self.unsent, cx) {
+                    return Poll::Ready(Err(RpcError::disconnected(format!(
+                        "the server did not answer a keepalive ping within {waited:?}; the \
+                         connection is presumed dead"
+                    ))));
                 }
             }
             if !self.unsent.is_empty() {

@@ -179,22 +179,14 @@ impl<S: Service> Connection<S> {
             return Poll::Ready(End::ClientLeft);
         }
         if let Some(keepalive) = &mut self.keepalive {
-            if heard {
-                keepalive.heard();
-            }
-            let verdict = keepalive.poll(cx);
-            match verdict {
-                Poll::Ready(Ok(ping)) => self.unsent.push(ping),
-                Poll::Ready(Err(waited)) => {
-                    return Poll::Ready(End::Broken(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the client did not answer a keepalive ping within {waited:?}; \
-                             closing its connection"
-                        ),
-                    )))
-                }
-                Poll::Pending => {}
+            if let Err(waited) = keepalive.tick(heard, &mut self.unsent, cx) {
+                return Poll::Ready(End::Broken(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client did not answer a keepalive ping within {waited:?}; closing \
+                         its connection"
+                    ),
+                )));
             }
         }
         if let Err(err) = self.poll_write(cx) {

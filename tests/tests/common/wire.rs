@@ -42,6 +42,24 @@ pub enum Wire {
         kind: u8,
         message: String,
     },
+    StreamItem {
+        id: u64,
+        body: Vec<u8>,
+    },
+    StreamEnd {
+        id: u64,
+        status: Status,
+    },
+    Credit {
+        id: u64,
+        items: u32,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// Wire codes of `ErrorKind`s.
