@@ -199,6 +199,12 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
     }
 }
 
+/// Encodes a byte vector the way `#[service]` sends `Vec<u8>`: as bytes, not a sequence.
+#[allow(clippy::ptr_arg)] // the signature generated code expects for a `Vec<u8>` item
+pub fn encode_byte_vec(value: &Vec<u8>, buf: &mut BytesMut) -> Result<(), RpcError> {
+    encode_value(&AsBytes(value), buf)
+}
+
 /// Decodes a `Vec<u8>` result through the bytes path.
 pub fn decode_byte_vec(body: &[u8]) -> Result<Vec<u8>, RpcError> {
     decode_value::<ByteBuf>(body).map(ByteBuf::into_inner)

@@ -16,6 +16,10 @@ pub struct MethodInfo {
     /// balancing client may retry it after the request may have reached a server. Not sent
     /// on the wire.
     pub idempotent: bool,
+    /// Takes a `Streaming<T>` argument: the client sends items after the request.
+    pub client_streaming: bool,
+    /// Returns `Streaming<T>`: the server answers with items instead of one response.
+    pub server_streaming: bool,
 }
 
 impl MethodInfo {
@@ -25,6 +29,24 @@ impl MethodInfo {
             name,
             fingerprint,
             idempotent: false,
+            client_streaming: false,
+            server_streaming: false,
+        }
+    }
+
+    /// The same entry, taking a `Streaming<T>` argument.
+    pub const fn client_streaming(self) -> MethodInfo {
+        MethodInfo {
+            client_streaming: true,
+            ..self
+        }
+    }
+
+    /// The same entry, returning `Streaming<T>`.
+    pub const fn server_streaming(self) -> MethodInfo {
+        MethodInfo {
+            server_streaming: true,
+            ..self
         }
     }
 

@@ -51,6 +51,7 @@ mod log;
 mod outgoing;
 mod protocol;
 mod server;
+mod streaming;
 mod transport;
 mod waker;
 
@@ -60,6 +61,7 @@ pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
 pub use keepalive::Keepalive;
 pub use server::{BoxFuture, Server, ServerStats, Service};
+pub use streaming::{Streaming, WINDOW as STREAM_WINDOW};
 pub use transport::{Listener, Transport};
 
 /// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`
@@ -70,7 +72,10 @@ pub use rpc_macros::service;
 /// Items used by code that `#[service]` generates. Not a public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codec::{decode_byte_vec, decode_value, encode_value, AsBytes, ByteBuf};
+    pub use crate::codec::{
+        decode_byte_vec, decode_value, encode_byte_vec, encode_value, AsBytes, ByteBuf,
+    };
+    pub use crate::streaming::{ItemSource, RemoteStream};
     pub use crate::descriptor::method_index;
     pub use crate::server::BoxFuture;
     pub use bytes::BytesMut;
@@ -110,6 +115,19 @@ pub mod __private {
                 _ => Err(RpcError::protocol("not a request frame")),
             }
         }
+    }
+
+    /// The error for a streaming method's request that came without its stream.
+    pub fn missing_stream() -> RpcError {
+        RpcError::protocol("a streaming method's request came without its stream")
+    }
+
+    /// The error for encoding a streaming result as one response (never done).
+    pub fn stream_not_encodable() -> RpcError {
+        RpcError::new(
+            ErrorKind::Internal,
+            "a streaming result is sent as stream items, not as one response",
+        )
     }
 
     /// The error for a fingerprint the generated server does not know.

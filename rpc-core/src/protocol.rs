@@ -31,6 +31,7 @@ const ARENA_CHUNK: usize = 16 << 10;
 /// Tags of the messages, in the order of [`Message`]'s variants.
 const TAG_REQUEST: u32 = 1;
 const TAG_RESPONSE: u32 = 2;
+const TAG_STREAM_ITEM: u32 = 5;
 
 /// One method of the client's table in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
@@ -75,15 +76,16 @@ pub(crate) enum Message<'a> {
     Cancel { id: u64 },
     /// Either side, before closing for a reason the peer should hear.
     Goodbye { kind: u8, message: &'a str },
-    /// Reserved for streaming: one item of stream `id`.
+    /// One item of the stream of call `id`: from the client, of the method's streaming
+    /// argument; from the server, of its streaming result.
     StreamItem { id: u64, body: &'a [u8] },
-    /// Reserved for streaming: the end of stream `id`.
+    /// The end of the stream of call `id` in the sender's direction, or its error.
     StreamEnd { id: u64, status: Status<'a> },
-    /// Reserved for streaming: the receiver of stream `id` can take `items` more.
+    /// The receiver of stream `id` can take `items` more (each side starts with a window).
     Credit { id: u64, items: u32 },
-    /// Reserved for keepalive.
+    /// Are you there? Answered with `Pong` carrying the same nonce.
     Ping { nonce: u64 },
-    /// Reserved for keepalive.
+    /// The answer to `Ping`.
     Pong { nonce: u64 },
 }
 
@@ -174,6 +176,18 @@ pub(crate) fn goodbye_frame(kind: ErrorKind, message: &str) -> Bytes {
         message,
     }
     .to_frame()
+}
+
+/// The `StreamEnd` frame of stream `id`: its success or its error.
+pub(crate) fn stream_end_frame(id: u64, outcome: Result<(), &RpcError>) -> Bytes {
+    let status = match outcome {
+        Ok(()) => Status::Ok,
+        Err(err) => Status::Error {
+            kind: err.kind().to_wire(),
+            message: err.message(),
+        },
+    };
+    Message::StreamEnd { id, status }.to_frame()
 }
 
 /// An error `Response` frame.
@@ -368,6 +382,15 @@ impl FrameBuilder {
         buf.resize(HEADROOM, 0);
         buf.extend_from_slice(body);
         FrameBuilder { buf }
+    }
+
+    /// Finishes a `StreamItem` frame of stream `id`.
+    pub(crate) fn finish_stream_item(self, id: u64) -> Bytes {
+        let mut head = Head::new();
+        head.varint(u64::from(TAG_STREAM_ITEM))
+            .varint(id)
+            .varint(self.body_len() as u64);
+        self.finish(&head)
     }
 
     /// Finishes a successful `Response` frame.

@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 use super::pending::Slot;
 use super::{Client, Handle, Inner};
 use crate::balance::{self, ManagedCall};
+use crate::streaming::{Inbox, ItemSource, RemoteStream};
 use crate::codec;
 use crate::context::{self, Metadata};
 use crate::error::{ErrorKind, RpcError};
@@ -62,9 +63,32 @@ pub struct Call<R> {
     metadata: Metadata,
     inherit_deadline: bool,
     key: Option<u64>,
+    /// The streams of a streaming method; `None` for the others (kept out of line so a
+    /// plain call stays small).
+    streams: Option<Box<Streams<R>>>,
 }
 
+/// The streams of one call of a streaming method.
+struct Streams<R> {
+    /// The items of its `Streaming<T>` argument, to send after the request.
+    input: Option<ItemSource>,
+    /// For a method returning `Streaming<T>`: makes the result from the received stream.
+    output: Option<OutputMaker<R>>,
+}
+
+type OutputMaker<R> = Box<dyn FnOnce(RemoteStream, Option<Duration>) -> R + Send>;
+
 impl<R> Call<R> {
+    /// Adds the streams of a streaming method.
+    pub(crate) fn with_streams(
+        mut self,
+        input: Option<ItemSource>,
+        output: Option<OutputMaker<R>>,
+    ) -> Call<R> {
+        self.streams = Some(Box::new(Streams { input, output }));
+        self
+    }
+
     pub(crate) fn new<A: Serialize + ?Sized>(
         client: Client,
         method: u32,
@@ -95,6 +119,7 @@ impl<R> Call<R> {
             metadata: Metadata::new(),
             inherit_deadline: true,
             key: None,
+            streams: None,
         }
     }
 
@@ -164,6 +189,13 @@ enum State<R> {
         decode: fn(&[u8]) -> Result<R, RpcError>,
         timeout: Option<Duration>,
     },
+    /// A streaming call on a pooled client, waiting for a connection (streams are not
+    /// retried: they go to one endpoint and stay there).
+    Acquiring {
+        connection: BoxFuture<Result<Arc<Handle>, RpcError>>,
+        call: Call<R>,
+        timeout: Option<Duration>,
+    },
     /// Run by the client's pool: endpoint choice, reconnection, retries.
     Managed {
         future: BoxFuture<Result<Bytes, RpcError>>,
@@ -173,7 +205,7 @@ enum State<R> {
 }
 
 /// The future of an awaited [`Call`]. Dropping it before it completes cancels the call.
-#[pin_project]
+#[pin_project(project = CallFutureProjection)]
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<R> {
     #[pin]
@@ -209,30 +241,28 @@ impl<R> Future for CallFuture<R> {
             let State::Unsent(call) = std::mem::replace(this.state, State::Finished) else {
                 unreachable!()
             };
-            let builder = call.frame?;
             let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
-            match call.client.inner {
+            match &call.client.inner {
                 Inner::Connection(handle) => {
-                    let shared = &handle.shared;
-                    let id = shared.next_id();
-                    let frame = builder.finish_request_with(
-                        id,
-                        call.method,
-                        timeout,
-                        &shared.metadata,
-                        &call.metadata,
-                    );
-                    let conn_call = ConnectionCall::start(handle, id, frame, cx.waker())?;
-                    if let Some(timeout) = timeout {
-                        this.sleep.set(Some(tokio::time::sleep(timeout)));
+                    let handle = Arc::clone(handle);
+                    if let Some(ready) = start_on(handle, call, timeout, &mut this, cx)? {
+                        return Poll::Ready(Ok(ready));
                     }
-                    *this.state = State::Waiting {
-                        call: conn_call,
-                        decode: call.decode,
+                }
+                Inner::Pool(pool) if call.streams.is_some() => {
+                    let pool = Arc::clone(pool);
+                    let key = call.key;
+                    *this.state = State::Acquiring {
+                        connection: Box::pin(async move {
+                            let keep = pool;
+                            keep.pool().acquire(key, &[]).await.map(|(_, handle)| handle)
+                        }),
+                        call,
                         timeout,
                     };
                 }
                 Inner::Pool(pool) => {
+                    let pool = Arc::clone(pool);
                     let idempotent = pool
                         .desc()
                         .methods
@@ -241,7 +271,7 @@ impl<R> Future for CallFuture<R> {
                     let future = balance::run(
                         pool,
                         ManagedCall {
-                            builder,
+                            builder: call.frame?,
                             method: call.method,
                             timeout,
                             metadata: call.metadata,
@@ -254,6 +284,24 @@ impl<R> Future for CallFuture<R> {
                         decode: call.decode,
                     };
                 }
+            }
+        }
+        if let State::Acquiring { connection, .. } = this.state {
+            let handle = match connection.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => {
+                    *this.state = State::Finished;
+                    return Poll::Ready(Err(err));
+                }
+                Poll::Ready(Ok(handle)) => handle,
+            };
+            let State::Acquiring { call, timeout, .. } =
+                std::mem::replace(this.state, State::Finished)
+            else {
+                unreachable!()
+            };
+            if let Some(ready) = start_on(handle, call, timeout, &mut this, cx)? {
+                return Poll::Ready(Ok(ready));
             }
         }
 
@@ -282,10 +330,68 @@ impl<R> Future for CallFuture<R> {
                 Poll::Ready(Err(err)) => Err(err),
                 Poll::Pending => return Poll::Pending,
             },
-            State::Unsent(_) | State::Finished => panic!("CallFuture polled after it completed"),
+            State::Unsent(_) | State::Acquiring { .. } | State::Finished => {
+                panic!("CallFuture polled after it completed")
+            }
         };
         *this.state = State::Finished;
         Poll::Ready(result)
+    }
+}
+
+/// Sends `call` on the connection of `handle`. A call answered by a stream is complete at
+/// once (`Some`, the stream); any other now waits for its response.
+fn start_on<R>(
+    handle: Arc<Handle>,
+    call: Call<R>,
+    timeout: Option<Duration>,
+    this: &mut CallFutureProjection<'_, R>,
+    cx: &mut Context<'_>,
+) -> Result<Option<R>, RpcError> {
+    let builder = call.frame?;
+    let shared = &handle.shared;
+    let id = shared.next_id();
+    let frame =
+        builder.finish_request_with(id, call.method, timeout, &shared.metadata, &call.metadata);
+    let Some(streams) = call.streams else {
+        let conn_call = ConnectionCall::start(handle, id, frame, cx.waker())?;
+        if let Some(timeout) = timeout {
+            this.sleep.set(Some(tokio::time::sleep(timeout)));
+        }
+        *this.state = State::Waiting {
+            call: conn_call,
+            decode: call.decode,
+            timeout,
+        };
+        return Ok(None);
+    };
+    let Streams { input, output } = *streams;
+    if frame.len() > shared.max_frame_size {
+        return Err(too_large(frame.len(), shared.max_frame_size));
+    }
+    match output {
+        Some(make) => {
+            let inbox = Inbox::new(id, Arc::clone(&shared.notices));
+            shared.start_stream(id, frame, Slot::Stream(Arc::clone(&inbox)), input)?;
+            let stream = RemoteStream::new(inbox);
+            Ok(Some(make(stream, timeout)))
+        }
+        None => {
+            shared.start_stream(id, frame, Slot::Waiting(Some(cx.waker().clone())), input)?;
+            if let Some(timeout) = timeout {
+                this.sleep.set(Some(tokio::time::sleep(timeout)));
+            }
+            *this.state = State::Waiting {
+                call: ConnectionCall {
+                    handle,
+                    id,
+                    done: false,
+                },
+                decode: call.decode,
+                timeout,
+            };
+            Ok(None)
+        }
     }
 }
 
@@ -295,6 +401,7 @@ impl<R> fmt::Debug for CallFuture<R> {
             State::Unsent(_) => "unsent",
             State::Waiting { .. } => "waiting",
             State::Managed { .. } => "managed",
+            State::Acquiring { .. } => "acquiring",
             State::Finished => "finished",
         };
         f.debug_struct("CallFuture")
@@ -347,7 +454,7 @@ impl ConnectionCall {
                     Some(Slot::Done(outcome)) => outcome,
                     _ => unreachable!(),
                 },
-                None => Err(RpcError::disconnected(
+                Some(Slot::Stream(_)) | None => Err(RpcError::disconnected(
                     "the call was lost by its connection",
                 )),
             }

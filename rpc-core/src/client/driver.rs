@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::pending::Shared;
+use super::pending::{PumpOp, Shared};
+use crate::streaming::{Notice, Pumps};
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
@@ -27,6 +28,7 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
         transport,
         unsent: Outgoing::default(),
         peer_left: false,
+        pumps: Pumps::default(),
     };
     let outcome = poll_fn(|cx| driver.poll(cx)).await;
     let Driver {
@@ -58,6 +60,8 @@ struct Driver<T> {
     /// The server said `Goodbye`: nothing more to tell it.
     peer_left: bool,
     keepalive: Option<KeepaliveTimer>,
+    /// The streams this side sends: arguments of calls with a `Streaming<T>` argument.
+    pumps: Pumps,
 }
 
 impl<T: Transport> Driver<T> {
@@ -68,6 +72,14 @@ impl<T: Transport> Driver<T> {
                 let mut outbox = self.shared.outbox();
                 self.unsent.extend(outbox.frames.drain(..));
                 waker::remember(&mut outbox.driver, cx.waker());
+                for op in outbox.pump_ops.drain(..) {
+                    match op {
+                        PumpOp::Add(id, source) => self.pumps.add(id, source, None),
+                        PumpOp::Remove(id) => {
+                            self.pumps.cancel(id);
+                        }
+                    }
+                }
                 outbox.released
             } && self.shared.idle();
 
@@ -114,6 +126,7 @@ impl<T: Transport> Driver<T> {
                     ))));
                 }
             }
+            self.poll_streams(cx);
             if !self.unsent.is_empty() {
                 // Reading queued a reply (a Pong) or the keepalive a ping: write it now.
                 self.poll_write(cx)?;
@@ -121,10 +134,50 @@ impl<T: Transport> Driver<T> {
             if released && self.unsent.is_done() {
                 return Poll::Ready(Ok(()));
             }
-            let more = !self.shared.outbox().frames.is_empty();
+            let more = {
+                let outbox = self.shared.outbox();
+                !outbox.frames.is_empty() || !outbox.pump_ops.is_empty()
+            };
             if !more {
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Tells the server what the consumers of its streams want, and sends the items of the
+    /// streams this side produces, as far as credit allows.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) {
+        for notice in self.shared.notices.take(cx.waker()) {
+            match notice {
+                Notice::Credit { id, items } => {
+                    if self.shared.inbox(id).is_some() {
+                        self.unsent.push(Message::Credit { id, items }.to_frame());
+                    }
+                }
+                Notice::Dropped { id } => {
+                    if self.shared.forget(id).is_some() {
+                        self.pumps.cancel(id);
+                        self.unsent.push(Message::Cancel { id }.to_frame());
+                    }
+                }
+            }
+        }
+        if self.pumps.is_empty() {
+            return;
+        }
+        let limit = self.shared.max_frame_size.max(1 << 20);
+        let queued = std::cell::Cell::new(self.unsent.bytes());
+        let mut frames = Vec::new();
+        self.pumps.poll(
+            cx,
+            || queued.get() < limit,
+            |frame| {
+                queued.set(queued.get() + frame.len());
+                frames.push(frame);
+            },
+        );
+        for frame in frames {
+            self.unsent.push(frame);
         }
     }
 
@@ -151,6 +204,10 @@ impl<T: Transport> Driver<T> {
         })?;
         match message {
             Message::Response { id, status, body } => {
+                if !self.pumps.is_empty() {
+                    // Answered: a stream still being sent for it is no longer wanted.
+                    self.pumps.cancel(id);
+                }
                 let outcome = match status {
                     Status::Ok => Ok(frame.slice_ref(body)),
                     Status::Error { kind, message } => {
@@ -177,6 +234,39 @@ impl<T: Transport> Driver<T> {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
+            Message::StreamItem { id, body } => {
+                if let Some(inbox) = self.shared.inbox(id) {
+                    if inbox.push(frame.slice_ref(body)).is_err() {
+                        // Over its credit: that stream is failed; the server stops.
+                        self.shared.forget(id);
+                        self.pumps.cancel(id);
+                        self.unsent.push(Message::Cancel { id }.to_frame());
+                    }
+                }
+                Ok(())
+            }
+            Message::StreamEnd { id, status } => {
+                // The server ended its side: whatever this side still sends is moot.
+                self.pumps.cancel(id);
+                if let Some(inbox) = self.shared.forget(id) {
+                    inbox.end(match status {
+                        Status::Ok => Ok(()),
+                        Status::Error { kind, message } => {
+                            Err(RpcError::new(ErrorKind::from_wire(kind), message))
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Message::Credit { id, items } => {
+                self.pumps.credit(id, items);
+                Ok(())
+            }
+            Message::Cancel { id } => {
+                // The server wants no more of the stream this side sends for `id`.
+                self.pumps.cancel(id);
+                Ok(())
+            }
             other => Err(RpcError::protocol(format!(
                 "the server sent a {} message, which a client never expects",
                 other.name()

@@ -13,6 +13,7 @@ mod pending;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use serde::Serialize;
 
 pub use builder::ClientBuilder;
@@ -25,7 +26,15 @@ use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::keepalive::Keepalive;
+use crate::streaming::Streaming;
 use crate::transport::Transport;
+
+/// The decoder of a call answered by a stream, which never gets one response.
+fn no_single_response<R>(_: &[u8]) -> Result<R, RpcError> {
+    Err(RpcError::protocol(
+        "the server answered a streaming call with a single response",
+    ))
+}
 
 /// The default limit on the size of one frame, sent or received: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 << 20;
@@ -157,6 +166,69 @@ impl Client {
         A: Serialize + ?Sized,
     {
         Call::new(self.clone(), method, args, decode)
+    }
+
+    /// Starts a call of a method returning `Streaming<O>`; used by generated clients.
+    /// Awaiting the call sends it and gives the stream at once: items (or the call's
+    /// error) arrive through it.
+    pub fn call_streaming<A, O>(
+        &self,
+        method: u32,
+        args: &A,
+        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+    ) -> Call<Streaming<O>>
+    where
+        A: Serialize + ?Sized,
+        O: 'static,
+    {
+        Call::new(self.clone(), method, args, no_single_response).with_streams(
+            None,
+            Some(Box::new(move |stream, timeout| {
+                Streaming::from_remote(stream, decode_item).with_deadline(timeout)
+            })),
+        )
+    }
+
+    /// Starts a call of a method taking a `Streaming<I>` argument and returning one `R`;
+    /// used by generated clients. The items of `input` are sent after the request, as the
+    /// server grants credit.
+    pub fn call_with_stream<A, I, R>(
+        &self,
+        method: u32,
+        args: &A,
+        input: Streaming<I>,
+        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> Call<R>
+    where
+        A: Serialize + ?Sized,
+        I: 'static,
+    {
+        Call::new(self.clone(), method, args, decode)
+            .with_streams(Some(input.into_source(encode_item)), None)
+    }
+
+    /// Starts a call of a method taking a `Streaming<I>` argument and returning
+    /// `Streaming<O>`; used by generated clients.
+    pub fn call_bidi<A, I, O>(
+        &self,
+        method: u32,
+        args: &A,
+        input: Streaming<I>,
+        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
+        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+    ) -> Call<Streaming<O>>
+    where
+        A: Serialize + ?Sized,
+        I: 'static,
+        O: 'static,
+    {
+        Call::new(self.clone(), method, args, no_single_response).with_streams(
+            Some(input.into_source(encode_item)),
+            Some(Box::new(move |stream, timeout| {
+                Streaming::from_remote(stream, decode_item).with_deadline(timeout)
+            })),
+        )
     }
 
     pub(crate) fn inner(&self) -> &Inner {

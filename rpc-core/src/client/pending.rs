@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use super::ConnectionOptions;
 use crate::context::Metadata;
 use crate::keepalive::Keepalive;
+use crate::streaming::{Inbox, ItemSource, Notices};
 
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
@@ -32,6 +33,8 @@ pub(crate) enum Slot {
     Waiting(Option<Waker>),
     /// The response body, or why there will be none.
     Done(Result<Bytes, RpcError>),
+    /// A call answered with a stream: its items go to this inbox.
+    Stream(Arc<Inbox>),
 }
 
 /// Request ids are this connection's own counter: spread, never chosen by a peer, so they
@@ -64,6 +67,16 @@ pub(crate) struct Outbox {
     pub(crate) driver: Option<Waker>,
     /// Every `Client` clone is gone: the I/O task finishes its queue and closes.
     pub(crate) released: bool,
+    /// Streams for the I/O task to start or stop sending.
+    pub(crate) pump_ops: Vec<PumpOp>,
+}
+
+/// A change to the streams a client connection sends.
+pub(crate) enum PumpOp {
+    /// Send the items of this source as the stream of call `id` (after its request).
+    Add(u64, ItemSource),
+    /// Stop sending the stream of call `id`.
+    Remove(u64),
 }
 
 /// The shared half of one client connection.
@@ -75,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) metadata: Metadata,
     /// Woken once the connection is gone (see [`Shared::closed`]).
     closed_notify: Notify,
+    /// What the consumers of this connection's received streams want the server told.
+    pub(crate) notices: Arc<Notices>,
     next_id: AtomicU64,
     shards: [Mutex<Calls>; SHARDS],
     outbox: Mutex<Outbox>,
@@ -98,6 +113,7 @@ impl Shared {
             keepalive: options.keepalive,
             metadata: options.metadata.clone(),
             closed_notify: Notify::new(),
+            notices: Arc::default(),
             next_id: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
             outbox: Mutex::new(Outbox {
@@ -153,11 +169,72 @@ impl Shared {
         Ok(())
     }
 
+    /// Registers call `id` in `slot`, queues its frame and, if the call sends a stream
+    /// too, that stream; fails at once if the connection is gone.
+    pub(crate) fn start_stream(
+        &self,
+        id: u64,
+        frame: Bytes,
+        slot: Slot,
+        input: Option<ItemSource>,
+    ) -> Result<(), RpcError> {
+        {
+            let mut calls = self.calls(id);
+            if let Some(err) = self.closed.get() {
+                return Err(err.clone());
+            }
+            calls.insert(id, slot);
+        }
+        let driver = {
+            let mut outbox = self.outbox();
+            outbox.frames.push(frame);
+            if let Some(input) = input {
+                outbox.pump_ops.push(PumpOp::Add(id, input));
+            }
+            outbox.driver.take()
+        };
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+        Ok(())
+    }
+
     /// The caller gave up on `id` (dropped or timed out): forget it and tell the server.
     pub(crate) fn cancel(&self, id: u64) {
-        let was_waiting = matches!(self.calls(id).remove(&id), Some(Slot::Waiting(_)));
+        let was_waiting = matches!(
+            self.calls(id).remove(&id),
+            Some(Slot::Waiting(_) | Slot::Stream(_))
+        );
         if was_waiting && self.closed.get().is_none() {
-            self.send(Message::Cancel { id }.to_frame());
+            let driver = {
+                let mut outbox = self.outbox();
+                outbox.frames.push(Message::Cancel { id }.to_frame());
+                outbox.pump_ops.push(PumpOp::Remove(id));
+                outbox.driver.take()
+            };
+            if let Some(driver) = driver {
+                driver.wake();
+            }
+        }
+    }
+
+    /// The inbox of stream call `id`, if its consumer still waits for items.
+    pub(crate) fn inbox(&self, id: u64) -> Option<Arc<Inbox>> {
+        match self.calls(id).get(&id) {
+            Some(Slot::Stream(inbox)) => Some(Arc::clone(inbox)),
+            _ => None,
+        }
+    }
+
+    /// Stream call `id` is over (or its consumer is gone): forget it.
+    pub(crate) fn forget(&self, id: u64) -> Option<Arc<Inbox>> {
+        let mut calls = self.calls(id);
+        if !matches!(calls.get(&id), Some(Slot::Stream(_))) {
+            return None;
+        }
+        match calls.remove(&id) {
+            Some(Slot::Stream(inbox)) => Some(inbox),
+            _ => None,
         }
     }
 
@@ -175,13 +252,24 @@ impl Shared {
 
     /// Delivers the outcome of call `id`, if its caller still waits for it.
     pub(crate) fn complete(&self, id: u64, outcome: Result<Bytes, RpcError>) {
-        let waker = match self.calls(id).get_mut(&id) {
+        let mut calls = self.calls(id);
+        let waker = match calls.get_mut(&id) {
             Some(slot @ Slot::Waiting(_)) => match std::mem::replace(slot, Slot::Done(outcome)) {
                 Slot::Waiting(waker) => waker,
-                Slot::Done(_) => None,
+                _ => None,
             },
+            Some(Slot::Stream(_)) => {
+                // A stream call answered with one response: an error before any item (or
+                // a server breaking the rules), which ends the stream.
+                if let Some(Slot::Stream(inbox)) = calls.remove(&id) {
+                    drop(calls);
+                    inbox.end(outcome.map(|_| ()));
+                }
+                return;
+            }
             _ => None,
         };
+        drop(calls);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -209,17 +297,31 @@ impl Shared {
         };
         self.outbox().frames.clear();
         for shard in &self.shards {
-            let wakers: Vec<Waker> = lock(shard)
-                .values_mut()
-                .filter_map(|slot| match slot {
-                    Slot::Waiting(waker) => {
-                        let waker = waker.take();
-                        *slot = Slot::Done(Err(err.clone()));
-                        waker
+            let mut streams = Vec::new();
+            let wakers: Vec<Waker> = {
+                let mut shard = lock(shard);
+                shard.retain(|_, slot| match slot {
+                    Slot::Stream(inbox) => {
+                        streams.push(Arc::clone(inbox));
+                        false
                     }
-                    Slot::Done(_) => None,
-                })
-                .collect();
+                    _ => true,
+                });
+                shard
+                    .values_mut()
+                    .filter_map(|slot| match slot {
+                        Slot::Waiting(waker) => {
+                            let waker = waker.take();
+                            *slot = Slot::Done(Err(err.clone()));
+                            waker
+                        }
+                        Slot::Done(_) | Slot::Stream(_) => None,
+                    })
+                    .collect()
+            };
+            for inbox in streams {
+                inbox.end(Err(err.clone()));
+            }
             for waker in wakers {
                 waker.wake();
             }

@@ -4,6 +4,7 @@
 //! a call that completes at once is answered in the same wake-up that read it, and dropping
 //! the connection drops every handler it runs.
 
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -23,13 +24,14 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
+use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::health::HealthClient;
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
-use crate::protocol::{self, FrameBuilder, Message};
+use crate::protocol::{self, FrameBuilder, Message, Status};
 use crate::transport::Transport;
 use crate::waker;
 
@@ -73,6 +75,9 @@ pub(crate) async fn run<S: Service>(
         shutdown_waker: None,
         shutdown: context.shutdown,
         keepalive: context.config.keepalive.map(KeepaliveTimer::new),
+        inputs: HashMap::new(),
+        pumps: Pumps::default(),
+        notices: Arc::default(),
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -121,6 +126,12 @@ struct Connection<S: Service> {
     shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_waker: Option<Waker>,
     keepalive: Option<KeepaliveTimer>,
+    /// The streams clients are sending to calls with a `Streaming<T>` argument.
+    inputs: HashMap<u64, Arc<Inbox>>,
+    /// The streams this side sends: results of methods returning `Streaming<T>`.
+    pumps: Pumps,
+    /// What the consumers of `inputs` want the client told.
+    notices: Arc<Notices>,
     config: Arc<ServerConfig>,
 }
 
@@ -171,9 +182,12 @@ impl<S: Service> Connection<S> {
         }
 
         // Collect finished handlers; their replies go out in the same batch.
-        while let Poll::Ready(Some((id, method, outcome))) = self.in_flight.poll_next_unpin(cx) {
-            self.finish_call(id, method, outcome);
+        while let Poll::Ready(Some((id, method, outcome, deadline))) =
+            self.in_flight.poll_next_unpin(cx)
+        {
+            self.finish_call(id, method, outcome, deadline);
         }
+        self.poll_streams(cx);
 
         if client_left {
             return Poll::Ready(End::ClientLeft);
@@ -193,7 +207,11 @@ impl<S: Service> Connection<S> {
             return Poll::Ready(End::Broken(err));
         }
 
-        if self.draining && self.in_flight.is_empty() && self.unsent.is_done() {
+        if self.draining
+            && self.in_flight.is_empty()
+            && self.pumps.is_empty()
+            && self.unsent.is_done()
+        {
             return Poll::Ready(End::Goodbye(
                 ErrorKind::Disconnected,
                 "the server is shutting down".to_string(),
@@ -263,6 +281,38 @@ impl<S: Service> Connection<S> {
                 {
                     call.cancel();
                 }
+                self.pumps.cancel(id);
+                if let Some(input) = self.inputs.remove(&id) {
+                    input.end(Err(RpcError::new(
+                        ErrorKind::Disconnected,
+                        "the client cancelled the call",
+                    )));
+                }
+                Ok(())
+            }
+            Message::StreamItem { id, body } => {
+                if let Some(input) = self.inputs.get(&id) {
+                    if input.push(frame.slice_ref(body)).is_err() {
+                        // Over its credit: that stream is failed; tell the client to stop.
+                        self.inputs.remove(&id);
+                        self.queue(Message::Cancel { id }.to_frame());
+                    }
+                }
+                Ok(())
+            }
+            Message::StreamEnd { id, status } => {
+                if let Some(input) = self.inputs.remove(&id) {
+                    input.end(match status {
+                        Status::Ok => Ok(()),
+                        Status::Error { kind, message } => {
+                            Err(RpcError::new(ErrorKind::from_wire(kind), message))
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Message::Credit { id, items } => {
+                self.pumps.credit(id, items);
                 Ok(())
             }
             Message::Goodbye { kind, message } => {
@@ -308,13 +358,13 @@ impl<S: Service> Connection<S> {
                 "the server is shutting down; retry on another server",
             ));
         }
-        if self.in_flight.len() >= self.config.max_concurrent_requests {
+        let busy = self.in_flight.len() + self.pumps.len();
+        if busy >= self.config.max_concurrent_requests {
             return Err(RpcError::new(
                 ErrorKind::Overloaded,
                 format!(
-                    "this connection already has {} calls in progress, the server's limit \
-                     (max_concurrent_requests); retry later or elsewhere",
-                    self.in_flight.len()
+                    "this connection already has {busy} calls in progress, the server's limit \
+                     (max_concurrent_requests); retry later or elsewhere"
                 ),
             ));
         }
@@ -334,16 +384,28 @@ impl<S: Service> Connection<S> {
             }
         };
         // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
+        let input = info.client_streaming.then(|| {
+            let inbox = Inbox::new(id, Arc::clone(&self.notices));
+            self.inputs.insert(id, Arc::clone(&inbox));
+            RemoteStream::new(inbox)
+        });
         let service = &self.service;
         let request = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            service.decode_request(info.fingerprint, body)
+            service.decode_request(info.fingerprint, body, input)
         }))
         .unwrap_or_else(|_| {
             Err(RpcError::protocol(format!(
                 "decoding the arguments of `{}` panicked",
                 info.name
             )))
-        })?;
+        });
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => {
+                self.inputs.remove(&id);
+                return Err(err);
+            }
+        };
         let timeout = timeout_us.map(Duration::from_micros);
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         let mut context = CallContext::for_call(deadline, metadata);
@@ -357,7 +419,7 @@ impl<S: Service> Connection<S> {
         // Most handlers finish in their first poll: answer those at once, and give only the
         // others a place (and a deadline) among the calls in progress.
         if let Poll::Ready(result) = first {
-            self.finish_call(id, info, Outcome::of(result, info));
+            self.finish_call(id, info, Outcome::of(result, info), deadline);
             return Ok(());
         }
         self.in_flight.push(InFlight {
@@ -365,6 +427,7 @@ impl<S: Service> Connection<S> {
             method: info,
             timeout,
             deadline: deadline.map(|deadline| tokio::time::sleep_until(deadline.into())),
+            deadline_at: deadline,
             context,
             handler,
             cancelled: false,
@@ -374,11 +437,37 @@ impl<S: Service> Connection<S> {
     }
 
     /// Queues the reply of a finished handler.
-    fn finish_call(&mut self, id: u64, method: &'static MethodInfo, outcome: Outcome<S::Response>) {
+    fn finish_call(
+        &mut self,
+        id: u64,
+        method: &'static MethodInfo,
+        outcome: Outcome<S::Response>,
+        deadline: Option<Instant>,
+    ) {
         let desc = self.service.descriptor();
         let frame = match outcome {
-            Outcome::Cancelled => return,
+            Outcome::Cancelled => {
+                self.inputs.remove(&id);
+                return;
+            }
             Outcome::Failed(err) => protocol::error_response_frame(id, &err),
+            Outcome::Done(response) if method.server_streaming => {
+                match self.service.response_stream(response) {
+                    Ok(source) => {
+                        let timeout =
+                            deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        self.pumps.add(id, source, timeout);
+                        return;
+                    }
+                    Err(_) => protocol::error_response_frame(
+                        id,
+                        &RpcError::new(
+                            ErrorKind::Internal,
+                            format!("`{}` returned no stream", method.name),
+                        ),
+                    ),
+                }
+            }
             Outcome::Done(response) => {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
                 let service = &self.service;
@@ -418,6 +507,43 @@ impl<S: Service> Connection<S> {
 
     fn queue(&mut self, frame: Bytes) {
         self.unsent.push(frame);
+    }
+
+    /// Tells the client what the consumers of its streams want, and sends the items of the
+    /// streams this side produces, as far as credit and the write buffer allow.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) {
+        for notice in self.notices.take(cx.waker()) {
+            match notice {
+                Notice::Credit { id, items } => {
+                    if self.inputs.contains_key(&id) {
+                        self.queue(Message::Credit { id, items }.to_frame());
+                    }
+                }
+                Notice::Dropped { id } => {
+                    // The handler let go of its input before the end: the client stops.
+                    if self.inputs.remove(&id).is_some() {
+                        self.queue(Message::Cancel { id }.to_frame());
+                    }
+                }
+            }
+        }
+        if self.pumps.is_empty() {
+            return;
+        }
+        let limit = self.config.max_buffered_bytes;
+        let queued = std::cell::Cell::new(self.unsent.bytes());
+        let mut frames = Vec::new();
+        self.pumps.poll(
+            cx,
+            || queued.get() < limit,
+            |frame| {
+                queued.set(queued.get() + frame.len());
+                frames.push(frame);
+            },
+        );
+        for frame in frames {
+            self.unsent.push(frame);
+        }
     }
 }
 
@@ -467,6 +593,7 @@ struct InFlight<R> {
     timeout: Option<Duration>,
     #[pin]
     deadline: Option<Sleep>,
+    deadline_at: Option<Instant>,
     /// Installed as the thread's current context while the handler is polled.
     context: Option<CallContext>,
     #[pin]
@@ -488,12 +615,12 @@ impl<R> InFlight<R> {
 }
 
 impl<R> Future for InFlight<R> {
-    type Output = (u64, &'static MethodInfo, Outcome<R>);
+    type Output = (u64, &'static MethodInfo, Outcome<R>, Option<Instant>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if *this.cancelled {
-            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled));
+            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled, None));
         }
         waker::remember(this.waker, cx.waker());
         let handler = this.handler;
@@ -512,6 +639,6 @@ impl<R> Future for InFlight<R> {
                 _ => return Poll::Pending,
             },
         };
-        Poll::Ready((*this.id, *this.method, outcome))
+        Poll::Ready((*this.id, *this.method, outcome, *this.deadline_at))
     }
 }

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use super::connection::{self, ConnectionContext, Route};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::streaming::{ItemSource, RemoteStream};
 use crate::transport::Transport;
 
 /// A boxed, `Send` future, as handlers are run on the server.
@@ -30,11 +31,23 @@ pub trait Service: Send + Sync + 'static {
     /// The service's wire name and method table.
     fn descriptor(&self) -> &'static ServiceDescriptor;
 
-    /// Decodes the arguments of the method with `fingerprint` from a request body.
-    fn decode_request(&self, fingerprint: u64, body: &[u8]) -> Result<Self::Request, RpcError>;
+    /// Decodes the arguments of the method with `fingerprint` from a request body; `input`
+    /// is the stream of items of a method with a `Streaming<T>` argument.
+    fn decode_request(
+        &self,
+        fingerprint: u64,
+        body: &[u8],
+        input: Option<RemoteStream>,
+    ) -> Result<Self::Request, RpcError>;
 
     /// Runs the method the request names.
     fn call(&self, request: Self::Request) -> BoxFuture<Self::Response>;
+
+    /// Takes the stream out of the result of a method returning `Streaming<T>`; any other
+    /// result is given back.
+    fn response_stream(&self, response: Self::Response) -> Result<ItemSource, Self::Response> {
+        Err(response)
+    }
 
     /// Encodes a method's result into a response body.
     fn encode_response(
