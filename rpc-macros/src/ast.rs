@@ -67,6 +67,8 @@ pub struct Method {
     pub args: Vec<Arg>,
     /// The return type; `()` when the method has no `-> T`.
     pub output: Type,
+    /// The item type `O` when the return type is `Streaming<O>` (server streaming).
+    pub output_stream: Option<Type>,
     /// Whether the return type is syntactically `()` (written or implied).
     pub returns_unit: bool,
     /// The request/response enum variant: the method's name in UpperCamelCase.
@@ -86,6 +88,8 @@ pub struct Arg {
     pub ident: Ident,
     /// The argument's type, as written.
     pub ty: Type,
+    /// The item type `I` when the argument's type is `Streaming<I>` (client streaming).
+    pub stream: Option<Type>,
 }
 
 impl Service {
@@ -168,6 +172,7 @@ impl Method {
                         pat: (*typed.pat).clone(),
                         ident,
                         ty: (*typed.ty).clone(),
+                        stream: stream_item(&typed.ty).cloned(),
                     });
                 }
             }
@@ -179,6 +184,7 @@ impl Method {
                 ((**ty).clone(), unit)
             }
         };
+        let output_stream = stream_item(&output).cloned();
         let name = sig.ident.unraw().to_string();
         let fingerprint =
             fingerprint::fingerprint(&name, args.iter().map(|arg| &arg.ty), &sig.output);
@@ -191,6 +197,7 @@ impl Method {
             receiver,
             args,
             output,
+            output_stream,
             returns_unit,
             variant,
             fingerprint,
@@ -207,6 +214,30 @@ impl Method {
     /// The method's doc comments (`///` and `#[doc = ...]`).
     pub fn doc_attrs(&self) -> impl Iterator<Item = &Attribute> {
         self.attrs.iter().filter(|attr| attr.path().is_ident("doc"))
+    }
+
+    /// The `Streaming<I>` argument, if the method takes one (validation allows at most one).
+    pub fn stream_arg(&self) -> Option<&Arg> {
+        self.args.iter().find(|arg| arg.stream.is_some())
+    }
+
+    /// The arguments that travel in the request body: all but the `Streaming<I>` one.
+    pub fn body_args(&self) -> impl Iterator<Item = &Arg> {
+        self.args.iter().filter(|arg| arg.stream.is_none())
+    }
+
+    /// The type that crosses the wire as the method's result: the item type `O` of a
+    /// `Streaming<O>` return type, else the return type itself.
+    pub fn output_wire_type(&self) -> &Type {
+        self.output_stream.as_ref().unwrap_or(&self.output)
+    }
+}
+
+impl Arg {
+    /// The type that crosses the wire for this argument: the item type `I` of a
+    /// `Streaming<I>`, else the argument's type itself.
+    pub fn wire_type(&self) -> &Type {
+        self.stream.as_ref().unwrap_or(&self.ty)
     }
 }
 
@@ -334,6 +365,47 @@ mod tests {
     }
 }
 
+/// `ty` without parentheses or invisible groups around it: `(T)` is the type `T`.
+pub fn peel(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(paren) => peel(&paren.elem),
+        Type::Group(group) => peel(&group.elem),
+        other => other,
+    }
+}
+
+/// Whether `path` names `Streaming` (`Streaming`, `rpc_core::Streaming`, ...), whatever its
+/// generic arguments: the macro recognises `rpc_core::Streaming` by its last segment, as
+/// written, since it cannot resolve names.
+pub fn is_streaming_path(path: &syn::Path) -> bool {
+    path.segments
+        .last()
+        .is_some_and(|segment| segment.ident == "Streaming")
+}
+
+/// The `Streaming` path that is the whole of `ty`, if any (with any arguments).
+pub fn whole_streaming_path(ty: &Type) -> Option<&syn::Path> {
+    match peel(ty) {
+        Type::Path(path) if path.qself.is_none() && is_streaming_path(&path.path) => {
+            Some(&path.path)
+        }
+        _ => None,
+    }
+}
+
+/// The item type `T` when `ty` is, as a whole, `Streaming<T>` with exactly one type
+/// argument; validation rejects every other use of `Streaming`.
+pub fn stream_item(ty: &Type) -> Option<&Type> {
+    let path = whole_streaming_path(ty)?;
+    let syn::PathArguments::AngleBracketed(args) = &path.segments.last()?.arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(item)] => Some(item),
+        _ => None,
+    }
+}
+
 /// Whether `ty` is written as a byte vector: `Vec<u8>`, `std::vec::Vec<u8>`,
 /// `alloc::vec::Vec<u8>` (with or without a leading `::`).
 ///
@@ -371,8 +443,38 @@ pub fn is_byte_vec(ty: &Type) -> bool {
 }
 
 #[cfg(test)]
-mod byte_vec_tests {
-    use super::is_byte_vec;
+mod wire_type_tests {
+    use super::{is_byte_vec, stream_item};
+    use quote::ToTokens;
+
+    #[test]
+    fn recognises_streams_by_their_last_segment() {
+        for (written, item) in [
+            ("Streaming<Vec<u8>>", "Vec < u8 >"),
+            ("rpc_core::Streaming<String>", "String"),
+            ("::rpc_core::Streaming<u8>", "u8"),
+            ("(Streaming<u8>)", "u8"),
+            ("Streaming<Streaming<u8>>", "Streaming < u8 >"),
+        ] {
+            let ty = syn::parse_str(written).unwrap();
+            let found = stream_item(&ty).map(|t| t.to_token_stream().to_string());
+            assert_eq!(found.as_deref(), Some(item), "{written}");
+        }
+        for no in [
+            "Streaming",
+            "Streaming<>",
+            "Streaming<u8, u16>",
+            "Streaming<'a>",
+            "Streaming<3>",
+            "Vec<Streaming<u8>>",
+            "Option<Streaming<u8>>",
+            "Streaming::Item<u8>",
+            "<X as Y>::Streaming<u8>",
+            "Stream<u8>",
+        ] {
+            assert!(stream_item(&syn::parse_str(no).unwrap()).is_none(), "{no}");
+        }
+    }
 
     #[test]
     fn recognises_byte_vectors_as_written() {

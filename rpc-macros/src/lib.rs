@@ -43,6 +43,30 @@
 //! `idempotent`. It is not on the wire and does not change the fingerprint. `#[rpc]` is read
 //! and removed by `#[service]`; it is an error anywhere but on a method of the trait.
 //!
+//! # Streams
+//!
+//! A method may take one argument of type `Streaming<T>` (the client sends items), return
+//! `Streaming<T>` (the server sends items), or both:
+//!
+//! ```ignore
+//! use rpc_core::{service, Streaming};
+//!
+//! #[service]
+//! pub trait Files {
+//!     async fn download(&self, name: String) -> Streaming<Vec<u8>>;
+//!     async fn upload(&self, name: String, chunks: Streaming<Vec<u8>>) -> u64;
+//!     async fn chat(&self, room: String, messages: Streaming<String>) -> Streaming<String>;
+//! }
+//! ```
+//!
+//! `Streaming` is `rpc_core::Streaming`, recognised by the last segment of its path as
+//! written (`Streaming<T>`, `rpc_core::Streaming<T>`, ...), since a macro cannot resolve
+//! names. The stream's items travel after the request (or instead of the response), not in
+//! its body: the client method takes `rpc_core::Streaming<I>` and leaves it out of the
+//! request body, and returns `rpc_core::Call<rpc_core::Streaming<O>>` for a streamed result;
+//! the descriptor entry is marked `client_streaming` / `server_streaming`. The item type, not
+//! `Streaming<T>`, must be `Serialize + DeserializeOwned + Send + 'static`.
+//!
 //! # Rules
 //!
 //! Each is a compile error pointing at the offending tokens and saying how to fix it:
@@ -51,8 +75,11 @@
 //! no generic methods, no generic trait, no supertraits, no associated consts, types or
 //! macros, no default bodies, no `unsafe`/`extern`/`const` methods; two methods may not map to
 //! the same UpperCamelCase variant name; `new`, `from_client`, `client` and `builder` are
-//! taken by the client. Argument and return types must be `Serialize + DeserializeOwned + Send + 'static`:
-//! the compiler checks that, with the error pointing at the type.
+//! taken by the client; `Streaming<T>` is the whole type of at most one argument and of the
+//! return type, never part of another type (`Option<Streaming<T>>`, `Result<Streaming<T>, E>`),
+//! and has exactly one type argument. Argument and return types (of a `Streaming<T>`, the
+//! item type `T`) must be `Serialize + DeserializeOwned + Send + 'static`: the compiler checks
+//! that, with the error pointing at the type.
 
 #![deny(missing_docs)]
 
@@ -422,5 +449,193 @@ mod tests {
         assert!(out.contains("not on the trait itself"), "{out}");
         assert!(out.contains("pub trait Store"), "{out}");
         assert!(!out.contains("# [rpc"), "`#[rpc]` is removed: {out}");
+    }
+
+    /// The expansion of `input` with all whitespace removed.
+    fn compact_expansion(input: TokenStream2) -> String {
+        let out = expand(quote!(), input);
+        assert!(!out.contains("compile_error"), "{out}");
+        out.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    #[track_caller]
+    fn assert_contains_all(out: &str, expected: &[&str]) {
+        for expected in expected {
+            assert!(out.contains(expected), "missing {expected} in {out}");
+        }
+    }
+
+    #[test]
+    fn server_streaming_methods() {
+        let out = compact_expansion(quote! {
+            pub trait Files {
+                async fn download(&self, name: String) -> Streaming<Vec<u8>>;
+                async fn ticks(&self, every: u64, limit: u32) -> rpc_core::Streaming<u64>;
+                async fn size(&self, name: String) -> u64;
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                // The trait and the enums keep the stream as written.
+                "fndownload(&self,name:String)->impl::core::future::Future<Output=Streaming<Vec<u8>>>+::core::marker::Send;",
+                "Download(Streaming<Vec<u8>>)",
+                "Ticks(rpc_core::Streaming<u64>)",
+                // The item type is what is checked.
+                "::rpc_core::__private::assert_return::<Vec<u8>>();",
+                "::rpc_core::__private::assert_return::<u64>();",
+                "for<'__rpc>Vec<u8>:::rpc_core::__private::serde::Serialize+",
+                // The descriptor marks the entries.
+                "::rpc_core::MethodInfo::new(\"download\",0xcd71_129d_7cf3_9205_u64).server_streaming(),",
+                // The client returns a call of a stream.
+                "pubfndownload(&self,name:String)->::rpc_core::Call<::rpc_core::Streaming<Vec<u8>>>{self.client.call_streaming(",
+                "0xcd71_129d_7cf3_9205_u64)},&(name,),::rpc_core::__private::decode_byte_vec)",
+                "pubfnticks(&self,every:u64,limit:u32)->::rpc_core::Call<::rpc_core::Streaming<u64>>",
+                "},&(every,limit),::rpc_core::__private::decode_value::<u64>)",
+                // The server hands the stream to the connection, never encodes it.
+                "fnresponse_stream(&self,__rpc_response:FilesResponse,)->::core::result::Result<::rpc_core::__private::ItemSource,FilesResponse>{match__rpc_response{",
+                "FilesResponse::Download(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
+                "FilesResponse::Ticks(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_value),),",
+                "__rpc_response=>::core::result::Result::Err(__rpc_response),}}",
+                "FilesResponse::Download(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",
+                "FilesResponse::Size(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf),",
+                // Requests are decoded as usual, the stream input ignored.
+                "__rpc_input:::core::option::Option<::rpc_core::__private::RemoteStream>,",
+                "let(name,)=::rpc_core::__private::decode_value(__rpc_body)?;::core::result::Result::Ok(FilesRequest::Download{name})",
+                "FilesResponse::Download(<SasFiles>::download(&*__rpc_inner,name).await)",
+            ],
+        );
+        for absent in [
+            "assert_return::<Streaming",
+            "for<'__rpc>Streaming",
+            "for<'__rpc>rpc_core::Streaming",
+            "client_streaming",
+        ] {
+            assert!(!out.contains(absent), "{absent} in {out}");
+        }
+    }
+
+    #[test]
+    fn client_streaming_methods() {
+        let out = compact_expansion(quote! {
+            pub trait Files {
+                async fn upload(&self, name: String, chunks: Streaming<Vec<u8>>) -> u64;
+                async fn count(&self, mut items: rpc_core::Streaming<String>);
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                "fnupload(&self,name:String,chunks:Streaming<Vec<u8>>)->impl::core::future::Future<Output=u64>",
+                                "chunks:Streaming<Vec<u8>>}",
+                "items:rpc_core::Streaming<String>}",
+                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_arg::<Vec<u8>>();",
+                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_return::<()>();",
+                "::rpc_core::MethodInfo::new(\"upload\",0xeb85_ab0a_42ef_4fa9_u64).client_streaming(),",
+                // The client takes the stream and leaves it out of the body.
+                "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{self.client.call_with_stream(",
+                "},&(name,),chunks,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_value::<u64>)",
+                "pubfncount(&self,items:::rpc_core::Streaming<String>)->::rpc_core::Call<()>{self.client.call_with_stream(",
+                "},&(),items,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<()>)",
+                // The server decodes the body, then takes the stream of items.
+                "let(name,)=::rpc_core::__private::decode_value(__rpc_body)?;\
+                 letchunks=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_byte_vec,);\
+                 ::core::result::Result::Ok(FilesRequest::Upload{name,chunks})",
+                "let()=::rpc_core::__private::decode_value(__rpc_body)?;\
+                 letitems=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value,);\
+                 ::core::result::Result::Ok(FilesRequest::Count{items})",
+                // ... and passes it to the method like any argument.
+                "FilesResponse::Upload(<SasFiles>::upload(&*__rpc_inner,name,chunks).await)",
+                "FilesResponse::Upload(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf),",
+            ],
+        );
+        for absent in [
+            "assert_arg::<Streaming",
+            "for<'__rpc>Streaming",
+            "server_streaming",
+            // Nothing to take out of a response: the trait's default does.
+            "fnresponse_stream",
+            "call_streaming",
+        ] {
+            assert!(!out.contains(absent), "{absent} in {out}");
+        }
+    }
+
+    #[test]
+    fn bidirectional_methods() {
+        let out = compact_expansion(quote! {
+            pub trait Chat {
+                async fn chat(&self, room: String, messages: Streaming<String>) -> Streaming<String>;
+                async fn echo(&self, bytes: Streaming<Vec<u8>>) -> Streaming<Vec<u8>>;
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                "fnchat(&self,room:String,messages:Streaming<String>)->impl::core::future::Future<Output=Streaming<String>>+::core::marker::Send;",
+                "::rpc_core::MethodInfo::new(\"chat\",0x5514_6b64_7716_d668_u64).client_streaming().server_streaming(),",
+                "pubfnchat(&self,room:String,messages:::rpc_core::Streaming<String>)->::rpc_core::Call<::rpc_core::Streaming<String>>{self.client.call_bidi(",
+                "},&(room,),messages,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<String>)",
+                "},&(),bytes,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_byte_vec)",
+                "letmessages=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value,);",
+                "ChatResponse::Chat(<SasChat>::chat(&*__rpc_inner,room,messages).await)",
+                "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
+                // Every method streams its result: the catch-all is unreachable, and allowed.
+                "#[allow(unreachable_patterns)]fnresponse_stream(",
+                "ChatResponse::Chat(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",
+            ],
+        );
+    }
+
+    #[test]
+    fn streaming_methods_under_cfg() {
+        let out = compact_expansion(quote! {
+            pub trait Feed {
+                #[cfg(feature = "feed")]
+                async fn feed(&self, items: Streaming<Missing>) -> Streaming<AlsoMissing>;
+                async fn len(&self) -> u64;
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                "#[cfg(feature=\"feed\")]::rpc_core::MethodInfo::new(\"feed\",",
+                "#[cfg(feature=\"feed\")]FeedResponse::Feed(__rpc_value)=>::core::result::Result::Ok(",
+                "#[cfg(feature=\"feed\")]FeedResponse::Feed(_)=>::core::result::Result::Err(",
+                "__rpc_response=>::core::result::Result::Err(__rpc_response),",
+            ],
+        );
+        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
+        assert!(!out.contains("for<'__rpc>AlsoMissing"), "{out}");
+    }
+
+    #[test]
+    fn stream_errors_keep_the_trait() {
+        let out = expand(
+            quote!(),
+            quote! {
+                pub trait Files {
+                    async fn both(&self, a: Streaming<u8>, b: Streaming<u8>);
+                    async fn nested(&self) -> Option<Streaming<u8>>;
+                    async fn bare(&self) -> Streaming;
+                }
+            },
+        );
+        assert!(
+            out.contains("a method takes at most one `Streaming<T>` argument"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "`Streaming<T>` must be the whole type of an argument or the whole return type"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("`Streaming` takes exactly one type argument"),
+            "{out}"
+        );
+        assert!(out.contains("pub trait Files"), "{out}");
+        assert!(!out.contains("FilesClient"), "{out}");
     }
 }

@@ -1,6 +1,10 @@
 //! Validation of the model: every unsupported construct becomes a `syn::Error` spanned at the
 //! offending tokens, whose message says what to write instead.
 //!
+//! `Streaming<T>` (recognised by its last path segment, see `ast::stream_item`) is allowed
+//! only as the whole type of at most one argument and as the whole return type, with exactly
+//! one type argument.
+//!
 //! Whether argument and return types are `Serialize + DeserializeOwned + Send + 'static` is
 //! not checked here: `expand` emits assertions that let the compiler check it, at the user's
 //! type span.
@@ -11,7 +15,7 @@ use quote::ToTokens;
 use syn::visit::{self, Visit};
 use syn::{Error, Pat, Result, TraitItem, Type};
 
-use crate::ast::{Arg, Method, Service};
+use crate::ast::{self, Arg, Method, Service};
 
 /// Names of the generated client's own inherent methods, which RPC methods cannot take.
 const RESERVED_METHOD_NAMES: &[&str] = &["new", "from_client", "client", "builder"];
@@ -162,8 +166,63 @@ fn check_method(method: &Method, errors: &mut Errors) {
     for arg in &method.args {
         check_arg(arg, errors);
     }
+    check_stream_count(method, errors);
     if let syn::ReturnType::Type(_, ty) = &sig.output {
         check_type(ty, Position::Return, errors);
+    }
+}
+
+/// A method takes at most one `Streaming<T>` argument: a call carries one stream of items
+/// in each direction.
+fn check_stream_count(method: &Method, errors: &mut Errors) {
+    let mut streams = method
+        .args
+        .iter()
+        .filter(|arg| ast::whole_streaming_path(&arg.ty).is_some());
+    let Some(first) = streams.next() else {
+        return;
+    };
+    for extra in streams {
+        errors.spanned(
+            &extra.ty,
+            format!(
+                "a method takes at most one `Streaming<T>` argument (`{}` already takes `{}`); merge the streams into one of an enum type: `Streaming<E>` with one variant of `E` per stream",
+                method.name,
+                syn::ext::IdentExt::unraw(&first.ident),
+            ),
+        );
+    }
+}
+
+/// `Streaming` takes exactly one type argument, the type of its items.
+fn check_stream_arguments(path: &syn::Path, errors: &mut Errors) {
+    let Some(segment) = path.segments.last() else {
+        return;
+    };
+    let fits = match &segment.arguments {
+        syn::PathArguments::AngleBracketed(args) => {
+            let mut types = 0;
+            let mut others = 0;
+            for arg in &args.args {
+                match arg {
+                    syn::GenericArgument::Type(_) => types += 1,
+                    // A lifetime is reported on its own, as everywhere in RPC types.
+                    syn::GenericArgument::Lifetime(_) => {}
+                    _ => others += 1,
+                }
+            }
+            types == 1 && others == 0
+        }
+        _ => false,
+    };
+    if !fits {
+        let written = compact(segment);
+        errors.spanned(
+            segment,
+            format!(
+                "`Streaming` takes exactly one type argument, the type of its items, not `{written}`: write `Streaming<T>`, e.g. `Streaming<Vec<u8>>`"
+            ),
+        );
     }
 }
 
@@ -249,10 +308,17 @@ impl Position {
     }
 }
 
-/// Rejects borrowed types, explicit lifetimes, `impl Trait` and `Self` anywhere in `ty`.
+/// Rejects borrowed types, explicit lifetimes, `impl Trait` and `Self` anywhere in `ty`, and
+/// `Streaming` anywhere but as the whole of `ty` (where it must have one type argument).
 fn check_type(ty: &Type, position: Position, errors: &mut Errors) {
+    let whole = ast::whole_streaming_path(ty);
+    if let Some(path) = whole {
+        check_stream_arguments(path, errors);
+    }
     let mut checker = TypeChecker {
         position,
+        ty,
+        whole,
         errors: Vec::new(),
     };
     checker.visit_type(ty);
@@ -261,12 +327,32 @@ fn check_type(ty: &Type, position: Position, errors: &mut Errors) {
     }
 }
 
-struct TypeChecker {
+struct TypeChecker<'ast> {
     position: Position,
+    /// The whole type being checked, for error messages.
+    ty: &'ast Type,
+    /// The `Streaming` path that is the whole type, the one place `Streaming` may be.
+    whole: Option<&'ast syn::Path>,
     errors: Vec<Error>,
 }
 
-impl<'ast> Visit<'ast> for TypeChecker {
+impl<'ast> Visit<'ast> for TypeChecker<'ast> {
+    fn visit_type_path(&mut self, type_path: &'ast syn::TypePath) {
+        let is_whole = self
+            .whole
+            .is_some_and(|whole| std::ptr::eq(whole, &type_path.path));
+        if type_path.qself.is_none() && ast::is_streaming_path(&type_path.path) && !is_whole {
+            let written = compact(self.ty);
+            self.errors.push(Error::new_spanned(
+                type_path,
+                format!(
+                    "`Streaming<T>` must be the whole type of an argument or the whole return type, not part of `{written}`; to fail a stream, end it with an error item (`Err(RpcError)`, e.g. from `Streaming::from_results`); for no items, send an empty stream; for several streams, merge them into one `Streaming<E>` of an enum type"
+                ),
+            ));
+        }
+        visit::visit_type_path(self, type_path);
+    }
+
     fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
         let suggestion = owned_suggestion(&reference.elem);
         let written = compact(reference);

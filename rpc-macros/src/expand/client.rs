@@ -1,11 +1,11 @@
 //! The generated client: `FooClient`, one method per trait method returning `rpc_core::Call`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::{fingerprint_lit, method_link, return_span};
-use crate::ast::{Method, Service};
+use crate::ast::{Arg, Method, Service};
 
 /// `FooClient` and its inherent impl, which holds the service's `DESCRIPTOR`.
 pub fn client(service: &Service) -> TokenStream {
@@ -24,9 +24,18 @@ pub fn client(service: &Service) -> TokenStream {
         let fingerprint = fingerprint_lit(method);
         // Idempotence is a property of the entry, not of the signature: same fingerprint.
         let idempotent = method.rpc.idempotent.then(|| quote!(.idempotent()));
+        let client_streaming = method
+            .stream_arg()
+            .is_some()
+            .then(|| quote!(.client_streaming()));
+        let server_streaming = method
+            .output_stream
+            .is_some()
+            .then(|| quote!(.server_streaming()));
         quote! {
             #(#cfgs)*
-            ::rpc_core::MethodInfo::new(#name, #fingerprint) #idempotent
+            ::rpc_core::MethodInfo::new(#name, #fingerprint)
+                #idempotent #client_streaming #server_streaming
         }
     });
     let methods = service
@@ -43,7 +52,7 @@ pub fn client(service: &Service) -> TokenStream {
         #[allow(clippy::too_many_arguments)]
         impl #client {
             /// The service's wire description: its name and method table (name and
-            /// fingerprint of every method, and which are idempotent).
+            /// fingerprint of every method, which are idempotent and which stream).
             #vis const DESCRIPTOR: ::rpc_core::ServiceDescriptor = ::rpc_core::ServiceDescriptor::new(
                 #wire_name,
                 &[#(#entries),*],
@@ -81,6 +90,10 @@ pub fn client(service: &Service) -> TokenStream {
 }
 
 /// The client method calling `method` on the server.
+///
+/// The method's `Streaming<I>` argument, if any, is not part of the request body: the
+/// client sends its items after the request. A `Streaming<O>` result is the stream of the
+/// server's items.
 fn client_method(service: &Service, method: &Method) -> TokenStream {
     let vis = &service.vis;
     let cfgs = method.cfg_attrs();
@@ -99,17 +112,75 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
     });
     let name = &method.ident;
     let params = method.args.iter().map(|arg| {
-        let (ident, ty) = (&arg.ident, &arg.ty);
-        quote!(#ident: #ty)
+        let ident = &arg.ident;
+        match &arg.stream {
+            Some(item) => quote!(#ident: ::rpc_core::Streaming<#item>),
+            None => {
+                let ty = &arg.ty;
+                quote!(#ident: #ty)
+            }
+        }
     });
-    // If a type is not `Serialize`/`DeserializeOwned`, the type assertions report it at the
-    // type; the compiler then also fails `call`'s bounds here. Span those uses so that error
-    // points into the method too, not at `#[service]`: the arguments at the argument's type
-    // when there is one (the compiler blames the whole tuple, never one element), else at
-    // the method's name; the decoder at the return type.
-    // Byte vectors take serde's bytes path (see `ast::is_byte_vec`).
-    let elements: Vec<_> = method
-        .args
+    let args = body_args(method);
+    let index = {
+        let fingerprint = fingerprint_lit(method);
+        quote!(const { ::rpc_core::__private::method_index(&Self::DESCRIPTOR, #fingerprint) })
+    };
+    let (ret, call) = match (method.stream_arg(), &method.output_stream) {
+        (None, None) => {
+            let output = &method.output;
+            let decode = decoder(output, return_span(method));
+            (
+                quote!(#output),
+                quote!(self.client.call(#index, #args, #decode)),
+            )
+        }
+        (None, Some(item)) => {
+            let decode_item = decoder(item, item.span());
+            (
+                quote!(::rpc_core::Streaming<#item>),
+                quote!(self.client.call_streaming(#index, #args, #decode_item)),
+            )
+        }
+        (Some(stream), None) => {
+            let (ident, encode_item) = (&stream.ident, encoder(stream));
+            let output = &method.output;
+            let decode = decoder(output, return_span(method));
+            (
+                quote!(#output),
+                quote!(self.client.call_with_stream(#index, #args, #ident, #encode_item, #decode)),
+            )
+        }
+        (Some(stream), Some(item)) => {
+            let (ident, encode_item) = (&stream.ident, encoder(stream));
+            let decode_item = decoder(item, item.span());
+            (
+                quote!(::rpc_core::Streaming<#item>),
+                quote!(self.client.call_bidi(#index, #args, #ident, #encode_item, #decode_item)),
+            )
+        }
+    };
+    quote! {
+        #(#cfgs)*
+        #docs
+        #idempotent
+        #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#ret> {
+            #call
+        }
+    }
+}
+
+/// `&(a, b)`: the arguments that travel in the request body, as a tuple (`&()` when there
+/// are none, or only a stream).
+///
+/// If a type is not `Serialize`, the type assertions report it at the type; the compiler
+/// then also fails the call's bounds here. Span the tuple so that error points into the
+/// method too, not at `#[service]`: at the argument's type when there is one (the compiler
+/// blames the whole tuple, never one element), else at the method's name.
+/// Byte vectors take serde's bytes path (see `ast::is_byte_vec`).
+fn body_args(method: &Method) -> TokenStream {
+    let args: Vec<_> = method.body_args().collect();
+    let elements: Vec<_> = args
         .iter()
         .map(|arg| {
             let ident = &arg.ident;
@@ -120,27 +191,29 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             }
         })
         .collect();
-    let args = match (method.args.as_slice(), elements.as_slice()) {
+    match (args.as_slice(), elements.as_slice()) {
         ([one], [element]) => quote_spanned!(one.ty.span()=> &(#element,)),
         _ => quote_spanned!(method.ident.span()=> &(#(#elements),*)),
-    };
-    let output = &method.output;
-    let decode = if crate::ast::is_byte_vec(output) {
-        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_byte_vec)
+    }
+}
+
+/// The decoder of a result or of the items of a `Streaming<O>` result, of type
+/// `fn(&[u8]) -> Result<T, RpcError>`, spanned at `span` (where an unfit type is blamed).
+fn decoder(ty: &syn::Type, span: Span) -> TokenStream {
+    if crate::ast::is_byte_vec(ty) {
+        quote_spanned!(span=> ::rpc_core::__private::decode_byte_vec)
     } else {
-        quote_spanned!(return_span(method)=> ::rpc_core::__private::decode_value::<#output>)
-    };
-    let fingerprint = fingerprint_lit(method);
-    quote! {
-        #(#cfgs)*
-        #docs
-        #idempotent
-        #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#output> {
-            self.client.call(
-                const { ::rpc_core::__private::method_index(&Self::DESCRIPTOR, #fingerprint) },
-                #args,
-                #decode,
-            )
-        }
+        quote_spanned!(span=> ::rpc_core::__private::decode_value::<#ty>)
+    }
+}
+
+/// The encoder of the items of the `Streaming<I>` argument `stream`, of type
+/// `fn(&I, &mut BytesMut) -> Result<(), RpcError>`, spanned at the item type.
+fn encoder(stream: &Arg) -> TokenStream {
+    let item = stream.wire_type();
+    if crate::ast::is_byte_vec(item) {
+        quote_spanned!(item.span()=> ::rpc_core::__private::encode_byte_vec)
+    } else {
+        quote_spanned!(item.span()=> ::rpc_core::__private::encode_value::<#item>)
     }
 }

@@ -173,12 +173,17 @@ fn response_enum(service: &Service) -> TokenStream {
 fn type_assertions(service: &Service) -> TokenStream {
     let checks = service.methods.iter().map(|method| {
         let cfgs = method.cfg_attrs();
+        // Of a `Streaming<T>`, the item type `T` is what crosses the wire.
         let args = method.args.iter().map(|arg| {
-            let ty = &arg.ty;
+            let ty = arg.wire_type();
             quote_spanned!(ty.span()=> ::rpc_core::__private::assert_arg::<#ty>();)
         });
-        let output = &method.output;
-        let ret = quote_spanned!(return_span(method)=> ::rpc_core::__private::assert_return::<#output>(););
+        let output = method.output_wire_type();
+        let span = match &method.output_stream {
+            Some(item) => item.span(),
+            None => return_span(method),
+        };
+        let ret = quote_spanned!(span=> ::rpc_core::__private::assert_return::<#output>(););
         quote! {
             #(#cfgs)*
             {
@@ -218,7 +223,9 @@ fn wire_traits() -> TokenStream {
     }
 }
 
-/// The distinct argument and return types of the methods that have no `#[cfg]`.
+/// The distinct argument and return types of the methods that have no `#[cfg]`; of a
+/// `Streaming<T>`, the item type `T` (a `Streaming` itself is always `Serialize` and
+/// `Deserialize`, through impls that fail: it travels as stream frames, not in a body).
 ///
 /// The serde impls of the request and response enums and the server's `Service` impl
 /// require [`wire_traits`] of these in their where clauses, so that a type lacking them is
@@ -240,8 +247,8 @@ pub(crate) fn checked_types(service: &Service) -> Vec<&syn::Type> {
             method
                 .args
                 .iter()
-                .map(|arg| &arg.ty)
-                .chain(std::iter::once(&method.output))
+                .map(|arg| arg.wire_type())
+                .chain(std::iter::once(method.output_wire_type()))
         })
         .filter(|ty| seen.insert(quote!(#ty).to_string()))
         .collect()

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use proc_macro2::{Ident, Span, TokenStream, TokenTree};
-use quote::{quote, ToTokens};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
 
 use super::{checked_types, fingerprint_lit, local, wire_bounds};
 use crate::ast::Service;
@@ -68,9 +69,10 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
     let client = service.item_ident("Client");
     let request = service.item_ident("Request");
     let response = service.item_ident("Response");
-    let (fingerprint, body, buf, inner, value, req, resp) = (
+    let (fingerprint, body, input, buf, inner, value, req, resp) = (
         local("fingerprint"),
         local("body"),
+        local("input"),
         local("buf"),
         local("inner"),
         local("value"),
@@ -89,14 +91,28 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         let cfgs = method.cfg_attrs();
         let fp = fingerprint_lit(method);
         let variant = &method.variant;
-        let idents: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+        // The body holds the arguments but the stream, whose items arrive as `input`.
+        let idents: Vec<_> = method.body_args().map(|arg| &arg.ident).collect();
         let pattern = match idents.as_slice() {
             [one] => quote!((#one,)),
             many => quote!((#(#many),*)),
         };
+        let stream = method.stream_arg().map(|arg| {
+            let ident = &arg.ident;
+            let decode_item = item_decoder(arg.wire_type());
+            quote_spanned! {arg.ty.span()=>
+                let #ident = ::rpc_core::Streaming::from_remote(
+                    ::core::option::Option::ok_or_else(
+                        #input,
+                        ::rpc_core::__private::missing_stream,
+                    )?,
+                    #decode_item,
+                );
+            }
+        });
         let fields = method.args.iter().map(|arg| {
             let ident = &arg.ident;
-            if crate::ast::is_byte_vec(&arg.ty) {
+            if arg.stream.is_none() && crate::ast::is_byte_vec(&arg.ty) {
                 quote!(#ident: ::rpc_core::__private::ByteBuf::into_inner(#ident))
             } else {
                 quote!(#ident)
@@ -106,6 +122,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             #(#cfgs)*
             #fp => {
                 let #pattern = ::rpc_core::__private::decode_value(#body)?;
+                #stream
                 ::core::result::Result::Ok(#request::#variant { #(#fields),* })
             }
         }
@@ -151,6 +168,16 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
     let encode_arms = service.methods.iter().map(|method| {
         let cfgs = method.cfg_attrs();
         let variant = &method.variant;
+        if method.output_stream.is_some() {
+            // The connection takes a stream out with `response_stream` and never asks to
+            // encode it.
+            return quote! {
+                #(#cfgs)*
+                #response::#variant(_) => ::core::result::Result::Err(
+                    ::rpc_core::__private::stream_not_encodable(),
+                ),
+            };
+        }
         let encoded = if crate::ast::is_byte_vec(&method.output) {
             quote!(&::rpc_core::__private::AsBytes(#value))
         } else {
@@ -159,6 +186,40 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         quote! {
             #(#cfgs)*
             #response::#variant(ref #value) => ::rpc_core::__private::encode_value(#encoded, #buf),
+        }
+    });
+
+    // response_stream: only a service with a server-streaming method needs more than the
+    // trait's default (which gives every response back).
+    let stream_arms: Vec<_> = service
+        .methods
+        .iter()
+        .filter_map(|method| {
+            let item = method.output_stream.as_ref()?;
+            let cfgs = method.cfg_attrs();
+            let variant = &method.variant;
+            let encode_item = item_encoder(item);
+            Some(quote! {
+                #(#cfgs)*
+                #response::#variant(#value) => ::core::result::Result::Ok(
+                    ::rpc_core::Streaming::into_source(#value, #encode_item),
+                ),
+            })
+        })
+        .collect();
+    let response_stream = (!stream_arms.is_empty()).then(|| {
+        quote! {
+            // The catch-all is unreachable when every method streams its result.
+            #[allow(unreachable_patterns)]
+            fn response_stream(
+                &self,
+                #resp: #response,
+            ) -> ::core::result::Result<::rpc_core::__private::ItemSource, #response> {
+                match #resp {
+                    #(#stream_arms)*
+                    #resp => ::core::result::Result::Err(#resp),
+                }
+            }
         }
     });
 
@@ -180,6 +241,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 &self,
                 #fingerprint: u64,
                 #body: &[u8],
+                #input: ::core::option::Option<::rpc_core::__private::RemoteStream>,
             ) -> ::core::result::Result<#request, ::rpc_core::RpcError> {
                 #decode
             }
@@ -193,6 +255,8 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 })
             }
 
+            #response_stream
+
             fn encode_response(
                 &self,
                 #resp: &#response,
@@ -203,6 +267,27 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// The decoder of the items of a `Streaming<I>` argument, `fn(&[u8]) -> Result<I, RpcError>`;
+/// `I` is inferred from the request enum's field.
+fn item_decoder(item: &syn::Type) -> TokenStream {
+    if crate::ast::is_byte_vec(item) {
+        quote!(::rpc_core::__private::decode_byte_vec)
+    } else {
+        quote!(::rpc_core::__private::decode_value)
+    }
+}
+
+/// The encoder of the items of a `Streaming<O>` result,
+/// `fn(&O, &mut BytesMut) -> Result<(), RpcError>`; `O` is inferred from the response enum's
+/// field.
+fn item_encoder(item: &syn::Type) -> TokenStream {
+    if crate::ast::is_byte_vec(item) {
+        quote!(::rpc_core::__private::encode_byte_vec)
+    } else {
+        quote!(::rpc_core::__private::encode_value)
     }
 }
 

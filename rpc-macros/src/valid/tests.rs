@@ -428,3 +428,154 @@ fn all_errors_are_reported() {
     });
     assert_eq!(errors.len(), 6, "{errors:#?}");
 }
+
+#[test]
+fn streams_in_every_direction() {
+    let errors = errors_of(parse_quote! {
+        pub trait Files {
+            async fn download(&self, name: String) -> Streaming<Vec<u8>>;
+            async fn upload(&self, name: String, chunks: Streaming<Vec<u8>>) -> u64;
+            async fn chat(&self, room: String, messages: Streaming<String>) -> Streaming<String>;
+            async fn only(&self, items: rpc_core::Streaming<u8>) -> ::rpc_core::Streaming<u8>;
+            async fn paren(&self, items: (Streaming<u8>));
+        }
+    });
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn at_most_one_stream_argument() {
+    assert_error(
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: Streaming<u8>, b: u8, c: rpc_core::Streaming<u16>);
+            }
+        ),
+        &[
+            "a method takes at most one `Streaming<T>` argument (`f` already takes `a`)",
+            "merge the streams into one of an enum type",
+        ],
+    );
+    let errors = errors_of(parse_quote!(
+        trait T {
+            async fn f(&self, a: Streaming<u8>, b: Streaming<u8>, c: Streaming<u8>);
+        }
+    ));
+    assert_eq!(errors.len(), 2, "one per extra stream: {errors:#?}");
+}
+
+#[test]
+fn streams_are_whole_types() {
+    for item in [
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: Vec<Streaming<u8>>);
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> Option<Streaming<u8>>;
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> Result<rpc_core::Streaming<u8>, E>;
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> Streaming<Streaming<u8>>;
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: (Streaming<u8>, u8));
+            }
+        ),
+    ] {
+        assert_error(
+            item,
+            &[
+                "`Streaming<T>` must be the whole type of an argument or the whole return type",
+                "end it with an error item (`Err(RpcError)`",
+            ],
+        );
+    }
+    let errors = errors_of(parse_quote!(
+        trait T {
+            async fn f(&self) -> Result<Streaming<u8>, E>;
+        }
+    ));
+    assert!(
+        errors[0].contains("not part of `Result<Streaming<u8>, E>`"),
+        "{errors:#?}"
+    );
+    // A nested stream is not counted as a stream argument.
+    assert_error(
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: Streaming<u8>, b: Option<Streaming<u8>>);
+            }
+        ),
+        &["must be the whole type"],
+    );
+    // An associated type named `Streaming` is not ours.
+    assert!(errors_of(parse_quote!(
+        trait T {
+            async fn f(&self, a: <X as Y>::Streaming<u8>);
+        }
+    ))
+    .is_empty());
+}
+
+#[test]
+fn stream_type_arguments() {
+    for item in [
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: Streaming);
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> Streaming;
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> rpc_core::Streaming<u8, u16>;
+            }
+        ),
+        parse_quote!(
+            trait T {
+                async fn f(&self) -> Streaming<Item = u8>;
+            }
+        ),
+    ] {
+        assert_error(
+            item,
+            &[
+                "`Streaming` takes exactly one type argument, the type of its items",
+                "write `Streaming<T>`",
+            ],
+        );
+    }
+    let errors = errors_of(parse_quote!(
+        trait T {
+            async fn f(&self, a: Streaming<u8, u16>);
+        }
+    ));
+    assert!(
+        errors[0].contains("not `Streaming<u8, u16>`"),
+        "{errors:#?}"
+    );
+    // A lifetime is reported once, as a lifetime.
+    assert_error(
+        parse_quote!(
+            trait T {
+                async fn f(&self, a: Streaming<'static, u8>);
+            }
+        ),
+        &["cannot name a lifetime"],
+    );
+}
