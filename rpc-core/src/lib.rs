@@ -75,9 +75,9 @@ pub mod __private {
     pub use crate::codec::{
         decode_byte_vec, decode_value, encode_byte_vec, encode_value, AsBytes, ByteBuf,
     };
-    pub use crate::streaming::{ItemSource, RemoteStream};
     pub use crate::descriptor::method_index;
     pub use crate::server::BoxFuture;
+    pub use crate::streaming::{ItemSource, RemoteStream};
     pub use bytes::BytesMut;
     pub use serde;
 

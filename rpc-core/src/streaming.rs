@@ -12,9 +12,10 @@
 //! either end stops the other: the receiver's drop sends `Cancel` to the sender.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -223,6 +224,8 @@ pub(crate) enum Notice {
 #[derive(Default)]
 pub(crate) struct Notices {
     state: Mutex<(Vec<Notice>, Option<Waker>)>,
+    /// Notices are waiting: lets the I/O task skip the lock on every other wake-up.
+    pending: AtomicBool,
 }
 
 impl Notices {
@@ -230,19 +233,34 @@ impl Notices {
         let waker = {
             let mut state = lock(&self.state);
             state.0.push(notice);
-            state.1.take()
+            self.pending.store(true, Ordering::Release);
+            state.1.clone()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// Takes the notices; `waker` is woken when the next one comes.
-    pub(crate) fn take(&self, waker: &Waker) -> Vec<Notice> {
+    /// Whether [`take`](Notices::take) has anything to do: notices are waiting, or the I/O
+    /// task's waker is not the one registered (`registered` is the one it last gave). The
+    /// common answer, no, costs a pointer comparison and an atomic load.
+    #[inline]
+    pub(crate) fn due(&self, registered: &mut Option<Waker>, waker: &Waker) -> bool {
+        !registered.as_ref().is_some_and(|w| w.will_wake(waker))
+            || self.pending.load(Ordering::Acquire)
+    }
+
+    /// Takes the notices and registers `waker` for the next one.
+    pub(crate) fn take(&self, registered: &mut Option<Waker>, waker: &Waker) -> Vec<Notice> {
+        let changed = crate::waker::remember(registered, waker);
+        if !changed && !self.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let mut state = lock(&self.state);
-        if !state.1.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        if changed {
             state.1 = Some(waker.clone());
         }
+        self.pending.store(false, Ordering::Release);
         std::mem::take(&mut state.0)
     }
 }
@@ -336,7 +354,11 @@ impl Inbox {
                         Poll::Ready(Some(Err(err)))
                     }
                     None => {
-                        if !state.consumer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        if !state
+                            .consumer
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
                             state.consumer = Some(cx.waker().clone());
                         }
                         Poll::Pending
@@ -375,7 +397,9 @@ impl RemoteStream {
 impl Drop for RemoteStream {
     fn drop(&mut self) {
         if !self.inbox.ended() {
-            self.inbox.notices.push(Notice::Dropped { id: self.inbox.id });
+            self.inbox
+                .notices
+                .push(Notice::Dropped { id: self.inbox.id });
         }
     }
 }
@@ -401,7 +425,11 @@ impl fmt::Debug for ItemSource {
 trait Source: Send {
     /// The next item as a `StreamItem` frame of stream `id`, an error that ends the stream,
     /// or its end.
-    fn poll_frame(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RpcError>>>;
+    fn poll_frame(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, RpcError>>>;
 }
 
 struct Encoding<T> {
@@ -410,7 +438,11 @@ struct Encoding<T> {
 }
 
 impl<T> Source for Encoding<T> {
-    fn poll_frame(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RpcError>>> {
+    fn poll_frame(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, RpcError>>> {
         match self.stream.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(item))) => {
                 let mut builder = FrameBuilder::new();
@@ -445,12 +477,6 @@ struct Pump {
     source: ItemSource,
     credit: u32,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
-}
-
-/// How a pumped stream ended.
-pub(crate) enum Pumped {
-    /// The stream's last frame (`StreamEnd`, or an error end) is queued.
-    Ended(u64),
 }
 
 /// The streams a connection sends.
@@ -492,14 +518,13 @@ impl Pumps {
     }
 
     /// Polls every stream that has credit, pushing its frames with `send` while `room`
-    /// says there is room; returns the streams that ended.
+    /// says there is room; a stream that ended (its `StreamEnd` sent) is dropped.
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         mut room: impl FnMut() -> bool,
         mut send: impl FnMut(Bytes),
-    ) -> Vec<Pumped> {
-        let mut ended = Vec::new();
+    ) {
         self.list.retain_mut(|pump| {
             if let Some((sleep, timeout)) = &mut pump.deadline {
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -507,7 +532,6 @@ impl Pumps {
                         pump.id,
                         Err(&RpcError::deadline(*timeout)),
                     ));
-                    ended.push(Pumped::Ended(pump.id));
                     return false;
                 }
             }
@@ -521,12 +545,10 @@ impl Pumps {
                     }
                     Poll::Ready(Some(Err(err))) => {
                         send(crate::protocol::stream_end_frame(pump.id, Err(&err)));
-                        ended.push(Pumped::Ended(pump.id));
                         return false;
                     }
                     Poll::Ready(None) => {
                         send(crate::protocol::stream_end_frame(pump.id, Ok(())));
-                        ended.push(Pumped::Ended(pump.id));
                         return false;
                     }
                     Poll::Pending => break,
@@ -538,6 +560,5 @@ impl Pumps {
             }
             true
         });
-        ended
     }
 }

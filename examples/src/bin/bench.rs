@@ -10,13 +10,16 @@
 //! Workloads: `seq` (one caller, sequential `add`: calls/s, p50, p99), `conc` (64 tasks
 //! sharing one connection: calls/s), `bulk` (sequential 1 MiB `echo`: MB/s, and the peak
 //! resident memory), `conns` (TCP only: 5,000 connections that each made one call and then
-//! idle: resident memory per connection, client and server ends together).
+//! idle: resident memory per connection, client and server ends together), `stream` (one
+//! server-streaming call: items/s for 200,000 16-byte items, variant `16B`, and MB/s for
+//! 2,048 items of 64 KiB, variant `64KiB`, with the peak resident memory).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rpc_core::{service, Server, Transport};
+use futures::StreamExt;
+use rpc_core::{service, Server, Streaming, Transport};
 
 /// The benchmark service of the specification.
 #[service]
@@ -25,6 +28,8 @@ pub trait Bench {
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Returns its argument.
     async fn echo(&self, data: Vec<u8>) -> Vec<u8>;
+    /// `count` items of `size` bytes.
+    async fn items(&self, count: u32, size: u32) -> Streaming<Vec<u8>>;
 }
 
 #[derive(Clone)]
@@ -37,10 +42,14 @@ impl Bench for BenchImpl {
     async fn echo(&self, data: Vec<u8>) -> Vec<u8> {
         data
     }
+    async fn items(&self, count: u32, size: u32) -> Streaming<Vec<u8>> {
+        let item = vec![7u8; size as usize];
+        Streaming::new(futures::stream::repeat(item).take(count as usize))
+    }
 }
 
 const USAGE: &str =
-    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns]
+    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns,stream]
   --quick      10x fewer calls and 1 s windows: a smoke test, not numbers
   --json       one JSON object per result on stdout (the table goes to stderr)
   TOKIO_WORKER_THREADS sets the number of runtime worker threads.";
@@ -58,14 +67,16 @@ enum Workload {
     Conc,
     Bulk,
     Conns,
+    Stream,
 }
 
 const KINDS: [(&str, Kind); 3] = [("tcp", Kind::Tcp), ("unix", Kind::Unix), ("mem", Kind::Mem)];
-const WORKLOADS: [(&str, Workload); 4] = [
+const WORKLOADS: [(&str, Workload); 5] = [
     ("seq", Workload::Seq),
     ("conc", Workload::Conc),
     ("bulk", Workload::Bulk),
     ("conns", Workload::Conns),
+    ("stream", Workload::Stream),
 ];
 
 struct Opts {
@@ -81,6 +92,8 @@ struct Opts {
     bulk_calls: u64,
     bulk_size: usize,
     conns: usize,
+    stream_small: u32,
+    stream_chunks: u32,
 }
 
 fn list<T: Copy>(value: &str, names: &[(&str, T)]) -> Result<Vec<T>, String> {
@@ -112,6 +125,8 @@ fn parse_args() -> Result<Opts, String> {
         bulk_calls: if quick { 20 } else { 200 },
         bulk_size: 1 << 20,
         conns: if quick { 500 } else { 5_000 },
+        stream_small: if quick { 20_000 } else { 200_000 },
+        stream_chunks: if quick { 205 } else { 2_048 },
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -133,6 +148,7 @@ fn parse_args() -> Result<Opts, String> {
 #[derive(Default)]
 struct Row {
     workload: &'static str,
+    variant: Option<&'static str>,
     transport: &'static str,
     calls_per_s: Option<f64>,
     p50_us: Option<f64>,
@@ -160,13 +176,15 @@ impl Row {
     fn json(&self) -> String {
         let mut out = format!(
             "{{\"system\":\"rpc\",\"workload\":\"{}\",\"transport\":\"{}\",\"calls_per_s\":{},\
-             \"p50_us\":{},\"p99_us\":{},\"mb_per_s\":{},\"variant\":null,\"calls\":{},\"secs\":{}",
+             \"p50_us\":{},\"p99_us\":{},\"mb_per_s\":{},\"variant\":{},\"calls\":{},\"secs\":{}",
             self.workload,
             self.transport,
             json_number(self.calls_per_s),
             json_number(self.p50_us),
             json_number(self.p99_us),
             json_number(self.mb_per_s),
+            self.variant
+                .map_or("null".to_string(), |v| format!("\"{v}\"")),
             self.calls,
             round(self.secs, 4)
         );
@@ -187,9 +205,13 @@ impl Row {
             (_, Some(k)) => format!("{k:.2} KiB/conn"),
             _ => String::new(),
         };
+        let workload = match self.variant {
+            Some(variant) => format!("{}/{variant}", self.workload),
+            None => self.workload.to_string(),
+        };
         format!(
-            "{:<6} {:<5} {:>12} {:>9} {:>9} {:>9}  {}",
-            self.workload,
+            "{:<12} {:<5} {:>12} {:>9} {:>9} {:>9}  {}",
+            workload,
             self.transport,
             opt(self.calls_per_s.map(|x| x.round())),
             opt(self.p50_us),
@@ -328,6 +350,34 @@ async fn bulk(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
     })
 }
 
+/// One server-streaming call of `count` items of `size` bytes: items/s and MB/s.
+async fn stream(
+    client: &BenchClient,
+    variant: &'static str,
+    count: u32,
+    size: u32,
+) -> Result<Row, Failure> {
+    let start = Instant::now();
+    let mut items = client.items(count, size).await?;
+    let mut received = 0u64;
+    while let Some(item) = items.next().await {
+        assert_eq!(item?.len(), size as usize);
+        received += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(received, u64::from(count));
+    Ok(Row {
+        workload: "stream",
+        variant: Some(variant),
+        calls_per_s: Some(round(f64::from(count) / secs, 1)),
+        mb_per_s: Some(round(f64::from(count) * f64::from(size) / secs / 1e6, 1)),
+        calls: u64::from(count),
+        secs,
+        peak_rss_mib: proc_status_kib("VmHWM").map(|k| k as f64 / 1024.0),
+        ..Row::default()
+    })
+}
+
 /// `n` TCP connections to one server, one call on each, then idle: resident memory per
 /// connection, client and server ends together.
 async fn conns(n: usize) -> Result<Row, Failure> {
@@ -393,7 +443,7 @@ fn emit(opts: &Opts, row: &Row) {
 
 async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
     let header = format!(
-        "{:<6} {:<5} {:>12} {:>9} {:>9} {:>9}",
+        "{:<12} {:<5} {:>12} {:>9} {:>9} {:>9}",
         "work", "trans", "calls/s", "p50 us", "p99 us", "MB/s"
     );
     if opts.json {
@@ -415,17 +465,25 @@ async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
                 .find(|(_, k)| *k == kind)
                 .map_or("?", |(n, _)| n);
             let client = connect(kind, &dir).await?;
-            let mut row = match workload {
-                Workload::Seq => seq(&client, opts.seq_warmup, opts.seq_calls).await?,
-                Workload::Conc => conc(&client, &opts).await?,
+            let rows = match workload {
+                Workload::Seq => vec![seq(&client, opts.seq_warmup, opts.seq_calls).await?],
+                Workload::Conc => vec![conc(&client, &opts).await?],
                 Workload::Bulk => {
                     reset_peak_rss();
-                    bulk(&client, &opts).await?
+                    vec![bulk(&client, &opts).await?]
+                }
+                Workload::Stream => {
+                    let small = stream(&client, "16B", opts.stream_small, 16).await?;
+                    reset_peak_rss();
+                    let big = stream(&client, "64KiB", opts.stream_chunks, 64 << 10).await?;
+                    vec![small, big]
                 }
                 Workload::Conns => unreachable!(),
             };
-            row.transport = name;
-            emit(&opts, &row);
+            for mut row in rows {
+                row.transport = name;
+                emit(&opts, &row);
+            }
             drop(client);
             // Let the connection wind down before the next measurement.
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -18,12 +18,12 @@ use tokio::time::Sleep;
 use super::pending::Slot;
 use super::{Client, Handle, Inner};
 use crate::balance::{self, ManagedCall};
-use crate::streaming::{Inbox, ItemSource, RemoteStream};
 use crate::codec;
 use crate::context::{self, Metadata};
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::FrameBuilder;
 use crate::server::BoxFuture;
+use crate::streaming::{Inbox, ItemSource, RemoteStream};
 use crate::waker;
 
 thread_local! {
@@ -193,8 +193,8 @@ enum State<R> {
     /// retried: they go to one endpoint and stay there).
     Acquiring {
         connection: BoxFuture<Result<Arc<Handle>, RpcError>>,
-        call: Call<R>,
-        timeout: Option<Duration>,
+        /// Boxed: this rare state must not make every call's future larger.
+        call: Box<(Call<R>, Option<Duration>)>,
     },
     /// Run by the client's pool: endpoint choice, reconnection, retries.
     Managed {
@@ -255,10 +255,12 @@ impl<R> Future for CallFuture<R> {
                     *this.state = State::Acquiring {
                         connection: Box::pin(async move {
                             let keep = pool;
-                            keep.pool().acquire(key, &[]).await.map(|(_, handle)| handle)
+                            keep.pool()
+                                .acquire(key, &[])
+                                .await
+                                .map(|(_, handle)| handle)
                         }),
-                        call,
-                        timeout,
+                        call: Box::new((call, timeout)),
                     };
                 }
                 Inner::Pool(pool) => {
@@ -295,11 +297,11 @@ impl<R> Future for CallFuture<R> {
                 }
                 Poll::Ready(Ok(handle)) => handle,
             };
-            let State::Acquiring { call, timeout, .. } =
-                std::mem::replace(this.state, State::Finished)
+            let State::Acquiring { call, .. } = std::mem::replace(this.state, State::Finished)
             else {
                 unreachable!()
             };
+            let (call, timeout) = *call;
             if let Some(ready) = start_on(handle, call, timeout, &mut this, cx)? {
                 return Poll::Ready(Ok(ready));
             }

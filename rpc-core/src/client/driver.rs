@@ -8,11 +8,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::pending::{PumpOp, Shared};
-use crate::streaming::{Notice, Pumps};
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
+use crate::streaming::{Notice, Pumps};
 use crate::transport::Transport;
 use crate::waker;
 
@@ -29,6 +29,7 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
         unsent: Outgoing::default(),
         peer_left: false,
         pumps: Pumps::default(),
+        notices_waker: None,
     };
     let outcome = poll_fn(|cx| driver.poll(cx)).await;
     let Driver {
@@ -62,6 +63,8 @@ struct Driver<T> {
     keepalive: Option<KeepaliveTimer>,
     /// The streams this side sends: arguments of calls with a `Streaming<T>` argument.
     pumps: Pumps,
+    /// The waker last given to the stream consumers' notices.
+    notices_waker: Option<std::task::Waker>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -72,11 +75,13 @@ impl<T: Transport> Driver<T> {
                 let mut outbox = self.shared.outbox();
                 self.unsent.extend(outbox.frames.drain(..));
                 waker::remember(&mut outbox.driver, cx.waker());
-                for op in outbox.pump_ops.drain(..) {
-                    match op {
-                        PumpOp::Add(id, source) => self.pumps.add(id, source, None),
-                        PumpOp::Remove(id) => {
-                            self.pumps.cancel(id);
+                if !outbox.pump_ops.is_empty() {
+                    for op in outbox.pump_ops.drain(..) {
+                        match op {
+                            PumpOp::Add(id, source) => self.pumps.add(id, source, None),
+                            PumpOp::Remove(id) => {
+                                self.pumps.cancel(id);
+                            }
                         }
                     }
                 }
@@ -147,7 +152,14 @@ impl<T: Transport> Driver<T> {
     /// Tells the server what the consumers of its streams want, and sends the items of the
     /// streams this side produces, as far as credit allows.
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        for notice in self.shared.notices.take(cx.waker()) {
+        if !self.shared.notices.due(&mut self.notices_waker, cx.waker()) && self.pumps.is_empty() {
+            return;
+        }
+        for notice in self
+            .shared
+            .notices
+            .take(&mut self.notices_waker, cx.waker())
+        {
             match notice {
                 Notice::Credit { id, items } => {
                     if self.shared.inbox(id).is_some() {

@@ -24,7 +24,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
-use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::health::HealthClient;
@@ -32,6 +31,7 @@ use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, FrameBuilder, Message, Status};
+use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
 use crate::transport::Transport;
 use crate::waker;
 
@@ -78,6 +78,7 @@ pub(crate) async fn run<S: Service>(
         inputs: HashMap::new(),
         pumps: Pumps::default(),
         notices: Arc::default(),
+        notices_waker: None,
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -132,6 +133,8 @@ struct Connection<S: Service> {
     pumps: Pumps,
     /// What the consumers of `inputs` want the client told.
     notices: Arc<Notices>,
+    /// The waker last given to `notices`.
+    notices_waker: Option<Waker>,
     config: Arc<ServerConfig>,
 }
 
@@ -454,8 +457,7 @@ impl<S: Service> Connection<S> {
             Outcome::Done(response) if method.server_streaming => {
                 match self.service.response_stream(response) {
                     Ok(source) => {
-                        let timeout =
-                            deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         self.pumps.add(id, source, timeout);
                         return;
                     }
@@ -512,7 +514,10 @@ impl<S: Service> Connection<S> {
     /// Tells the client what the consumers of its streams want, and sends the items of the
     /// streams this side produces, as far as credit and the write buffer allow.
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        for notice in self.notices.take(cx.waker()) {
+        if !self.notices.due(&mut self.notices_waker, cx.waker()) && self.pumps.is_empty() {
+            return;
+        }
+        for notice in self.notices.take(&mut self.notices_waker, cx.waker()) {
             match notice {
                 Notice::Credit { id, items } => {
                     if self.inputs.contains_key(&id) {
