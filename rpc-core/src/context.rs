@@ -183,11 +183,18 @@ thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Reads the current context without moving it out for good.
+/// Reads the current context without moving it out for good. Inlined, so that the common
+/// case, no context, is one flag read in the caller.
+#[inline]
 fn peek<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
     if !ACTIVE.with(Cell::get) {
         return f(None);
     }
+    peek_current(f)
+}
+
+#[inline(never)]
+fn peek_current<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
     CURRENT.with(|current| {
         let context = current.take();
         let result = f(context.as_ref());
@@ -202,6 +209,7 @@ pub fn current() -> Option<CallContext> {
 }
 
 /// The current call's deadline, if it is being served and its caller set one.
+#[inline]
 pub fn deadline() -> Option<Instant> {
     peek(|context| context.and_then(|c| c.deadline))
 }
