@@ -21,6 +21,7 @@ use crate::balance::{self, ManagedCall};
 use crate::codec;
 use crate::context::{self, Metadata};
 use crate::error::{ErrorKind, RpcError};
+use crate::observe::ClientCall;
 use crate::protocol::FrameBuilder;
 use crate::server::BoxFuture;
 use crate::waker;
@@ -152,6 +153,7 @@ impl<R> IntoFuture for Call<R> {
         CallFuture {
             sleep: None,
             state: State::Unsent(self),
+            observed: ClientCall::off(),
         }
     }
 }
@@ -179,6 +181,8 @@ pub struct CallFuture<R> {
     #[pin]
     sleep: Option<Sleep>,
     state: State<R>,
+    /// The call's span and metrics, from when it is sent.
+    observed: ClientCall,
 }
 
 #[inline]
@@ -206,15 +210,24 @@ impl<R> Future for CallFuture<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let State::Unsent(_) = this.state {
-            let State::Unsent(call) = std::mem::replace(this.state, State::Finished) else {
+            let State::Unsent(mut call) = std::mem::replace(this.state, State::Finished) else {
                 unreachable!()
             };
             let builder = call.frame?;
             let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
+            let (method, args) = (call.method, builder.body_len());
             match call.client.inner {
                 Inner::Connection(handle) => {
                     let shared = &handle.shared;
                     let id = shared.next_id();
+                    *this.observed = ClientCall::start(
+                        &shared.metrics,
+                        shared.desc,
+                        method,
+                        Some(id),
+                        args,
+                        &mut call.metadata,
+                    );
                     let frame = builder.finish_request_with(
                         id,
                         call.method,
@@ -222,7 +235,12 @@ impl<R> Future for CallFuture<R> {
                         &shared.metadata,
                         &call.metadata,
                     );
-                    let conn_call = ConnectionCall::start(handle, id, frame, cx.waker())?;
+                    let conn_call = this.observed.check(ConnectionCall::start(
+                        handle,
+                        id,
+                        frame,
+                        cx.waker(),
+                    ))?;
                     if let Some(timeout) = timeout {
                         this.sleep.set(Some(tokio::time::sleep(timeout)));
                     }
@@ -233,6 +251,14 @@ impl<R> Future for CallFuture<R> {
                     };
                 }
                 Inner::Pool(pool) => {
+                    *this.observed = ClientCall::start(
+                        pool.metrics(),
+                        pool.desc(),
+                        method,
+                        None,
+                        args,
+                        &mut call.metadata,
+                    );
                     let idempotent = pool
                         .desc()
                         .methods
@@ -247,6 +273,7 @@ impl<R> Future for CallFuture<R> {
                             metadata: call.metadata,
                             key: call.key,
                             idempotent,
+                            span: this.observed.span(),
                         },
                     );
                     *this.state = State::Managed {
@@ -257,14 +284,13 @@ impl<R> Future for CallFuture<R> {
             }
         }
 
-        let result = match this.state {
+        let (response, decode) = match this.state {
             State::Waiting {
                 call,
                 decode,
                 timeout,
             } => match call.poll(cx) {
-                Poll::Ready(Ok(body)) => decode(&body),
-                Poll::Ready(Err(err)) => Err(err),
+                Poll::Ready(response) => (response, *decode),
                 Poll::Pending => {
                     let expired = this
                         .sleep
@@ -274,16 +300,21 @@ impl<R> Future for CallFuture<R> {
                         return Poll::Pending;
                     }
                     call.cancel();
-                    Err(RpcError::deadline(timeout.unwrap_or_default()))
+                    let err = RpcError::deadline(timeout.unwrap_or_default());
+                    (Err(err), *decode)
                 }
             },
             State::Managed { future, decode } => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(body)) => decode(&body),
-                Poll::Ready(Err(err)) => Err(err),
+                Poll::Ready(response) => (response, *decode),
                 Poll::Pending => return Poll::Pending,
             },
             State::Unsent(_) | State::Finished => panic!("CallFuture polled after it completed"),
         };
+        let (result, bytes) = match response {
+            Ok(body) => (decode(&body), body.len()),
+            Err(err) => (Err(err), 0),
+        };
+        this.observed.finish_with(&result, bytes);
         *this.state = State::Finished;
         Poll::Ready(result)
     }

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use super::ConnectionOptions;
 use crate::context::Metadata;
 use crate::keepalive::Keepalive;
+use crate::observe::MethodTable;
 
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) keepalive: Option<Keepalive>,
     /// Sent with every call, before the call's own metadata.
     pub(crate) metadata: Metadata,
+    /// Metric handles for the calls made on this connection.
+    pub(crate) metrics: MethodTable,
     /// Woken once the connection is gone (see [`Shared::closed`]).
     closed_notify: Notify,
     next_id: AtomicU64,
@@ -97,6 +100,10 @@ impl Shared {
             max_frame_size: options.max_frame_size,
             keepalive: options.keepalive,
             metadata: options.metadata.clone(),
+            metrics: options
+                .metrics
+                .clone()
+                .unwrap_or_else(|| MethodTable::client(desc)),
             closed_notify: Notify::new(),
             next_id: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
