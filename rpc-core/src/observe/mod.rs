@@ -1,5 +1,5 @@
 //! Observability: a [`tracing`] span per call on both sides, W3C trace context carried in
-//! call metadata, and [`metrics`] per service and method.
+//! call metadata, and [`metrics`](::metrics) per service and method.
 //!
 //! Nothing here needs setting up in `rpc-core`: install a `tracing` subscriber and a
 //! `metrics` recorder in the program, and clients and servers report to them.
@@ -19,7 +19,7 @@
 //! | `trace_id` | both | 32 hex digits: the same for every call of one trace, in every process |
 //! | `span_id` | both | 16 hex digits. Client: this call's own id, sent to the server in `traceparent`. Server: the id the calls its handler makes name as their parent (the client's `span_id`, or a new one when the request came without a trace) |
 //! | `parent_id` | both | 16 hex digits, the caller's span id: on the server, the `span_id` of the client call; on a client call made from a handler, the `span_id` of the call the handler serves |
-//! | `outcome` | both | `ok`, an [`ErrorKind`](crate::ErrorKind)'s [`as_str`](crate::ErrorKind::as_str), or `cancelled` (the caller dropped the call, or the connection closed before the handler finished) |
+//! | `outcome` | both | `ok`, an [`ErrorKind`]'s [`as_str`](ErrorKind::as_str), or `cancelled` (the caller dropped the call, or the connection closed before the handler finished) |
 //! | `duration_us` | both | microseconds from sending (client) or receiving (server) to the end |
 //!
 //! A balancing client records one `rpc.client` span per call, whatever the number of
