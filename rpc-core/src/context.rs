@@ -1,8 +1,10 @@
-//! What a handler knows about the call it is serving: its deadline and metadata.
+//! What a handler knows about the call it is serving: its deadline, metadata and trace.
 //!
 //! While the server polls a handler, the call's [`CallContext`] is the *current* context of
-//! that thread; [`current`], [`deadline`] and [`metadata`] read it (`current()` is `None`
-//! for a call that carries neither a deadline nor metadata, and outside handlers). A client call made from
+//! that thread; [`current`], [`deadline`], [`metadata`] and [`trace`] read it (`current()`
+//! is `None` outside handlers, and for a call that carries neither a deadline nor metadata
+//! unless the server started a trace for it, which it does only when a `tracing`
+//! subscriber records its span). A client call made from
 //! inside a handler inherits the remaining deadline by default, so a chain of services gives
 //! up together instead of working on for a caller that has already gone:
 //!
@@ -49,6 +51,9 @@
 //! The context belongs to the handler's future, not to its task: a task the handler spawns
 //! starts without one. Carry it over with [`scope`]:
 //! `tokio::spawn(context::scope(context::current(), work))`.
+//!
+//! The context also carries the call's place in a distributed trace, [`trace`]: client calls
+//! made from the handler continue it (see [`observe`](crate::observe)).
 
 use std::cell::Cell;
 use std::fmt;
@@ -60,6 +65,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pin_project::pin_project;
+
+pub use crate::observe::TraceContext;
+use crate::observe::TRACEPARENT;
 
 /// Key/value pairs sent with a call: keys are text, values are bytes.
 ///
@@ -136,24 +144,50 @@ impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Metadata {
     }
 }
 
-/// The call a handler is serving: its deadline and metadata.
+/// The call a handler is serving: its deadline, metadata and trace context.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
+    trace: Option<TraceContext>,
 }
 
 impl CallContext {
     /// A context with a deadline and metadata, e.g. to give work started outside any handler
-    /// a deadline that client calls inherit (see [`scope`]).
+    /// a deadline that client calls inherit (see [`scope`]). A valid `traceparent` in
+    /// `metadata` becomes its [`trace`](CallContext::trace), which client calls continue:
+    ///
+    /// ```
+    /// use rpc_core::context::{CallContext, Metadata};
+    ///
+    /// let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// let metadata: Metadata = [("traceparent", header)].into_iter().collect();
+    /// let context = CallContext::new(None, metadata);
+    /// assert_eq!(context.trace().map(|t| t.to_string()).as_deref(), Some(header));
+    /// ```
     pub fn new(deadline: Option<Instant>, metadata: Metadata) -> CallContext {
-        CallContext { deadline, metadata }
+        let trace = trace_in(&metadata);
+        CallContext {
+            deadline,
+            metadata,
+            trace,
+        }
     }
 
     /// The context of a call, or `None` when it carries nothing (no deadline, no metadata),
     /// which reads the same and costs nothing to install.
     pub(crate) fn for_call(deadline: Option<Instant>, metadata: Metadata) -> Option<CallContext> {
-        (deadline.is_some() || !metadata.is_empty()).then_some(CallContext { deadline, metadata })
+        (deadline.is_some() || !metadata.is_empty()).then(|| CallContext::new(deadline, metadata))
+    }
+
+    /// Where the call sits in a distributed trace: the valid `traceparent` it came with, if
+    /// any (or the trace the server started for it, when its span is recorded).
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
+    }
+
+    pub(crate) fn set_trace(&mut self, trace: TraceContext) {
+        self.trace = Some(trace);
     }
 
     /// When the caller stops waiting, if it set a deadline.
@@ -183,11 +217,18 @@ thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Reads the current context without moving it out for good.
+/// Reads the current context without moving it out for good. Inlined, so that the common
+/// case, no context, is one flag read in the caller.
+#[inline]
 fn peek<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
     if !ACTIVE.with(Cell::get) {
         return f(None);
     }
+    peek_current(f)
+}
+
+#[inline(never)]
+fn peek_current<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
     CURRENT.with(|current| {
         let context = current.take();
         let result = f(context.as_ref());
@@ -202,6 +243,7 @@ pub fn current() -> Option<CallContext> {
 }
 
 /// The current call's deadline, if it is being served and its caller set one.
+#[inline]
 pub fn deadline() -> Option<Instant> {
     peek(|context| context.and_then(|c| c.deadline))
 }
@@ -209,6 +251,23 @@ pub fn deadline() -> Option<Instant> {
 /// The current call's metadata (empty outside a handler).
 pub fn metadata() -> Metadata {
     peek(|context| context.map(|c| c.metadata.clone()).unwrap_or_default())
+}
+
+/// The current call's trace context, if it is being served and came with one (see
+/// [`CallContext::trace`]). Client calls made now continue this trace.
+#[inline]
+pub fn trace() -> Option<TraceContext> {
+    peek(|context| context.and_then(|c| c.trace))
+}
+
+/// The trace context in `metadata`'s first `traceparent`, if that is valid.
+fn trace_in(metadata: &Metadata) -> Option<TraceContext> {
+    if metadata.is_empty() {
+        return None;
+    }
+    metadata
+        .get(TRACEPARENT)
+        .and_then(|value| TraceContext::parse_bytes(value))
 }
 
 /// Runs `f` with `context` as the current one, restoring the previous one after (also if

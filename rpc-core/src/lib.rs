@@ -48,6 +48,7 @@ mod error;
 pub mod health;
 mod keepalive;
 mod log;
+pub mod observe;
 mod outgoing;
 mod protocol;
 mod server;

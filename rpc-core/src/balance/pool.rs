@@ -20,6 +20,7 @@ use crate::client::{ConnectionOptions, Handle, Inner};
 use crate::connect::{self, Connect, DynConnect};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::observe::MethodTable;
 
 /// A connection that lasted this long was healthy: its loss resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(1);
@@ -145,6 +146,8 @@ pub(crate) struct Pool {
     /// Waiting for the discovery source's first change.
     resolving: AtomicBool,
     rng: Rng,
+    /// Metric handles for the pool's calls, made once for all its connections.
+    pub(crate) metrics: MethodTable,
     pub(crate) calls: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) retries_refused: AtomicU64,
@@ -158,7 +161,9 @@ pub(crate) enum Pick {
 }
 
 impl Pool {
-    pub(crate) fn new(desc: &'static ServiceDescriptor, config: PoolConfig) -> Pool {
+    pub(crate) fn new(desc: &'static ServiceDescriptor, mut config: PoolConfig) -> Pool {
+        let metrics = MethodTable::client(desc);
+        config.options.metrics = Some(metrics.clone());
         Pool {
             desc,
             budget: Budget::new(config.retry_budget),
@@ -169,6 +174,7 @@ impl Pool {
             changed: Notify::new(),
             resolving: AtomicBool::new(false),
             rng: Rng::random(),
+            metrics,
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
@@ -466,6 +472,10 @@ impl PoolHandle {
 
     pub(crate) fn pool(&self) -> Arc<Pool> {
         Arc::clone(&self.pool)
+    }
+
+    pub(crate) fn metrics(&self) -> &MethodTable {
+        &self.pool.metrics
     }
 
     pub(crate) fn desc(&self) -> &'static ServiceDescriptor {

@@ -11,6 +11,7 @@ use super::pool::{Member, Pool, PoolHandle};
 use crate::client::ConnectionCall;
 use crate::context::Metadata;
 use crate::error::{ErrorKind, RpcError};
+use crate::observe;
 use crate::protocol::FrameBuilder;
 use crate::server::BoxFuture;
 
@@ -26,6 +27,8 @@ pub(crate) struct ManagedCall {
     pub(crate) metadata: Metadata,
     pub(crate) key: Option<u64>,
     pub(crate) idempotent: bool,
+    /// The call's span, for its attempts.
+    pub(crate) span: tracing::Span,
 }
 
 /// Runs `call` through `handle`'s pool, within its deadline; the result is the response
@@ -105,6 +108,13 @@ async fn attempts(
                 }
             };
         drop(load);
+        observe::attempt(
+            &call.span,
+            attempts + 1,
+            id,
+            &member.key,
+            result.as_ref().map(drop),
+        );
         let err = match result {
             Ok(response) => {
                 member.success();

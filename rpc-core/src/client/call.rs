@@ -21,6 +21,7 @@ use crate::balance::{self, ManagedCall};
 use crate::codec;
 use crate::context::{self, Metadata};
 use crate::error::{ErrorKind, RpcError};
+use crate::observe::ClientCall;
 use crate::protocol::FrameBuilder;
 use crate::server::BoxFuture;
 use crate::streaming::{Inbox, ItemSource, RemoteStream};
@@ -177,6 +178,7 @@ impl<R> IntoFuture for Call<R> {
         CallFuture {
             sleep: None,
             state: State::Unsent(self),
+            observed: ClientCall::off(),
         }
     }
 }
@@ -211,6 +213,8 @@ pub struct CallFuture<R> {
     #[pin]
     sleep: Option<Sleep>,
     state: State<R>,
+    /// The call's span and metrics, from when it is sent.
+    observed: ClientCall,
 }
 
 #[inline]
@@ -238,7 +242,7 @@ impl<R> Future for CallFuture<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let State::Unsent(_) = this.state {
-            let State::Unsent(call) = std::mem::replace(this.state, State::Finished) else {
+            let State::Unsent(mut call) = std::mem::replace(this.state, State::Finished) else {
                 unreachable!()
             };
             let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
@@ -265,6 +269,15 @@ impl<R> Future for CallFuture<R> {
                 }
                 Inner::Pool(pool) => {
                     let pool = Arc::clone(pool);
+                    let args = call.frame.as_ref().map_or(0, FrameBuilder::body_len);
+                    *this.observed = ClientCall::start(
+                        pool.metrics(),
+                        pool.desc(),
+                        call.method,
+                        None,
+                        args,
+                        &mut call.metadata,
+                    );
                     let idempotent = pool
                         .desc()
                         .methods
@@ -279,6 +292,7 @@ impl<R> Future for CallFuture<R> {
                             metadata: call.metadata,
                             key: call.key,
                             idempotent,
+                            span: this.observed.span(),
                         },
                     );
                     *this.state = State::Managed {
@@ -307,14 +321,13 @@ impl<R> Future for CallFuture<R> {
             }
         }
 
-        let result = match this.state {
+        let (response, decode) = match this.state {
             State::Waiting {
                 call,
                 decode,
                 timeout,
             } => match call.poll(cx) {
-                Poll::Ready(Ok(body)) => decode(&body),
-                Poll::Ready(Err(err)) => Err(err),
+                Poll::Ready(response) => (response, *decode),
                 Poll::Pending => {
                     let expired = this
                         .sleep
@@ -324,18 +337,23 @@ impl<R> Future for CallFuture<R> {
                         return Poll::Pending;
                     }
                     call.cancel();
-                    Err(RpcError::deadline(timeout.unwrap_or_default()))
+                    let err = RpcError::deadline(timeout.unwrap_or_default());
+                    (Err(err), *decode)
                 }
             },
             State::Managed { future, decode } => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(body)) => decode(&body),
-                Poll::Ready(Err(err)) => Err(err),
+                Poll::Ready(response) => (response, *decode),
                 Poll::Pending => return Poll::Pending,
             },
             State::Unsent(_) | State::Acquiring { .. } | State::Finished => {
                 panic!("CallFuture polled after it completed")
             }
         };
+        let (result, bytes) = match response {
+            Ok(body) => (decode(&body), body.len()),
+            Err(err) => (Err(err), 0),
+        };
+        this.observed.finish_with(&result, bytes);
         *this.state = State::Finished;
         Poll::Ready(result)
     }
@@ -350,13 +368,24 @@ fn start_on<R>(
     this: &mut CallFutureProjection<'_, R>,
     cx: &mut Context<'_>,
 ) -> Result<Option<R>, RpcError> {
+    let mut call = call;
     let builder = call.frame?;
     let shared = &handle.shared;
     let id = shared.next_id();
+    *this.observed = ClientCall::start(
+        &shared.metrics,
+        shared.desc,
+        call.method,
+        Some(id),
+        builder.body_len(),
+        &mut call.metadata,
+    );
     let frame =
         builder.finish_request_with(id, call.method, timeout, &shared.metadata, &call.metadata);
     let Some(streams) = call.streams else {
-        let conn_call = ConnectionCall::start(handle, id, frame, cx.waker())?;
+        let conn_call =
+            this.observed
+                .check(ConnectionCall::start(handle, id, frame, cx.waker()))?;
         if let Some(timeout) = timeout {
             this.sleep.set(Some(tokio::time::sleep(timeout)));
         }

@@ -26,6 +26,7 @@ use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::keepalive::Keepalive;
+use crate::observe::MethodTable;
 use crate::streaming::Streaming;
 use crate::transport::Transport;
 
@@ -45,6 +46,9 @@ pub(crate) struct ConnectionOptions {
     pub(crate) max_frame_size: usize,
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) metadata: Metadata,
+    /// Metric handles to share (a balancing client's, for all its connections); `None`
+    /// makes the connection its own.
+    pub(crate) metrics: Option<MethodTable>,
 }
 
 impl Default for ConnectionOptions {
@@ -53,6 +57,7 @@ impl Default for ConnectionOptions {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             keepalive: None,
             metadata: Metadata::new(),
+            metrics: None,
         }
     }
 }

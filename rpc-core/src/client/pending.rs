@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use super::ConnectionOptions;
 use crate::context::Metadata;
 use crate::keepalive::Keepalive;
+use crate::observe::MethodTable;
 use crate::streaming::{Inbox, ItemSource, Notices};
 
 use crate::descriptor::ServiceDescriptor;
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) keepalive: Option<Keepalive>,
     /// Sent with every call, before the call's own metadata.
     pub(crate) metadata: Metadata,
+    /// Metric handles for the calls made on this connection.
+    pub(crate) metrics: MethodTable,
     /// Woken once the connection is gone (see [`Shared::closed`]).
     closed_notify: Notify,
     /// What the consumers of this connection's received streams want the server told.
@@ -112,6 +115,10 @@ impl Shared {
             max_frame_size: options.max_frame_size,
             keepalive: options.keepalive,
             metadata: options.metadata.clone(),
+            metrics: options
+                .metrics
+                .clone()
+                .unwrap_or_else(|| MethodTable::client(desc)),
             closed_notify: Notify::new(),
             notices: Arc::default(),
             next_id: AtomicU64::new(0),

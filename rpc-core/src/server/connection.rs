@@ -29,6 +29,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::health::HealthClient;
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
+use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, FrameBuilder, Message, Status};
 use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
@@ -45,6 +46,8 @@ const READ_BUDGET: usize = 128;
 pub(crate) struct ConnectionContext {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) shutdown: CancellationToken,
+    /// The service's metric handles.
+    pub(crate) metrics: MethodTable,
 }
 
 /// Why a connection ends.
@@ -64,6 +67,7 @@ pub(crate) async fn run<S: Service>(
     context: ConnectionContext,
 ) -> io::Result<()> {
     let mut conn = Connection {
+        observe: ServerObserver::new(service.descriptor(), &context.metrics, &routes),
         service,
         transport,
         routes,
@@ -136,6 +140,7 @@ struct Connection<S: Service> {
     /// The waker last given to `notices`.
     notices_waker: Option<Waker>,
     config: Arc<ServerConfig>,
+    observe: ServerObserver,
 }
 
 impl<S: Service> Connection<S> {
@@ -185,10 +190,9 @@ impl<S: Service> Connection<S> {
         }
 
         // Collect finished handlers; their replies go out in the same batch.
-        while let Poll::Ready(Some((id, method, outcome, deadline))) =
-            self.in_flight.poll_next_unpin(cx)
-        {
-            self.finish_call(id, method, outcome, deadline);
+        while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
+            let (id, method, outcome, mut observed, deadline) = done;
+            self.finish_call(id, method, outcome, &mut observed, deadline);
         }
         self.poll_streams(cx);
 
@@ -272,6 +276,8 @@ impl<S: Service> Connection<S> {
                         .collect()
                 };
                 if let Err(err) = self.start_call(id, method, timeout_us, metadata, body, cx) {
+                    self.observe
+                        .rejected(&self.routes, method, id, body.len(), &err);
                     self.queue(protocol::error_response_frame(id, &err));
                 }
                 Ok(())
@@ -412,17 +418,22 @@ impl<S: Service> Connection<S> {
         let timeout = timeout_us.map(Duration::from_micros);
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         let mut context = CallContext::for_call(deadline, metadata);
+        let mut observed = self
+            .observe
+            .start(method, info, id, body.len(), &mut context);
         let service = &self.service;
         // One context switch for making the handler and its first poll.
-        let (handler, first) = context::enter(&mut context, || {
-            let mut handler = AssertUnwindSafe(service.call(request)).catch_unwind();
-            let first = Pin::new(&mut handler).poll(cx);
-            (handler, first)
+        let (handler, first) = observed.in_span(|| {
+            context::enter(&mut context, || {
+                let mut handler = AssertUnwindSafe(service.call(request)).catch_unwind();
+                let first = Pin::new(&mut handler).poll(cx);
+                (handler, first)
+            })
         });
         // Most handlers finish in their first poll: answer those at once, and give only the
         // others a place (and a deadline) among the calls in progress.
         if let Poll::Ready(result) = first {
-            self.finish_call(id, info, Outcome::of(result, info), deadline);
+            self.finish_call(id, info, Outcome::of(result, info), &mut observed, deadline);
             return Ok(());
         }
         self.in_flight.push(InFlight {
@@ -435,6 +446,7 @@ impl<S: Service> Connection<S> {
             handler,
             cancelled: false,
             waker: None,
+            observed,
         });
         Ok(())
     }
@@ -445,6 +457,7 @@ impl<S: Service> Connection<S> {
         id: u64,
         method: &'static MethodInfo,
         outcome: Outcome<S::Response>,
+        observed: &mut Observed,
         deadline: Option<Instant>,
     ) {
         let desc = self.service.descriptor();
@@ -453,15 +466,18 @@ impl<S: Service> Connection<S> {
                 self.inputs.remove(&id);
                 return;
             }
-            Outcome::Failed(err) => protocol::error_response_frame(id, &err),
+            Outcome::Failed(err) => error_reply(observed, id, &err),
             Outcome::Done(response) if method.server_streaming => {
                 match self.service.response_stream(response) {
                     Ok(source) => {
+                        // The handler is done; its stream goes on under the call's deadline.
+                        observed.finish(observe::Outcome::Ok, 0);
                         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         self.pumps.add(id, source, timeout);
                         return;
                     }
-                    Err(_) => protocol::error_response_frame(
+                    Err(_) => error_reply(
+                        observed,
                         id,
                         &RpcError::new(
                             ErrorKind::Internal,
@@ -484,10 +500,12 @@ impl<S: Service> Connection<S> {
                 });
                 builder.detach(&mut self.arena);
                 match encoded {
-                    Err(err) => protocol::error_response_frame(id, &err),
+                    Err(err) => error_reply(observed, id, &err),
                     Ok(()) => {
+                        let body_len = builder.body_len();
                         let frame = builder.finish_response(id);
                         if frame.len() <= self.config.max_frame_size {
+                            observed.finish(observe::Outcome::Ok, body_len);
                             frame
                         } else {
                             let err = RpcError::protocol(format!(
@@ -498,7 +516,7 @@ impl<S: Service> Connection<S> {
                                 frame.len(),
                                 self.config.max_frame_size
                             ));
-                            protocol::error_response_frame(id, &err)
+                            error_reply(observed, id, &err)
                         }
                     }
                 }
@@ -550,6 +568,12 @@ impl<S: Service> Connection<S> {
             self.unsent.push(frame);
         }
     }
+}
+
+/// The reply to a call that failed with `err`, recorded as the call's outcome.
+fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Bytes {
+    observed.finish(observe::Outcome::Failed(err.kind()), 0);
+    protocol::error_response_frame(id, err)
 }
 
 /// What became of a handler.
@@ -607,6 +631,8 @@ struct InFlight<R> {
     cancelled: bool,
     /// The waker `FuturesUnordered` gave this call, to wake it when it is cancelled.
     waker: Option<Waker>,
+    /// The call's span and metrics.
+    observed: Observed,
 }
 
 impl<R> InFlight<R> {
@@ -620,16 +646,26 @@ impl<R> InFlight<R> {
 }
 
 impl<R> Future for InFlight<R> {
-    type Output = (u64, &'static MethodInfo, Outcome<R>, Option<Instant>);
+    type Output = (
+        u64,
+        &'static MethodInfo,
+        Outcome<R>,
+        Observed,
+        Option<Instant>,
+    );
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if *this.cancelled {
-            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled, None));
+            let observed = std::mem::replace(this.observed, Observed::off());
+            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled, observed, None));
         }
         waker::remember(this.waker, cx.waker());
-        let handler = this.handler;
-        let outcome = match context::enter(this.context, || handler.poll(cx)) {
+        let (handler, context) = (this.handler, this.context);
+        let polled = this
+            .observed
+            .in_span(|| context::enter(context, || handler.poll(cx)));
+        let outcome = match polled {
             Poll::Ready(result) => Outcome::of(result, this.method),
             Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
                 Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(
@@ -644,6 +680,7 @@ impl<R> Future for InFlight<R> {
                 _ => return Poll::Pending,
             },
         };
-        Poll::Ready((*this.id, *this.method, outcome, *this.deadline_at))
+        let observed = std::mem::replace(this.observed, Observed::off());
+        Poll::Ready((*this.id, *this.method, outcome, observed, *this.deadline_at))
     }
 }

@@ -24,6 +24,7 @@ use crate::error::ErrorKind;
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
 use crate::log;
+use crate::observe::ServerMetrics;
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::protocol;
 use crate::transport::{Listener, Transport};
@@ -328,6 +329,7 @@ impl Server {
         }
         Shared {
             shutdown,
+            metrics: ServerMetrics::new(services.values().map(|service| service.descriptor())),
             services,
             config: Arc::new(self.config),
             stats: self.stats,
@@ -340,6 +342,8 @@ struct Shared {
     /// Cancelled when a shutdown starts.
     shutdown: CancellationToken,
     services: HashMap<&'static str, Arc<dyn HostedService>>,
+    /// Metric handles per service, made once for every connection.
+    metrics: ServerMetrics,
     config: Arc<ServerConfig>,
     stats: ServerStats,
 }
@@ -395,6 +399,7 @@ async fn serve_transport<T: Transport>(
             let context = ConnectionContext {
                 config: Arc::clone(&shared.config),
                 shutdown,
+                metrics: shared.metrics.service(service.descriptor().name),
             };
             service.serve(Box::new(transport), routes, context).await
         }
