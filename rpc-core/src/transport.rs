@@ -57,4 +57,11 @@ pub trait Listener: Send + 'static {
     fn set_max_frame_size(&mut self, bytes: usize) {
         let _ = bytes;
     }
+
+    /// Who is at the other end of an accepted transport, for logs and traces (e.g. the
+    /// client's `IP:port`); `None` (the default) when the listener cannot tell.
+    fn peer(&self, transport: &Self::Transport) -> Option<String> {
+        let _ = transport;
+        None
+    }
 }

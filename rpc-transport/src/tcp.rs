@@ -93,6 +93,14 @@ impl rpc_core::Listener for TcpListener {
         self.max_frame_size = bytes;
     }
 
+    fn peer(&self, transport: &TcpTransport) -> Option<String> {
+        transport
+            .get_ref()
+            .peer_addr()
+            .ok()
+            .map(|addr| addr.to_string())
+    }
+
     type Transport = TcpTransport;
 
     async fn accept(&mut self) -> Option<io::Result<TcpTransport>> {

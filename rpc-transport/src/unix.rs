@@ -143,6 +143,11 @@ impl Drop for UnixListener {
 }
 
 impl rpc_core::Listener for UnixListener {
+    /// Unix clients are rarely bound to a name: the peer is the listener's own path.
+    fn peer(&self, _transport: &UnixTransport) -> Option<String> {
+        Some(format!("unix:{}", self.path.display()))
+    }
+
     fn set_max_frame_size(&mut self, bytes: usize) {
         self.max_frame_size = bytes;
     }

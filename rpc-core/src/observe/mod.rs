@@ -15,7 +15,7 @@
 //! | --- | --- | --- |
 //! | `service`, `method` | both | the service's wire name and the method's name |
 //! | `request_id` | both | the request id on its connection (on a balancing client: of the latest attempt) |
-//! | `peer` | client | the endpoint's key, on a client built with [`ClientBuilder`](crate::ClientBuilder) that connects by itself; absent on a connection given as a transport, and on the server (a [`Transport`](crate::Transport) is frames, not an address) |
+//! | `peer` | both | client: the endpoint's key, on a client built with [`ClientBuilder`](crate::ClientBuilder) that connects by itself (absent on a connection given as a transport); server: what the listener reports ([`Listener::peer`](crate::Listener::peer): the client's address over TCP, the socket path over Unix) |
 //! | `trace_id` | both | 32 hex digits: the same for every call of one trace, in every process |
 //! | `span_id` | both | 16 hex digits. Client: this call's own id, sent to the server in `traceparent`. Server: the id the calls its handler makes name as their parent (the client's `span_id`, or a new one when the request came without a trace) |
 //! | `parent_id` | both | 16 hex digits, the caller's span id: on the server, the `span_id` of the client call; on a client call made from a handler, the `span_id` of the call the handler serves |

@@ -38,6 +38,8 @@ impl ServerMetrics {
 /// Observes the calls of one connection.
 pub(crate) struct ServerObserver {
     service: &'static str,
+    /// The client, if the listener could tell (a span field).
+    peer: Option<Arc<str>>,
     /// By the client's method index (as requests name methods); empty without a recorder.
     metrics: Box<[Option<Arc<MethodMetrics>>]>,
 }
@@ -48,6 +50,7 @@ impl ServerObserver {
         desc: &'static ServiceDescriptor,
         table: &MethodTable,
         routes: &[Result<&'static MethodInfo, Arc<str>>],
+        peer: Option<Arc<str>>,
     ) -> ServerObserver {
         let metrics = if !table.is_recorded() {
             Box::default()
@@ -63,6 +66,7 @@ impl ServerObserver {
         };
         ServerObserver {
             service: desc.name,
+            peer,
             metrics,
         }
     }
@@ -97,6 +101,9 @@ impl ServerObserver {
         context: &mut Option<CallContext>,
     ) -> Observed {
         let span = server_span(self.service, Some(info.name), id);
+        if let Some(peer) = &self.peer {
+            span.record("peer", &**peer);
+        }
         if !span.is_disabled() {
             trace_handler(&span, context);
         }
@@ -114,6 +121,9 @@ impl ServerObserver {
     ) {
         let info = routes.get(method as usize).and_then(|r| r.as_ref().ok());
         let span = server_span(self.service, info.map(|info| info.name), id);
+        if let Some(peer) = &self.peer {
+            span.record("peer", &**peer);
+        }
         Observed::begin(span, self.metrics(method), request_bytes)
             .finish(Outcome::Failed(err.kind()), 0);
     }
@@ -131,6 +141,7 @@ fn server_span(service: &'static str, method: Option<&'static str>, id: u64) -> 
         service,
         method,
         request_id = id,
+        peer = Empty,
         trace_id = Empty,
         span_id = Empty,
         parent_id = Empty,

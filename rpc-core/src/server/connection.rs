@@ -48,6 +48,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) shutdown: CancellationToken,
     /// The service's metric handles.
     pub(crate) metrics: MethodTable,
+    /// Who the client is, if the listener could tell.
+    pub(crate) peer: Option<Arc<str>>,
 }
 
 /// Why a connection ends.
@@ -67,7 +69,12 @@ pub(crate) async fn run<S: Service>(
     context: ConnectionContext,
 ) -> io::Result<()> {
     let mut conn = Connection {
-        observe: ServerObserver::new(service.descriptor(), &context.metrics, &routes),
+        observe: ServerObserver::new(
+            service.descriptor(),
+            &context.metrics,
+            &routes,
+            context.peer.clone(),
+        ),
         service,
         transport,
         routes,

@@ -255,11 +255,13 @@ impl Server {
                                 continue;
                             }
                             let open = shared.stats.open();
+                            let peer = listener.peer(&transport);
                             connections.spawn(serve_transport(
                                 Arc::clone(&shared),
                                 transport,
                                 shutdown.clone(),
                                 open,
+                                peer,
                             ));
                         }
                         Some(Err(err)) => {
@@ -306,7 +308,7 @@ impl Server {
         let shared = Arc::new(self.into_shared());
         let open = shared.stats.open();
         let shutdown = shared.shutdown.clone();
-        serve_transport(shared, transport, shutdown, open)
+        serve_transport(shared, transport, shutdown, open, None)
     }
 
     fn into_shared(self) -> Shared {
@@ -357,6 +359,7 @@ async fn serve_transport<T: Transport>(
     mut transport: T,
     shutdown: CancellationToken,
     _open: stats::OpenConnection,
+    peer: Option<String>,
 ) -> io::Result<()> {
     let first = tokio::select! {
         first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
@@ -400,6 +403,7 @@ async fn serve_transport<T: Transport>(
                 config: Arc::clone(&shared.config),
                 shutdown,
                 metrics: shared.metrics.service(service.descriptor().name),
+                peer: peer.map(Arc::from),
             };
             service.serve(Box::new(transport), routes, context).await
         }
