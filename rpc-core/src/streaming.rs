@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
 use crate::error::{ErrorKind, RpcError};
+use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
 
 /// The most items a receiver holds per stream before the sender must wait for credit.
@@ -517,18 +518,16 @@ impl Pumps {
         self.list.len() != before
     }
 
-    /// Polls every stream that has credit, pushing its frames with `send` while `room`
-    /// says there is room; a stream that ended (its `StreamEnd` sent) is dropped.
-    pub(crate) fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut room: impl FnMut() -> bool,
-        mut send: impl FnMut(Bytes),
-    ) {
+    /// Polls every stream that has credit, queueing its frames on `unsent` while that holds
+    /// less than `limit` bytes; a stream that ended (its `StreamEnd` queued) is dropped.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+        if self.list.is_empty() {
+            return;
+        }
         self.list.retain_mut(|pump| {
             if let Some((sleep, timeout)) = &mut pump.deadline {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    send(crate::protocol::stream_end_frame(
+                    unsent.push(crate::protocol::stream_end_frame(
                         pump.id,
                         Err(&RpcError::deadline(*timeout)),
                     ));
@@ -536,19 +535,19 @@ impl Pumps {
                 }
             }
             let mut burst = PUMP_BURST;
-            while pump.credit > 0 && burst > 0 && room() {
+            while pump.credit > 0 && burst > 0 && unsent.bytes() < limit {
                 match pump.source.0.poll_frame(pump.id, cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         pump.credit -= 1;
                         burst -= 1;
-                        send(frame);
+                        unsent.push(frame);
                     }
                     Poll::Ready(Some(Err(err))) => {
-                        send(crate::protocol::stream_end_frame(pump.id, Err(&err)));
+                        unsent.push(crate::protocol::stream_end_frame(pump.id, Err(&err)));
                         return false;
                     }
                     Poll::Ready(None) => {
-                        send(crate::protocol::stream_end_frame(pump.id, Ok(())));
+                        unsent.push(crate::protocol::stream_end_frame(pump.id, Ok(())));
                         return false;
                     }
                     Poll::Pending => break,

@@ -174,23 +174,9 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
-        if self.pumps.is_empty() {
-            return;
-        }
+        // Up to about a frame's worth queued: the server's credit bounds each stream anyway.
         let limit = self.shared.max_frame_size.max(1 << 20);
-        let queued = std::cell::Cell::new(self.unsent.bytes());
-        let mut frames = Vec::new();
-        self.pumps.poll(
-            cx,
-            || queued.get() < limit,
-            |frame| {
-                queued.set(queued.get() + frame.len());
-                frames.push(frame);
-            },
-        );
-        for frame in frames {
-            self.unsent.push(frame);
-        }
+        self.pumps.poll(cx, &mut self.unsent, limit);
     }
 
     /// Hands every queued frame to the transport and flushes them as one batch.

@@ -133,14 +133,8 @@ impl Outcome {
     fn index(self) -> usize {
         match self {
             Outcome::Ok => 0,
-            Outcome::Failed(kind) => match kind {
-                ErrorKind::DeadlineExceeded => 1,
-                ErrorKind::Disconnected => 2,
-                ErrorKind::Overloaded => 3,
-                ErrorKind::Incompatible => 4,
-                ErrorKind::Protocol => 5,
-                ErrorKind::Internal => 6,
-            },
+            // The wire codes run 1..=6.
+            Outcome::Failed(kind) => usize::from(kind.to_wire()),
             Outcome::Cancelled => 7,
         }
     }

@@ -557,23 +557,8 @@ impl<S: Service> Connection<S> {
                 }
             }
         }
-        if self.pumps.is_empty() {
-            return;
-        }
-        let limit = self.config.max_buffered_bytes;
-        let queued = std::cell::Cell::new(self.unsent.bytes());
-        let mut frames = Vec::new();
-        self.pumps.poll(
-            cx,
-            || queued.get() < limit,
-            |frame| {
-                queued.set(queued.get() + frame.len());
-                frames.push(frame);
-            },
-        );
-        for frame in frames {
-            self.unsent.push(frame);
-        }
+        self.pumps
+            .poll(cx, &mut self.unsent, self.config.max_buffered_bytes);
     }
 }
 
