@@ -19,7 +19,7 @@ use super::{Change, Endpoint};
 use crate::client::{ConnectionOptions, Handle, Inner};
 use crate::connect::{self, Connect, DynConnect};
 use crate::descriptor::ServiceDescriptor;
-use crate::error::RpcError;
+use crate::error::{ErrorKind, RpcError};
 use crate::observe::MethodTable;
 
 /// A connection that lasted this long was healthy: its loss resets the backoff.
@@ -351,11 +351,23 @@ impl Pool {
                 _ => format!("{}: connecting", m.key),
             })
             .collect();
-        Pick::Fail(RpcError::disconnected(format!(
-            "no endpoint of `{}` is reachable ({}); the client keeps reconnecting",
-            self.desc.name,
-            why.join("; ")
-        )))
+        // When every endpoint refused our credentials, that is what the caller must fix.
+        let refused = snaps.iter().all(|snap| {
+            matches!(&snap.link, Link::Down(err)
+                if matches!(err.kind(), ErrorKind::Unauthenticated | ErrorKind::PermissionDenied))
+        });
+        let kind = match &snaps[0].link {
+            Link::Down(err) if refused => err.kind(),
+            _ => ErrorKind::Disconnected,
+        };
+        Pick::Fail(RpcError::new(
+            kind,
+            format!(
+                "no endpoint of `{}` is reachable ({}); the client keeps reconnecting",
+                self.desc.name,
+                why.join("; ")
+            ),
+        ))
     }
 
     /// [`pick`](Pool::pick), waiting while it says to.
@@ -440,9 +452,16 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                 }
             }
             Ok(Err(err)) => {
-                member.set_link(Link::Down(RpcError::disconnected(format!(
-                    "connecting failed: {err}"
-                ))));
+                // A transport that authenticates (TLS) reports a refused credential as
+                // `PermissionDenied`: that is no network trouble, and calls say so.
+                let kind = match err.kind() {
+                    std::io::ErrorKind::PermissionDenied => ErrorKind::Unauthenticated,
+                    _ => ErrorKind::Disconnected,
+                };
+                member.set_link(Link::Down(RpcError::new(
+                    kind,
+                    format!("connecting failed: {err}"),
+                )));
                 pool.changed.notify_waiters();
             }
             Err(_) => {
