@@ -13,10 +13,14 @@
 //! the memory listener's connector) for clients that reconnect or balance over several
 //! endpoints: see `rpc_core::ClientBuilder`.
 //!
-//! Any other byte stream (TLS, a pipe) becomes a transport with [`framing::framed`].
+//! With the `tls` feature, [`tls`] adds TLS and mutual TLS over TCP (rustls), with a
+//! connector too. Any other byte stream (a pipe, a TLS stream of your own) becomes a
+//! transport with [`framing::framed`].
 #![deny(missing_docs)]
 
 pub mod framing;
 pub mod memory;
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod unix;
