@@ -60,6 +60,12 @@ fn server_certificate(cert: &CertificateError, server_name: &str) -> io::Error {
              roots issued it); add its CA to the client's roots (tls::client_config)"
                 .into(),
         ),
+        CertificateError::BadSignature => denied(
+            "the server's certificate is not trusted: BadSignature (a CA among the client's \
+             roots has the name of its issuer but did not sign it); add the CA that issued it \
+             to the client's roots (tls::client_config)"
+                .into(),
+        ),
         CertificateError::NotValidForNameContext { presented, .. } => denied(format!(
             "the server's certificate is not valid for the name `{server_name}` (it is for: \
              {}); connect with a name it was issued for, or reissue it",
@@ -153,11 +159,15 @@ pub(super) fn server_handshake(err: io::Error) -> io::Error {
             | AlertDescription::CertificateRevoked
             | AlertDescription::CertificateExpired
             | AlertDescription::CertificateUnknown
-            | AlertDescription::UnknownCA),
+            | AlertDescription::UnknownCA
+            | AlertDescription::DecryptError),
         ) => denied(format!(
             "the client refused this server's certificate (alert: {alert:?}); does it trust \
              the CA that issued it, under the name it connects with?"
         )),
+        TlsError::AlertReceived(alert) => {
+            invalid(format!("the client ended the handshake (alert: {alert:?})"))
+        }
         TlsError::InvalidMessage(_)
         | TlsError::InappropriateMessage { .. }
         | TlsError::InappropriateHandshakeMessage { .. } => invalid(format!(
