@@ -8,13 +8,14 @@
 //! | [`tcp`] | [`tcp::connect(addr)`](tcp::connect) | [`tcp::bind(addr)`](tcp::bind) → listener with `local_addr()` |
 //! | [`unix`] | [`unix::connect(path)`](unix::connect) | [`unix::bind(path)`](unix::bind) |
 //! | [`memory`] | [`memory::pair()`] → `(client_end, server_end)` | [`memory::listener()`] → `(listener, connector)` |
+//! | `tls` (feature `tls`) | `tls::connect(addr, server_name, client_config)` | `tls::bind(addr, server_config)` → listener with `local_addr()` |
 //!
-//! Each module also has a connector (`tcp::connector(addr)`, `unix::connector(path)`, and
-//! the memory listener's connector) for clients that reconnect or balance over several
-//! endpoints: see `rpc_core::ClientBuilder`.
+//! Each module also has a connector (`tcp::connector(addr)`, `unix::connector(path)`,
+//! `tls::connector(addr, server_name, config)`, and the memory listener's connector) for
+//! clients that reconnect or balance over several endpoints: see `rpc_core::ClientBuilder`.
 //!
-//! With the `tls` feature, [`tls`] adds TLS and mutual TLS over TCP (rustls), with a
-//! connector too. Any other byte stream (a pipe, a TLS stream of your own) becomes a
+//! The `tls` feature adds the `tls` module: TLS and mutual TLS over TCP, with rustls and
+//! its `ring` provider. Any other byte stream (a pipe, a TLS stream of your own) becomes a
 //! transport with [`framing::framed`].
 #![deny(missing_docs)]
 
