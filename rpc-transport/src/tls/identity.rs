@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn dns_names_come_first_in_order() {
         let cert = leaf(&["billing.internal", "billing"], Some("ignored"));
-        let identity = of_chain(&[cert.clone()]).unwrap();
+        let identity = of_chain(std::slice::from_ref(&cert)).unwrap();
         assert_eq!(identity.names(), ["billing.internal", "billing"]);
         assert_eq!(identity.certificates(), [Bytes::copy_from_slice(&cert)]);
     }
