@@ -73,6 +73,9 @@ pub struct Framed<IO> {
     queued: usize,
     /// No frame has been received yet: the first bytes are checked for a TLS record.
     first: bool,
+    /// The peer sent something that is no frame: what it sends from then on is read and
+    /// dropped, until it closes.
+    poisoned: bool,
 }
 
 impl<IO> Framed<IO>
@@ -91,6 +94,7 @@ where
             staging: BytesMut::new(),
             queued: 0,
             first: true,
+            poisoned: false,
         }
     }
 
@@ -147,6 +151,27 @@ where
             self.read_buf = BytesMut::new();
         }
         Ok(Some(frame))
+    }
+
+    /// After an unparseable frame: reads and drops whatever the peer still sends, so that
+    /// an end that answers with an error and then waits for the peer to close (rather than
+    /// closing with unread data, which resets the connection and can destroy the answer
+    /// before the peer reads it) sees the close. Ends the stream when the peer closes.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let mut scratch = [0u8; 2048];
+        for _ in 0..32 {
+            if self.eof {
+                return Poll::Ready(None);
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                self.eof = true;
+            }
+        }
+        // A peer sending fast does not keep this task to itself.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -258,8 +283,17 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(frame) = this.parse_frame()? {
-                return Poll::Ready(Some(Ok(frame)));
+            if this.poisoned {
+                return this.poll_discard(cx);
+            }
+            match this.parse_frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(err) => {
+                    this.poisoned = true;
+                    this.read_buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(err)));
+                }
             }
             if this.eof {
                 return Poll::Ready(if this.read_buf.is_empty() {
@@ -396,6 +430,24 @@ mod tests {
         let err = b.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("4294967295"), "{err}");
+        assert!(b.read_buf.capacity() < 64 << 10);
+    }
+
+    #[tokio::test]
+    async fn after_an_error_the_rest_is_dropped_until_the_peer_closes() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b).with_max_frame_size(1000);
+        a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        assert!(b.next().await.unwrap().is_err());
+        let writer = tokio::spawn(async move {
+            for _ in 0..100 {
+                a.write_all(&[0xab; 1000]).await.unwrap();
+            }
+        });
+        // Reads everything the writer sends (it would block on a full pipe otherwise), then
+        // the end of the stream.
+        assert!(b.next().await.is_none());
+        writer.await.unwrap();
         assert!(b.read_buf.capacity() < 64 << 10);
     }
 
