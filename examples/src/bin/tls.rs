@@ -2,8 +2,9 @@
 //! right token, and clients with the token, without it, with a wrong one, and one that does
 //! not trust the server's CA.
 //!
-//! Run it with `cargo run -p rpc-examples --bin tls`. It makes a throwaway CA and server
-//! certificate when it starts; in production they come from files (`std::fs::read`).
+//! Run it with `cargo run -p rpc-examples --features tls --bin tls`. It makes a throwaway CA
+//! and server certificate when it starts; in production they come from files
+//! (`std::fs::read`).
 
 use rpc_core::{CallInfo, RpcError, Server};
 use rpc_examples::{GreeterClient, GreeterServer, Greetings};
