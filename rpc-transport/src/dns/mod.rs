@@ -6,7 +6,7 @@
 //! the client starts, then again whenever the answer's TTL runs out (kept between
 //! [`min_interval`](Dns::min_interval) and [`max_interval`](Dns::max_interval)), and tells
 //! the client what changed: an address that appeared becomes a new endpoint, keyed
-//! `"ip:port"` and reached with [`tcp::connector`](crate::tcp::connector); an address that
+//! `"ip:port"` and reached with [`tcp::connector`]; an address that
 //! is gone from the answer is removed, which drains it (its calls in progress finish, new
 //! calls go elsewhere).
 //!
@@ -14,7 +14,8 @@
 //! endpoints it has, and the lookup is tried again after a [`retry_backoff`](Dns::retry_backoff)
 //! delay. So is an answer with no address at all (the name or its records are gone): a
 //! resolver hiccup must never empty a client, and endpoints that really are gone show it
-//! through their connections.
+//! through their connections. Until the first answer with an address, the client's calls
+//! wait for it (within their deadlines), as for any discovery source.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -31,7 +32,7 @@
 //! let client = InventoryClient::builder().discover(Dns::new("inventory.internal:4000"));
 //! // ...or every target of its SRV records, with their ports and weights.
 //! let client = InventoryClient::builder()
-//!     .discover(Dns::srv("_grpc._tcp.inventory.internal").min_interval(Duration::from_secs(5)));
+//!     .discover(Dns::srv("_rpc._tcp.inventory.internal").min_interval(Duration::from_secs(5)));
 //! let n = client.stock("apples".into()).await?;
 //! # Ok(()) }
 //! ```
