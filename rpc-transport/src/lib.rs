@@ -14,8 +14,13 @@
 //! endpoints: see `rpc_core::ClientBuilder`.
 //!
 //! Any other byte stream (TLS, a pipe) becomes a transport with [`framing::framed`].
+//!
+//! With the `dns` feature, [`dns::Dns`] finds a balancing client's endpoints in DNS (A/AAAA
+//! or SRV records) and follows them as they change.
 #![deny(missing_docs)]
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod framing;
 pub mod memory;
 pub mod tcp;
