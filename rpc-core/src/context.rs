@@ -1,10 +1,11 @@
 //! What a handler knows about the call it is serving: its deadline, metadata and trace.
 //!
 //! While the server polls a handler, the call's [`CallContext`] is the *current* context of
-//! that thread; [`current`], [`deadline`], [`metadata`] and [`trace`] read it (`current()`
-//! is `None` outside handlers, and for a call that carries neither a deadline nor metadata
-//! unless the server started a trace for it, which it does only when a `tracing`
-//! subscriber records its span). A client call made from
+//! that thread; [`current`], [`deadline`], [`metadata`], [`peer`] and [`trace`] read it
+//! (`current()` is `None` outside handlers, and for a call that carries neither a deadline
+//! nor metadata and came over a connection whose listener knows nothing of its peer, such
+//! as an in-memory one, unless the server started a trace for it, which it does only when
+//! a `tracing` subscriber records its span). A client call made from
 //! inside a handler inherits the remaining deadline by default, so a chain of services gives
 //! up together instead of working on for a caller that has already gone:
 //!

@@ -17,8 +17,13 @@
 //! The `tls` feature adds the `tls` module: TLS and mutual TLS over TCP, with rustls and
 //! its `ring` provider. Any other byte stream (a pipe, a TLS stream of your own) becomes a
 //! transport with [`framing::framed`].
+//!
+//! With the `dns` feature, [`dns::Dns`] finds a balancing client's endpoints in DNS (A/AAAA
+//! or SRV records) and follows them as they change.
 #![deny(missing_docs)]
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod framing;
 pub mod memory;
 pub mod tcp;

@@ -61,6 +61,7 @@ pub(crate) enum Link {
 pub(crate) struct Member {
     pub(crate) key: String,
     pub(crate) weight: u32,
+    pub(crate) metadata: Vec<(String, String)>,
     pub(crate) outstanding: AtomicUsize,
     calls: AtomicU64,
     link: Mutex<Link>,
@@ -82,6 +83,7 @@ impl Member {
         Member {
             key: key.to_string(),
             weight,
+            metadata: Vec::new(),
             outstanding: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: false }),
@@ -211,6 +213,7 @@ impl Pool {
         let member = Arc::new(Member {
             key: endpoint.key.clone(),
             weight: endpoint.weight,
+            metadata: endpoint.metadata,
             outstanding: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: true }),
