@@ -360,6 +360,41 @@ async fn a_client_certificate_from_an_untrusted_ca_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_1_2_a_refused_client_certificate_fails_connect() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let running = mtls_server(&server_ca, &client_ca, Server::new()).await;
+    let rogue = Ca::new("rogue CA").client("billing.internal");
+    // A configuration of one's own, from the same provider, limited to TLS 1.2: the server
+    // refuses the certificate before the client's handshake completes.
+    let mut roots = tls::rustls::RootCertStore::empty();
+    for cert in tls::certificates(server_ca.pem()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = tls::rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&tls::rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            tls::certificates(&rogue.cert).unwrap(),
+            tls::private_key(&rogue.key).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![tls::ALPN_PROTOCOL.to_vec()];
+
+    let err = guard(tls::connect(running.addr, "localhost", config))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("the server refused this client's certificate"),
+        "{err}"
+    );
+    assert_eq!(running.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_client_certificate_is_refused() {
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
