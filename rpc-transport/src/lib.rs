@@ -18,7 +18,7 @@
 //! its `ring` provider. Any other byte stream (a pipe, a TLS stream of your own) becomes a
 //! transport with [`framing::framed`].
 //!
-//! With the `dns` feature, [`dns::Dns`] finds a balancing client's endpoints in DNS (A/AAAA
+//! With the `dns` feature, `dns::Dns` finds a balancing client's endpoints in DNS (A/AAAA
 //! or SRV records) and follows them as they change.
 #![deny(missing_docs)]
 
