@@ -386,7 +386,8 @@ impl Keeper {
         let (mut keeper, mut responses) =
             match within(limit, action, client.lease_keep_alive(lease)).await {
                 Ok(pair) => pair,
-                Err(err) => return Stop::Failed(err),
+                // It fails too when the lease is gone: ask etcd which it is.
+                Err(err) => return self.lost_or(client, lease, err).await,
             };
         loop {
             if let Err(err) = within(limit, action, keeper.keep_alive()).await {
@@ -404,6 +405,22 @@ impl Keeper {
                 Err(err) => return Stop::Failed(err),
             }
             tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// [`Stop::Lost`] if etcd says `lease` does not exist (its TTL is -1), else
+    /// [`Stop::Failed`] with `err`.
+    async fn lost_or(&self, client: &mut Client, lease: i64, err: EtcdError) -> Stop {
+        let limit = self.options.request_timeout;
+        let asked = within(
+            limit,
+            || format!("reading the TTL of lease {lease}"),
+            client.lease_time_to_live(lease, None),
+        )
+        .await;
+        match asked {
+            Ok(response) if response.ttl() <= 0 => Stop::Lost,
+            _ => Stop::Failed(err),
         }
     }
 
