@@ -197,6 +197,62 @@ async fn healthy(port: u16) -> bool {
     )
 }
 
+/// Puts `key = value` in etcd by hand (as `etcdctl put` would), through etcd's JSON gateway.
+async fn put_by_hand(etcd: &Etcd, key: &str, value: &str) {
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        base64(key.as_bytes()),
+        base64(value.as_bytes())
+    );
+    gateway(etcd, "/v3/kv/put", &body).await;
+}
+
+/// Deletes `key` from etcd by hand, through etcd's JSON gateway.
+async fn delete_by_hand(etcd: &Etcd, key: &str) {
+    let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+    gateway(etcd, "/v3/kv/deleterange", &body).await;
+}
+
+async fn gateway(etcd: &Etcd, path: &str, body: &str) {
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", etcd.client_port)).await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = guard("a request to etcd's gateway", request)
+        .await
+        .expect("etcd's gateway answers");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+}
+
+/// Standard base64, with padding (what etcd's JSON gateway takes for bytes).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Two distinct free loopback ports (bound at once, then let go).
 fn free_ports() -> [u16; 2] {
     let listeners =
@@ -592,6 +648,53 @@ async fn registrations_come_back_after_etcd_loses_its_data() {
         .await
         .expect("deregister");
     eventually("a removed", || endpoints(&client).is_empty()).await;
+    server.abort();
+}
+
+/// Entries written by hand follow the documented format: `addr` or `addr weight`; a value
+/// of another form is ignored (and removes the endpoint it replaced); a delete removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_put_by_hand_are_followed() {
+    assert_eq!(base64(b"/a"), "L2E=");
+    assert_eq!(base64(b"abc"), "YWJj");
+    assert_eq!(base64(b"ab"), "YWI=");
+    logs();
+    let etcd = Etcd::start().await;
+    // A server that does not register: etcd is told about it by hand.
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        Server::new()
+            .add_service(WhereServer::new(Named {
+                name: "x".into(),
+                entered: mpsc::unbounded_channel().0,
+                gate: watch::channel(true).1,
+            }))
+            .serve(listener),
+    );
+    put_by_hand(&etcd, &key("junk"), "not an address").await;
+    put_by_hand(&etcd, &key("x"), &format!("{addr} 5")).await;
+    let client = client(&etcd);
+    eventually("connected to x", || ready(&client, &["x"])).await;
+    assert_eq!(stats(&client).endpoints[0].weight, 5);
+    assert_eq!(call_name(&client).await, "x");
+
+    put_by_hand(&etcd, &key("x"), &addr.to_string()).await;
+    eventually("x's weight back to 1", || {
+        stats(&client)
+            .endpoints
+            .iter()
+            .map(|e| e.weight)
+            .collect::<Vec<_>>()
+            == [1]
+    })
+    .await;
+    put_by_hand(&etcd, &key("x"), "garbage in etcd").await;
+    eventually("x removed", || endpoints(&client).is_empty()).await;
+    put_by_hand(&etcd, &key("x"), &addr.to_string()).await;
+    eventually("x back", || ready(&client, &["x"])).await;
+    delete_by_hand(&etcd, &key("x")).await;
+    eventually("x removed again", || endpoints(&client).is_empty()).await;
     server.abort();
 }
 

@@ -211,7 +211,7 @@ impl Watcher {
 
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision + 1);
+            .with_start_revision(revision.saturating_add(1));
         let mut stream = within(
             limit,
             || format!("watching `{dir}` in etcd"),
@@ -228,13 +228,13 @@ impl Watcher {
         match created {
             Some(response) if response.created() && !response.canceled() => {}
             Some(response) => {
-                return Err(EtcdError::invalid(
+                return Err(EtcdError::refused(
                     format!("watching `{dir}` in etcd"),
                     format!("etcd refused the watch: {}", refusal(&response)),
                 ))
             }
             None => {
-                return Err(EtcdError::invalid(
+                return Err(EtcdError::refused(
                     format!("watching `{dir}` in etcd"),
                     "etcd closed the watch at once",
                 ))

@@ -129,6 +129,8 @@ pub struct EtcdError {
 enum Cause {
     Etcd(etcd_client::Error),
     TimedOut(Duration),
+    /// etcd answered, but not what was asked for.
+    Refused(String),
     Invalid(String),
 }
 
@@ -144,6 +146,13 @@ impl EtcdError {
         EtcdError {
             action: action.into(),
             cause: Cause::TimedOut(after),
+        }
+    }
+
+    fn refused(action: impl Into<String>, why: impl Into<String>) -> EtcdError {
+        EtcdError {
+            action: action.into(),
+            cause: Cause::Refused(why.into()),
         }
     }
 
@@ -181,6 +190,11 @@ impl fmt::Display for EtcdError {
                  at that address, and has a leader",
                 self.action
             ),
+            Cause::Refused(why) => write!(
+                f,
+                "{} failed: {why}; check etcd's health and logs",
+                self.action
+            ),
             Cause::Invalid(why) => write!(f, "{} failed: {why}", self.action),
         }
     }
@@ -190,7 +204,7 @@ impl std::error::Error for EtcdError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.cause {
             Cause::Etcd(err) => Some(err),
-            Cause::TimedOut(_) | Cause::Invalid(_) => None,
+            Cause::TimedOut(_) | Cause::Refused(_) | Cause::Invalid(_) => None,
         }
     }
 }
@@ -198,7 +212,7 @@ impl std::error::Error for EtcdError {
 impl From<EtcdError> for io::Error {
     fn from(err: EtcdError) -> io::Error {
         let kind = match &err.cause {
-            Cause::Etcd(_) => io::ErrorKind::Other,
+            Cause::Etcd(_) | Cause::Refused(_) => io::ErrorKind::Other,
             Cause::TimedOut(_) => io::ErrorKind::TimedOut,
             Cause::Invalid(_) => io::ErrorKind::InvalidInput,
         };

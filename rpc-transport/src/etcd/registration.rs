@@ -157,6 +157,7 @@ impl EtcdRegistrar {
         };
         let granted_ttl = keeper.grant_and_put(&mut client).await?;
         let key = keeper.options.key.clone();
+        let etcd = keeper.options.etcd.clone();
         let request_timeout = keeper.options.request_timeout;
         info!(
             key = %key,
@@ -164,11 +165,11 @@ impl EtcdRegistrar {
             ttl_secs = granted_ttl,
             "etcd: registered"
         );
-        let task = tokio::spawn(keeper.run(client.clone(), granted_ttl));
+        let task = tokio::spawn(keeper.run(client, granted_ttl));
         Ok(Registration {
             key,
             lease,
-            client,
+            etcd,
             task: Some(task),
             request_timeout,
         })
@@ -184,7 +185,7 @@ impl EtcdRegistrar {
 pub struct Registration {
     key: String,
     lease: Arc<AtomicI64>,
-    client: Client,
+    etcd: Vec<String>,
     task: Option<JoinHandle<()>>,
     request_timeout: Duration,
 }
@@ -223,7 +224,8 @@ impl Registration {
         }
         let lease = self.lease_id();
         let key = self.key.clone();
-        let mut client = self.client.clone();
+        // A connection of its own: the keepalive's may be the one that broke.
+        let mut client = connect(&self.etcd, self.request_timeout).await?;
         let revoked = within(
             self.request_timeout,
             || format!("deregistering `{key}` (revoking lease {lease}) in etcd"),
@@ -312,7 +314,7 @@ impl Keeper {
         )
         .await?;
         if !granted.error().is_empty() {
-            return Err(EtcdError::invalid(
+            return Err(EtcdError::refused(
                 format!("granting a {} s lease for `{key}` in etcd", self.ttl_secs),
                 format!("etcd refused: {}", granted.error()),
             ));
@@ -382,29 +384,31 @@ impl Keeper {
         let limit = self.options.request_timeout;
         let lease = self.lease.load(Ordering::Acquire);
         let action = || format!("keeping lease {lease} of `{}` alive", self.options.key);
-        let interval = Duration::from_millis(u64::try_from(ttl_secs).unwrap_or(1) * 1000 / 3);
+        let interval = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(1)) / 3;
         let (mut keeper, mut responses) =
             match within(limit, action, client.lease_keep_alive(lease)).await {
                 Ok(pair) => pair,
                 // It fails too when the lease is gone: ask etcd which it is.
                 Err(err) => return self.lost_or(client, lease, err).await,
             };
+        // Opening the stream refreshed the lease once already.
+        *failures = 0;
         loop {
+            tokio::time::sleep(interval).await;
             if let Err(err) = within(limit, action, keeper.keep_alive()).await {
                 return Stop::Failed(err);
             }
             match within(limit, action, responses.message()).await {
-                Ok(Some(response)) if response.ttl() > 0 => *failures = 0,
+                Ok(Some(response)) if response.ttl() > 0 => {}
                 Ok(Some(_)) => return Stop::Lost,
                 Ok(None) => {
-                    return Stop::Failed(EtcdError::invalid(
+                    return Stop::Failed(EtcdError::refused(
                         action(),
                         "etcd closed the keepalive stream",
                     ))
                 }
                 Err(err) => return Stop::Failed(err),
             }
-            tokio::time::sleep(interval).await;
         }
     }
 
