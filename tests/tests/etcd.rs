@@ -389,8 +389,7 @@ fn client(etcd: &Etcd) -> WhereClient {
         .discover(
             EtcdDiscovery::new([etcd.addr()], PREFIX)
                 .backoff(fast)
-                .request_timeout(Duration::from_secs(2))
-                .watch(),
+                .request_timeout(Duration::from_secs(2)),
         )
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use futures::stream::{BoxStream, Stream, StreamExt};
-use rpc_core::balance::{Backoff, Change, Endpoint};
+use rpc_core::balance::{Backoff, Change, Discover, Endpoint};
 use tracing::{debug, info, warn};
 
 use super::{connect, dir, within, Entry, EtcdError, DEFAULT_REQUEST_TIMEOUT};
@@ -33,7 +33,9 @@ pub fn watch<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> 
     EtcdDiscovery::new(etcd, prefix).watch()
 }
 
-/// Options for following a prefix in etcd; [`watch`](EtcdDiscovery::watch) starts.
+/// Options for following a prefix in etcd. A [`Discover`] source as it is (give it to
+/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover)); or
+/// [`watch`](EtcdDiscovery::watch) makes the stream of changes.
 ///
 /// See [the module's documentation](super) for the keys and values it reads.
 ///
@@ -41,11 +43,18 @@ pub fn watch<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> 
 /// use std::time::Duration;
 /// use rpc_core::balance::Backoff;
 /// use rpc_transport::etcd::EtcdDiscovery;
+/// # use rpc_core::service;
+/// # #[service]
+/// # pub trait Inventory {
+/// #     async fn stock(&self, item: String) -> u32;
+/// # }
 ///
-/// let changes = EtcdDiscovery::new(["10.0.0.10:2379", "10.0.0.11:2379"], "/services/inventory")
+/// # async fn demo() {
+/// let etcd = EtcdDiscovery::new(["10.0.0.10:2379", "10.0.0.11:2379"], "/services/inventory")
 ///     .backoff(Backoff::new(Duration::from_millis(200), Duration::from_secs(10)))
-///     .request_timeout(Duration::from_secs(3))
-///     .watch();
+///     .request_timeout(Duration::from_secs(3));
+/// let client = InventoryClient::builder().discover(etcd);
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct EtcdDiscovery {
@@ -100,6 +109,15 @@ impl EtcdDiscovery {
         EtcdWatch {
             changes: changes.boxed(),
         }
+    }
+}
+
+impl Discover for EtcdDiscovery {
+    type Connector = TcpConnector;
+    type Changes = EtcdWatch;
+
+    fn into_changes(self) -> EtcdWatch {
+        self.watch()
     }
 }
 
