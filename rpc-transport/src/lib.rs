@@ -20,10 +20,15 @@
 //!
 //! With the `dns` feature, `dns::Dns` finds a balancing client's endpoints in DNS (A/AAAA
 //! or SRV records) and follows them as they change.
+//!
+//! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
+//! the servers registered there.
 #![deny(missing_docs)]
 
 #[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod framing;
 pub mod memory;
 pub mod tcp;

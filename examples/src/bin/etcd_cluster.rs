@@ -1,0 +1,553 @@
+//! Service discovery through etcd: server processes register themselves, one client follows
+//! them, and the set changes under it (a server crashes, a new one joins) without a single
+//! failed call.
+//!
+//! Run it with `cargo run -p rpc-examples --features etcd --bin etcd_cluster`. Building
+//! needs `protoc` (`apt-get install protobuf-compiler`). It uses the etcd at
+//! `ETCD_ENDPOINTS` (comma-separated `host:port`s) if set; otherwise it starts its own
+//! `etcd` (`apt-get install etcd-server`) on free loopback ports with a temporary data
+//! directory, and stops it at the end.
+//!
+//! The program plays every part. As the driver (no arguments) it starts three copies of
+//! itself as servers (`etcd_cluster serve <etcd> <prefix> <name>`, which you can also run by
+//! hand): each binds a free port and registers `<prefix>/<name> = 127.0.0.1:<port>` in etcd
+//! on a lease with a 3 s TTL. The client knows no address: it watches the prefix, and makes
+//! calls from 8 concurrent tasks. After a third of the calls the driver kills server `b`
+//! with SIGKILL (a crash: nothing deregisters it), and starts a fourth server, `d`. `stock`
+//! is marked `#[rpc(idempotent)]`, so calls cut off by the crash are retried on another
+//! server; the client stops sending calls to `b` at once (its connection is gone), drops it
+//! when its lease expires, and balances calls onto `d` as soon as `d` registers. At the end
+//! the driver shuts the servers down gracefully: each deregisters (revoking its lease), then
+//! finishes its calls. The program exits with a non-zero status if any call failed, so CI
+//! can run it.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rpc_core::balance::{Backoff, EndpointState, LeastLoaded};
+use rpc_core::{service, Keepalive, Server};
+use rpc_transport::etcd::{self, EtcdDiscovery};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// How many units of an item a server has, and which server said so.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stock {
+    /// Units in stock.
+    pub units: u32,
+    /// The server that answered (the demo counts calls per server with it).
+    pub server: String,
+}
+
+/// A read-only inventory, replicated on every server.
+#[service]
+pub trait Inventory {
+    /// Reads are safe to repeat: the client may retry them on another server.
+    #[rpc(idempotent)]
+    async fn stock(&self, item: String) -> Stock;
+}
+
+/// One replica of the inventory.
+struct Replica {
+    name: String,
+}
+
+impl Inventory for Replica {
+    async fn stock(&self, item: String) -> Stock {
+        // Pretend to look the item up, so some calls are always in flight when a server dies.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let units = match item.as_str() {
+            "apples" => 120,
+            "pears" => 45,
+            "plums" => 8,
+            _ => 0,
+        };
+        Stock {
+            units,
+            server: self.name.clone(),
+        }
+    }
+}
+
+/// The servers: three at first, then `d` joins after `b` crashed.
+const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
+const FIRST: usize = 3;
+const VICTIM: usize = 1;
+const JOINER: usize = 3;
+/// The servers' lease TTL: how long a crashed server stays listed in etcd.
+const TTL: Duration = Duration::from_secs(3);
+const TOTAL_CALLS: u64 = 3_000;
+const TASKS: usize = 8;
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest the driver waits for something to happen.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Calls the new server answers before the run may end.
+const FAIR_SHARE: u64 = 100;
+
+/// The phases of the run, which the summary counts calls by: before `b` crashed, and after
+/// (when `d` joins too).
+const BEFORE_CRASH: usize = 0;
+const AFTER_CRASH: usize = 1;
+
+#[tokio::main]
+async fn main() -> Result<ExitCode, Box<dyn Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => drive().await,
+        [mode, etcd, prefix, name] if mode == "serve" => {
+            serve(etcd, prefix, name).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("usage: etcd_cluster                                  (the demo)");
+            eprintln!("       etcd_cluster serve <etcd> <prefix> <name>     (one server)");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Server mode: one replica on a free port, registered in etcd, until its stdin closes or it
+/// gets Ctrl-C; then it deregisters and shuts down gracefully.
+async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error>> {
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let etcd: Vec<&str> = etcd.split(',').collect();
+    let registration = etcd::register(etcd, prefix, name, addr, TTL).await?;
+    println!(
+        "  server {name}: listening on {addr}, registered as {}",
+        registration.key()
+    );
+
+    // The driver holds our stdin open; when it closes it (or dies), we leave.
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = closed.send(());
+    });
+    let signal = async {
+        tokio::select! {
+            _ = stdin_closed => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    Server::new()
+        .add_service(InventoryServer::new(Replica { name: name.into() }))
+        .shutdown_grace(Duration::from_secs(5))
+        // Deregister first (clients stop sending new calls), then stop and drain.
+        .serve_with_shutdown(listener, registration.deregister_on(signal))
+        .await?;
+    println!("  server {name}: deregistered and stopped");
+    Ok(())
+}
+
+/// A server child process, killed when dropped (also when the driver fails half-way).
+struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    fn start(etcd: &str, prefix: &str, name: &str) -> std::io::Result<ServerProcess> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", etcd, prefix, name])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        Ok(ServerProcess { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the server gets no chance to deregister, finish its calls or close its
+    /// connections.
+    fn crash(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Graceful: close its stdin, and wait until it has deregistered and stopped.
+    fn stop(mut self) -> std::io::Result<()> {
+        drop(self.child.stdin.take());
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.crash();
+        }
+    }
+}
+
+/// What the calling tasks and the driver share.
+struct Run {
+    started: AtomicU64,
+    phase: AtomicUsize,
+    /// Calls answered, by the phase they started in and the server that answered.
+    answered: [[AtomicU64; SERVERS.len()]; 2],
+    failed: AtomicU64,
+    /// Calls finished so far (answered or failed); the driver waits on it.
+    finished: watch::Sender<u64>,
+    /// Set by the driver once `d` has answered its share: the tasks may stop after
+    /// `TOTAL_CALLS`.
+    may_stop: AtomicBool,
+}
+
+impl Run {
+    fn answered(&self, phase: usize, server: usize) -> u64 {
+        self.answered[phase][server].load(Ordering::Relaxed)
+    }
+}
+
+/// One of the tasks making calls, each after the previous one finished.
+async fn make_calls(client: InventoryClient, run: Arc<Run>) {
+    const ITEMS: [&str; 4] = ["apples", "pears", "plums", "kiwis"];
+    loop {
+        let n = run.started.fetch_add(1, Ordering::Relaxed);
+        if n >= TOTAL_CALLS && run.may_stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let phase = run.phase.load(Ordering::Relaxed);
+        let item = ITEMS[n as usize % ITEMS.len()].to_string();
+        match client.stock(item).timeout(CALL_TIMEOUT).await {
+            Ok(stock) => match SERVERS.iter().position(|s| *s == stock.server) {
+                Some(server) => {
+                    run.answered[phase][server].fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    run.failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("call {n} answered by an unknown server {}", stock.server);
+                }
+            },
+            Err(err) => {
+                run.failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("call {n} failed: {err} ({:?})", err.kind());
+            }
+        }
+        run.finished.send_modify(|finished| {
+            *finished += 1;
+            if *finished % 1000 == 0 {
+                let failed = run.failed.load(Ordering::Relaxed);
+                println!("  {finished} calls done, {failed} failed");
+            }
+        });
+    }
+}
+
+/// Driver mode: the demo.
+async fn drive() -> Result<ExitCode, Box<dyn Error>> {
+    // An etcd to use: the one named by ETCD_ENDPOINTS, or our own.
+    let (etcd, _own_etcd) = match std::env::var("ETCD_ENDPOINTS") {
+        Ok(endpoints) if !endpoints.trim().is_empty() => {
+            println!("using the etcd at {endpoints} (ETCD_ENDPOINTS)");
+            (endpoints, None)
+        }
+        _ => {
+            let own = OwnEtcd::start().await?;
+            println!("started etcd (pid {}) at {}", own.child.id(), own.addr());
+            (own.addr(), Some(own))
+        }
+    };
+    // A prefix of our own, so runs sharing an etcd do not see each other's servers.
+    let prefix = format!(
+        "/rpc-examples/etcd_cluster/{}/inventory",
+        std::process::id()
+    );
+
+    let mut servers: Vec<Option<ServerProcess>> = Vec::new();
+    for name in &SERVERS[..FIRST] {
+        let server = ServerProcess::start(&etcd, &prefix, name)?;
+        println!("started server {name} (pid {})", server.pid());
+        servers.push(Some(server));
+    }
+
+    let discovery = EtcdDiscovery::new(etcd.split(','), &prefix)
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        ))
+        .watch();
+    let client = InventoryClient::builder()
+        .strategy(LeastLoaded::new())
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
+        .keepalive(Some(Keepalive::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )))
+        .discover(discovery);
+    // Wait until the three have registered and the client is connected to each.
+    if !wait_until(|| connected(&client) == registered(&SERVERS[..FIRST], &prefix)).await {
+        return Err(format!("the servers did not all register within {PATIENCE:?}").into());
+    }
+    println!(
+        "the client found a, b and c in etcd under {prefix}/ and is connected to each; making \
+         {TOTAL_CALLS} calls from {TASKS} tasks"
+    );
+
+    let run = Arc::new(Run {
+        started: AtomicU64::new(0),
+        phase: AtomicUsize::new(BEFORE_CRASH),
+        answered: Default::default(),
+        failed: AtomicU64::new(0),
+        finished: watch::Sender::new(0),
+        may_stop: AtomicBool::new(false),
+    });
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| tokio::spawn(make_calls(client.clone(), Arc::clone(&run))))
+        .collect();
+    let mut finished = run.finished.subscribe();
+
+    finished.wait_for(|&n| n >= TOTAL_CALLS / 3).await?;
+    let victim = SERVERS[VICTIM];
+    let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
+    let pid = crashed.pid();
+    crashed.crash()?;
+    let crash = Instant::now();
+    run.phase.store(AFTER_CRASH, Ordering::Relaxed);
+    println!("killed server {victim} (pid {pid}) with SIGKILL: it does not deregister");
+
+    let joiner = SERVERS[JOINER];
+    let server = ServerProcess::start(&etcd, &prefix, joiner)?;
+    println!("started server {joiner} (pid {})", server.pid());
+    servers.push(Some(server));
+    let join = Instant::now();
+
+    // The client drops b once its lease expires in etcd, and picks d up once it registers.
+    let victim_key = format!("{prefix}/{victim}");
+    let joiner_key = format!("{prefix}/{joiner}");
+    let (mut dropped, mut picked) = (false, false);
+    let settled = wait_until(|| {
+        let endpoints = endpoints(&client);
+        if !dropped && !endpoints.iter().any(|(key, _)| *key == victim_key) {
+            dropped = true;
+            println!(
+                "the client dropped {victim} {} ms after the crash, when its lease expired \
+                 (TTL {} s)",
+                crash.elapsed().as_millis(),
+                TTL.as_secs()
+            );
+        }
+        if !picked
+            && (endpoints.iter())
+                .any(|(key, state)| *key == joiner_key && *state == EndpointState::Ready)
+        {
+            picked = true;
+            println!(
+                "the client connected to {joiner} {} ms after it started",
+                join.elapsed().as_millis()
+            );
+        }
+        dropped && picked
+    })
+    .await;
+    let shared = settled && wait_until(|| run.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE).await;
+    run.may_stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = began.elapsed();
+
+    let stats = client
+        .client()
+        .stats()
+        .expect("a balancing client has stats");
+    let made = *run.finished.borrow();
+    let failed = run.failed.load(Ordering::Relaxed);
+    println!();
+    println!("calls made: {made} in {} ms", elapsed.as_millis());
+    if made > TOTAL_CALLS {
+        println!(
+            "            (more than {TOTAL_CALLS}: the run went on until {victim}'s lease expired \
+             and {joiner} took its share)"
+        );
+    }
+    println!("failed:     {failed}");
+    println!(
+        "retries:    {} (refused by the retry budget: {})",
+        stats.retries, stats.retries_refused
+    );
+    println!();
+    println!("answered by   before {victim} crashed   after ({joiner} joining)");
+    for (index, name) in SERVERS.iter().enumerate() {
+        println!(
+            "server {name}      {:>16}   {:>19}",
+            run.answered(BEFORE_CRASH, index),
+            run.answered(AFTER_CRASH, index),
+        );
+    }
+    println!();
+
+    println!("shutting the servers down gracefully (each deregisters, then drains)");
+    for server in servers.into_iter().flatten() {
+        server.stop()?;
+    }
+    let left = wait_until(|| endpoints(&client).is_empty()).await;
+    println!("the client has {} endpoints left", endpoints(&client).len());
+
+    if failed > 0 {
+        eprintln!("FAILED: {failed} idempotent calls failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !settled {
+        eprintln!(
+            "FAILED: within {PATIENCE:?}, the client did not drop {victim} or did not pick up {joiner}"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !shared {
+        eprintln!("FAILED: {joiner} did not answer {FAIR_SHARE} calls within {PATIENCE:?}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !left {
+        eprintln!("FAILED: the servers shut down, but the client still lists some");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The client's endpoints (their etcd keys) and their states.
+fn endpoints(client: &InventoryClient) -> Vec<(String, EndpointState)> {
+    let stats = client
+        .client()
+        .stats()
+        .expect("a balancing client has stats");
+    (stats.endpoints.into_iter())
+        .map(|endpoint| (endpoint.key, endpoint.state))
+        .collect()
+}
+
+/// The keys of the client's connected endpoints, sorted.
+fn connected(client: &InventoryClient) -> Vec<String> {
+    let mut keys: Vec<String> = (endpoints(client).into_iter())
+        .filter(|(_, state)| *state == EndpointState::Ready)
+        .map(|(key, _)| key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The keys these servers register under, sorted.
+fn registered(names: &[&str], prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = names
+        .iter()
+        .map(|name| format!("{prefix}/{name}"))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Waits until `done()` is true (polling it), or `PATIENCE` has passed; says which.
+async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let since = Instant::now();
+    while !done() {
+        if since.elapsed() > PATIENCE {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// An etcd of our own on free loopback ports, with a temporary data directory; killed (and
+/// the directory deleted) when dropped.
+struct OwnEtcd {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnEtcd {
+    async fn start() -> Result<OwnEtcd, Box<dyn Error>> {
+        let dir = std::env::temp_dir().join(format!("rpc-etcd-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let [port, peer_port] = free_ports()?;
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--name=demo")
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=demo={peer_url}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| {
+                format!(
+                    "could not start `etcd` ({err}): install it (`apt-get install etcd-server`), \
+                     or point ETCD_ENDPOINTS at a running etcd"
+                )
+            })?;
+        let mut etcd = OwnEtcd { child, dir, port };
+        let since = Instant::now();
+        while !healthy(port).await {
+            if let Some(status) = etcd.child.try_wait()? {
+                return Err(format!(
+                    "etcd exited at start-up ({status}); see {}",
+                    etcd.dir.join("etcd.log").display()
+                )
+                .into());
+            }
+            if since.elapsed() > PATIENCE {
+                return Err(format!("etcd did not become healthy within {PATIENCE:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(etcd)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether etcd answers `GET /health` with `"health":"true"` (it is up and has a leader).
+async fn healthy(port: u16) -> bool {
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&answer).contains(r#""health":"true""#))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Two distinct free loopback ports: bind them at once, note them, and let them go.
+fn free_ports() -> std::io::Result<[u16; 2]> {
+    let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let second = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
+}

@@ -1,0 +1,368 @@
+//! The client side: a stream of endpoint changes that follows a prefix in etcd.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use rpc_core::balance::{Backoff, Change, Discover, Endpoint};
+use tracing::{debug, info, warn};
+
+use super::{connect, dir, within, Entry, EtcdError, DEFAULT_REQUEST_TIMEOUT};
+use crate::tcp::{self, TcpConnector};
+
+/// Follows the servers registered under `prefix` in the etcd cluster at `etcd` (`host:port`
+/// of one or more members), with the default options of [`EtcdDiscovery`]: give it to
+/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
+///
+/// ```no_run
+/// # use rpc_core::service;
+/// # #[service]
+/// # pub trait Inventory {
+/// #     async fn stock(&self, item: String) -> u32;
+/// # }
+/// # async fn demo() {
+/// let client = InventoryClient::builder()
+///     .discover(rpc_transport::etcd::watch(["127.0.0.1:2379"], "/services/inventory"));
+/// # }
+/// ```
+pub fn watch<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> EtcdWatch {
+    EtcdDiscovery::new(etcd, prefix).watch()
+}
+
+/// Options for following a prefix in etcd. A [`Discover`] source as it is (give it to
+/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover)); or
+/// [`watch`](EtcdDiscovery::watch) makes the stream of changes.
+///
+/// See [the module's documentation](super) for the keys and values it reads.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use rpc_core::balance::Backoff;
+/// use rpc_transport::etcd::EtcdDiscovery;
+/// # use rpc_core::service;
+/// # #[service]
+/// # pub trait Inventory {
+/// #     async fn stock(&self, item: String) -> u32;
+/// # }
+///
+/// # async fn demo() {
+/// let etcd = EtcdDiscovery::new(["10.0.0.10:2379", "10.0.0.11:2379"], "/services/inventory")
+///     .backoff(Backoff::new(Duration::from_millis(200), Duration::from_secs(10)))
+///     .request_timeout(Duration::from_secs(3));
+/// let client = InventoryClient::builder().discover(etcd);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EtcdDiscovery {
+    etcd: Vec<String>,
+    dir: String,
+    backoff: Backoff,
+    request_timeout: Duration,
+}
+
+impl EtcdDiscovery {
+    /// Follows `prefix` in the etcd cluster at `etcd`; reconnects after 100 ms, doubling up to
+    /// 5 s; gives each request to etcd 5 s.
+    pub fn new<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> EtcdDiscovery {
+        EtcdDiscovery {
+            etcd: etcd.into_iter().map(|e| e.as_ref().to_string()).collect(),
+            dir: dir(prefix),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// How long to wait before reconnecting to etcd after a failure, by the number of
+    /// failures in a row.
+    pub fn backoff(mut self, backoff: Backoff) -> EtcdDiscovery {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long connecting to etcd, listing the prefix and starting the watch may each take
+    /// before the attempt counts as failed (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> EtcdDiscovery {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The stream of changes: first an [`Insert`](Change::Insert) for every server listed
+    /// now, then one change per put or delete under the prefix. It never ends; it does its
+    /// work only while polled (no background task), and dropping it closes its connection to
+    /// etcd.
+    pub fn watch(self) -> EtcdWatch {
+        let watcher = Watcher {
+            options: self,
+            known: HashMap::new(),
+            pending: VecDeque::new(),
+            session: None,
+            failures: 0,
+        };
+        let changes = futures::stream::unfold(watcher, |mut watcher| async move {
+            let change = watcher.next().await;
+            Some((change, watcher))
+        });
+        EtcdWatch {
+            changes: changes.boxed(),
+        }
+    }
+}
+
+impl Discover for EtcdDiscovery {
+    type Connector = TcpConnector;
+    type Changes = EtcdWatch;
+
+    fn into_changes(self) -> EtcdWatch {
+        self.watch()
+    }
+}
+
+/// The changes to the servers under a prefix in etcd; made by [`watch`] or
+/// [`EtcdDiscovery::watch`]. A `Stream` of [`Change`]s for
+/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
+pub struct EtcdWatch {
+    changes: BoxStream<'static, Change<TcpConnector>>,
+}
+
+impl fmt::Debug for EtcdWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdWatch").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EtcdWatch {
+    type Item = Change<TcpConnector>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_next_unpin(cx)
+    }
+}
+
+/// A live watch: the client it runs on, and when it started.
+struct Session {
+    // Kept so the connection lives as long as the watch.
+    _client: Client,
+    stream: WatchStream,
+    started: Instant,
+}
+
+struct Watcher {
+    options: EtcdDiscovery,
+    /// What the consumer has been told is under the prefix (changes in `pending` included).
+    known: HashMap<String, Entry>,
+    /// Changes not handed out yet.
+    pending: VecDeque<Change<TcpConnector>>,
+    session: Option<Session>,
+    /// Attempts to (re)start a session that failed in a row.
+    failures: u32,
+}
+
+impl Watcher {
+    /// The next change; waits (and reconnects, as often as needed) until there is one.
+    async fn next(&mut self) -> Change<TcpConnector> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return change;
+            }
+            let Some(session) = &mut self.session else {
+                let delay = self.options.backoff.delay(self.failures);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match self.start().await {
+                    Ok(session) => self.session = Some(session),
+                    Err(err) => {
+                        self.failures = self.failures.saturating_add(1);
+                        warn!(prefix = %self.options.dir, "etcd discovery: {err}");
+                    }
+                }
+                continue;
+            };
+            let started = session.started;
+            let failed = match session.stream.message().await {
+                Ok(Some(response)) => match self.apply(response) {
+                    Ok(()) => continue,
+                    Err(why) => why,
+                },
+                Ok(None) => "etcd closed the watch".to_string(),
+                Err(err) => format!("the watch failed: {err}"),
+            };
+            // A session that lasted starts the backoff over; one that failed at once goes on
+            // with it.
+            let lasted = started.elapsed() > self.options.backoff.max;
+            self.failures = if lasted {
+                1
+            } else {
+                self.failures.saturating_add(1)
+            };
+            self.session = None;
+            warn!(
+                prefix = %self.options.dir,
+                "etcd discovery: {failed}; reconnecting and listing again"
+            );
+        }
+    }
+
+    /// Connects, lists the prefix (queueing what differs from what is known) and starts
+    /// watching from the revision listed.
+    async fn start(&mut self) -> Result<Session, EtcdError> {
+        let limit = self.options.request_timeout;
+        let dir = self.options.dir.clone();
+        let mut client = connect(&self.options.etcd, limit).await?;
+        let listed = within(
+            limit,
+            || format!("listing `{dir}` in etcd"),
+            client.get(dir.as_bytes(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = listed.header().map_or(0, |header| header.revision());
+        let mut now = HashMap::new();
+        for kv in listed.kvs() {
+            if let Some((key, entry)) = read(kv.key(), kv.value()) {
+                now.insert(key, entry);
+            }
+        }
+
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision.saturating_add(1));
+        let mut stream = within(
+            limit,
+            || format!("watching `{dir}` in etcd"),
+            client.watch(dir.as_bytes(), Some(options)),
+        )
+        .await?;
+        // etcd confirms the watch before sending anything else.
+        let created = within(
+            limit,
+            || format!("watching `{dir}` in etcd"),
+            stream.message(),
+        )
+        .await?;
+        match created {
+            Some(response) if response.created() && !response.canceled() => {}
+            Some(response) => {
+                return Err(EtcdError::refused(
+                    format!("watching `{dir}` in etcd"),
+                    format!("etcd refused the watch: {}", refusal(&response)),
+                ))
+            }
+            None => {
+                return Err(EtcdError::refused(
+                    format!("watching `{dir}` in etcd"),
+                    "etcd closed the watch at once",
+                ))
+            }
+        }
+
+        self.sync(now);
+        info!(
+            prefix = %dir,
+            revision,
+            servers = self.known.len(),
+            "etcd discovery: listed and watching"
+        );
+        Ok(Session {
+            _client: client,
+            stream,
+            started: Instant::now(),
+        })
+    }
+
+    /// Makes `known` what was listed, queueing the changes that takes.
+    fn sync(&mut self, now: HashMap<String, Entry>) {
+        let gone: Vec<String> = (self.known.keys())
+            .filter(|key| !now.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
+        for (key, entry) in now {
+            self.insert(key, entry);
+        }
+    }
+
+    /// Applies a watch response; says why if the watch is over.
+    fn apply(&mut self, response: WatchResponse) -> Result<(), String> {
+        if response.canceled() || response.compact_revision() != 0 {
+            return Err(format!("etcd cancelled the watch: {}", refusal(&response)));
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            // The raw event type, read without `Event::event_type`, which panics on a type it
+            // does not know.
+            match event.0.r#type {
+                PUT => match read(kv.key(), kv.value()) {
+                    Some((key, entry)) => self.insert(key, entry),
+                    // Not a server (any more): as if deleted.
+                    None => self.remove(&String::from_utf8_lossy(kv.key())),
+                },
+                DELETE => self.remove(&String::from_utf8_lossy(kv.key())),
+                other => warn!(
+                    prefix = %self.options.dir,
+                    "etcd discovery: ignoring an event of unknown type {other}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, key: String, entry: Entry) {
+        if self.known.get(&key) == Some(&entry) {
+            return;
+        }
+        debug!(key = %key, addr = %entry.addr, weight = entry.weight, "etcd discovery: server in");
+        let endpoint = Endpoint::new(key.clone(), tcp::connector(&entry.addr)).weight(entry.weight);
+        self.pending.push_back(Change::Insert(endpoint));
+        self.known.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.known.remove(key).is_some() {
+            debug!(key = %key, "etcd discovery: server out");
+            self.pending.push_back(Change::Remove(key.to_string()));
+        }
+    }
+}
+
+/// `mvccpb.Event.EventType`.
+const PUT: i32 = 0;
+const DELETE: i32 = 1;
+
+/// A key and value under the prefix as a server entry, or `None` (logged) if it is not one.
+fn read(key: &[u8], value: &[u8]) -> Option<(String, Entry)> {
+    let Ok(key) = std::str::from_utf8(key) else {
+        warn!(key = %String::from_utf8_lossy(key), "etcd discovery: ignoring a key that is not UTF-8");
+        return None;
+    };
+    match Entry::parse(value) {
+        Ok(entry) => Some((key.to_string(), entry)),
+        Err(why) => {
+            warn!(
+                key = %key,
+                "etcd discovery: ignoring the value of `{key}`: {why} (expected `host:port` or \
+                 `host:port weight`)"
+            );
+            None
+        }
+    }
+}
+
+/// Why etcd cancelled a watch, in words.
+fn refusal(response: &WatchResponse) -> String {
+    if response.compact_revision() != 0 {
+        format!(
+            "the revisions it needed were compacted (up to {})",
+            response.compact_revision()
+        )
+    } else if response.cancel_reason().is_empty() {
+        "no reason given".to_string()
+    } else {
+        response.cancel_reason().to_string()
+    }
+}
