@@ -81,7 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let transport = tls::connect(addr, "localhost", config).await?;
     let client = GreeterClient::new(transport);
     match client.hello("Mallory".into()).await {
-        Ok(greeting) => println!("without a token:  unexpectedly answered {greeting:?}"),
+        Ok(greeting) => {
+            return Err(format!("without a token:  unexpectedly answered {greeting:?}").into())
+        }
         Err(err) => println!("without a token:  {:?} ({err})", err.kind()),
     }
     // ...and with a wrong one, on the same connection.
@@ -89,7 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .hello("Mallory".into())
         .metadata("authorization", "Bearer guessed");
     match call.await {
-        Ok(greeting) => println!("a wrong token:    unexpectedly answered {greeting:?}"),
+        Ok(greeting) => {
+            return Err(format!("a wrong token:    unexpectedly answered {greeting:?}").into())
+        }
         Err(err) => println!("a wrong token:    {:?} ({err})", err.kind()),
     }
 
@@ -97,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stranger = make_certificates("some other CA", "localhost")?;
     let config = tls::client_config(&stranger.ca)?;
     match tls::connect(addr, "localhost", config).await {
-        Ok(_) => println!("untrusted CA:     unexpectedly connected"),
+        Ok(_) => return Err("untrusted CA: unexpectedly connected".into()),
         Err(err) => println!("untrusted CA:     io {:?} ({err})", err.kind()),
     }
 
@@ -107,5 +111,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .metadata("authorization", format!("Bearer {TOKEN}"))
             .await?;
     println!("the handler ran {count} time(s): only for the call with the token");
+    if count != 1 {
+        return Err(format!("the handler ran {count} times; a refused call reached it").into());
+    }
     Ok(())
 }
