@@ -1,11 +1,11 @@
 //! Hooks for fuzz targets and property tests of the wire protocol. **Not a public API**: no
 //! stability promise, hidden from the docs, and free to change with the protocol.
 //!
-//! The protocol's [`Message`] borrows from its frame and is crate-private, so that it can
+//! The protocol's `Message` borrows from its frame and is crate-private, so that it can
 //! change without a semver break. Fuzz targets (`fuzz/` at the repository root) and the
 //! workspace's property tests still need to reach the very decoder the server and the client
 //! run, and the encoders both sides send with; this module gives them exactly that, through
-//! an owned mirror of the message ([`WireMessage`]) that only this module converts.
+//! an owned mirror of the message (`WireMessage`) that only this module converts.
 
 use std::time::Duration;
 
