@@ -1,10 +1,11 @@
 //! What a handler knows about the call it is serving: its deadline, metadata and trace.
 //!
 //! While the server polls a handler, the call's [`CallContext`] is the *current* context of
-//! that thread; [`current`], [`deadline`], [`metadata`] and [`trace`] read it (`current()`
-//! is `None` outside handlers, and for a call that carries neither a deadline nor metadata
-//! unless the server started a trace for it, which it does only when a `tracing`
-//! subscriber records its span). A client call made from
+//! that thread; [`current`], [`deadline`], [`metadata`], [`peer`] and [`trace`] read it
+//! (`current()` is `None` outside handlers, and for a call that carries neither a deadline
+//! nor metadata and came over a connection whose listener knows nothing of its peer, such
+//! as an in-memory one, unless the server started a trace for it, which it does only when
+//! a `tracing` subscriber records its span). A client call made from
 //! inside a handler inherits the remaining deadline by default, so a chain of services gives
 //! up together instead of working on for a caller that has already gone:
 //!
@@ -68,6 +69,7 @@ use pin_project::pin_project;
 
 pub use crate::observe::TraceContext;
 use crate::observe::TRACEPARENT;
+pub use crate::peer::{Identity, Peer};
 
 /// Key/value pairs sent with a call: keys are text, values are bytes.
 ///
@@ -150,6 +152,7 @@ pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
     trace: Option<TraceContext>,
+    peer: Option<Arc<Peer>>,
 }
 
 impl CallContext {
@@ -171,13 +174,29 @@ impl CallContext {
             deadline,
             metadata,
             trace,
+            peer: None,
         }
     }
 
-    /// The context of a call, or `None` when it carries nothing (no deadline, no metadata),
-    /// which reads the same and costs nothing to install.
-    pub(crate) fn for_call(deadline: Option<Instant>, metadata: Metadata) -> Option<CallContext> {
-        (deadline.is_some() || !metadata.is_empty()).then(|| CallContext::new(deadline, metadata))
+    /// The context of a call, or `None` when it carries nothing (no deadline, no metadata,
+    /// an in-memory peer), which reads the same and costs nothing to install.
+    pub(crate) fn for_call(
+        deadline: Option<Instant>,
+        metadata: Metadata,
+        peer: Option<&Arc<Peer>>,
+    ) -> Option<CallContext> {
+        (deadline.is_some() || !metadata.is_empty() || peer.is_some()).then(|| {
+            let mut context = CallContext::new(deadline, metadata);
+            context.peer = peer.cloned();
+            context
+        })
+    }
+
+    /// Who made the call: the connection's address and any identity its transport verified
+    /// (a TLS client certificate). `None` when the listener could tell nothing (in-memory
+    /// connections, [`Server::serve_connection`](crate::Server::serve_connection)).
+    pub fn peer(&self) -> Option<&Peer> {
+        self.peer.as_deref()
     }
 
     /// Where the call sits in a distributed trace: the valid `traceparent` it came with, if
@@ -251,6 +270,13 @@ pub fn deadline() -> Option<Instant> {
 /// The current call's metadata (empty outside a handler).
 pub fn metadata() -> Metadata {
     peek(|context| context.map(|c| c.metadata.clone()).unwrap_or_default())
+}
+
+/// Who made the current call: its connection's address and any identity the transport
+/// verified, such as a TLS client certificate (see [`CallContext::peer`]); `None` outside a
+/// handler or when the listener could tell nothing.
+pub fn peer() -> Option<Arc<Peer>> {
+    peek(|context| context.and_then(|c| c.peer.clone()))
 }
 
 /// The current call's trace context, if it is being served and came with one (see

@@ -28,6 +28,11 @@ pub enum ErrorKind {
     Protocol,
     /// The handler panicked; the connection and the server live on.
     Internal,
+    /// The server does not know who the caller is: a missing, expired or wrong credential
+    /// (a bearer token, a client certificate). Retrying with the same credential fails again.
+    Unauthenticated,
+    /// The server knows who the caller is and does not allow it this call (or connection).
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -48,6 +53,8 @@ impl ErrorKind {
             ErrorKind::Incompatible => "incompatible",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission denied",
         }
     }
 
@@ -59,6 +66,8 @@ impl ErrorKind {
             ErrorKind::Incompatible => 4,
             ErrorKind::Protocol => 5,
             ErrorKind::Internal => 6,
+            ErrorKind::Unauthenticated => 7,
+            ErrorKind::PermissionDenied => 8,
         }
     }
 
@@ -70,6 +79,8 @@ impl ErrorKind {
             3 => ErrorKind::Overloaded,
             4 => ErrorKind::Incompatible,
             6 => ErrorKind::Internal,
+            7 => ErrorKind::Unauthenticated,
+            8 => ErrorKind::PermissionDenied,
             _ => ErrorKind::Protocol,
         }
     }
@@ -120,6 +131,18 @@ impl RpcError {
         &self.message
     }
 
+    /// An [`Unauthenticated`](ErrorKind::Unauthenticated) error: for an
+    /// [`Authorize`](crate::Authorize) hook that does not know who the caller is.
+    pub fn unauthenticated(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorKind::Unauthenticated, message)
+    }
+
+    /// A [`PermissionDenied`](ErrorKind::PermissionDenied) error: for an
+    /// [`Authorize`](crate::Authorize) hook that knows the caller and refuses it.
+    pub fn permission_denied(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorKind::PermissionDenied, message)
+    }
+
     pub(crate) fn deadline(after: std::time::Duration) -> RpcError {
         RpcError::new(
             ErrorKind::DeadlineExceeded,
@@ -162,6 +185,9 @@ impl From<RpcError> for std::io::Error {
             ErrorKind::DeadlineExceeded => std::io::ErrorKind::TimedOut,
             ErrorKind::Disconnected => std::io::ErrorKind::ConnectionAborted,
             ErrorKind::Protocol => std::io::ErrorKind::InvalidData,
+            ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => {
+                std::io::ErrorKind::PermissionDenied
+            }
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, err)
@@ -181,6 +207,8 @@ mod tests {
             ErrorKind::Incompatible,
             ErrorKind::Protocol,
             ErrorKind::Internal,
+            ErrorKind::Unauthenticated,
+            ErrorKind::PermissionDenied,
         ] {
             assert_eq!(ErrorKind::from_wire(kind.to_wire()), kind);
         }

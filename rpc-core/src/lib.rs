@@ -50,6 +50,7 @@ mod keepalive;
 mod log;
 pub mod observe;
 mod outgoing;
+mod peer;
 mod protocol;
 mod server;
 mod streaming;
@@ -61,7 +62,8 @@ pub use connect::Connect;
 pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
 pub use keepalive::Keepalive;
-pub use server::{BoxFuture, Server, ServerStats, Service};
+pub use peer::{Identity, Peer};
+pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerStats, Service};
 pub use streaming::{Streaming, WINDOW as STREAM_WINDOW};
 pub use transport::{Listener, Transport};
 

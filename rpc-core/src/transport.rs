@@ -10,6 +10,8 @@ use std::io;
 use bytes::Bytes;
 use futures::{Sink, Stream};
 
+use crate::peer::Peer;
+
 /// A duplex of whole frames: a [`Stream`] of received frames and a [`Sink`] of frames to send.
 ///
 /// Each item is one complete frame (one protocol message); the transport does the framing.
@@ -58,10 +60,14 @@ pub trait Listener: Send + 'static {
         let _ = bytes;
     }
 
-    /// Who is at the other end of an accepted transport, for logs and traces (e.g. the
-    /// client's `IP:port`); `None` (the default) when the listener cannot tell.
-    fn peer(&self, transport: &Self::Transport) -> Option<String> {
+    /// Who is at the other end of an accepted transport: its address for logs and traces
+    /// (e.g. the client's `IP:port`), its IP for
+    /// [`max_connections_per_ip`](crate::Server::max_connections_per_ip), and any identity
+    /// the transport verified (a TLS client certificate), which the
+    /// [`Authorize`](crate::Authorize) hook and handlers ([`context::peer`](crate::context::peer))
+    /// see. The default knows nothing.
+    fn peer(&self, transport: &Self::Transport) -> Peer {
         let _ = transport;
-        None
+        Peer::new()
     }
 }

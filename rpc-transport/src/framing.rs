@@ -71,6 +71,11 @@ pub struct Framed<IO> {
     staging: BytesMut,
     /// Bytes in `chunks` and `staging` together.
     queued: usize,
+    /// No frame has been received yet: the first bytes are checked for a TLS record.
+    first: bool,
+    /// The peer sent something that is no frame: what it sends from then on is read and
+    /// dropped, until it closes.
+    poisoned: bool,
 }
 
 impl<IO> Framed<IO>
@@ -88,6 +93,8 @@ where
             chunks: VecDeque::new(),
             staging: BytesMut::new(),
             queued: 0,
+            first: true,
+            poisoned: false,
         }
     }
 
@@ -114,6 +121,18 @@ where
         let mut prefix = [0u8; 4];
         prefix.copy_from_slice(&self.read_buf[..4]);
         let len = u32::from_le_bytes(prefix) as usize;
+        if self.first {
+            match tls_record(&self.read_buf) {
+                TlsRecord::No => self.first = false,
+                // A frame starting with these bytes is at least 64 KiB long: waiting for
+                // two more bytes before deciding costs nothing.
+                TlsRecord::NeedMore if !self.eof => return Ok(None),
+                TlsRecord::NeedMore => self.first = false,
+                TlsRecord::Yes(why) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                }
+            }
+        }
         if len > self.max_frame_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -125,12 +144,34 @@ where
             self.read_buf.reserve(4 + len - self.read_buf.len());
             return Ok(None);
         }
+        self.first = false;
         self.read_buf.advance(4);
         let frame = self.read_buf.split_to(len).freeze();
         if self.read_buf.is_empty() && self.read_buf.capacity() > READ_CHUNK {
             self.read_buf = BytesMut::new();
         }
         Ok(Some(frame))
+    }
+
+    /// After an unparseable frame: reads and drops whatever the peer still sends, so that
+    /// an end that answers with an error and then waits for the peer to close (rather than
+    /// closing with unread data, which resets the connection and can destroy the answer
+    /// before the peer reads it) sees the close. Ends the stream when the peer closes.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let mut scratch = [0u8; 2048];
+        for _ in 0..32 {
+            if self.eof {
+                return Poll::Ready(None);
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                self.eof = true;
+            }
+        }
+        // A peer sending fast does not keep this task to itself.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -173,6 +214,47 @@ where
     }
 }
 
+/// Whether the first bytes of a connection are a TLS record rather than a frame.
+enum TlsRecord {
+    No,
+    NeedMore,
+    Yes(&'static str),
+}
+
+/// Recognises the two TLS records a plain end can receive first: a TLS client's
+/// `ClientHello` (a handshake record, content type 22) and a TLS server's alert (content
+/// type 21, two bytes long) refusing the plain bytes it was sent. Their first bytes (type,
+/// then record version 3.1 to 3.3), read as a frame's length, announce at least 66,325 bytes,
+/// and the three bytes after must match too, so a real first frame is not mistaken for TLS.
+fn tls_record(buf: &[u8]) -> TlsRecord {
+    const ALERT: u8 = 21;
+    const HANDSHAKE: u8 = 22;
+    const CLIENT_HELLO: u8 = 1;
+    let (Some(&kind), Some(&major), Some(&minor)) = (buf.first(), buf.get(1), buf.get(2)) else {
+        return TlsRecord::No;
+    };
+    if !matches!(kind, ALERT | HANDSHAKE) || major != 3 || !(1..=3).contains(&minor) {
+        return TlsRecord::No;
+    }
+    let (Some(&hi), Some(&lo), Some(&body)) = (buf.get(3), buf.get(4), buf.get(5)) else {
+        return TlsRecord::NeedMore;
+    };
+    let record_len = usize::from(hi) << 8 | usize::from(lo);
+    if kind == ALERT && record_len == 2 && matches!(body, 1 | 2) {
+        TlsRecord::Yes(
+            "the peer speaks TLS: it answered with a TLS alert; connect with \
+             rpc_transport::tls (and the server's name and CA)",
+        )
+    } else if kind == HANDSHAKE && record_len <= 1 << 14 && body == CLIENT_HELLO {
+        TlsRecord::Yes(
+            "the peer speaks TLS: it sent a TLS ClientHello; serve it with \
+             rpc_transport::tls::bind, or have it connect without TLS",
+        )
+    } else {
+        TlsRecord::No
+    }
+}
+
 /// Says why a length prefix is refused, and what the bytes looked like.
 fn oversized_message(len: usize, max: usize, buf: &[u8]) -> String {
     let head = &buf[..buf.len().min(16)];
@@ -201,8 +283,17 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(frame) = this.parse_frame()? {
-                return Poll::Ready(Some(Ok(frame)));
+            if this.poisoned {
+                return this.poll_discard(cx);
+            }
+            match this.parse_frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(err) => {
+                    this.poisoned = true;
+                    this.read_buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(err)));
+                }
             }
             if this.eof {
                 return Poll::Ready(if this.read_buf.is_empty() {
@@ -343,6 +434,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_an_error_the_rest_is_dropped_until_the_peer_closes() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b).with_max_frame_size(1000);
+        a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        assert!(b.next().await.unwrap().is_err());
+        let writer = tokio::spawn(async move {
+            for _ in 0..100 {
+                a.write_all(&[0xab; 1000]).await.unwrap();
+            }
+        });
+        // Reads everything the writer sends (it would block on a full pipe otherwise), then
+        // the end of the stream.
+        assert!(b.next().await.is_none());
+        writer.await.unwrap();
+        assert!(b.read_buf.capacity() < 64 << 10);
+    }
+
+    #[tokio::test]
     async fn http_is_recognised() {
         let (mut a, b) = tokio::io::duplex(1024);
         let mut b = framed(b);
@@ -351,6 +460,57 @@ mod tests {
             .unwrap();
         let err = b.next().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("HTTP"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_alert_is_recognised() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b);
+        // A fatal decode_error alert, as a TLS server answers plain bytes.
+        a.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32])
+            .await
+            .unwrap();
+        let err = b.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("speaks TLS"), "{err}");
+        assert!(err.to_string().contains("rpc_transport::tls"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_hello_is_recognised() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b);
+        a.write_all(&[0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0])
+            .await
+            .unwrap();
+        let err = b.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("ClientHello"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_that_only_starts_like_tls_is_a_frame() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (mut a, mut b) = (framed(a), framed(b));
+        // Its length prefix reads as a TLS handshake record header; what follows does not.
+        let len = u32::from_le_bytes([0x16, 0x03, 0x01, 0x00]) as usize;
+        let frame = Bytes::from(vec![7u8; len]);
+        let writer = tokio::spawn(async move { a.send(frame).await.map(|()| a) });
+        let got = b.next().await.unwrap().unwrap();
+        assert_eq!(got.len(), len);
+        let _a = writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_first_frame_is_checked_for_tls() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = framed(b).with_max_frame_size(100);
+        a.write_all(&[1, 0, 0, 0, 9]).await.unwrap();
+        assert_eq!(&b.next().await.unwrap().unwrap()[..], [9]);
+        a.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32])
+            .await
+            .unwrap();
+        let err = b.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("max_frame_size"), "{err}");
     }
 
     #[tokio::test]

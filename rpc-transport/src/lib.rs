@@ -8,15 +8,25 @@
 //! | [`tcp`] | [`tcp::connect(addr)`](tcp::connect) | [`tcp::bind(addr)`](tcp::bind) → listener with `local_addr()` |
 //! | [`unix`] | [`unix::connect(path)`](unix::connect) | [`unix::bind(path)`](unix::bind) |
 //! | [`memory`] | [`memory::pair()`] → `(client_end, server_end)` | [`memory::listener()`] → `(listener, connector)` |
+//! | `tls` (feature `tls`) | `tls::connect(addr, server_name, client_config)` | `tls::bind(addr, server_config)` → listener with `local_addr()` |
 //!
-//! Each module also has a connector (`tcp::connector(addr)`, `unix::connector(path)`, and
-//! the memory listener's connector) for clients that reconnect or balance over several
-//! endpoints: see `rpc_core::ClientBuilder`.
+//! Each module also has a connector (`tcp::connector(addr)`, `unix::connector(path)`,
+//! `tls::connector(addr, server_name, config)`, and the memory listener's connector) for
+//! clients that reconnect or balance over several endpoints: see `rpc_core::ClientBuilder`.
 //!
-//! Any other byte stream (TLS, a pipe) becomes a transport with [`framing::framed`].
+//! The `tls` feature adds the `tls` module: TLS and mutual TLS over TCP, with rustls and
+//! its `ring` provider. Any other byte stream (a pipe, a TLS stream of your own) becomes a
+//! transport with [`framing::framed`].
+//!
+//! With the `dns` feature, [`dns::Dns`] finds a balancing client's endpoints in DNS (A/AAAA
+//! or SRV records) and follows them as they change.
 #![deny(missing_docs)]
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod framing;
 pub mod memory;
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod unix;

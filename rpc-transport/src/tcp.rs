@@ -93,12 +93,13 @@ impl rpc_core::Listener for TcpListener {
         self.max_frame_size = bytes;
     }
 
-    fn peer(&self, transport: &TcpTransport) -> Option<String> {
-        transport
-            .get_ref()
-            .peer_addr()
-            .ok()
-            .map(|addr| addr.to_string())
+    fn peer(&self, transport: &TcpTransport) -> rpc_core::Peer {
+        match transport.get_ref().peer_addr() {
+            Ok(addr) => rpc_core::Peer::new()
+                .with_addr(addr.to_string())
+                .with_ip(addr.ip()),
+            Err(_) => rpc_core::Peer::new(),
+        }
     }
 
     type Transport = TcpTransport;

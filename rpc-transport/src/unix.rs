@@ -144,8 +144,8 @@ impl Drop for UnixListener {
 
 impl rpc_core::Listener for UnixListener {
     /// Unix clients are rarely bound to a name: the peer is the listener's own path.
-    fn peer(&self, _transport: &UnixTransport) -> Option<String> {
-        Some(format!("unix:{}", self.path.display()))
+    fn peer(&self, _transport: &UnixTransport) -> rpc_core::Peer {
+        rpc_core::Peer::new().with_addr(format!("unix:{}", self.path.display()))
     }
 
     fn set_max_frame_size(&mut self, bytes: usize) {

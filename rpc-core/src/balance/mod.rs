@@ -10,6 +10,11 @@
 //! `Overloaded`, on another endpoint when there is one, within the call's deadline and a
 //! [`RetryBudget`]. A method not so marked is never sent twice.
 //!
+//! The endpoints are a fixed list ([`ClientBuilder::balance`](crate::ClientBuilder::balance))
+//! or come and go as a [`Discover`] source says
+//! ([`ClientBuilder::discover`](crate::ClientBuilder::discover)): a stream of [`Change`]s, a
+//! [`StaticList`], or DNS names (`rpc_transport::dns`, with its `dns` feature).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use rpc_core::balance::{Endpoint, LeastLoaded};
@@ -34,6 +39,7 @@
 mod backoff;
 mod breaker;
 mod budget;
+mod discover;
 mod pool;
 mod run;
 mod stats;
@@ -42,6 +48,7 @@ mod strategy;
 pub use backoff::Backoff;
 pub use breaker::FailureAccrual;
 pub use budget::RetryBudget;
+pub use discover::{Discover, StaticChanges, StaticList};
 pub use stats::{ClientStats, EndpointState, EndpointStats};
 pub use strategy::{
     ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
@@ -51,35 +58,54 @@ pub(crate) use pool::{Pool, PoolConfig, PoolHandle};
 pub(crate) use run::{run, ManagedCall};
 pub(crate) use strategy::hash_key;
 
-/// One endpoint of a balancing client: a key that names it (an address, a pod name) and a
-/// connector to reach it.
+/// One endpoint of a balancing client: a key that names it (an address, a pod name), a
+/// connector to reach it, a weight, and optional metadata (a zone, a version: whatever a
+/// discovery source knows about it, for a [`Strategy`] to read through
+/// [`Endpoints::metadata`]).
 ///
 /// ```
 /// use rpc_core::balance::Endpoint;
 ///
-/// let endpoint = Endpoint::new("a", rpc_transport::tcp::connector("127.0.0.1:4000")).weight(3);
+/// let endpoint = Endpoint::new("a", rpc_transport::tcp::connector("127.0.0.1:4000"))
+///     .weight(3)
+///     .metadata("zone", "eu-west-1a");
 /// assert_eq!((endpoint.key(), endpoint.get_weight()), ("a", 3));
+/// assert_eq!(endpoint.get_metadata("zone"), Some("eu-west-1a"));
+/// assert_eq!(endpoint.get_metadata("version"), None);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Endpoint<C> {
     pub(crate) key: String,
     pub(crate) connector: C,
     pub(crate) weight: u32,
+    /// Few entries, read rarely: a vector beats a map.
+    pub(crate) metadata: Vec<(String, String)>,
 }
 
 impl<C> Endpoint<C> {
-    /// An endpoint of weight 1.
+    /// An endpoint of weight 1, without metadata.
     pub fn new(key: impl Into<String>, connector: C) -> Endpoint<C> {
         Endpoint {
             key: key.into(),
             connector,
             weight: 1,
+            metadata: Vec::new(),
         }
     }
 
     /// Sets the weight the [`Weighted`] and [`ConsistentHash`] strategies give it.
     pub fn weight(mut self, weight: u32) -> Endpoint<C> {
         self.weight = weight;
+        self
+    }
+
+    /// Sets the metadata value of `key`, replacing an earlier value of the same key.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Endpoint<C> {
+        let (key, value) = (key.into(), value.into());
+        match self.metadata.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.metadata.push((key, value)),
+        }
         self
     }
 
@@ -92,6 +118,28 @@ impl<C> Endpoint<C> {
     pub fn get_weight(&self) -> u32 {
         self.weight
     }
+
+    /// The metadata value of `key`, if it has one.
+    pub fn get_metadata(&self, key: &str) -> Option<&str> {
+        metadata_value(&self.metadata, key)
+    }
+
+    /// Every metadata entry, in the order they were first set.
+    pub fn metadata_entries(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The endpoint's connector.
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+}
+
+fn metadata_value<'a>(metadata: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A change to the endpoints of a balancing client, from a discovery source (see

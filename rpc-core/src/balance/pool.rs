@@ -19,7 +19,7 @@ use super::{Change, Endpoint};
 use crate::client::{ConnectionOptions, Handle, Inner};
 use crate::connect::{self, Connect, DynConnect};
 use crate::descriptor::ServiceDescriptor;
-use crate::error::RpcError;
+use crate::error::{ErrorKind, RpcError};
 use crate::observe::MethodTable;
 
 /// A connection that lasted this long was healthy: its loss resets the backoff.
@@ -61,6 +61,7 @@ pub(crate) enum Link {
 pub(crate) struct Member {
     pub(crate) key: String,
     pub(crate) weight: u32,
+    pub(crate) metadata: Vec<(String, String)>,
     pub(crate) outstanding: AtomicUsize,
     calls: AtomicU64,
     link: Mutex<Link>,
@@ -82,6 +83,7 @@ impl Member {
         Member {
             key: key.to_string(),
             weight,
+            metadata: Vec::new(),
             outstanding: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: false }),
@@ -211,6 +213,7 @@ impl Pool {
         let member = Arc::new(Member {
             key: endpoint.key.clone(),
             weight: endpoint.weight,
+            metadata: endpoint.metadata,
             outstanding: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: true }),
@@ -351,11 +354,23 @@ impl Pool {
                 _ => format!("{}: connecting", m.key),
             })
             .collect();
-        Pick::Fail(RpcError::disconnected(format!(
-            "no endpoint of `{}` is reachable ({}); the client keeps reconnecting",
-            self.desc.name,
-            why.join("; ")
-        )))
+        // When every endpoint refused our credentials, that is what the caller must fix.
+        let refused = snaps.iter().all(|snap| {
+            matches!(&snap.link, Link::Down(err)
+                if matches!(err.kind(), ErrorKind::Unauthenticated | ErrorKind::PermissionDenied))
+        });
+        let kind = match &snaps[0].link {
+            Link::Down(err) if refused => err.kind(),
+            _ => ErrorKind::Disconnected,
+        };
+        Pick::Fail(RpcError::new(
+            kind,
+            format!(
+                "no endpoint of `{}` is reachable ({}); the client keeps reconnecting",
+                self.desc.name,
+                why.join("; ")
+            ),
+        ))
     }
 
     /// [`pick`](Pool::pick), waiting while it says to.
@@ -440,9 +455,16 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                 }
             }
             Ok(Err(err)) => {
-                member.set_link(Link::Down(RpcError::disconnected(format!(
-                    "connecting failed: {err}"
-                ))));
+                // A transport that authenticates (TLS) reports a refused credential as
+                // `PermissionDenied`: that is no network trouble, and calls say so.
+                let kind = match err.kind() {
+                    std::io::ErrorKind::PermissionDenied => ErrorKind::Unauthenticated,
+                    _ => ErrorKind::Disconnected,
+                };
+                member.set_link(Link::Down(RpcError::new(
+                    kind,
+                    format!("connecting failed: {err}"),
+                )));
                 pool.changed.notify_waiters();
             }
             Err(_) => {

@@ -37,6 +37,11 @@ impl Endpoints<'_> {
         self.members[index].weight
     }
 
+    /// The endpoint's metadata value of `key` (see [`Endpoint::metadata`](super::Endpoint::metadata)).
+    pub fn metadata(&self, index: usize, key: &str) -> Option<&str> {
+        super::metadata_value(&self.members[index].metadata, key)
+    }
+
     /// Calls this client has in progress on the endpoint.
     pub fn load(&self, index: usize) -> usize {
         self.members[index].outstanding.load(Ordering::Relaxed)

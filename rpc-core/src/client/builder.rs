@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
 
 use super::{Client, ConnectionOptions};
 use crate::balance::{
-    Backoff, Change, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
+    Backoff, Discover, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
     RetryBudget, Strategy,
 };
 use crate::connect::Connect;
@@ -24,8 +23,8 @@ use crate::transport::Transport;
 ///   is lost;
 /// - [`balance`](ClientBuilder::balance): a fixed set of endpoints, each kept connected, each
 ///   call sent to one of them;
-/// - [`discover`](ClientBuilder::discover): endpoints that come and go, from a stream of
-///   [`Change`]s;
+/// - [`discover`](ClientBuilder::discover): endpoints that come and go, from a
+///   [`Discover`] source (a stream of [`Change`](crate::balance::Change)s, DNS, ...);
 /// - [`transport`](ClientBuilder::transport): one connection over a transport you opened,
 ///   as `FooClient::new` does, with this builder's keepalive and metadata.
 ///
@@ -210,15 +209,39 @@ impl<C> ClientBuilder<C> {
         wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
     }
 
-    /// Endpoints that come and go: each item of `changes` adds or removes one. Calls wait
-    /// for the first change; after the stream ends, the endpoints stay as they are.
-    pub fn discover<K, D>(self, changes: D) -> C
-    where
-        K: Connect,
-        D: Stream<Item = Change<K>> + Send + 'static,
-    {
+    /// Endpoints that come and go, from a discovery source: a stream of [`Change`](crate::balance::Change)s (a
+    /// channel, say), a [`StaticList`](crate::balance::StaticList), DNS (`rpc_transport::dns::Dns`), or any other
+    /// [`Discover`] implementation. Each change adds or removes one endpoint; a removed
+    /// endpoint takes no new calls and closes once the calls it has are done. Calls wait for
+    /// the first change; after the source ends, the endpoints stay as they are.
+    ///
+    /// ```
+    /// use rpc_core::balance::{Change, Endpoint};
+    /// use rpc_core::{service, Server};
+    ///
+    /// #[service]
+    /// pub trait Echo {
+    ///     async fn echo(&self, text: String) -> String;
+    /// }
+    /// struct Parrot;
+    /// impl Echo for Parrot {
+    ///     async fn echo(&self, text: String) -> String { text }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), rpc_core::RpcError> {
+    /// let (changes, discovered) = futures::channel::mpsc::unbounded();
+    /// let client = EchoClient::builder().discover(discovered);
+    ///
+    /// let (listener, connector) = rpc_transport::memory::listener();
+    /// tokio::spawn(Server::new().add_service(EchoServer::new(Parrot)).serve(listener));
+    /// changes.unbounded_send(Change::Insert(Endpoint::new("one", connector))).expect("open");
+    /// assert_eq!(client.echo("hi".into()).await?, "hi");
+    /// # Ok(()) }
+    /// ```
+    pub fn discover(self, source: impl Discover) -> C {
         let (pool, wrap) = self.into_pool();
-        pool.follow(changes);
+        pool.follow(source.into_changes());
         wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
     }
 

@@ -99,10 +99,12 @@ impl<T: Transport> Driver<T> {
                         self.handle(frame)?;
                     }
                     Poll::Ready(Some(Err(err))) => {
-                        let kind = if err.kind() == std::io::ErrorKind::InvalidData {
-                            ErrorKind::Protocol
-                        } else {
-                            ErrorKind::Disconnected
+                        let kind = match err.kind() {
+                            std::io::ErrorKind::InvalidData => ErrorKind::Protocol,
+                            // A transport that authenticates (TLS) reports a refused
+                            // credential this way.
+                            std::io::ErrorKind::PermissionDenied => ErrorKind::Unauthenticated,
+                            _ => ErrorKind::Disconnected,
                         };
                         return Poll::Ready(Err(RpcError::new(
                             kind,

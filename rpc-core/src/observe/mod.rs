@@ -133,14 +133,14 @@ impl Outcome {
     fn index(self) -> usize {
         match self {
             Outcome::Ok => 0,
-            // The wire codes run 1..=6.
+            // The wire codes run 1..=8.
             Outcome::Failed(kind) => usize::from(kind.to_wire()),
-            Outcome::Cancelled => 7,
+            Outcome::Cancelled => 9,
         }
     }
 
     /// Every outcome, in [`index`](Outcome::index) order.
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Failed(ErrorKind::DeadlineExceeded),
         Outcome::Failed(ErrorKind::Disconnected),
@@ -148,6 +148,8 @@ impl Outcome {
         Outcome::Failed(ErrorKind::Incompatible),
         Outcome::Failed(ErrorKind::Protocol),
         Outcome::Failed(ErrorKind::Internal),
+        Outcome::Failed(ErrorKind::Unauthenticated),
+        Outcome::Failed(ErrorKind::PermissionDenied),
         Outcome::Cancelled,
     ];
 }

@@ -21,6 +21,7 @@ use pin_project::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::auth::{Authorize, CallInfo};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
@@ -31,6 +32,7 @@ use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
+use crate::peer::Peer;
 use crate::protocol::{self, FrameBuilder, Message, Status};
 use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
 use crate::transport::Transport;
@@ -48,8 +50,9 @@ pub(crate) struct ConnectionContext {
     pub(crate) shutdown: CancellationToken,
     /// The service's metric handles.
     pub(crate) metrics: MethodTable,
-    /// Who the client is, if the listener could tell.
-    pub(crate) peer: Option<Arc<str>>,
+    /// Who the client is, if the listener could tell anything.
+    pub(crate) peer: Option<Arc<Peer>>,
+    pub(crate) auth: Option<Arc<dyn Authorize>>,
 }
 
 /// Why a connection ends.
@@ -73,8 +76,13 @@ pub(crate) async fn run<S: Service>(
             service.descriptor(),
             &context.metrics,
             &routes,
-            context.peer.clone(),
+            context
+                .peer
+                .as_ref()
+                .map(|peer| Arc::from(peer.to_string())),
         ),
+        peer: context.peer,
+        auth: context.auth,
         service,
         transport,
         routes,
@@ -148,6 +156,8 @@ struct Connection<S: Service> {
     notices_waker: Option<Waker>,
     config: Arc<ServerConfig>,
     observe: ServerObserver,
+    peer: Option<Arc<Peer>>,
+    auth: Option<Arc<dyn Authorize>>,
 }
 
 impl<S: Service> Connection<S> {
@@ -399,6 +409,9 @@ impl<S: Service> Connection<S> {
                 ))
             }
         };
+        if let Some(auth) = &self.auth {
+            authorize(&**auth, self.peer.as_deref(), desc.name, info, &metadata)?;
+        }
         // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
         let input = info.client_streaming.then(|| {
             let inbox = Inbox::new(id, Arc::clone(&self.notices));
@@ -424,7 +437,7 @@ impl<S: Service> Connection<S> {
         };
         let timeout = timeout_us.map(Duration::from_micros);
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
-        let mut context = CallContext::for_call(deadline, metadata);
+        let mut context = CallContext::for_call(deadline, metadata, self.peer.as_ref());
         let mut observed = self
             .observe
             .start(method, info, id, body.len(), &mut context);
@@ -563,6 +576,33 @@ impl<S: Service> Connection<S> {
 }
 
 /// The reply to a call that failed with `err`, recorded as the call's outcome.
+/// Asks the server's [`Authorize`] hook about one call; a panic in it refuses the call.
+#[inline(never)]
+fn authorize(
+    auth: &dyn Authorize,
+    peer: Option<&Peer>,
+    service: &'static str,
+    method: &'static MethodInfo,
+    metadata: &Metadata,
+) -> Result<(), RpcError> {
+    static UNKNOWN: Peer = Peer::unknown();
+    let info = CallInfo {
+        peer: peer.unwrap_or(&UNKNOWN),
+        service,
+        method,
+        metadata,
+    };
+    std::panic::catch_unwind(AssertUnwindSafe(|| auth.call(&info))).unwrap_or_else(|_| {
+        Err(RpcError::new(
+            ErrorKind::Internal,
+            format!(
+                "the server's authorization hook panicked on a call of `{}`",
+                method.name
+            ),
+        ))
+    })
+}
+
 fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Bytes {
     observed.finish(observe::Outcome::Failed(err.kind()), 0);
     protocol::error_response_frame(id, err)

@@ -1,5 +1,6 @@
 //! The server: a builder of hosted services and limits, and the loops that serve them.
 
+mod auth;
 mod connection;
 mod handshake;
 mod service;
@@ -9,23 +10,27 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{Authorize, CallInfo, ConnectionInfo};
 pub(crate) use service::HostedService;
 pub use service::{BoxFuture, Service};
 pub use stats::ServerStats;
 
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, RpcError};
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
 use crate::log;
 use crate::observe::ServerMetrics;
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
+use crate::peer::Peer;
 use crate::protocol;
 use crate::transport::{Listener, Transport};
 use connection::ConnectionContext;
@@ -38,6 +43,7 @@ pub(crate) struct ServerConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) hello_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
     pub(crate) max_buffered_bytes: usize,
     pub(crate) keepalive: Option<Keepalive>,
 }
@@ -56,6 +62,7 @@ pub(crate) struct ServerConfig {
 /// | [`shutdown_grace`](Server::shutdown_grace) | 30 s |
 /// | [`hello_timeout`](Server::hello_timeout) | 10 s |
 /// | [`max_connections`](Server::max_connections) | 10,000 |
+/// | [`max_connections_per_ip`](Server::max_connections_per_ip) | 1,000 |
 /// | [`max_buffered_bytes`](Server::max_buffered_bytes) (per connection) | 16 MiB |
 /// | [`keepalive`](Server::keepalive) | ping after 60 s of silence, 20 s to answer |
 ///
@@ -86,6 +93,7 @@ pub(crate) struct ServerConfig {
 /// ```
 pub struct Server {
     services: HashMap<&'static str, Arc<dyn HostedService>>,
+    auth: Option<Arc<dyn Authorize>>,
     config: ServerConfig,
     stats: ServerStats,
     health: HealthReporter,
@@ -104,6 +112,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("services", &services)
             .field("config", &self.config)
+            .field("authorize", &self.auth.is_some())
             .finish()
     }
 }
@@ -113,12 +122,14 @@ impl Server {
     pub fn new() -> Server {
         Server {
             services: HashMap::new(),
+            auth: None,
             config: ServerConfig {
                 max_frame_size: 8 << 20,
                 max_concurrent_requests: 1024,
                 shutdown_grace: Duration::from_secs(30),
                 hello_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
+                max_connections_per_ip: 1_000,
                 max_buffered_bytes: 16 << 20,
                 keepalive: Some(Keepalive::new(
                     Duration::from_secs(60),
@@ -189,6 +200,23 @@ impl Server {
         self
     }
 
+    /// How many connections from one IP address [`serve`](Server::serve) serves at once
+    /// (default 1,000), so that one host cannot take all of
+    /// [`max_connections`](Server::max_connections). A connection beyond it is told
+    /// `Overloaded` and closed. Listeners that cannot tell a peer's IP (Unix sockets,
+    /// in-memory) are not limited by it.
+    pub fn max_connections_per_ip(mut self, limit: usize) -> Server {
+        self.config.max_connections_per_ip = limit;
+        self
+    }
+
+    /// Installs an [`Authorize`] hook that accepts or refuses each connection and each call
+    /// before any handler runs (replacing an earlier one).
+    pub fn authorize(mut self, auth: impl Authorize) -> Server {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
     /// How many bytes of responses one connection may have waiting to be sent (default
     /// 16 MiB). While a client does not read its responses and they pile up beyond this, the
     /// server stops reading that client's requests, instead of buffering without bound.
@@ -254,13 +282,30 @@ impl Server {
                                 connections.spawn(refuse(transport, ErrorKind::Overloaded, why, REFUSE_TIMEOUT));
                                 continue;
                             }
-                            let open = shared.stats.open();
                             let peer = listener.peer(&transport);
+                            let per_ip = match peer.ip() {
+                                Some(ip) => match shared.per_ip.enter(ip, shared.config.max_connections_per_ip) {
+                                    Some(slot) => Some(slot),
+                                    None => {
+                                        shared.stats.refused();
+                                        let why = format!(
+                                            "the server already serves {} connections from {ip}, its \
+                                             limit per address (max_connections_per_ip); close \
+                                             some or retry later",
+                                            shared.config.max_connections_per_ip
+                                        );
+                                        connections.spawn(refuse(transport, ErrorKind::Overloaded, why, REFUSE_TIMEOUT));
+                                        continue;
+                                    }
+                                },
+                                None => None,
+                            };
+                            let open = shared.stats.open();
                             connections.spawn(serve_transport(
                                 Arc::clone(&shared),
                                 transport,
                                 shutdown.clone(),
-                                open,
+                                (open, per_ip),
                                 peer,
                             ));
                         }
@@ -308,7 +353,7 @@ impl Server {
         let shared = Arc::new(self.into_shared());
         let open = shared.stats.open();
         let shutdown = shared.shutdown.clone();
-        serve_transport(shared, transport, shutdown, open, None)
+        serve_transport(shared, transport, shutdown, (open, None), Peer::new())
     }
 
     fn into_shared(self) -> Shared {
@@ -330,6 +375,8 @@ impl Server {
             );
         }
         Shared {
+            auth: self.auth,
+            per_ip: Arc::default(),
             shutdown,
             metrics: ServerMetrics::new(services.values().map(|service| service.descriptor())),
             services,
@@ -348,6 +395,56 @@ struct Shared {
     metrics: ServerMetrics,
     config: Arc<ServerConfig>,
     stats: ServerStats,
+    auth: Option<Arc<dyn Authorize>>,
+    per_ip: Arc<PerIp>,
+}
+
+/// Open connections per peer IP address, for `max_connections_per_ip`. Touched once when a
+/// connection opens and once when it closes, never per call.
+#[derive(Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, unless `limit` are open already.
+    fn enter(self: &Arc<PerIp>, ip: IpAddr, limit: usize) -> Option<PerIpSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpSlot {
+            per_ip: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One open connection counted in [`PerIp`], until dropped.
+struct PerIpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .per_ip
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// How long telling a connection beyond `max_connections` why it is refused may take.
@@ -358,8 +455,8 @@ async fn serve_transport<T: Transport>(
     shared: Arc<Shared>,
     mut transport: T,
     shutdown: CancellationToken,
-    _open: stats::OpenConnection,
-    peer: Option<String>,
+    _open: (stats::OpenConnection, Option<PerIpSlot>),
+    peer: Peer,
 ) -> io::Result<()> {
     let first = tokio::select! {
         first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
@@ -399,11 +496,37 @@ async fn serve_transport<T: Transport>(
     }
     match handshake::accept(&frame, &shared.services) {
         Ok((service, routes)) => {
+            let name = service.descriptor().name;
+            if let Some(auth) = &shared.auth {
+                let info = ConnectionInfo {
+                    peer: &peer,
+                    service: name,
+                };
+                let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    auth.connection(&info)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(RpcError::new(
+                        ErrorKind::Internal,
+                        "the server's authorization hook panicked",
+                    ))
+                });
+                if let Err(err) = verdict {
+                    return refuse(
+                        transport,
+                        err.kind(),
+                        err.message().to_string(),
+                        CLOSE_TIMEOUT,
+                    )
+                    .await;
+                }
+            }
             let context = ConnectionContext {
                 config: Arc::clone(&shared.config),
                 shutdown,
-                metrics: shared.metrics.service(service.descriptor().name),
-                peer: peer.map(Arc::from),
+                metrics: shared.metrics.service(name),
+                peer: (!peer.is_unknown()).then(|| Arc::new(peer)),
+                auth: shared.auth.clone(),
             };
             service.serve(Box::new(transport), routes, context).await
         }

@@ -244,17 +244,33 @@ impl Replica {
     /// Like [`start`](Replica::start), with `configure` applied to each server it runs
     /// (e.g. to set `max_concurrent_requests`), restarts included.
     pub async fn start_with(kind: Kind, tag: u32, configure: fn(Server) -> Server) -> Replica {
-        // TCP binds port 0 the first time and keeps the port the OS picked for restarts.
+        let tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+        Replica::start_on(kind, tag, configure, tcp)
+            .await
+            .expect("bind tcp")
+    }
+
+    /// A TCP replica listening on `addr` (an error if it is taken), for tests that need
+    /// replicas at given addresses, such as several loopback IPs sharing a port.
+    pub async fn start_tcp_at(addr: SocketAddr, tag: u32) -> io::Result<Replica> {
+        Replica::start_on(Kind::Tcp, tag, |server| server, addr).await
+    }
+
+    async fn start_on(
+        kind: Kind,
+        tag: u32,
+        configure: fn(Server) -> Server,
+        tcp: SocketAddr,
+    ) -> io::Result<Replica> {
+        // TCP binds `tcp` (port 0 the first time) and keeps the port for restarts.
         let mut first = None;
         let address = match kind {
             Kind::MemoryListener => {
                 Address::Memory(Arc::new(Mutex::new(rpc_transport::memory::listener().1)))
             }
             Kind::Tcp => {
-                let listener = rpc_transport::tcp::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind tcp");
-                let addr = listener.local_addr().expect("local_addr");
+                let listener = rpc_transport::tcp::bind(tcp).await?;
+                let addr = listener.local_addr()?;
                 first = Some(Listening::Tcp(listener));
                 Address::Tcp(addr)
             }
@@ -287,7 +303,7 @@ impl Replica {
             None => replica.bind().await,
         };
         replica.launch(listening);
-        replica
+        Ok(replica)
     }
 
     /// Listens at the replica's address (for memory, a new listener its connectors reach).
@@ -371,6 +387,14 @@ impl Replica {
     /// The key of its [`endpoint`](Replica::endpoint).
     pub fn key(&self) -> String {
         format!("replica-{}", self.state.tag)
+    }
+
+    /// The TCP address it listens on, if it is a TCP replica.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self.address {
+            Address::Tcp(addr) => Some(addr),
+            _ => None,
+        }
     }
 
     /// A connector that reaches this replica, restarted or not.
