@@ -72,6 +72,12 @@ pub use transport::{Listener, Transport};
 /// the rules it enforces.
 pub use rpc_macros::service;
 
+/// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no
+/// stability promise.
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod __fuzz;
+
 /// Items used by code that `#[service]` generates. Not a public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
