@@ -97,6 +97,24 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             [one] => quote!((#one,)),
             many => quote!((#(#many),*)),
         };
+        // Spelled out, not inferred: with the impl's `where` clauses in scope (`(bool, u32):
+        // DeserializeOwned` for another method's result, say), inference would take the
+        // tuple's type from such a clause rather than from the request's fields.
+        let types: Vec<_> = method
+            .body_args()
+            .map(|arg| {
+                if crate::ast::is_byte_vec(&arg.ty) {
+                    quote!(::rpc_core::__private::ByteBuf)
+                } else {
+                    let ty = &arg.ty;
+                    quote!(#ty)
+                }
+            })
+            .collect();
+        let tuple = match types.as_slice() {
+            [one] => quote!((#one,)),
+            many => quote!((#(#many),*)),
+        };
         let stream = method.stream_arg().map(|arg| {
             let ident = &arg.ident;
             let decode_item = item_decoder(arg.wire_type());
@@ -121,7 +139,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         quote! {
             #(#cfgs)*
             #fp => {
-                let #pattern = ::rpc_core::__private::decode_value(#body)?;
+                let #pattern: #tuple = ::rpc_core::__private::decode_value(#body)?;
                 #stream
                 ::core::result::Result::Ok(#request::#variant { #(#fields),* })
             }
@@ -270,13 +288,13 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
     }
 }
 
-/// The decoder of the items of a `Streaming<I>` argument, `fn(&[u8]) -> Result<I, RpcError>`;
-/// `I` is inferred from the request enum's field.
+/// The decoder of the items of a `Streaming<I>` argument, `fn(&[u8]) -> Result<I, RpcError>`.
+/// `I` is spelled out for the reason given in `decode_request`'s arms.
 fn item_decoder(item: &syn::Type) -> TokenStream {
     if crate::ast::is_byte_vec(item) {
         quote!(::rpc_core::__private::decode_byte_vec)
     } else {
-        quote!(::rpc_core::__private::decode_value)
+        quote!(::rpc_core::__private::decode_value::<#item>)
     }
 }
 
