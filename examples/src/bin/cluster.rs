@@ -24,49 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, Endpoint, EndpointState, LeastLoaded};
-use rpc_core::{service, Keepalive, Server};
-use serde::{Deserialize, Serialize};
+use rpc_core::{Keepalive, Server};
+use rpc_examples::inventory::{InventoryClient, InventoryServer, Replica};
 use tokio::sync::watch;
-
-/// How many units of an item a server has, and which server said so.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stock {
-    /// Units in stock.
-    pub units: u32,
-    /// The server that answered (the demo counts calls per server with it).
-    pub server: String,
-}
-
-/// A read-only inventory, replicated on every server.
-#[service]
-pub trait Inventory {
-    /// Reads are safe to repeat: the client may retry them on another server.
-    #[rpc(idempotent)]
-    async fn stock(&self, item: String) -> Stock;
-}
-
-/// One replica of the inventory.
-struct Replica {
-    name: String,
-}
-
-impl Inventory for Replica {
-    async fn stock(&self, item: String) -> Stock {
-        // Pretend to look the item up, so calls take a little time and some are always in
-        // flight when a server is killed.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let units = match item.as_str() {
-            "apples" => 120,
-            "pears" => 45,
-            "plums" => 8,
-            _ => 0,
-        };
-        Stock {
-            units,
-            server: self.name.clone(),
-        }
-    }
-}
 
 const SERVERS: [&str; 3] = ["a", "b", "c"];
 /// The server that crashes: `b`.
@@ -111,7 +71,7 @@ async fn serve(port: u16, name: String) -> Result<(), Box<dyn Error>> {
     });
     let listener = rpc_transport::tcp::bind(("127.0.0.1", port)).await?;
     Server::new()
-        .add_service(InventoryServer::new(Replica { name }))
+        .add_service(InventoryServer::new(Replica::new(name)))
         .serve(listener)
         .await?;
     Ok(())

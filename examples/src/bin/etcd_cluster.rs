@@ -29,50 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState, LeastLoaded};
-use rpc_core::{service, Keepalive, Server};
+use rpc_core::{Keepalive, Server};
+use rpc_examples::inventory::{InventoryClient, InventoryServer, Replica};
 use rpc_transport::etcd::{self, EtcdDiscovery};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-
-/// How many units of an item a server has, and which server said so.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stock {
-    /// Units in stock.
-    pub units: u32,
-    /// The server that answered (the demo counts calls per server with it).
-    pub server: String,
-}
-
-/// A read-only inventory, replicated on every server.
-#[service]
-pub trait Inventory {
-    /// Reads are safe to repeat: the client may retry them on another server.
-    #[rpc(idempotent)]
-    async fn stock(&self, item: String) -> Stock;
-}
-
-/// One replica of the inventory.
-struct Replica {
-    name: String,
-}
-
-impl Inventory for Replica {
-    async fn stock(&self, item: String) -> Stock {
-        // Pretend to look the item up, so some calls are always in flight when a server dies.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let units = match item.as_str() {
-            "apples" => 120,
-            "pears" => 45,
-            "plums" => 8,
-            _ => 0,
-        };
-        Stock {
-            units,
-            server: self.name.clone(),
-        }
-    }
-}
 
 /// The servers: three at first, then `d` joins after `b` crashed.
 const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -136,7 +97,7 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
         }
     };
     Server::new()
-        .add_service(InventoryServer::new(Replica { name: name.into() }))
+        .add_service(InventoryServer::new(Replica::new(name)))
         .shutdown_grace(Duration::from_secs(5))
         // Deregister first (clients stop sending new calls), then stop and drain.
         .serve_with_shutdown(listener, registration.deregister_on(signal))
