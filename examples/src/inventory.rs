@@ -3,6 +3,8 @@
 //! Both examples start copies of themselves as servers, make calls through one balancing
 //! client while a server crashes, and count who answered what.
 
+use std::ffi::OsStr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rpc_core::service;
@@ -53,4 +55,64 @@ impl Inventory for Replica {
             server: self.name.clone(),
         }
     }
+}
+
+/// A server child process: this program started again, in its server mode. Killed when
+/// dropped (also when the driver fails half-way), unless it has exited already.
+pub struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts this program again with `args`, which select its server mode. Its stdin is a
+    /// pipe the driver holds open: the server should leave once it closes (see
+    /// [`when_stdin_closes`]), so no server outlives the driver, even a killed one.
+    pub fn start<I, S>(args: I) -> std::io::Result<ServerProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()?;
+        Ok(ServerProcess { child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the server gets no chance to finish its calls, close its connections or
+    /// deregister.
+    pub fn crash(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Graceful: closes its stdin, and waits until it has exited.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        drop(self.child.stdin.take());
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.crash();
+        }
+    }
+}
+
+/// Server mode: calls `then` (on a thread of its own) once stdin ends, that is once the
+/// driver that started this server with [`ServerProcess::start`] closes it or goes away.
+pub fn when_stdin_closes(then: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        then();
+    });
 }

@@ -18,14 +18,16 @@
 //! fails it with `Disconnected`, because the client cannot know whether the server acted.
 
 use std::error::Error;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, Endpoint, EndpointState, LeastLoaded};
 use rpc_core::{Keepalive, Server};
-use rpc_examples::inventory::{InventoryClient, InventoryServer, Replica};
+use rpc_examples::inventory::{
+    when_stdin_closes, InventoryClient, InventoryServer, Replica, ServerProcess,
+};
 use tokio::sync::watch;
 
 const SERVERS: [&str; 3] = ["a", "b", "c"];
@@ -65,10 +67,7 @@ async fn main() -> Result<ExitCode, Box<dyn Error>> {
 async fn serve(port: u16, name: String) -> Result<(), Box<dyn Error>> {
     // The driver holds our stdin open; when it goes away, even without killing us (it was
     // itself killed), stdin ends and we exit, so no server outlives the demo.
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
+    when_stdin_closes(|| std::process::exit(0));
     let listener = rpc_transport::tcp::bind(("127.0.0.1", port)).await?;
     Server::new()
         .add_service(InventoryServer::new(Replica::new(name)))
@@ -77,36 +76,9 @@ async fn serve(port: u16, name: String) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// A server child process, killed when dropped (also when the driver fails half-way).
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    fn start(name: &str, port: u16) -> std::io::Result<ServerProcess> {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", &port.to_string(), name])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        Ok(ServerProcess { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the server gets no chance to finish its calls or close its connections.
-    fn crash(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.crash();
-    }
+/// Starts server `name` on 127.0.0.1:`port`, as a child process.
+fn start_server(name: &str, port: u16) -> std::io::Result<ServerProcess> {
+    ServerProcess::start(["serve", &port.to_string(), name])
 }
 
 /// What the calling tasks and the driver share.
@@ -167,7 +139,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     let ports = free_ports()?;
     let mut servers = Vec::new();
     for (name, port) in SERVERS.iter().zip(ports) {
-        let server = ServerProcess::start(name, port)?;
+        let server = start_server(name, port)?;
         println!(
             "started server {name} (pid {}) on 127.0.0.1:{port}",
             server.pid()
@@ -223,7 +195,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     println!("killed server {victim} (pid {pid})");
 
     finished.wait_for(|&n| n >= 2 * TOTAL_CALLS / 3).await?;
-    servers[VICTIM] = ServerProcess::start(victim, ports[VICTIM])?;
+    servers[VICTIM] = start_server(victim, ports[VICTIM])?;
     run.phase.store(AFTER_RESTART, Ordering::Relaxed);
     println!(
         "restarted server {victim} (pid {}) on 127.0.0.1:{}",

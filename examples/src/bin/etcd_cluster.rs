@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState, LeastLoaded};
 use rpc_core::{Keepalive, Server};
-use rpc_examples::inventory::{InventoryClient, InventoryServer, Replica};
+use rpc_examples::inventory::{
+    when_stdin_closes, InventoryClient, InventoryServer, Replica, ServerProcess,
+};
 use rpc_transport::etcd::{self, EtcdDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -86,8 +88,7 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
 
     // The driver holds our stdin open; when it closes it (or dies), we leave.
     let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    when_stdin_closes(move || {
         let _ = closed.send(());
     });
     let signal = async {
@@ -104,48 +105,6 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
         .await?;
     println!("  server {name}: deregistered and stopped");
     Ok(())
-}
-
-/// A server child process, killed when dropped (also when the driver fails half-way).
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    fn start(etcd: &str, prefix: &str, name: &str) -> std::io::Result<ServerProcess> {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", etcd, prefix, name])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        Ok(ServerProcess { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the server gets no chance to deregister, finish its calls or close its
-    /// connections.
-    fn crash(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// Graceful: close its stdin, and wait until it has deregistered and stopped.
-    fn stop(mut self) -> std::io::Result<()> {
-        drop(self.child.stdin.take());
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.crash();
-        }
-    }
 }
 
 /// What the calling tasks and the driver share.
@@ -225,7 +184,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
 
     let mut servers: Vec<Option<ServerProcess>> = Vec::new();
     for name in &SERVERS[..FIRST] {
-        let server = ServerProcess::start(&etcd, &prefix, name)?;
+        let server = ServerProcess::start(["serve", &etcd, &prefix, name])?;
         println!("started server {name} (pid {})", server.pid());
         servers.push(Some(server));
     }
@@ -280,7 +239,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     println!("killed server {victim} (pid {pid}) with SIGKILL: it does not deregister");
 
     let joiner = SERVERS[JOINER];
-    let server = ServerProcess::start(&etcd, &prefix, joiner)?;
+    let server = ServerProcess::start(["serve", &etcd, &prefix, joiner])?;
     println!("started server {joiner} (pid {})", server.pid());
     servers.push(Some(server));
     let join = Instant::now();
