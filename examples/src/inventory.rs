@@ -5,9 +5,10 @@
 
 use std::ffi::OsStr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rpc_core::service;
+use rpc_core::balance::{Backoff, ClientStats, EndpointState, LeastLoaded};
+use rpc_core::{service, ClientBuilder, Keepalive};
 use serde::{Deserialize, Serialize};
 
 /// How many units of an item a server has, and which server said so.
@@ -115,4 +116,60 @@ pub fn when_stdin_closes(then: impl FnOnce() + Send + 'static) {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         then();
     });
+}
+
+/// A builder for the demo's client: least-loaded balancing, reconnecting soon to a lost
+/// server, and keepalive. Finish it with `.balance(endpoints)` or `.discover(source)`.
+pub fn client_builder() -> ClientBuilder<InventoryClient> {
+    InventoryClient::builder()
+        .strategy(LeastLoaded::new())
+        // Reconnect to a lost server soon, and keep trying every half second at most.
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
+        // A crashed process's connections are reset by its kernel at once; keepalive is what
+        // notices a server whose machine vanished without a word.
+        .keepalive(Some(Keepalive::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )))
+}
+
+/// What the client (made by [`client_builder`]) says about itself.
+fn stats(client: &InventoryClient) -> ClientStats {
+    client
+        .client()
+        .stats()
+        .expect("a balancing client has stats")
+}
+
+/// The client's endpoints (their keys) and their states.
+pub fn endpoints(client: &InventoryClient) -> Vec<(String, EndpointState)> {
+    (stats(client).endpoints.into_iter())
+        .map(|endpoint| (endpoint.key, endpoint.state))
+        .collect()
+}
+
+/// Waits until `done()` is true (polling it), or `patience` has passed; says which.
+pub async fn wait_until(patience: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let since = Instant::now();
+    while !done() {
+        if since.elapsed() > patience {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// `N` distinct free loopback ports: bind them all at once, note them, and let them go.
+/// (Another process could take one in between; on a test machine that is rare enough.)
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let listeners = [(); N].map(|()| std::net::TcpListener::bind("127.0.0.1:0"));
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(listeners) {
+        *port = listener?.local_addr()?.port();
+    }
+    Ok(ports)
 }

@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rpc_core::balance::{Backoff, Endpoint, EndpointState, LeastLoaded};
-use rpc_core::{Keepalive, Server};
+use rpc_core::balance::{Endpoint, EndpointState};
+use rpc_core::Server;
 use rpc_examples::inventory::{
-    when_stdin_closes, InventoryClient, InventoryServer, Replica, ServerProcess,
+    client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
+    InventoryServer, Replica, ServerProcess,
 };
 use tokio::sync::watch;
 
@@ -136,7 +137,7 @@ async fn make_calls(client: InventoryClient, run: Arc<Run>) {
 
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
-    let ports = free_ports()?;
+    let ports: [u16; SERVERS.len()] = free_ports()?;
     let mut servers = Vec::new();
     for (name, port) in SERVERS.iter().zip(ports) {
         let server = start_server(name, port)?;
@@ -147,27 +148,14 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         servers.push(server);
     }
 
-    let client = InventoryClient::builder()
-        .strategy(LeastLoaded::new())
-        // Reconnect to a lost server soon, and keep trying every half second at most.
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-        // A crashed process's connections are reset by its kernel at once; keepalive is what
-        // notices a server whose machine vanished without a word.
-        .keepalive(Some(Keepalive::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )))
-        .balance(SERVERS.iter().zip(ports).map(|(name, port)| {
-            Endpoint::new(
-                *name,
-                rpc_transport::tcp::connector(format!("127.0.0.1:{port}")),
-            )
-        }));
+    let client = client_builder().balance(SERVERS.iter().zip(ports).map(|(name, port)| {
+        Endpoint::new(
+            *name,
+            rpc_transport::tcp::connector(format!("127.0.0.1:{port}")),
+        )
+    }));
     // The servers take a moment to start; the client connects to each as soon as it can.
-    if !wait_until(|| all_connected(&client)).await {
+    if !wait_until(PATIENCE, || all_connected(&client)).await {
         return Err(format!("the servers were not all reachable within {PATIENCE:?}").into());
     }
     println!("the client is connected to all three; making {TOTAL_CALLS} calls from {TASKS} tasks");
@@ -206,13 +194,16 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // The client reconnects to it on its own; wait (bounded) until it answers calls again,
     // and then until it has taken a fair share, so the summary shows it back at work.
     let restarted = Instant::now();
-    let back = wait_until(|| run.answered(AFTER_RESTART, VICTIM) > 0).await;
+    let back = wait_until(PATIENCE, || run.answered(AFTER_RESTART, VICTIM) > 0).await;
     if back {
         println!(
             "server {victim} answers calls again, {} ms after its restart",
             restarted.elapsed().as_millis()
         );
-        wait_until(|| run.answered(AFTER_RESTART, VICTIM) >= FAIR_SHARE).await;
+        wait_until(PATIENCE, || {
+            run.answered(AFTER_RESTART, VICTIM) >= FAIR_SHARE
+        })
+        .await;
     }
     run.may_stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -261,35 +252,9 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Three distinct free ports: bind them all at once, note them, and let them go. (Another
-/// process could take one in between; on a test machine that is rare enough.)
-fn free_ports() -> std::io::Result<[u16; 3]> {
-    let listeners = [(); 3].map(|()| std::net::TcpListener::bind("127.0.0.1:0"));
-    let mut ports = [0; 3];
-    for (port, listener) in ports.iter_mut().zip(listeners) {
-        *port = listener?.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
-/// Waits until `done()` is true (polling it), or `PATIENCE` has passed; says which.
-async fn wait_until(done: impl Fn() -> bool) -> bool {
-    let since = Instant::now();
-    while !done() {
-        if since.elapsed() > PATIENCE {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
 /// Whether the client has a connection to every server.
 fn all_connected(client: &InventoryClient) -> bool {
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    stats.endpoints.len() == SERVERS.len()
-        && (stats.endpoints.iter()).all(|endpoint| endpoint.state == EndpointState::Ready)
+    let endpoints = endpoints(client);
+    endpoints.len() == SERVERS.len()
+        && (endpoints.iter()).all(|(_, state)| *state == EndpointState::Ready)
 }

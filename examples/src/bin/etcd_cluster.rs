@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rpc_core::balance::{Backoff, EndpointState, LeastLoaded};
-use rpc_core::{Keepalive, Server};
+use rpc_core::balance::{Backoff, EndpointState};
+use rpc_core::Server;
 use rpc_examples::inventory::{
-    when_stdin_closes, InventoryClient, InventoryServer, Replica, ServerProcess,
+    client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
+    InventoryServer, Replica, ServerProcess,
 };
 use rpc_transport::etcd::{self, EtcdDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -195,19 +196,10 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
             Duration::from_secs(2),
         ))
         .watch();
-    let client = InventoryClient::builder()
-        .strategy(LeastLoaded::new())
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-        .keepalive(Some(Keepalive::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )))
-        .discover(discovery);
+    let client = client_builder().discover(discovery);
     // Wait until the three have registered and the client is connected to each.
-    if !wait_until(|| connected(&client) == registered(&SERVERS[..FIRST], &prefix)).await {
+    let first = registered(&SERVERS[..FIRST], &prefix);
+    if !wait_until(PATIENCE, || connected(&client) == first).await {
         return Err(format!("the servers did not all register within {PATIENCE:?}").into());
     }
     println!(
@@ -248,7 +240,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     let victim_key = format!("{prefix}/{victim}");
     let joiner_key = format!("{prefix}/{joiner}");
     let (mut dropped, mut picked) = (false, false);
-    let settled = wait_until(|| {
+    let settled = wait_until(PATIENCE, || {
         let endpoints = endpoints(&client);
         if !dropped && !endpoints.iter().any(|(key, _)| *key == victim_key) {
             dropped = true;
@@ -272,7 +264,8 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         dropped && picked
     })
     .await;
-    let shared = settled && wait_until(|| run.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE).await;
+    let shared =
+        settled && wait_until(PATIENCE, || run.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE).await;
     run.may_stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await?;
@@ -313,7 +306,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     for server in servers.into_iter().flatten() {
         server.stop()?;
     }
-    let left = wait_until(|| endpoints(&client).is_empty()).await;
+    let left = wait_until(PATIENCE, || endpoints(&client).is_empty()).await;
     println!("the client has {} endpoints left", endpoints(&client).len());
 
     if failed > 0 {
@@ -337,17 +330,6 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The client's endpoints (their etcd keys) and their states.
-fn endpoints(client: &InventoryClient) -> Vec<(String, EndpointState)> {
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    (stats.endpoints.into_iter())
-        .map(|endpoint| (endpoint.key, endpoint.state))
-        .collect()
-}
-
 /// The keys of the client's connected endpoints, sorted.
 fn connected(client: &InventoryClient) -> Vec<String> {
     let mut keys: Vec<String> = (endpoints(client).into_iter())
@@ -366,18 +348,6 @@ fn registered(names: &[&str], prefix: &str) -> Vec<String> {
         .collect();
     keys.sort();
     keys
-}
-
-/// Waits until `done()` is true (polling it), or `PATIENCE` has passed; says which.
-async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let since = Instant::now();
-    while !done() {
-        if since.elapsed() > PATIENCE {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
 }
 
 /// An etcd of our own on free loopback ports, with a temporary data directory; killed (and
@@ -463,11 +433,4 @@ async fn healthy(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), check).await,
         Ok(Ok(true))
     )
-}
-
-/// Two distinct free loopback ports: bind them at once, note them, and let them go.
-fn free_ports() -> std::io::Result<[u16; 2]> {
-    let first = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let second = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
 }
