@@ -24,19 +24,16 @@
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState};
 use rpc_core::Server;
 use rpc_examples::inventory::{
     client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
-    InventoryServer, Replica, ServerProcess,
+    InventoryServer, Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
 };
 use rpc_transport::etcd::{self, EtcdDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 /// The servers: three at first, then `d` joins after `b` crashed.
 const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -45,17 +42,14 @@ const VICTIM: usize = 1;
 const JOINER: usize = 3;
 /// The servers' lease TTL: how long a crashed server stays listed in etcd.
 const TTL: Duration = Duration::from_secs(3);
-const TOTAL_CALLS: u64 = 3_000;
-const TASKS: usize = 8;
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the driver waits for something to happen.
 const PATIENCE: Duration = Duration::from_secs(20);
-/// Calls the new server answers before the run may end.
-const FAIR_SHARE: u64 = 100;
+/// Progress is printed every so many calls.
+const PROGRESS_EVERY: u64 = 1000;
 
-/// The phases of the run, which the summary counts calls by: before `b` crashed, and after
-/// (when `d` joins too).
-const BEFORE_CRASH: usize = 0;
+/// The phases of the run, which the summary counts calls by: before `b` crashed (the first),
+/// and after (when `d` joins too).
+const PHASES: usize = 2;
 const AFTER_CRASH: usize = 1;
 
 #[tokio::main]
@@ -108,61 +102,6 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
     Ok(())
 }
 
-/// What the calling tasks and the driver share.
-struct Run {
-    started: AtomicU64,
-    phase: AtomicUsize,
-    /// Calls answered, by the phase they started in and the server that answered.
-    answered: [[AtomicU64; SERVERS.len()]; 2],
-    failed: AtomicU64,
-    /// Calls finished so far (answered or failed); the driver waits on it.
-    finished: watch::Sender<u64>,
-    /// Set by the driver once `d` has answered its share: the tasks may stop after
-    /// `TOTAL_CALLS`.
-    may_stop: AtomicBool,
-}
-
-impl Run {
-    fn answered(&self, phase: usize, server: usize) -> u64 {
-        self.answered[phase][server].load(Ordering::Relaxed)
-    }
-}
-
-/// One of the tasks making calls, each after the previous one finished.
-async fn make_calls(client: InventoryClient, run: Arc<Run>) {
-    const ITEMS: [&str; 4] = ["apples", "pears", "plums", "kiwis"];
-    loop {
-        let n = run.started.fetch_add(1, Ordering::Relaxed);
-        if n >= TOTAL_CALLS && run.may_stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let phase = run.phase.load(Ordering::Relaxed);
-        let item = ITEMS[n as usize % ITEMS.len()].to_string();
-        match client.stock(item).timeout(CALL_TIMEOUT).await {
-            Ok(stock) => match SERVERS.iter().position(|s| *s == stock.server) {
-                Some(server) => {
-                    run.answered[phase][server].fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    run.failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("call {n} answered by an unknown server {}", stock.server);
-                }
-            },
-            Err(err) => {
-                run.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("call {n} failed: {err} ({:?})", err.kind());
-            }
-        }
-        run.finished.send_modify(|finished| {
-            *finished += 1;
-            if *finished % 1000 == 0 {
-                let failed = run.failed.load(Ordering::Relaxed);
-                println!("  {finished} calls done, {failed} failed");
-            }
-        });
-    }
-}
-
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // An etcd to use: the one named by ETCD_ENDPOINTS, or our own.
@@ -207,27 +146,15 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
          {TOTAL_CALLS} calls from {TASKS} tasks"
     );
 
-    let run = Arc::new(Run {
-        started: AtomicU64::new(0),
-        phase: AtomicUsize::new(BEFORE_CRASH),
-        answered: Default::default(),
-        failed: AtomicU64::new(0),
-        finished: watch::Sender::new(0),
-        may_stop: AtomicBool::new(false),
-    });
-    let began = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| tokio::spawn(make_calls(client.clone(), Arc::clone(&run))))
-        .collect();
-    let mut finished = run.finished.subscribe();
+    let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
 
-    finished.wait_for(|&n| n >= TOTAL_CALLS / 3).await?;
+    load.wait_for_calls(TOTAL_CALLS / 3).await;
     let victim = SERVERS[VICTIM];
     let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
     let pid = crashed.pid();
     crashed.crash()?;
     let crash = Instant::now();
-    run.phase.store(AFTER_CRASH, Ordering::Relaxed);
+    load.enter_phase(AFTER_CRASH);
     println!("killed server {victim} (pid {pid}) with SIGKILL: it does not deregister");
 
     let joiner = SERVERS[JOINER];
@@ -264,42 +191,20 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         dropped && picked
     })
     .await;
-    let shared =
-        settled && wait_until(PATIENCE, || run.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE).await;
-    run.may_stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
-    }
-    let elapsed = began.elapsed();
-
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    let made = *run.finished.borrow();
-    let failed = run.failed.load(Ordering::Relaxed);
-    println!();
-    println!("calls made: {made} in {} ms", elapsed.as_millis());
-    if made > TOTAL_CALLS {
-        println!(
-            "            (more than {TOTAL_CALLS}: the run went on until {victim}'s lease expired \
-             and {joiner} took its share)"
-        );
-    }
-    println!("failed:     {failed}");
-    println!(
-        "retries:    {} (refused by the retry budget: {})",
-        stats.retries, stats.retries_refused
+    let shared = settled
+        && wait_until(PATIENCE, || {
+            load.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE
+        })
+        .await;
+    let tally = load.stop().await?;
+    tally.print_summary(
+        &client,
+        &format!("{victim}'s lease expired and {joiner} took its share"),
+        &[
+            (&format!("before {victim} crashed"), 16),
+            (&format!("after ({joiner} joining)"), 19),
+        ],
     );
-    println!();
-    println!("answered by   before {victim} crashed   after ({joiner} joining)");
-    for (index, name) in SERVERS.iter().enumerate() {
-        println!(
-            "server {name}      {:>16}   {:>19}",
-            run.answered(BEFORE_CRASH, index),
-            run.answered(AFTER_CRASH, index),
-        );
-    }
     println!();
 
     println!("shutting the servers down gracefully (each deregisters, then drains)");
@@ -309,6 +214,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     let left = wait_until(PATIENCE, || endpoints(&client).is_empty()).await;
     println!("the client has {} endpoints left", endpoints(&client).len());
 
+    let failed = tally.failed();
     if failed > 0 {
         eprintln!("FAILED: {failed} idempotent calls failed");
         return Ok(ExitCode::FAILURE);
