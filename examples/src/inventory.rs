@@ -329,6 +329,15 @@ impl Tally {
         self.run.failed.load(Ordering::Relaxed)
     }
 
+    /// Whether any call failed, which fails the run; if so, says how many on stderr.
+    pub fn report_failed(&self) -> bool {
+        let failed = self.failed();
+        if failed > 0 {
+            eprintln!("FAILED: {failed} idempotent calls failed");
+        }
+        failed > 0
+    }
+
     /// Prints the summary: calls made, failed and retried (`client`'s retries), then a table
     /// of the calls each server answered in each phase, one column a phase: its heading, and
     /// the width its numbers are right-aligned to. If the run made more than

@@ -147,9 +147,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     );
 
     // `servers` is dropped here, which kills the three servers.
-    let failed = tally.failed();
-    if failed > 0 {
-        eprintln!("FAILED: {failed} idempotent calls failed");
+    if tally.report_failed() {
         return Ok(ExitCode::FAILURE);
     }
     if !back {

@@ -214,9 +214,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     let left = wait_until(PATIENCE, || endpoints(&client).is_empty()).await;
     println!("the client has {} endpoints left", endpoints(&client).len());
 
-    let failed = tally.failed();
-    if failed > 0 {
-        eprintln!("FAILED: {failed} idempotent calls failed");
+    if tally.report_failed() {
         return Ok(ExitCode::FAILURE);
     }
     if !settled {
