@@ -3,6 +3,8 @@
 
 use rpc_core::service;
 
+pub mod inventory;
+
 /// A greeting service: the one the `hello`, `server` and `client` examples use.
 #[service]
 pub trait Greeter {

@@ -18,69 +18,27 @@
 //! fails it with `Disconnected`, because the client cannot know whether the server acted.
 
 use std::error::Error;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rpc_core::balance::{Backoff, Endpoint, EndpointState, LeastLoaded};
-use rpc_core::{service, Keepalive, Server};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-
-/// How many units of an item a server has, and which server said so.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stock {
-    /// Units in stock.
-    pub units: u32,
-    /// The server that answered (the demo counts calls per server with it).
-    pub server: String,
-}
-
-/// A read-only inventory, replicated on every server.
-#[service]
-pub trait Inventory {
-    /// Reads are safe to repeat: the client may retry them on another server.
-    #[rpc(idempotent)]
-    async fn stock(&self, item: String) -> Stock;
-}
-
-/// One replica of the inventory.
-struct Replica {
-    name: String,
-}
-
-impl Inventory for Replica {
-    async fn stock(&self, item: String) -> Stock {
-        // Pretend to look the item up, so calls take a little time and some are always in
-        // flight when a server is killed.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let units = match item.as_str() {
-            "apples" => 120,
-            "pears" => 45,
-            "plums" => 8,
-            _ => 0,
-        };
-        Stock {
-            units,
-            server: self.name.clone(),
-        }
-    }
-}
+use rpc_core::balance::{Endpoint, EndpointState};
+use rpc_core::Server;
+use rpc_examples::inventory::{
+    client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
+    InventoryServer, Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
+};
 
 const SERVERS: [&str; 3] = ["a", "b", "c"];
 /// The server that crashes: `b`.
 const VICTIM: usize = 1;
-const TOTAL_CALLS: u64 = 3_000;
-const TASKS: usize = 8;
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the driver waits for servers to be connected or to answer again.
 const PATIENCE: Duration = Duration::from_secs(10);
-/// Calls the restarted server answers before the run may end.
-const FAIR_SHARE: u64 = 100;
+/// Progress is printed every so many calls.
+const PROGRESS_EVERY: u64 = 500;
 
-/// The phases of the run, which the summary counts calls by.
-const BEFORE_KILL: usize = 0;
+/// The phases of the run, which the summary counts calls by: before the kill (the first),
+/// while `b` is down, and after its restart.
+const PHASES: usize = 3;
 const WHILE_DOWN: usize = 1;
 const AFTER_RESTART: usize = 2;
 
@@ -105,109 +63,26 @@ async fn main() -> Result<ExitCode, Box<dyn Error>> {
 async fn serve(port: u16, name: String) -> Result<(), Box<dyn Error>> {
     // The driver holds our stdin open; when it goes away, even without killing us (it was
     // itself killed), stdin ends and we exit, so no server outlives the demo.
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
+    when_stdin_closes(|| std::process::exit(0));
     let listener = rpc_transport::tcp::bind(("127.0.0.1", port)).await?;
     Server::new()
-        .add_service(InventoryServer::new(Replica { name }))
+        .add_service(InventoryServer::new(Replica::new(name)))
         .serve(listener)
         .await?;
     Ok(())
 }
 
-/// A server child process, killed when dropped (also when the driver fails half-way).
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    fn start(name: &str, port: u16) -> std::io::Result<ServerProcess> {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", &port.to_string(), name])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        Ok(ServerProcess { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the server gets no chance to finish its calls or close its connections.
-    fn crash(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.crash();
-    }
-}
-
-/// What the calling tasks and the driver share.
-struct Run {
-    /// Calls started so far.
-    started: AtomicU64,
-    /// The phase calls start in now.
-    phase: AtomicUsize,
-    /// Calls answered, by the phase they started in and the server that answered.
-    answered: [[AtomicU64; 3]; 3],
-    failed: AtomicU64,
-    /// Calls finished so far (answered or failed); the driver waits on it.
-    finished: watch::Sender<u64>,
-    /// Set by the driver once the restarted server has answered `FAIR_SHARE` calls: the tasks
-    /// may stop after `TOTAL_CALLS`. Until then they go on (it takes the client a moment to
-    /// reconnect), so the summary shows the server back at work.
-    may_stop: AtomicBool,
-}
-
-impl Run {
-    fn answered(&self, phase: usize, server: usize) -> u64 {
-        self.answered[phase][server].load(Ordering::Relaxed)
-    }
-}
-
-/// One of the tasks making calls, each after the previous one finished.
-async fn make_calls(client: InventoryClient, run: Arc<Run>) {
-    const ITEMS: [&str; 4] = ["apples", "pears", "plums", "kiwis"];
-    loop {
-        let n = run.started.fetch_add(1, Ordering::Relaxed);
-        if n >= TOTAL_CALLS && run.may_stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let phase = run.phase.load(Ordering::Relaxed);
-        let item = ITEMS[n as usize % ITEMS.len()].to_string();
-        match client.stock(item).timeout(CALL_TIMEOUT).await {
-            Ok(stock) => {
-                let server = SERVERS.iter().position(|s| *s == stock.server);
-                run.answered[phase][server.expect("one of ours")].fetch_add(1, Ordering::Relaxed);
-            }
-            Err(err) => {
-                run.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("call {n} failed: {err} ({:?})", err.kind());
-            }
-        }
-        run.finished.send_modify(|finished| {
-            *finished += 1;
-            if *finished % 500 == 0 {
-                let failed = run.failed.load(Ordering::Relaxed);
-                println!("  {finished} calls done, {failed} failed");
-            }
-        });
-    }
+/// Starts server `name` on 127.0.0.1:`port`, as a child process.
+fn start_server(name: &str, port: u16) -> std::io::Result<ServerProcess> {
+    ServerProcess::start(["serve", &port.to_string(), name])
 }
 
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
-    let ports = free_ports()?;
+    let ports: [u16; SERVERS.len()] = free_ports()?;
     let mut servers = Vec::new();
     for (name, port) in SERVERS.iter().zip(ports) {
-        let server = ServerProcess::start(name, port)?;
+        let server = start_server(name, port)?;
         println!(
             "started server {name} (pid {}) on 127.0.0.1:{port}",
             server.pid()
@@ -215,56 +90,31 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         servers.push(server);
     }
 
-    let client = InventoryClient::builder()
-        .strategy(LeastLoaded::new())
-        // Reconnect to a lost server soon, and keep trying every half second at most.
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-        // A crashed process's connections are reset by its kernel at once; keepalive is what
-        // notices a server whose machine vanished without a word.
-        .keepalive(Some(Keepalive::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )))
-        .balance(SERVERS.iter().zip(ports).map(|(name, port)| {
-            Endpoint::new(
-                *name,
-                rpc_transport::tcp::connector(format!("127.0.0.1:{port}")),
-            )
-        }));
+    let client = client_builder().balance(SERVERS.iter().zip(ports).map(|(name, port)| {
+        Endpoint::new(
+            *name,
+            rpc_transport::tcp::connector(format!("127.0.0.1:{port}")),
+        )
+    }));
     // The servers take a moment to start; the client connects to each as soon as it can.
-    if !wait_until(|| all_connected(&client)).await {
+    if !wait_until(PATIENCE, || all_connected(&client)).await {
         return Err(format!("the servers were not all reachable within {PATIENCE:?}").into());
     }
     println!("the client is connected to all three; making {TOTAL_CALLS} calls from {TASKS} tasks");
 
-    let run = Arc::new(Run {
-        started: AtomicU64::new(0),
-        phase: AtomicUsize::new(BEFORE_KILL),
-        answered: Default::default(),
-        failed: AtomicU64::new(0),
-        finished: watch::Sender::new(0),
-        may_stop: AtomicBool::new(false),
-    });
-    let began = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| tokio::spawn(make_calls(client.clone(), Arc::clone(&run))))
-        .collect();
-    let mut finished = run.finished.subscribe();
+    let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
 
-    finished.wait_for(|&n| n >= TOTAL_CALLS / 3).await?;
+    load.wait_for_calls(TOTAL_CALLS / 3).await;
     let victim = SERVERS[VICTIM];
     let pid = servers[VICTIM].pid();
     servers[VICTIM].crash()?;
     // Calls started from now on cannot reach it: it is gone.
-    run.phase.store(WHILE_DOWN, Ordering::Relaxed);
+    load.enter_phase(WHILE_DOWN);
     println!("killed server {victim} (pid {pid})");
 
-    finished.wait_for(|&n| n >= 2 * TOTAL_CALLS / 3).await?;
-    servers[VICTIM] = ServerProcess::start(victim, ports[VICTIM])?;
-    run.phase.store(AFTER_RESTART, Ordering::Relaxed);
+    load.wait_for_calls(2 * TOTAL_CALLS / 3).await;
+    servers[VICTIM] = start_server(victim, ports[VICTIM])?;
+    load.enter_phase(AFTER_RESTART);
     println!(
         "restarted server {victim} (pid {}) on 127.0.0.1:{}",
         servers[VICTIM].pid(),
@@ -274,52 +124,30 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // The client reconnects to it on its own; wait (bounded) until it answers calls again,
     // and then until it has taken a fair share, so the summary shows it back at work.
     let restarted = Instant::now();
-    let back = wait_until(|| run.answered(AFTER_RESTART, VICTIM) > 0).await;
+    let back = wait_until(PATIENCE, || load.answered(AFTER_RESTART, VICTIM) > 0).await;
     if back {
         println!(
             "server {victim} answers calls again, {} ms after its restart",
             restarted.elapsed().as_millis()
         );
-        wait_until(|| run.answered(AFTER_RESTART, VICTIM) >= FAIR_SHARE).await;
+        wait_until(PATIENCE, || {
+            load.answered(AFTER_RESTART, VICTIM) >= FAIR_SHARE
+        })
+        .await;
     }
-    run.may_stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
-    }
-    let elapsed = began.elapsed();
-
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    let made = *run.finished.borrow();
-    let failed = run.failed.load(Ordering::Relaxed);
-    println!();
-    println!("calls made: {made} in {} ms", elapsed.as_millis());
-    if made > TOTAL_CALLS {
-        println!(
-            "            (more than {TOTAL_CALLS}: the run went on until {victim} took its share)"
-        );
-    }
-    println!("failed:     {failed}");
-    println!(
-        "retries:    {} (refused by the retry budget: {})",
-        stats.retries, stats.retries_refused
+    let tally = load.stop().await?;
+    tally.print_summary(
+        &client,
+        &format!("{victim} took its share"),
+        &[
+            ("before kill", 11),
+            (&format!("while {victim} down"), 12),
+            ("after restart", 13),
+        ],
     );
-    println!();
-    println!("answered by   before kill   while {victim} down   after restart");
-    for (index, name) in SERVERS.iter().enumerate() {
-        println!(
-            "server {name}      {:>11}   {:>12}   {:>13}",
-            run.answered(BEFORE_KILL, index),
-            run.answered(WHILE_DOWN, index),
-            run.answered(AFTER_RESTART, index),
-        );
-    }
 
     // `servers` is dropped here, which kills the three servers.
-    if failed > 0 {
-        eprintln!("FAILED: {failed} idempotent calls failed");
+    if tally.report_failed() {
         return Ok(ExitCode::FAILURE);
     }
     if !back {
@@ -329,35 +157,9 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Three distinct free ports: bind them all at once, note them, and let them go. (Another
-/// process could take one in between; on a test machine that is rare enough.)
-fn free_ports() -> std::io::Result<[u16; 3]> {
-    let listeners = [(); 3].map(|()| std::net::TcpListener::bind("127.0.0.1:0"));
-    let mut ports = [0; 3];
-    for (port, listener) in ports.iter_mut().zip(listeners) {
-        *port = listener?.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
-/// Waits until `done()` is true (polling it), or `PATIENCE` has passed; says which.
-async fn wait_until(done: impl Fn() -> bool) -> bool {
-    let since = Instant::now();
-    while !done() {
-        if since.elapsed() > PATIENCE {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
 /// Whether the client has a connection to every server.
 fn all_connected(client: &InventoryClient) -> bool {
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    stats.endpoints.len() == SERVERS.len()
-        && (stats.endpoints.iter()).all(|endpoint| endpoint.state == EndpointState::Ready)
+    let endpoints = endpoints(client);
+    endpoints.len() == SERVERS.len()
+        && (endpoints.iter()).all(|(_, state)| *state == EndpointState::Ready)
 }

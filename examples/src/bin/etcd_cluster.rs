@@ -24,55 +24,16 @@
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rpc_core::balance::{Backoff, EndpointState, LeastLoaded};
-use rpc_core::{service, Keepalive, Server};
+use rpc_core::balance::{Backoff, EndpointState};
+use rpc_core::Server;
+use rpc_examples::inventory::{
+    client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
+    InventoryServer, Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
+};
 use rpc_transport::etcd::{self, EtcdDiscovery};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-
-/// How many units of an item a server has, and which server said so.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stock {
-    /// Units in stock.
-    pub units: u32,
-    /// The server that answered (the demo counts calls per server with it).
-    pub server: String,
-}
-
-/// A read-only inventory, replicated on every server.
-#[service]
-pub trait Inventory {
-    /// Reads are safe to repeat: the client may retry them on another server.
-    #[rpc(idempotent)]
-    async fn stock(&self, item: String) -> Stock;
-}
-
-/// One replica of the inventory.
-struct Replica {
-    name: String,
-}
-
-impl Inventory for Replica {
-    async fn stock(&self, item: String) -> Stock {
-        // Pretend to look the item up, so some calls are always in flight when a server dies.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let units = match item.as_str() {
-            "apples" => 120,
-            "pears" => 45,
-            "plums" => 8,
-            _ => 0,
-        };
-        Stock {
-            units,
-            server: self.name.clone(),
-        }
-    }
-}
 
 /// The servers: three at first, then `d` joins after `b` crashed.
 const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -81,17 +42,14 @@ const VICTIM: usize = 1;
 const JOINER: usize = 3;
 /// The servers' lease TTL: how long a crashed server stays listed in etcd.
 const TTL: Duration = Duration::from_secs(3);
-const TOTAL_CALLS: u64 = 3_000;
-const TASKS: usize = 8;
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the driver waits for something to happen.
 const PATIENCE: Duration = Duration::from_secs(20);
-/// Calls the new server answers before the run may end.
-const FAIR_SHARE: u64 = 100;
+/// Progress is printed every so many calls.
+const PROGRESS_EVERY: u64 = 1000;
 
-/// The phases of the run, which the summary counts calls by: before `b` crashed, and after
-/// (when `d` joins too).
-const BEFORE_CRASH: usize = 0;
+/// The phases of the run, which the summary counts calls by: before `b` crashed (the first),
+/// and after (when `d` joins too).
+const PHASES: usize = 2;
 const AFTER_CRASH: usize = 1;
 
 #[tokio::main]
@@ -125,8 +83,7 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
 
     // The driver holds our stdin open; when it closes it (or dies), we leave.
     let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    when_stdin_closes(move || {
         let _ = closed.send(());
     });
     let signal = async {
@@ -136,110 +93,13 @@ async fn serve(etcd: &str, prefix: &str, name: &str) -> Result<(), Box<dyn Error
         }
     };
     Server::new()
-        .add_service(InventoryServer::new(Replica { name: name.into() }))
+        .add_service(InventoryServer::new(Replica::new(name)))
         .shutdown_grace(Duration::from_secs(5))
         // Deregister first (clients stop sending new calls), then stop and drain.
         .serve_with_shutdown(listener, registration.deregister_on(signal))
         .await?;
     println!("  server {name}: deregistered and stopped");
     Ok(())
-}
-
-/// A server child process, killed when dropped (also when the driver fails half-way).
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    fn start(etcd: &str, prefix: &str, name: &str) -> std::io::Result<ServerProcess> {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", etcd, prefix, name])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        Ok(ServerProcess { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the server gets no chance to deregister, finish its calls or close its
-    /// connections.
-    fn crash(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// Graceful: close its stdin, and wait until it has deregistered and stopped.
-    fn stop(mut self) -> std::io::Result<()> {
-        drop(self.child.stdin.take());
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.crash();
-        }
-    }
-}
-
-/// What the calling tasks and the driver share.
-struct Run {
-    started: AtomicU64,
-    phase: AtomicUsize,
-    /// Calls answered, by the phase they started in and the server that answered.
-    answered: [[AtomicU64; SERVERS.len()]; 2],
-    failed: AtomicU64,
-    /// Calls finished so far (answered or failed); the driver waits on it.
-    finished: watch::Sender<u64>,
-    /// Set by the driver once `d` has answered its share: the tasks may stop after
-    /// `TOTAL_CALLS`.
-    may_stop: AtomicBool,
-}
-
-impl Run {
-    fn answered(&self, phase: usize, server: usize) -> u64 {
-        self.answered[phase][server].load(Ordering::Relaxed)
-    }
-}
-
-/// One of the tasks making calls, each after the previous one finished.
-async fn make_calls(client: InventoryClient, run: Arc<Run>) {
-    const ITEMS: [&str; 4] = ["apples", "pears", "plums", "kiwis"];
-    loop {
-        let n = run.started.fetch_add(1, Ordering::Relaxed);
-        if n >= TOTAL_CALLS && run.may_stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let phase = run.phase.load(Ordering::Relaxed);
-        let item = ITEMS[n as usize % ITEMS.len()].to_string();
-        match client.stock(item).timeout(CALL_TIMEOUT).await {
-            Ok(stock) => match SERVERS.iter().position(|s| *s == stock.server) {
-                Some(server) => {
-                    run.answered[phase][server].fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    run.failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("call {n} answered by an unknown server {}", stock.server);
-                }
-            },
-            Err(err) => {
-                run.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("call {n} failed: {err} ({:?})", err.kind());
-            }
-        }
-        run.finished.send_modify(|finished| {
-            *finished += 1;
-            if *finished % 1000 == 0 {
-                let failed = run.failed.load(Ordering::Relaxed);
-                println!("  {finished} calls done, {failed} failed");
-            }
-        });
-    }
 }
 
 /// Driver mode: the demo.
@@ -264,7 +124,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
 
     let mut servers: Vec<Option<ServerProcess>> = Vec::new();
     for name in &SERVERS[..FIRST] {
-        let server = ServerProcess::start(&etcd, &prefix, name)?;
+        let server = ServerProcess::start(["serve", &etcd, &prefix, name])?;
         println!("started server {name} (pid {})", server.pid());
         servers.push(Some(server));
     }
@@ -275,19 +135,10 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
             Duration::from_secs(2),
         ))
         .watch();
-    let client = InventoryClient::builder()
-        .strategy(LeastLoaded::new())
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-        .keepalive(Some(Keepalive::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )))
-        .discover(discovery);
+    let client = client_builder().discover(discovery);
     // Wait until the three have registered and the client is connected to each.
-    if !wait_until(|| connected(&client) == registered(&SERVERS[..FIRST], &prefix)).await {
+    let first = registered(&SERVERS[..FIRST], &prefix);
+    if !wait_until(PATIENCE, || connected(&client) == first).await {
         return Err(format!("the servers did not all register within {PATIENCE:?}").into());
     }
     println!(
@@ -295,31 +146,19 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
          {TOTAL_CALLS} calls from {TASKS} tasks"
     );
 
-    let run = Arc::new(Run {
-        started: AtomicU64::new(0),
-        phase: AtomicUsize::new(BEFORE_CRASH),
-        answered: Default::default(),
-        failed: AtomicU64::new(0),
-        finished: watch::Sender::new(0),
-        may_stop: AtomicBool::new(false),
-    });
-    let began = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| tokio::spawn(make_calls(client.clone(), Arc::clone(&run))))
-        .collect();
-    let mut finished = run.finished.subscribe();
+    let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
 
-    finished.wait_for(|&n| n >= TOTAL_CALLS / 3).await?;
+    load.wait_for_calls(TOTAL_CALLS / 3).await;
     let victim = SERVERS[VICTIM];
     let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
     let pid = crashed.pid();
     crashed.crash()?;
     let crash = Instant::now();
-    run.phase.store(AFTER_CRASH, Ordering::Relaxed);
+    load.enter_phase(AFTER_CRASH);
     println!("killed server {victim} (pid {pid}) with SIGKILL: it does not deregister");
 
     let joiner = SERVERS[JOINER];
-    let server = ServerProcess::start(&etcd, &prefix, joiner)?;
+    let server = ServerProcess::start(["serve", &etcd, &prefix, joiner])?;
     println!("started server {joiner} (pid {})", server.pid());
     servers.push(Some(server));
     let join = Instant::now();
@@ -328,7 +167,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     let victim_key = format!("{prefix}/{victim}");
     let joiner_key = format!("{prefix}/{joiner}");
     let (mut dropped, mut picked) = (false, false);
-    let settled = wait_until(|| {
+    let settled = wait_until(PATIENCE, || {
         let endpoints = endpoints(&client);
         if !dropped && !endpoints.iter().any(|(key, _)| *key == victim_key) {
             dropped = true;
@@ -352,52 +191,30 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         dropped && picked
     })
     .await;
-    let shared = settled && wait_until(|| run.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE).await;
-    run.may_stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
-    }
-    let elapsed = began.elapsed();
-
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    let made = *run.finished.borrow();
-    let failed = run.failed.load(Ordering::Relaxed);
-    println!();
-    println!("calls made: {made} in {} ms", elapsed.as_millis());
-    if made > TOTAL_CALLS {
-        println!(
-            "            (more than {TOTAL_CALLS}: the run went on until {victim}'s lease expired \
-             and {joiner} took its share)"
-        );
-    }
-    println!("failed:     {failed}");
-    println!(
-        "retries:    {} (refused by the retry budget: {})",
-        stats.retries, stats.retries_refused
+    let shared = settled
+        && wait_until(PATIENCE, || {
+            load.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE
+        })
+        .await;
+    let tally = load.stop().await?;
+    tally.print_summary(
+        &client,
+        &format!("{victim}'s lease expired and {joiner} took its share"),
+        &[
+            (&format!("before {victim} crashed"), 16),
+            (&format!("after ({joiner} joining)"), 19),
+        ],
     );
-    println!();
-    println!("answered by   before {victim} crashed   after ({joiner} joining)");
-    for (index, name) in SERVERS.iter().enumerate() {
-        println!(
-            "server {name}      {:>16}   {:>19}",
-            run.answered(BEFORE_CRASH, index),
-            run.answered(AFTER_CRASH, index),
-        );
-    }
     println!();
 
     println!("shutting the servers down gracefully (each deregisters, then drains)");
     for server in servers.into_iter().flatten() {
         server.stop()?;
     }
-    let left = wait_until(|| endpoints(&client).is_empty()).await;
+    let left = wait_until(PATIENCE, || endpoints(&client).is_empty()).await;
     println!("the client has {} endpoints left", endpoints(&client).len());
 
-    if failed > 0 {
-        eprintln!("FAILED: {failed} idempotent calls failed");
+    if tally.report_failed() {
         return Ok(ExitCode::FAILURE);
     }
     if !settled {
@@ -415,17 +232,6 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The client's endpoints (their etcd keys) and their states.
-fn endpoints(client: &InventoryClient) -> Vec<(String, EndpointState)> {
-    let stats = client
-        .client()
-        .stats()
-        .expect("a balancing client has stats");
-    (stats.endpoints.into_iter())
-        .map(|endpoint| (endpoint.key, endpoint.state))
-        .collect()
 }
 
 /// The keys of the client's connected endpoints, sorted.
@@ -446,18 +252,6 @@ fn registered(names: &[&str], prefix: &str) -> Vec<String> {
         .collect();
     keys.sort();
     keys
-}
-
-/// Waits until `done()` is true (polling it), or `PATIENCE` has passed; says which.
-async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let since = Instant::now();
-    while !done() {
-        if since.elapsed() > PATIENCE {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
 }
 
 /// An etcd of our own on free loopback ports, with a temporary data directory; killed (and
@@ -543,11 +337,4 @@ async fn healthy(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), check).await,
         Ok(Ok(true))
     )
-}
-
-/// Two distinct free loopback ports: bind them at once, note them, and let them go.
-fn free_ports() -> std::io::Result<[u16; 2]> {
-    let first = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let second = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
 }
