@@ -328,9 +328,9 @@ mod tests {
             assert!(out.contains(expected), "missing {expected} in {out}");
         }
         for expected in [
-            "let(a,b)=::rpc_core::__private::decode_value(__rpc_body)?;",
-            "let(a,)=::rpc_core::__private::decode_value(__rpc_body)?;",
-            "let()=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "let(a,b):(i64,i64)=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "let(a,):(i64,)=::rpc_core::__private::decode_value(__rpc_body)?;",
+            "let():()=::rpc_core::__private::decode_value(__rpc_body)?;",
             "<SasCalculator>::add(&*__rpc_inner,a,b).await",
             "::rpc_core::__private::assert_arg::<i64>();",
             "::rpc_core::__private::assert_return::<Result<i64,MathError>>();",
@@ -501,7 +501,7 @@ mod tests {
                 "FilesResponse::Size(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf),",
                 // Requests are decoded as usual, the stream input ignored.
                 "__rpc_input:::core::option::Option<::rpc_core::__private::RemoteStream>,",
-                "let(name,)=::rpc_core::__private::decode_value(__rpc_body)?;::core::result::Result::Ok(FilesRequest::Download{name})",
+                "let(name,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;::core::result::Result::Ok(FilesRequest::Download{name})",
                 "FilesResponse::Download(<SasFiles>::download(&*__rpc_inner,name).await)",
             ],
         );
@@ -538,11 +538,11 @@ mod tests {
                 "pubfncount(&self,items:::rpc_core::Streaming<String>)->::rpc_core::Call<()>{self.client.call_with_stream(",
                 "},&(),items,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<()>)",
                 // The server decodes the body, then takes the stream of items.
-                "let(name,)=::rpc_core::__private::decode_value(__rpc_body)?;\
+                "let(name,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
                  letchunks=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_byte_vec,);\
                  ::core::result::Result::Ok(FilesRequest::Upload{name,chunks})",
-                "let()=::rpc_core::__private::decode_value(__rpc_body)?;\
-                 letitems=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value,);\
+                "let():()=::rpc_core::__private::decode_value(__rpc_body)?;\
+                 letitems=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);\
                  ::core::result::Result::Ok(FilesRequest::Count{items})",
                 // ... and passes it to the method like any argument.
                 "FilesResponse::Upload(<SasFiles>::upload(&*__rpc_inner,name,chunks).await)",
@@ -577,7 +577,7 @@ mod tests {
                 "pubfnchat(&self,room:String,messages:::rpc_core::Streaming<String>)->::rpc_core::Call<::rpc_core::Streaming<String>>{self.client.call_bidi(",
                 "},&(room,),messages,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<String>)",
                 "},&(),bytes,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_byte_vec)",
-                "letmessages=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value,);",
+                "letmessages=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);",
                 "ChatResponse::Chat(<SasChat>::chat(&*__rpc_inner,room,messages).await)",
                 "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
                 // Every method streams its result: the catch-all is unreachable, and allowed.
