@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
 use crate::error::{ErrorKind, RpcError};
+use crate::observe::{self, Observed};
 use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
 
@@ -169,7 +170,11 @@ impl<T> Stream for Streaming<T> {
                         None => None,
                     };
                     match expired {
-                        Some(timeout) => Some(Err(RpcError::deadline(timeout))),
+                        Some(timeout) => {
+                            let err = RpcError::deadline(timeout);
+                            stream.observed_end(Err(&err));
+                            Some(Err(err))
+                        }
                         None => return Poll::Pending,
                     }
                 }
@@ -383,15 +388,46 @@ impl Inbox {
 #[doc(hidden)]
 pub struct RemoteStream {
     inbox: Arc<Inbox>,
+    /// The call this stream answers, observed until the stream ends (client side).
+    observed: Observed,
+    /// Bytes of items received, for the call's metrics.
+    bytes: usize,
 }
 
 impl RemoteStream {
     pub(crate) fn new(inbox: Arc<Inbox>) -> RemoteStream {
-        RemoteStream { inbox }
+        RemoteStream {
+            inbox,
+            observed: Observed::off(),
+            bytes: 0,
+        }
+    }
+
+    /// Keeps observing the call this stream answers until the stream ends: its span's
+    /// outcome and duration, and its metrics, then cover the whole stream.
+    pub(crate) fn observing(mut self, observed: Observed) -> RemoteStream {
+        self.observed = observed;
+        self
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RpcError>>> {
-        self.inbox.poll_item(cx)
+        let item = self.inbox.poll_item(cx);
+        match &item {
+            Poll::Ready(Some(Ok(body))) => self.bytes += body.len(),
+            Poll::Ready(Some(Err(err))) => self.observed_end(Err(err)),
+            Poll::Ready(None) => self.observed_end(Ok(())),
+            Poll::Pending => {}
+        }
+        item
+    }
+
+    /// The stream ended this way: so did the call observed with it.
+    fn observed_end(&mut self, end: Result<(), &RpcError>) {
+        let outcome = match end {
+            Ok(()) => observe::Outcome::Ok,
+            Err(err) => observe::Outcome::Failed(err.kind()),
+        };
+        self.observed.finish(outcome, self.bytes);
     }
 }
 
@@ -478,6 +514,22 @@ struct Pump {
     source: ItemSource,
     credit: u32,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// The call whose result this stream is, observed until the stream ends (server side);
+    /// dropped unfinished, when the stream is cancelled, it records `cancelled`.
+    observed: Observed,
+    /// Bytes of items sent, for the call's metrics.
+    bytes: usize,
+}
+
+impl Pump {
+    fn end(&mut self, end: Result<(), &RpcError>) -> Bytes {
+        let outcome = match end {
+            Ok(()) => observe::Outcome::Ok,
+            Err(err) => observe::Outcome::Failed(err.kind()),
+        };
+        self.observed.finish(outcome, self.bytes);
+        crate::protocol::stream_end_frame(self.id, end)
+    }
 }
 
 /// The streams a connection sends.
@@ -487,12 +539,22 @@ pub(crate) struct Pumps {
 }
 
 impl Pumps {
-    pub(crate) fn add(&mut self, id: u64, source: ItemSource, timeout: Option<Duration>) {
+    /// Starts sending `source` as stream `id`, within `timeout`; `observed` is the call it
+    /// answers (or nothing, for an argument stream), finished when the stream ends.
+    pub(crate) fn add(
+        &mut self,
+        id: u64,
+        source: ItemSource,
+        timeout: Option<Duration>,
+        observed: Observed,
+    ) {
         self.list.push(Pump {
             id,
             source,
             credit: WINDOW,
             deadline: timeout.map(|t| (Box::pin(tokio::time::sleep(t)), t)),
+            observed,
+            bytes: 0,
         });
     }
 
@@ -527,10 +589,9 @@ impl Pumps {
         self.list.retain_mut(|pump| {
             if let Some((sleep, timeout)) = &mut pump.deadline {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    unsent.push(crate::protocol::stream_end_frame(
-                        pump.id,
-                        Err(&RpcError::deadline(*timeout)),
-                    ));
+                    let err = RpcError::deadline(*timeout);
+                    let frame = pump.end(Err(&err));
+                    unsent.push(frame);
                     return false;
                 }
             }
@@ -540,14 +601,15 @@ impl Pumps {
                     Poll::Ready(Some(Ok(frame))) => {
                         pump.credit -= 1;
                         burst -= 1;
+                        pump.bytes += frame.len();
                         unsent.push(frame);
                     }
                     Poll::Ready(Some(Err(err))) => {
-                        unsent.push(crate::protocol::stream_end_frame(pump.id, Err(&err)));
+                        unsent.push(pump.end(Err(&err)));
                         return false;
                     }
                     Poll::Ready(None) => {
-                        unsent.push(crate::protocol::stream_end_frame(pump.id, Ok(())));
+                        unsent.push(pump.end(Ok(())));
                         return false;
                     }
                     Poll::Pending => break,

@@ -290,3 +290,98 @@ async fn a_balancing_client_records_an_event_per_failed_attempt() {
         attempts[1].fields["request_id"]
     );
 }
+
+/// A server-streaming service: `count(n)` streams `0..n`, `fail(n)` streams `0..n` and then
+/// an error.
+#[service]
+pub trait Ticker {
+    async fn count(&self, n: u32) -> rpc_core::Streaming<u32>;
+    async fn fail(&self, n: u32) -> rpc_core::Streaming<u32>;
+}
+
+struct TickerImpl;
+impl Ticker for TickerImpl {
+    async fn count(&self, n: u32) -> rpc_core::Streaming<u32> {
+        rpc_core::Streaming::iter(0..n)
+    }
+    async fn fail(&self, n: u32) -> rpc_core::Streaming<u32> {
+        let items = (0..n).map(Ok).chain([Err(rpc_core::RpcError::new(
+            rpc_core::ErrorKind::Internal,
+            "the ticker broke",
+        ))]);
+        rpc_core::Streaming::from_results(futures::stream::iter(items))
+    }
+}
+
+async fn ticker(kind: Kind) -> (TickerClient, Harness) {
+    let mut harness = Harness::start(
+        kind,
+        Server::new().add_service(TickerServer::new(TickerImpl)),
+    )
+    .await;
+    let client = TickerClient::new(harness.connect().await);
+    (client, harness)
+}
+
+/// More items than the stream window: the server cannot finish sending them before the
+/// client reads, so neither side's call can be over before the client has read them.
+const MANY: u32 = 4 * rpc_core::STREAM_WINDOW;
+
+#[tokio::test]
+async fn a_streamed_call_is_observed_until_its_stream_ends() {
+    use futures::StreamExt;
+    for kind in KINDS {
+        let (capture, _guard) = Capture::install();
+        let (client, _h) = ticker(kind).await;
+        let mut stream = guard(client.count(MANY)).await.unwrap();
+        assert_eq!(guard(stream.next()).await, Some(Ok(0)));
+        assert!(
+            capture.closed("rpc.client").is_empty() && capture.closed("rpc.server").is_empty(),
+            "{kind:?}: a call whose stream is still being read is not over"
+        );
+        let mut got = 1;
+        while let Some(item) = guard(stream.next()).await {
+            assert_eq!(item, Ok(got));
+            got += 1;
+        }
+        assert_eq!(got, MANY);
+        for name in ["rpc.client", "rpc.server"] {
+            let span = &capture.wait_closed(name, 1).await[0];
+            assert_eq!(span.field("method"), "count", "{kind:?}");
+            assert_eq!(span.field("outcome"), "ok", "{kind:?}: {span:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_or_is_dropped_ends_its_calls_outcome() {
+    use futures::StreamExt;
+    for kind in KINDS {
+        let (capture, _guard) = Capture::install();
+        let (client, _h) = ticker(kind).await;
+        let items: Vec<_> = guard(guard(client.fail(3)).await.unwrap().collect::<Vec<_>>()).await;
+        assert_eq!(items.len(), 4);
+        for name in ["rpc.client", "rpc.server"] {
+            let span = &capture.wait_closed(name, 1).await[0];
+            assert_eq!(
+                span.field("outcome"),
+                "internal error",
+                "{kind:?}: {name} {span:?}"
+            );
+        }
+
+        let mut stream = guard(client.count(MANY)).await.unwrap();
+        assert_eq!(guard(stream.next()).await, Some(Ok(0)));
+        drop(stream);
+        for name in ["rpc.client", "rpc.server"] {
+            let spans = capture.wait_closed(name, 2).await;
+            assert_eq!(spans[1].field("method"), "count");
+            assert_eq!(
+                spans[1].field("outcome"),
+                "cancelled",
+                "{kind:?}: {name} {:?}",
+                spans[1]
+            );
+        }
+    }
+}

@@ -404,7 +404,9 @@ fn start_on<R>(
         Some(make) => {
             let inbox = Inbox::new(id, Arc::clone(&shared.notices));
             shared.start_stream(id, frame, Slot::Stream(Arc::clone(&inbox)), input)?;
-            let stream = RemoteStream::new(inbox);
+            // The call is observed until its stream ends, not just until it starts.
+            let observed = std::mem::replace(this.observed, ClientCall::off());
+            let stream = RemoteStream::new(inbox).observing(observed);
             Ok(Some(make(stream, timeout)))
         }
         None => {

@@ -78,7 +78,10 @@ impl<T: Transport> Driver<T> {
                 if !outbox.pump_ops.is_empty() {
                     for op in outbox.pump_ops.drain(..) {
                         match op {
-                            PumpOp::Add(id, source) => self.pumps.add(id, source, None),
+                            PumpOp::Add(id, source) => {
+                                self.pumps
+                                    .add(id, source, None, crate::observe::Observed::off())
+                            }
                             PumpOp::Remove(id) => {
                                 self.pumps.cancel(id);
                             }

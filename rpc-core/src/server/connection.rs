@@ -490,10 +490,11 @@ impl<S: Service> Connection<S> {
             Outcome::Done(response) if method.server_streaming => {
                 match self.service.response_stream(response) {
                     Ok(source) => {
-                        // The handler is done; its stream goes on under the call's deadline.
-                        observed.finish(observe::Outcome::Ok, 0);
+                        // The handler is done; its stream goes on under the call's deadline,
+                        // and the call is observed until the stream ends.
                         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        self.pumps.add(id, source, timeout);
+                        let observed = std::mem::replace(observed, Observed::off());
+                        self.pumps.add(id, source, timeout, observed);
                         return;
                     }
                     Err(_) => error_reply(
