@@ -388,32 +388,36 @@ impl Inbox {
 #[doc(hidden)]
 pub struct RemoteStream {
     inbox: Arc<Inbox>,
-    /// The call this stream answers, observed until the stream ends (client side).
-    observed: Observed,
-    /// Bytes of items received, for the call's metrics.
-    bytes: usize,
+    /// The call this stream answers, observed until the stream ends (client side), and the
+    /// bytes of items received so far, for its metrics. Boxed,
+    /// and only when observed, so that `Streaming<T>`, and so every request and response
+    /// enum holding one, stays small to move on the unary path.
+    observed: Option<Box<(Observed, usize)>>,
 }
 
 impl RemoteStream {
     pub(crate) fn new(inbox: Arc<Inbox>) -> RemoteStream {
         RemoteStream {
             inbox,
-            observed: Observed::off(),
-            bytes: 0,
+            observed: None,
         }
     }
 
     /// Keeps observing the call this stream answers until the stream ends: its span's
     /// outcome and duration, and its metrics, then cover the whole stream.
     pub(crate) fn observing(mut self, observed: Observed) -> RemoteStream {
-        self.observed = observed;
+        self.observed = observed.is_active().then(|| Box::new((observed, 0)));
         self
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RpcError>>> {
         let item = self.inbox.poll_item(cx);
         match &item {
-            Poll::Ready(Some(Ok(body))) => self.bytes += body.len(),
+            Poll::Ready(Some(Ok(body))) => {
+                if let Some((_, bytes)) = self.observed.as_deref_mut() {
+                    *bytes += body.len();
+                }
+            }
             Poll::Ready(Some(Err(err))) => self.observed_end(Err(err)),
             Poll::Ready(None) => self.observed_end(Ok(())),
             Poll::Pending => {}
@@ -427,7 +431,9 @@ impl RemoteStream {
             Ok(()) => observe::Outcome::Ok,
             Err(err) => observe::Outcome::Failed(err.kind()),
         };
-        self.observed.finish(outcome, self.bytes);
+        if let Some((observed, bytes)) = self.observed.as_deref_mut() {
+            observed.finish(outcome, *bytes);
+        }
     }
 }
 
@@ -582,10 +588,16 @@ impl Pumps {
 
     /// Polls every stream that has credit, queueing its frames on `unsent` while that holds
     /// less than `limit` bytes; a stream that ended (its `StreamEnd` queued) is dropped.
+    #[inline]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
-        if self.list.is_empty() {
-            return;
+        if !self.list.is_empty() {
+            self.poll_streams(cx, unsent, limit);
         }
+    }
+
+    /// Out of line, so that the connection loops of unary calls stay small.
+    #[inline(never)]
+    fn poll_streams(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
         self.list.retain_mut(|pump| {
             if let Some((sleep, timeout)) = &mut pump.deadline {
                 if sleep.as_mut().poll(cx).is_ready() {

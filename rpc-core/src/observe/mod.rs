@@ -203,6 +203,12 @@ impl Observed {
         }
     }
 
+    /// Whether there is anything to observe (a span a subscriber wants, or metrics).
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
     /// Runs `f` inside the call's span.
     #[inline]
     pub(crate) fn in_span<T>(&self, f: impl FnOnce() -> T) -> T {

@@ -471,6 +471,36 @@ impl<S: Service> Connection<S> {
         Ok(())
     }
 
+    /// Starts sending the stream a handler returned, under the call's deadline; the call
+    /// stays observed until the stream ends. Out of line: the unary path does not need it.
+    /// `Some` is the error reply when the handler's result held no stream.
+    #[inline(never)]
+    fn start_stream(
+        &mut self,
+        id: u64,
+        method: &'static MethodInfo,
+        response: S::Response,
+        observed: &mut Observed,
+        deadline: Option<Instant>,
+    ) -> Option<Bytes> {
+        match self.service.response_stream(response) {
+            Ok(source) => {
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let observed = std::mem::replace(observed, Observed::off());
+                self.pumps.add(id, source, timeout, observed);
+                None
+            }
+            Err(_) => Some(error_reply(
+                observed,
+                id,
+                &RpcError::new(
+                    ErrorKind::Internal,
+                    format!("`{}` returned no stream", method.name),
+                ),
+            )),
+        }
+    }
+
     /// Queues the reply of a finished handler.
     fn finish_call(
         &mut self,
@@ -488,23 +518,9 @@ impl<S: Service> Connection<S> {
             }
             Outcome::Failed(err) => error_reply(observed, id, &err),
             Outcome::Done(response) if method.server_streaming => {
-                match self.service.response_stream(response) {
-                    Ok(source) => {
-                        // The handler is done; its stream goes on under the call's deadline,
-                        // and the call is observed until the stream ends.
-                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        let observed = std::mem::replace(observed, Observed::off());
-                        self.pumps.add(id, source, timeout, observed);
-                        return;
-                    }
-                    Err(_) => error_reply(
-                        observed,
-                        id,
-                        &RpcError::new(
-                            ErrorKind::Internal,
-                            format!("`{}` returned no stream", method.name),
-                        ),
-                    ),
+                match self.start_stream(id, method, response, observed, deadline) {
+                    Some(frame) => frame,
+                    None => return,
                 }
             }
             Outcome::Done(response) => {
