@@ -1,8 +1,10 @@
 //! The server's authorization hook: who may connect, and who may make which call.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use crate::context::Metadata;
 use crate::descriptor::MethodInfo;
-use crate::error::RpcError;
+use crate::error::{ErrorKind, RpcError};
 use crate::peer::Peer;
 
 /// Decides which connections and calls a [`Server`](crate::Server) accepts; install it with
@@ -136,4 +138,50 @@ impl<'a> CallInfo<'a> {
     pub fn metadata(&self) -> &'a Metadata {
         self.metadata
     }
+}
+
+/// Asks `auth` about a connection; a hook that panics refuses it with `Internal`.
+pub(crate) fn check_connection(
+    auth: &dyn Authorize,
+    peer: &Peer,
+    service: &'static str,
+) -> Result<(), RpcError> {
+    let info = ConnectionInfo { peer, service };
+    guarded(|| auth.connection(&info), "a connection")
+}
+
+/// Asks `auth` about one call; a hook that panics refuses it with `Internal`. Out of line:
+/// servers without a hook never come here.
+#[inline(never)]
+pub(crate) fn check_call(
+    auth: &dyn Authorize,
+    peer: Option<&Peer>,
+    service: &'static str,
+    method: &'static MethodInfo,
+    metadata: &Metadata,
+) -> Result<(), RpcError> {
+    static UNKNOWN: Peer = Peer::unknown();
+    let info = CallInfo {
+        peer: peer.unwrap_or(&UNKNOWN),
+        service,
+        method,
+        metadata,
+    };
+    guarded(
+        || auth.call(&info),
+        format_args!("a call of `{}`", method.name),
+    )
+}
+
+/// Runs a hook, turning its panic into a refusal that names what it was asked about.
+fn guarded(
+    hook: impl FnOnce() -> Result<(), RpcError>,
+    about: impl std::fmt::Display,
+) -> Result<(), RpcError> {
+    catch_unwind(AssertUnwindSafe(hook)).unwrap_or_else(|_| {
+        Err(RpcError::new(
+            ErrorKind::Internal,
+            format!("the server's authorization hook panicked on {about}"),
+        ))
+    })
 }

@@ -21,7 +21,7 @@ use pin_project::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::auth::{Authorize, CallInfo};
+use super::auth::{self, Authorize};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
@@ -410,7 +410,7 @@ impl<S: Service> Connection<S> {
             }
         };
         if let Some(auth) = &self.auth {
-            authorize(&**auth, self.peer.as_deref(), desc.name, info, &metadata)?;
+            auth::check_call(&**auth, self.peer.as_deref(), desc.name, info, &metadata)?;
         }
         // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
         let input = info.client_streaming.then(|| {
@@ -593,33 +593,6 @@ impl<S: Service> Connection<S> {
 }
 
 /// The reply to a call that failed with `err`, recorded as the call's outcome.
-/// Asks the server's [`Authorize`] hook about one call; a panic in it refuses the call.
-#[inline(never)]
-fn authorize(
-    auth: &dyn Authorize,
-    peer: Option<&Peer>,
-    service: &'static str,
-    method: &'static MethodInfo,
-    metadata: &Metadata,
-) -> Result<(), RpcError> {
-    static UNKNOWN: Peer = Peer::unknown();
-    let info = CallInfo {
-        peer: peer.unwrap_or(&UNKNOWN),
-        service,
-        method,
-        metadata,
-    };
-    std::panic::catch_unwind(AssertUnwindSafe(|| auth.call(&info))).unwrap_or_else(|_| {
-        Err(RpcError::new(
-            ErrorKind::Internal,
-            format!(
-                "the server's authorization hook panicked on a call of `{}`",
-                method.name
-            ),
-        ))
-    })
-}
-
 fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Bytes {
     observed.finish(observe::Outcome::Failed(err.kind()), 0);
     protocol::error_response_frame(id, err)

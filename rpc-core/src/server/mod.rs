@@ -24,7 +24,7 @@ pub(crate) use service::HostedService;
 pub use service::{BoxFuture, Service};
 pub use stats::ServerStats;
 
-use crate::error::{ErrorKind, RpcError};
+use crate::error::ErrorKind;
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
 use crate::log;
@@ -283,22 +283,20 @@ impl Server {
                                 continue;
                             }
                             let peer = listener.peer(&transport);
-                            let per_ip = match peer.ip() {
-                                Some(ip) => match shared.per_ip.enter(ip, shared.config.max_connections_per_ip) {
-                                    Some(slot) => Some(slot),
-                                    None => {
-                                        shared.stats.refused();
-                                        let why = format!(
-                                            "the server already serves {} connections from {ip}, its \
-                                             limit per address (max_connections_per_ip); close \
-                                             some or retry later",
-                                            shared.config.max_connections_per_ip
-                                        );
-                                        connections.spawn(refuse(transport, ErrorKind::Overloaded, why, REFUSE_TIMEOUT));
-                                        continue;
-                                    }
-                                },
-                                None => None,
+                            let limit = shared.config.max_connections_per_ip;
+                            let per_ip = peer.ip().map(|ip| shared.per_ip.enter(ip, limit).ok_or(ip)).transpose();
+                            let per_ip = match per_ip {
+                                Ok(slot) => slot,
+                                Err(ip) => {
+                                    shared.stats.refused();
+                                    let why = format!(
+                                        "the server already serves {limit} connections from {ip}, its \
+                                         limit per address (max_connections_per_ip); close some or \
+                                         retry later"
+                                    );
+                                    connections.spawn(refuse(transport, ErrorKind::Overloaded, why, REFUSE_TIMEOUT));
+                                    continue;
+                                }
                             };
                             let open = shared.stats.open();
                             connections.spawn(serve_transport(
@@ -497,29 +495,13 @@ async fn serve_transport<T: Transport>(
     match handshake::accept(&frame, &shared.services) {
         Ok((service, routes)) => {
             let name = service.descriptor().name;
-            if let Some(auth) = &shared.auth {
-                let info = ConnectionInfo {
-                    peer: &peer,
-                    service: name,
-                };
-                let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    auth.connection(&info)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(RpcError::new(
-                        ErrorKind::Internal,
-                        "the server's authorization hook panicked",
-                    ))
-                });
-                if let Err(err) = verdict {
-                    return refuse(
-                        transport,
-                        err.kind(),
-                        err.message().to_string(),
-                        CLOSE_TIMEOUT,
-                    )
-                    .await;
-                }
+            let verdict = match &shared.auth {
+                Some(auth) => auth::check_connection(&**auth, &peer, name),
+                None => Ok(()),
+            };
+            if let Err(err) = verdict {
+                let why = err.message().to_string();
+                return refuse(transport, err.kind(), why, CLOSE_TIMEOUT).await;
             }
             let context = ConnectionContext {
                 config: Arc::clone(&shared.config),
