@@ -25,7 +25,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
 use crate::error::{ErrorKind, RpcError};
-use crate::observe::{self, Observed};
+use crate::observe::Observed;
 use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
 
@@ -427,12 +427,8 @@ impl RemoteStream {
 
     /// The stream ended this way: so did the call observed with it.
     fn observed_end(&mut self, end: Result<(), &RpcError>) {
-        let outcome = match end {
-            Ok(()) => observe::Outcome::Ok,
-            Err(err) => observe::Outcome::Failed(err.kind()),
-        };
         if let Some((observed, bytes)) = self.observed.as_deref_mut() {
-            observed.finish(outcome, *bytes);
+            observed.finish_with(end, *bytes);
         }
     }
 }
@@ -529,11 +525,7 @@ struct Pump {
 
 impl Pump {
     fn end(&mut self, end: Result<(), &RpcError>) -> Bytes {
-        let outcome = match end {
-            Ok(()) => observe::Outcome::Ok,
-            Err(err) => observe::Outcome::Failed(err.kind()),
-        };
-        self.observed.finish(outcome, self.bytes);
+        self.observed.finish_with(end, self.bytes);
         crate::protocol::stream_end_frame(self.id, end)
     }
 }

@@ -353,7 +353,7 @@ impl<R> Future for CallFuture<R> {
             Ok(body) => (decode(&body), body.len()),
             Err(err) => (Err(err), 0),
         };
-        this.observed.finish_with(&result, bytes);
+        this.observed.finish_with(result.as_ref(), bytes);
         *this.state = State::Finished;
         Poll::Ready(result)
     }

@@ -234,9 +234,9 @@ impl Observed {
         }
     }
 
-    /// The call ended with `result`; `Ok` carries the number of bytes of results.
+    /// The call (or the stream answering it) ended with `result`, after `bytes` of results.
     #[inline]
-    pub(crate) fn finish_with<T>(&mut self, result: &Result<T, crate::RpcError>, bytes: usize) {
+    pub(crate) fn finish_with<T>(&mut self, result: Result<T, &crate::RpcError>, bytes: usize) {
         if let Some(active) = self.active.take() {
             let outcome = match result {
                 Ok(_) => Outcome::Ok,
