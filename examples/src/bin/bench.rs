@@ -383,9 +383,11 @@ async fn stream(
 async fn conns(n: usize) -> Result<Row, Failure> {
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Every connection comes from 127.0.0.1: lift the per-address limit with the total one.
     let server = Server::new()
         .add_service(BenchServer::new(BenchImpl))
-        .max_connections(n + 16);
+        .max_connections(n + 16)
+        .max_connections_per_ip(n + 16);
     let stats = server.stats();
     tokio::spawn(server.serve(listener));
     // Warm the allocator and the runtime up with a first connection.
