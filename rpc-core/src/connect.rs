@@ -1,12 +1,13 @@
-//! Where a reconnecting client gets its connections: the [`Connect`] trait.
+//! Where a reconnecting client gets its connections: the [`Connect`] trait, and its erased
+//! form that yields connection handles to the balancing layer.
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use crate::client::{Client, ConnectionOptions};
+use crate::boxed::BoxFuture;
+use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
-use crate::server::BoxFuture;
 use crate::transport::Transport;
 
 /// Makes new connections to one endpoint, as often as a client needs them.
@@ -42,9 +43,9 @@ where
     }
 }
 
-/// A connector with its transport type erased: connects and starts the client connection.
+/// A connector with its transport type erased: connects and opens a client connection.
 pub(crate) type DynConnect = Arc<
-    dyn Fn(&'static ServiceDescriptor, ConnectionOptions) -> BoxFuture<io::Result<Client>>
+    dyn Fn(&'static ServiceDescriptor, ConnectionOptions) -> BoxFuture<io::Result<Arc<Handle>>>
         + Send
         + Sync,
 >;
@@ -55,7 +56,7 @@ pub(crate) fn erase<C: Connect>(connector: C) -> DynConnect {
         let connector = Arc::clone(&connector);
         Box::pin(async move {
             let transport = connector.connect().await?;
-            Ok(Client::with_options(transport, desc, &options))
+            Ok(Handle::open(transport, desc, &options))
         })
     })
 }

@@ -65,10 +65,7 @@ impl HealthReporter {
     /// Reports `service` (`""` for the whole server) as `status` until set otherwise.
     /// Setting `Serving` again removes the override.
     pub fn set(&self, service: impl Into<String>, status: HealthStatus) {
-        let mut overrides = self
-            .overrides
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut overrides = crate::lock::lock(&self.overrides);
         let service = service.into();
         if status == HealthStatus::Serving {
             overrides.remove(&service);
@@ -78,11 +75,7 @@ impl HealthReporter {
     }
 
     fn get(&self, service: &str) -> Option<HealthStatus> {
-        self.overrides
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(service)
-            .copied()
+        crate::lock::lock(&self.overrides).get(service).copied()
     }
 }
 

@@ -38,15 +38,21 @@
 // Generated code names `::rpc_core`, also inside this crate (the health service).
 extern crate self as rpc_core;
 
+// The client's layers, bottom up: `connection` (one connection), `balance` (pools of them),
+// `client` (what users and generated code hold). Each depends only on those below it.
 pub mod balance;
+mod boxed;
 mod client;
 pub mod codec;
 mod connect;
+mod connection;
 pub mod context;
+mod deadline;
 mod descriptor;
 mod error;
 pub mod health;
 mod keepalive;
+mod lock;
 mod log;
 pub mod observe;
 mod outgoing;
@@ -57,19 +63,20 @@ mod streaming;
 mod transport;
 mod waker;
 
-pub use client::{Call, CallFuture, Client, ClientBuilder, DEFAULT_MAX_FRAME_SIZE};
+pub use client::{Call, CallFuture, Client, ClientBuilder};
 pub use connect::Connect;
+pub use connection::DEFAULT_MAX_FRAME_SIZE;
 pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
 pub use keepalive::Keepalive;
 pub use peer::{Identity, Peer};
 pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerStats, Service};
-pub use streaming::{Streaming, WINDOW as STREAM_WINDOW};
+pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
 pub use transport::{Listener, Transport};
 
 /// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`
-/// and `FooServer`. See the [crate docs](crate) and `DESIGN.md` for what it generates and
-/// the rules it enforces.
+/// and `FooServer`. See the [crate docs](crate) for what it generates and the rules it
+/// enforces.
 pub use rpc_macros::service;
 
 /// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no
@@ -81,16 +88,96 @@ pub mod __fuzz;
 /// Items used by code that `#[service]` generates. Not a public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::boxed::BoxFuture;
     pub use crate::codec::{
         decode_byte_vec, decode_value, encode_byte_vec, encode_value, AsBytes, ByteBuf,
     };
     pub use crate::descriptor::method_index;
-    pub use crate::server::BoxFuture;
     pub use crate::streaming::{ItemSource, RemoteStream};
     pub use bytes::BytesMut;
     pub use serde;
 
     use crate::error::{ErrorKind, RpcError};
+    use crate::{Call, Client, Streaming};
+
+    /// Starts a call of the method at `method` in the service's table. Nothing is sent
+    /// until the returned [`Call`] is awaited.
+    #[inline]
+    pub fn call<A, R>(
+        client: &Client,
+        method: u32,
+        args: &A,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> Call<R>
+    where
+        A: serde::Serialize + ?Sized,
+    {
+        client.call(method, args, decode)
+    }
+
+    /// Starts a call of a method returning `Streaming<O>`.
+    pub fn call_streaming<A, O>(
+        client: &Client,
+        method: u32,
+        args: &A,
+        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+    ) -> Call<Streaming<O>>
+    where
+        A: serde::Serialize + ?Sized,
+        O: 'static,
+    {
+        client.call_streaming(method, args, decode_item)
+    }
+
+    /// Starts a call of a method taking a `Streaming<I>` argument and returning one `R`.
+    pub fn call_with_stream<A, I, R>(
+        client: &Client,
+        method: u32,
+        args: &A,
+        input: Streaming<I>,
+        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> Call<R>
+    where
+        A: serde::Serialize + ?Sized,
+        I: 'static,
+    {
+        client.call_with_stream(method, args, input, encode_item, decode)
+    }
+
+    /// Starts a call of a method taking a `Streaming<I>` argument and returning
+    /// `Streaming<O>`.
+    pub fn call_bidi<A, I, O>(
+        client: &Client,
+        method: u32,
+        args: &A,
+        input: Streaming<I>,
+        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
+        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+    ) -> Call<Streaming<O>>
+    where
+        A: serde::Serialize + ?Sized,
+        I: 'static,
+        O: 'static,
+    {
+        client.call_bidi(method, args, input, encode_item, decode_item)
+    }
+
+    /// The argument stream a server's handler reads, fed by the connection.
+    pub fn stream_from_remote<T>(
+        stream: RemoteStream,
+        decode: fn(&[u8]) -> Result<T, RpcError>,
+    ) -> Streaming<T> {
+        Streaming::from_remote(stream, decode)
+    }
+
+    /// What sends the items of a handler's result stream as frames.
+    pub fn stream_into_source<T: 'static>(
+        stream: Streaming<T>,
+        encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+    ) -> ItemSource {
+        stream.into_source(encode)
+    }
 
     /// Argument types must be sendable over the wire and across threads.
     pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}

@@ -47,6 +47,25 @@ pub(crate) enum Status<'a> {
     Error { kind: u8, message: &'a str },
 }
 
+impl Status<'_> {
+    /// The outcome the peer reported: the one place a wire status becomes an error.
+    pub(crate) fn into_result(self) -> Result<(), RpcError> {
+        match self {
+            Status::Ok => Ok(()),
+            Status::Error { kind, message } => {
+                Err(RpcError::new(ErrorKind::from_wire(kind), message))
+            }
+        }
+    }
+}
+
+/// The stream id no call uses (ids count up from 0), for messages about the connection as a
+/// whole rather than one stream: `Credit { id: CONNECTION_ID, items: 0 }` announces that
+/// this side grants credit back whenever its consumer has drained a stream's buffer (see
+/// `docs/protocol.md`, "Connection window"). A peer of the first protocol revision ignores
+/// credit for an id it does not send on.
+pub(crate) const CONNECTION_ID: u64 = u64::MAX;
+
 /// Every message of protocol version 1. The variant order is the wire tag: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
 pub(crate) enum Message<'a> {

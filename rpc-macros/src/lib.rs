@@ -488,14 +488,14 @@ mod tests {
                 // The descriptor marks the entries.
                 "::rpc_core::MethodInfo::new(\"download\",0xcd71_129d_7cf3_9205_u64).server_streaming(),",
                 // The client returns a call of a stream.
-                "pubfndownload(&self,name:String)->::rpc_core::Call<::rpc_core::Streaming<Vec<u8>>>{self.client.call_streaming(",
+                "pubfndownload(&self,name:String)->::rpc_core::Call<::rpc_core::Streaming<Vec<u8>>>{::rpc_core::__private::call_streaming(&self.client,",
                 "0xcd71_129d_7cf3_9205_u64)},&(name,),::rpc_core::__private::decode_byte_vec)",
                 "pubfnticks(&self,every:u64,limit:u32)->::rpc_core::Call<::rpc_core::Streaming<u64>>",
                 "},&(every,limit),::rpc_core::__private::decode_value::<u64>)",
                 // The server hands the stream to the connection, never encodes it.
                 "fnresponse_stream(&self,__rpc_response:FilesResponse,)->::core::result::Result<::rpc_core::__private::ItemSource,FilesResponse>{match__rpc_response{",
-                "FilesResponse::Download(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
-                "FilesResponse::Ticks(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_value),),",
+                "FilesResponse::Download(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
+                "FilesResponse::Ticks(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_value),),",
                 "__rpc_response=>::core::result::Result::Err(__rpc_response),}}",
                 "FilesResponse::Download(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",
                 "FilesResponse::Size(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf),",
@@ -533,16 +533,16 @@ mod tests {
                 "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_return::<()>();",
                 "::rpc_core::MethodInfo::new(\"upload\",0xeb85_ab0a_42ef_4fa9_u64).client_streaming(),",
                 // The client takes the stream and leaves it out of the body.
-                "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{self.client.call_with_stream(",
+                "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{::rpc_core::__private::call_with_stream(&self.client,",
                 "},&(name,),chunks,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_value::<u64>)",
-                "pubfncount(&self,items:::rpc_core::Streaming<String>)->::rpc_core::Call<()>{self.client.call_with_stream(",
+                "pubfncount(&self,items:::rpc_core::Streaming<String>)->::rpc_core::Call<()>{::rpc_core::__private::call_with_stream(&self.client,",
                 "},&(),items,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<()>)",
                 // The server decodes the body, then takes the stream of items.
                 "let(name,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
-                 letchunks=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_byte_vec,);\
+                 letchunks=::rpc_core::__private::stream_from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_byte_vec,);\
                  ::core::result::Result::Ok(FilesRequest::Upload{name,chunks})",
                 "let():()=::rpc_core::__private::decode_value(__rpc_body)?;\
-                 letitems=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);\
+                 letitems=::rpc_core::__private::stream_from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);\
                  ::core::result::Result::Ok(FilesRequest::Count{items})",
                 // ... and passes it to the method like any argument.
                 "FilesResponse::Upload(<SasFiles>::upload(&*__rpc_inner,name,chunks).await)",
@@ -574,12 +574,12 @@ mod tests {
             &[
                 "fnchat(&self,room:String,messages:Streaming<String>)->impl::core::future::Future<Output=Streaming<String>>+::core::marker::Send;",
                 "::rpc_core::MethodInfo::new(\"chat\",0x5514_6b64_7716_d668_u64).client_streaming().server_streaming(),",
-                "pubfnchat(&self,room:String,messages:::rpc_core::Streaming<String>)->::rpc_core::Call<::rpc_core::Streaming<String>>{self.client.call_bidi(",
+                "pubfnchat(&self,room:String,messages:::rpc_core::Streaming<String>)->::rpc_core::Call<::rpc_core::Streaming<String>>{::rpc_core::__private::call_bidi(&self.client,",
                 "},&(room,),messages,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<String>)",
                 "},&(),bytes,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_byte_vec)",
-                "letmessages=::rpc_core::Streaming::from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);",
+                "letmessages=::rpc_core::__private::stream_from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);",
                 "ChatResponse::Chat(<SasChat>::chat(&*__rpc_inner,room,messages).await)",
-                "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::Streaming::into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
+                "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
                 // Every method streams its result: the catch-all is unreachable, and allowed.
                 "#[allow(unreachable_patterns)]fnresponse_stream(",
                 "ChatResponse::Chat(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",

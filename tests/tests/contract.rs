@@ -1,5 +1,6 @@
-//! The user's view of DESIGN.md §1, written as the contract states it: if this stops
-//! compiling or behaving, code outside this repository written against that text breaks.
+//! The user's view of the framework as its public contract states it (the generated items'
+//! names, the `RpcError` kinds, the transport entry points): if this stops compiling or
+//! behaving, code outside this repository written against that contract breaks.
 #![allow(unused_imports)]
 
 use rpc_core::{service, ErrorKind, RpcError, Server};

@@ -51,6 +51,7 @@ impl Setup {
 }
 
 /// Reads frames until the server closes the connection.
+/// Every message the server sent until it closed, less its stream-credit announcement.
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<Wire> {
     let mut all = Vec::new();
     guard(stream.read_to_end(&mut all)).await.unwrap();
@@ -60,7 +61,9 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<Wire> {
         let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
         let (message, _) =
             bincode::decode_from_slice::<Wire, _>(&rest[4..4 + len], wire::config()).unwrap();
-        frames.push(message);
+        if message != wire::CONNECTION_WINDOW_ANNOUNCEMENT {
+            frames.push(message);
+        }
         rest = &rest[4 + len..];
     }
     assert!(rest.is_empty(), "a partial frame at the end: {rest:?}");

@@ -99,10 +99,7 @@ impl Budget {
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        let mut counts = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts = crate::lock::lock(&self.state);
         let slice = self.policy.window.as_nanos() / SLOTS as u128;
         let now = (counts.start.elapsed().as_nanos() / slice.max(1)) as u64;
         // Forget the slices that fell out of the window.

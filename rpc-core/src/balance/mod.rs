@@ -55,7 +55,7 @@ pub use strategy::{
 };
 
 pub(crate) use pool::{Pool, PoolConfig, PoolHandle};
-pub(crate) use run::{run, ManagedCall};
+pub(crate) use run::{run, ManagedCall, Reply};
 pub(crate) use strategy::hash_key;
 
 /// One endpoint of a balancing client: a key that names it (an address, a pod name), a

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -16,10 +16,11 @@ use super::budget::{Budget, RetryBudget};
 use super::stats::{ClientStats, EndpointState, EndpointStats};
 use super::strategy::{Endpoints, Rng, Strategy};
 use super::{Change, Endpoint};
-use crate::client::{ConnectionOptions, Handle, Inner};
 use crate::connect::{self, Connect, DynConnect};
+use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
+use crate::lock::{self, lock};
 use crate::observe::MethodTable;
 
 /// A connection that lasted this long was healthy: its loss resets the backoff.
@@ -36,12 +37,6 @@ pub(crate) struct PoolConfig {
     pub(crate) wait_for_ready: bool,
     pub(crate) accrual: FailureAccrual,
     pub(crate) options: ConnectionOptions,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where one endpoint's connection stands.
@@ -184,20 +179,12 @@ impl Pool {
     }
 
     fn members(&self) -> Arc<Members> {
-        Arc::clone(
-            &self
-                .members
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        Arc::clone(&lock::read(&self.members))
     }
 
     fn update(&self, f: impl FnOnce(&mut Vec<Arc<Member>>)) {
         {
-            let mut members = self
-                .members
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut members = lock::write(&self.members);
             let mut list = members.list.clone();
             f(&mut list);
             *members = Arc::new(Members {
@@ -436,15 +423,11 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
         )
         .await;
         match attempt {
-            Ok(Ok(client)) => {
-                let Inner::Connection(handle) = client.inner().clone() else {
-                    unreachable!("a connector makes single connections")
-                };
-                drop(client);
+            Ok(Ok(handle)) => {
                 let since = Instant::now();
                 member.set_link(Link::Ready(Arc::clone(&handle)));
                 pool.changed.notify_waiters();
-                let err = handle.shared.closed().await;
+                let err = handle.closed().await;
                 drop(handle);
                 member.set_link(Link::Down(err));
                 pool.changed.notify_waiters();

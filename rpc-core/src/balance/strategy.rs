@@ -284,10 +284,7 @@ impl Strategy for ConsistentHash {
         let Some(key) = key else {
             return self.fallback.pick(endpoints, None);
         };
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ring = crate::lock::lock(&self.ring);
         if ring.generation != Some(endpoints.generation()) {
             ring.points.clear();
             for index in 0..endpoints.len() {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Client, ConnectionOptions};
+use super::Client;
 use crate::balance::{
     Backoff, Discover, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
     RetryBudget, Strategy,
 };
 use crate::connect::Connect;
+use crate::connection::ConnectionOptions;
 use crate::descriptor::ServiceDescriptor;
 use crate::keepalive::Keepalive;
 use crate::transport::Transport;
@@ -85,6 +86,11 @@ impl<C> fmt::Debug for ClientBuilder<C> {
             .field("failure_accrual", &self.accrual)
             .field("keepalive", &self.options.keepalive)
             .field("metadata", &self.options.metadata)
+            .field("max_frame_size", &self.options.max_frame_size)
+            .field(
+                "max_buffered_stream_bytes",
+                &self.options.max_buffered_stream_bytes,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +193,15 @@ impl<C> ClientBuilder<C> {
     /// The largest frame sent or received (8 MiB by default).
     pub fn max_frame_size(mut self, bytes: usize) -> ClientBuilder<C> {
         self.options.max_frame_size = bytes;
+        self
+    }
+
+    /// The most stream data each connection buffers for this client's consumers: bytes of
+    /// items the servers sent that were not read yet, over all the connection's streams
+    /// (32 MiB by default). Servers of this version pace their streams to stay well within
+    /// it; an item past it from a server that does not cuts its stream with `Overloaded`.
+    pub fn max_buffered_stream_bytes(mut self, bytes: usize) -> ClientBuilder<C> {
+        self.options.max_buffered_stream_bytes = bytes;
         self
     }
 

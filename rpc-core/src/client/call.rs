@@ -2,30 +2,27 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pin_project::pin_project;
 use serde::Serialize;
-use tokio::time::Sleep;
 
-use super::pending::Slot;
-use super::{Client, Handle, Inner};
-use crate::balance::{self, ManagedCall};
+use super::{Client, Inner};
+use crate::balance::{self, ManagedCall, Reply};
+use crate::boxed::BoxFuture;
 use crate::codec;
-use crate::context::{self, Metadata};
-use crate::error::{ErrorKind, RpcError};
+use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
+use crate::context::Metadata;
+use crate::deadline::{effective_timeout, Deadline};
+use crate::error::RpcError;
 use crate::observe::ClientCall;
 use crate::protocol::FrameBuilder;
-use crate::server::BoxFuture;
-use crate::streaming::{Inbox, ItemSource, RemoteStream};
-use crate::waker;
+use crate::streaming::{ItemSource, RemoteStream};
 
 thread_local! {
     /// Spare buffer space request frames are built in (see `FrameBuilder::in_arena`).
@@ -77,7 +74,7 @@ struct Streams<R> {
     output: Option<OutputMaker<R>>,
 }
 
-type OutputMaker<R> = Box<dyn FnOnce(RemoteStream, Option<Duration>) -> R + Send>;
+type OutputMaker<R> = Box<dyn FnOnce(RemoteStream) -> R + Send>;
 
 impl<R> Call<R> {
     /// Adds the streams of a streaming method.
@@ -176,7 +173,7 @@ impl<R> IntoFuture for Call<R> {
 
     fn into_future(self) -> CallFuture<R> {
         CallFuture {
-            sleep: None,
+            deadline: Deadline::none(),
             state: State::Unsent(self),
             observed: ClientCall::off(),
         }
@@ -189,19 +186,14 @@ enum State<R> {
     Waiting {
         call: ConnectionCall,
         decode: fn(&[u8]) -> Result<R, RpcError>,
-        timeout: Option<Duration>,
-    },
-    /// A streaming call on a pooled client, waiting for a connection (streams are not
-    /// retried: they go to one endpoint and stay there).
-    Acquiring {
-        connection: BoxFuture<Result<Arc<Handle>, RpcError>>,
-        /// Boxed: this rare state must not make every call's future larger.
-        call: Box<(Call<R>, Option<Duration>)>,
     },
     /// Run by the client's pool: endpoint choice, reconnection, retries.
     Managed {
-        future: BoxFuture<Result<Bytes, RpcError>>,
+        future: BoxFuture<Result<Reply, RpcError>>,
         decode: fn(&[u8]) -> Result<R, RpcError>,
+        /// Makes the result of a method returning a stream (boxed: rare, and the state of
+        /// every call's future must stay small).
+        output: Option<Box<(OutputMaker<R>, Option<Instant>)>>,
     },
     Finished,
 }
@@ -210,30 +202,12 @@ enum State<R> {
 #[pin_project(project = CallFutureProjection)]
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<R> {
+    /// The call's deadline, whichever path it takes.
     #[pin]
-    sleep: Option<Sleep>,
+    deadline: Deadline,
     state: State<R>,
     /// The call's span and metrics, from when it is sent.
     observed: ClientCall,
-}
-
-#[inline]
-/// The deadline a call runs under: its own timeout, or what is left of the handler's it is
-/// made from, whichever ends first. `Err` if that has already passed.
-fn effective_timeout(own: Option<Duration>, inherit: bool) -> Result<Option<Duration>, RpcError> {
-    let inherited = if inherit { context::deadline() } else { None };
-    let Some(deadline) = inherited else {
-        return Ok(own);
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(RpcError::new(
-            ErrorKind::DeadlineExceeded,
-            "the deadline of the call this one is made from had already passed, so it was \
-             not sent",
-        ));
-    }
-    Ok(Some(own.map_or(left, |own| own.min(left))))
 }
 
 impl<R> Future for CallFuture<R> {
@@ -242,110 +216,65 @@ impl<R> Future for CallFuture<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let State::Unsent(_) = this.state {
-            let State::Unsent(mut call) = std::mem::replace(this.state, State::Finished) else {
+            let State::Unsent(call) = std::mem::replace(this.state, State::Finished) else {
                 unreachable!()
             };
             let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
-            match &call.client.inner {
+            this.deadline.as_mut().set(timeout);
+            let ready = match &call.client.inner {
                 Inner::Connection(handle) => {
                     let handle = Arc::clone(handle);
-                    if let Some(ready) = start_on(handle, call, timeout, &mut this, cx)? {
-                        return Poll::Ready(Ok(ready));
-                    }
-                }
-                Inner::Pool(pool) if call.streams.is_some() => {
-                    let pool = Arc::clone(pool);
-                    let key = call.key;
-                    *this.state = State::Acquiring {
-                        connection: Box::pin(async move {
-                            let keep = pool;
-                            keep.pool()
-                                .acquire(key, &[])
-                                .await
-                                .map(|(_, handle)| handle)
-                        }),
-                        call: Box::new((call, timeout)),
-                    };
+                    start_on(handle, call, timeout, &mut this, cx)?
                 }
                 Inner::Pool(pool) => {
                     let pool = Arc::clone(pool);
-                    let args = call.frame.as_ref().map_or(0, FrameBuilder::body_len);
-                    *this.observed = ClientCall::start(
-                        pool.metrics(),
-                        pool.desc(),
-                        call.method,
-                        None,
-                        args,
-                        &mut call.metadata,
-                    );
-                    let idempotent = pool
-                        .desc()
-                        .methods
-                        .get(call.method as usize)
-                        .is_some_and(|m| m.idempotent);
-                    let future = balance::run(
-                        pool,
-                        ManagedCall {
-                            builder: call.frame?,
-                            method: call.method,
-                            timeout,
-                            metadata: call.metadata,
-                            key: call.key,
-                            idempotent,
-                            span: this.observed.span(),
-                        },
-                    );
-                    *this.state = State::Managed {
-                        future,
-                        decode: call.decode,
-                    };
+                    start_managed(pool, call, timeout, &mut this)?;
+                    None
                 }
-            }
-        }
-        if let State::Acquiring { connection, .. } = this.state {
-            let handle = match connection.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(err)) => {
-                    *this.state = State::Finished;
-                    return Poll::Ready(Err(err));
-                }
-                Poll::Ready(Ok(handle)) => handle,
             };
-            let State::Acquiring { call, .. } = std::mem::replace(this.state, State::Finished)
-            else {
-                unreachable!()
-            };
-            let (call, timeout) = *call;
-            if let Some(ready) = start_on(handle, call, timeout, &mut this, cx)? {
+            if let Some(ready) = ready {
                 return Poll::Ready(Ok(ready));
             }
         }
 
         let (response, decode) = match this.state {
-            State::Waiting {
-                call,
-                decode,
-                timeout,
-            } => match call.poll(cx) {
+            State::Waiting { call, decode } => match call.poll(cx) {
                 Poll::Ready(response) => (response, *decode),
-                Poll::Pending => {
-                    let expired = this
-                        .sleep
-                        .as_pin_mut()
-                        .is_some_and(|sleep| sleep.poll(cx).is_ready());
-                    if !expired {
-                        return Poll::Pending;
+                Poll::Pending => match this.deadline.poll_expired(cx) {
+                    Poll::Ready(err) => {
+                        call.cancel();
+                        (Err(err), *decode)
                     }
-                    call.cancel();
-                    let err = RpcError::deadline(timeout.unwrap_or_default());
-                    (Err(err), *decode)
+                    Poll::Pending => return Poll::Pending,
+                },
+            },
+            State::Managed {
+                future,
+                decode,
+                output,
+            } => match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(Reply::Body(body))) => (Ok(body), *decode),
+                Poll::Ready(Ok(Reply::Stream(stream))) => {
+                    let Some(output) = output.take() else {
+                        *this.state = State::Finished;
+                        return Poll::Ready(Err(RpcError::protocol(
+                            "the server answered a call with a stream it does not return",
+                        )));
+                    };
+                    let (make, deadline) = *output;
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let observed = std::mem::replace(this.observed, ClientCall::off());
+                    *this.state = State::Finished;
+                    return Poll::Ready(Ok(make(stream.with_deadline(left).observing(observed))));
                 }
+                Poll::Ready(Err(err)) => (Err(err), *decode),
+                Poll::Pending => match this.deadline.poll_expired(cx) {
+                    // Dropping the pool's future (below) cancels the attempt in progress.
+                    Poll::Ready(err) => (Err(err), *decode),
+                    Poll::Pending => return Poll::Pending,
+                },
             },
-            State::Managed { future, decode } => match future.as_mut().poll(cx) {
-                Poll::Ready(response) => (response, *decode),
-                Poll::Pending => return Poll::Pending,
-            },
-            State::Unsent(_) | State::Acquiring { .. } | State::Finished => {
+            State::Unsent(_) | State::Finished => {
                 panic!("CallFuture polled after it completed")
             }
         };
@@ -370,62 +299,105 @@ fn start_on<R>(
 ) -> Result<Option<R>, RpcError> {
     let mut call = call;
     let builder = call.frame?;
-    let shared = &handle.shared;
-    let id = shared.next_id();
+    let id = handle.shared.next_id();
     *this.observed = ClientCall::start(
-        &shared.metrics,
-        shared.desc,
+        &handle.shared.metrics,
+        handle.shared.desc,
         call.method,
         Some(id),
         builder.body_len(),
         &mut call.metadata,
     );
-    let frame =
-        builder.finish_request_with(id, call.method, timeout, &shared.metadata, &call.metadata);
-    let Some(streams) = call.streams else {
-        let conn_call =
-            this.observed
-                .check(ConnectionCall::start(handle, id, frame, cx.waker()))?;
-        if let Some(timeout) = timeout {
-            this.sleep.set(Some(tokio::time::sleep(timeout)));
+    let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+    let (parts, output) = match call.streams {
+        None => (None, None),
+        Some(streams) => {
+            let Streams { input, output } = *streams;
+            let parts = StreamParts {
+                input,
+                output: output.is_some(),
+            };
+            (Some(parts), output)
         }
-        *this.state = State::Waiting {
-            call: conn_call,
-            decode: call.decode,
-            timeout,
-        };
-        return Ok(None);
     };
-    let Streams { input, output } = *streams;
-    if frame.len() > shared.max_frame_size {
-        return Err(too_large(frame.len(), shared.max_frame_size));
-    }
-    match output {
-        Some(make) => {
-            let inbox = Inbox::new(id, Arc::clone(&shared.notices));
-            shared.start_stream(id, frame, Slot::Stream(Arc::clone(&inbox)), input)?;
-            // The call is observed until its stream ends, not just until it starts.
-            let observed = std::mem::replace(this.observed, ClientCall::off());
-            let stream = RemoteStream::new(inbox).observing(observed);
-            Ok(Some(make(stream, timeout)))
-        }
-        None => {
-            shared.start_stream(id, frame, Slot::Waiting(Some(cx.waker().clone())), input)?;
-            if let Some(timeout) = timeout {
-                this.sleep.set(Some(tokio::time::sleep(timeout)));
-            }
+    match this
+        .observed
+        .check(connection::send(handle, id, frame, parts, cx.waker()))?
+    {
+        Sent::Response(call_on) => {
             *this.state = State::Waiting {
-                call: ConnectionCall {
-                    handle,
-                    id,
-                    done: false,
-                },
+                call: call_on,
                 decode: call.decode,
-                timeout,
             };
             Ok(None)
         }
+        Sent::Stream(stream) => {
+            let Some(make) = output else {
+                unreachable!("a stream answers only calls that asked for one")
+            };
+            // The call is observed until its stream ends, not just until it starts.
+            let observed = std::mem::replace(this.observed, ClientCall::off());
+            Ok(Some(make(
+                stream.with_deadline(timeout).observing(observed),
+            )))
+        }
     }
+}
+
+/// Hands `call` to the client's pool.
+fn start_managed<R>(
+    pool: Arc<balance::PoolHandle>,
+    call: Call<R>,
+    timeout: Option<Duration>,
+    this: &mut CallFutureProjection<'_, R>,
+) -> Result<(), RpcError> {
+    let mut call = call;
+    let args = call.frame.as_ref().map_or(0, FrameBuilder::body_len);
+    *this.observed = ClientCall::start(
+        pool.metrics(),
+        pool.desc(),
+        call.method,
+        None,
+        args,
+        &mut call.metadata,
+    );
+    let idempotent = pool
+        .desc()
+        .methods
+        .get(call.method as usize)
+        .is_some_and(|m| m.idempotent);
+    let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
+    let (streams, output) = match call.streams {
+        None => (None, None),
+        Some(streams) => {
+            let Streams { input, output } = *streams;
+            let parts = StreamParts {
+                input,
+                output: output.is_some(),
+            };
+            let output = output.map(|make| Box::new((make, deadline.map(|(at, _)| at))));
+            (Some(parts), output)
+        }
+    };
+    let future = balance::run(
+        pool,
+        ManagedCall {
+            builder: this.observed.check(call.frame)?,
+            method: call.method,
+            deadline,
+            metadata: call.metadata,
+            key: call.key,
+            idempotent,
+            streams,
+            span: this.observed.span(),
+        },
+    );
+    *this.state = State::Managed {
+        future,
+        decode: call.decode,
+        output,
+    };
+    Ok(())
 }
 
 impl<R> fmt::Debug for CallFuture<R> {
@@ -434,98 +406,10 @@ impl<R> fmt::Debug for CallFuture<R> {
             State::Unsent(_) => "unsent",
             State::Waiting { .. } => "waiting",
             State::Managed { .. } => "managed",
-            State::Acquiring { .. } => "acquiring",
             State::Finished => "finished",
         };
         f.debug_struct("CallFuture")
             .field("state", &state)
             .finish_non_exhaustive()
-    }
-}
-
-/// One request sent on one connection, waiting for its response. Dropping it before the
-/// response arrives cancels the call (the server is sent `Cancel`).
-pub(crate) struct ConnectionCall {
-    handle: Arc<Handle>,
-    id: u64,
-    done: bool,
-}
-
-impl ConnectionCall {
-    #[inline]
-    /// Sends `frame`, a request with `id`, on the connection; fails at once if the
-    /// connection is gone (the request was then not sent) or the frame is too large.
-    pub(crate) fn start(
-        handle: Arc<Handle>,
-        id: u64,
-        frame: Bytes,
-        waker: &std::task::Waker,
-    ) -> Result<ConnectionCall, RpcError> {
-        let shared = &handle.shared;
-        if frame.len() > shared.max_frame_size {
-            return Err(too_large(frame.len(), shared.max_frame_size));
-        }
-        shared.start(id, frame, waker)?;
-        Ok(ConnectionCall {
-            handle,
-            id,
-            done: false,
-        })
-    }
-
-    /// The response body, or why there is none.
-    #[inline]
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, RpcError>> {
-        let outcome = {
-            let mut calls = self.handle.shared.calls(self.id);
-            match calls.get_mut(&self.id) {
-                Some(Slot::Waiting(waker)) => {
-                    waker::remember(waker, cx.waker());
-                    return Poll::Pending;
-                }
-                Some(Slot::Done(_)) => match calls.remove(&self.id) {
-                    Some(Slot::Done(outcome)) => outcome,
-                    _ => unreachable!(),
-                },
-                Some(Slot::Stream(_)) | None => Err(RpcError::disconnected(
-                    "the call was lost by its connection",
-                )),
-            }
-        };
-        self.done = true;
-        Poll::Ready(outcome)
-    }
-
-    /// Gives up on the call: forgets it and tells the server.
-    pub(crate) fn cancel(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.handle.shared.cancel(self.id);
-        }
-    }
-}
-
-#[cold]
-fn too_large(len: usize, limit: usize) -> RpcError {
-    RpcError::new(
-        ErrorKind::Protocol,
-        format!(
-            "the request is {len} bytes, more than the frame size limit of {limit} bytes; \
-             send large data in smaller calls"
-        ),
-    )
-}
-
-impl Drop for ConnectionCall {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
-impl Future for ConnectionCall {
-    type Output = Result<Bytes, RpcError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        ConnectionCall::poll(&mut self, cx)
     }
 }

@@ -1,14 +1,14 @@
-//! The client side: a multiplexed connection shared by every clone of a generated client.
+//! The user-facing client: [`Client`] (what generated clients wrap), [`Call`] and
+//! [`ClientBuilder`]. The top layer: it sends calls on one connection (`connection`) or
+//! through a pool of them (`balance`), and nothing below depends on it.
 //!
-//! A [`Client`] owns one connection. Calls register in the connection's table of pending
-//! calls ([`pending`]), queue their frame and wake the connection's I/O task ([`driver`]),
-//! which writes every queued frame in one batch and routes each response to its caller by
-//! request id. No task is spawned per call; the I/O task is spawned once per connection.
+//! Calls register in the connection's table of pending calls, queue their frame and wake the
+//! connection's I/O task, which writes every queued frame in one batch and routes each
+//! response to its caller by request id. No task is spawned per call; the I/O task is
+//! spawned once per connection.
 
 mod builder;
 mod call;
-mod driver;
-mod pending;
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,16 +17,12 @@ use bytes::BytesMut;
 use serde::Serialize;
 
 pub use builder::ClientBuilder;
-pub(crate) use call::ConnectionCall;
 pub use call::{Call, CallFuture};
-pub(crate) use pending::Shared;
 
 use crate::balance::PoolHandle;
-use crate::context::Metadata;
+use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
-use crate::keepalive::Keepalive;
-use crate::observe::MethodTable;
 use crate::streaming::Streaming;
 use crate::transport::Transport;
 
@@ -35,31 +31,6 @@ fn no_single_response<R>(_: &[u8]) -> Result<R, RpcError> {
     Err(RpcError::protocol(
         "the server answered a streaming call with a single response",
     ))
-}
-
-/// The default limit on the size of one frame, sent or received: 8 MiB.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 << 20;
-
-/// What every connection of a client is opened with.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnectionOptions {
-    pub(crate) max_frame_size: usize,
-    pub(crate) keepalive: Option<Keepalive>,
-    pub(crate) metadata: Metadata,
-    /// Metric handles to share (a balancing client's, for all its connections); `None`
-    /// makes the connection its own.
-    pub(crate) metrics: Option<MethodTable>,
-}
-
-impl Default for ConnectionOptions {
-    fn default() -> ConnectionOptions {
-        ConnectionOptions {
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-            keepalive: None,
-            metadata: Metadata::new(),
-            metrics: None,
-        }
-    }
 }
 
 /// A handle to a client's connection (or connections); generated clients (`FooClient`)
@@ -97,17 +68,6 @@ pub(crate) enum Inner {
     Pool(Arc<PoolHandle>),
 }
 
-/// Closes the connection when the last `Client` clone goes away.
-pub(crate) struct Handle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.release();
-    }
-}
-
 impl Client {
     /// Opens a client connection over `transport` for the service `desc`.
     ///
@@ -123,10 +83,8 @@ impl Client {
         desc: &'static ServiceDescriptor,
         options: &ConnectionOptions,
     ) -> Client {
-        let shared = Arc::new(Shared::new(desc, options));
-        tokio::spawn(driver::run(Arc::clone(&shared), transport));
         Client {
-            inner: Inner::Connection(Arc::new(Handle { shared })),
+            inner: Inner::Connection(Handle::open(transport, desc, options)),
         }
     }
 
@@ -160,8 +118,8 @@ impl Client {
     }
 
     /// Starts a call of the method at `method` in the service's table; used by generated
-    /// clients. Nothing is sent until the returned [`Call`] is awaited.
-    pub fn call<A, R>(
+    /// clients (through `__private`). Nothing is sent until the returned [`Call`] is awaited.
+    pub(crate) fn call<A, R>(
         &self,
         method: u32,
         args: &A,
@@ -173,10 +131,9 @@ impl Client {
         Call::new(self.clone(), method, args, decode)
     }
 
-    /// Starts a call of a method returning `Streaming<O>`; used by generated clients.
-    /// Awaiting the call sends it and gives the stream at once: items (or the call's
-    /// error) arrive through it.
-    pub fn call_streaming<A, O>(
+    /// Starts a call of a method returning `Streaming<O>`. Awaiting the call sends it and
+    /// gives the stream at once: items (or the call's error) arrive through it.
+    pub(crate) fn call_streaming<A, O>(
         &self,
         method: u32,
         args: &A,
@@ -188,16 +145,15 @@ impl Client {
     {
         Call::new(self.clone(), method, args, no_single_response).with_streams(
             None,
-            Some(Box::new(move |stream, timeout| {
-                Streaming::from_remote(stream, decode_item).with_deadline(timeout)
+            Some(Box::new(move |stream| {
+                Streaming::from_remote(stream, decode_item)
             })),
         )
     }
 
-    /// Starts a call of a method taking a `Streaming<I>` argument and returning one `R`;
-    /// used by generated clients. The items of `input` are sent after the request, as the
-    /// server grants credit.
-    pub fn call_with_stream<A, I, R>(
+    /// Starts a call of a method taking a `Streaming<I>` argument and returning one `R`. The
+    /// items of `input` are sent after the request, as the server grants credit.
+    pub(crate) fn call_with_stream<A, I, R>(
         &self,
         method: u32,
         args: &A,
@@ -214,8 +170,8 @@ impl Client {
     }
 
     /// Starts a call of a method taking a `Streaming<I>` argument and returning
-    /// `Streaming<O>`; used by generated clients.
-    pub fn call_bidi<A, I, O>(
+    /// `Streaming<O>`.
+    pub(crate) fn call_bidi<A, I, O>(
         &self,
         method: u32,
         args: &A,
@@ -230,14 +186,10 @@ impl Client {
     {
         Call::new(self.clone(), method, args, no_single_response).with_streams(
             Some(input.into_source(encode_item)),
-            Some(Box::new(move |stream, timeout| {
-                Streaming::from_remote(stream, decode_item).with_deadline(timeout)
+            Some(Box::new(move |stream| {
+                Streaming::from_remote(stream, decode_item)
             })),
         )
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
     }
 }
 

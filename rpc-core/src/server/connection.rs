@@ -1,10 +1,11 @@
-//! One server connection: reads requests, runs their handlers, writes responses.
+//! One server connection: reads frames, schedules the calls its dispatcher starts, writes
+//! responses.
 //!
 //! Handlers are polled inside the connection's own task (a `FuturesUnordered`), not spawned:
 //! a call that completes at once is answered in the same wake-up that read it, and dropping
-//! the connection drops every handler it runs.
+//! the connection drops every handler it runs. Whether and how a request becomes a call is
+//! the dispatcher's business (`dispatch.rs`); the streams of calls are the stream engine's.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -14,32 +15,28 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::future::CatchUnwind;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::auth::{self, Authorize};
-use super::service::{BoxFuture, Service};
+use super::auth::Authorize;
+use super::dispatch::{ConnectionLoad, Dispatcher, Handler, Incoming, Route, Started};
+use super::service::Service;
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
-use crate::health::HealthClient;
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::peer::Peer;
-use crate::protocol::{self, FrameBuilder, Message, Status};
-use crate::streaming::{Inbox, Notice, Notices, Pumps, RemoteStream};
+use crate::protocol::{self, FrameBuilder, Message};
+use crate::streaming::{ConnectionWindow, StreamEngine};
 use crate::transport::Transport;
 use crate::waker;
-
-/// How the client's method at some index maps onto this server: the method, or why not.
-pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
 
 /// Frames read per wake-up before yielding to other tasks.
 const READ_BUDGET: usize = 128;
@@ -53,6 +50,8 @@ pub(crate) struct ConnectionContext {
     /// Who the client is, if the listener could tell anything.
     pub(crate) peer: Option<Arc<Peer>>,
     pub(crate) auth: Option<Arc<dyn Authorize>>,
+    /// The bound on this connection's buffered stream data, counted into the server's total.
+    pub(crate) stream_window: Arc<ConnectionWindow>,
 }
 
 /// Why a connection ends.
@@ -71,33 +70,37 @@ pub(crate) async fn run<S: Service>(
     routes: Vec<Route>,
     context: ConnectionContext,
 ) -> io::Result<()> {
+    let observe = ServerObserver::new(
+        service.descriptor(),
+        &context.metrics,
+        &routes,
+        context
+            .peer
+            .as_ref()
+            .map(|peer| Arc::from(peer.to_string())),
+    );
+    let mut unsent = Outgoing::default();
+    // This side grants credit as its consumers drain: the client may pace by bytes.
+    unsent.push(StreamEngine::announcement());
     let mut conn = Connection {
-        observe: ServerObserver::new(
-            service.descriptor(),
-            &context.metrics,
-            &routes,
-            context
-                .peer
-                .as_ref()
-                .map(|peer| Arc::from(peer.to_string())),
+        dispatcher: Dispatcher::new(
+            service,
+            routes,
+            Arc::clone(&context.config),
+            observe,
+            context.peer,
+            context.auth,
         ),
-        peer: context.peer,
-        auth: context.auth,
-        service,
         transport,
-        routes,
         in_flight: FuturesUnordered::new(),
-        unsent: Outgoing::default(),
+        unsent,
         arena: BytesMut::new(),
         draining: false,
         shutdown_wait: Box::pin(context.shutdown.clone().cancelled_owned()),
         shutdown_waker: None,
         shutdown: context.shutdown,
         keepalive: context.config.keepalive.map(KeepaliveTimer::new),
-        inputs: HashMap::new(),
-        pumps: Pumps::default(),
-        notices: Arc::default(),
-        notices_waker: None,
+        streams: StreamEngine::server(context.stream_window, context.config.max_frame_size),
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -110,12 +113,12 @@ pub(crate) async fn run<S: Service>(
             Ok(())
         }
         End::Broken(err) => {
-            log::warn(format_args!("connection broke: {err}"));
+            log::connection_broke(&err);
             Err(err)
         }
         End::Goodbye(kind, message) => {
             if kind != ErrorKind::Disconnected {
-                log::warn(format_args!("closing a connection: {kind}: {message}"));
+                log::closing_connection(kind, &message);
             }
             let goodbye = protocol::goodbye_frame(kind, &message);
             let last = conn.unsent.take().into_iter().chain([goodbye]);
@@ -130,9 +133,9 @@ pub(crate) async fn run<S: Service>(
 }
 
 struct Connection<S: Service> {
-    service: Arc<S>,
+    /// Makes calls of requests: admission, routing, authorization, decoding.
+    dispatcher: Dispatcher<S>,
     transport: Box<dyn Transport>,
-    routes: Vec<Route>,
     in_flight: FuturesUnordered<InFlight<S::Response>>,
     /// Encoded frames the transport has not accepted yet.
     unsent: Outgoing,
@@ -146,18 +149,9 @@ struct Connection<S: Service> {
     shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_waker: Option<Waker>,
     keepalive: Option<KeepaliveTimer>,
-    /// The streams clients are sending to calls with a `Streaming<T>` argument.
-    inputs: HashMap<u64, Arc<Inbox>>,
-    /// The streams this side sends: results of methods returning `Streaming<T>`.
-    pumps: Pumps,
-    /// What the consumers of `inputs` want the client told.
-    notices: Arc<Notices>,
-    /// The waker last given to `notices`.
-    notices_waker: Option<Waker>,
+    /// The streams of this connection's calls: arguments received, results sent.
+    streams: StreamEngine,
     config: Arc<ServerConfig>,
-    observe: ServerObserver,
-    peer: Option<Arc<Peer>>,
-    auth: Option<Arc<dyn Authorize>>,
 }
 
 impl<S: Service> Connection<S> {
@@ -207,11 +201,17 @@ impl<S: Service> Connection<S> {
         }
 
         // Collect finished handlers; their replies go out in the same batch.
-        while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
-            let (id, method, outcome, mut observed, deadline) = done;
-            self.finish_call(id, method, outcome, &mut observed, deadline);
+        while let Poll::Ready(Some(mut done)) = self.in_flight.poll_next_unpin(cx) {
+            self.finish_call(
+                done.id,
+                done.method,
+                done.outcome,
+                &mut done.observed,
+                done.deadline,
+            );
         }
-        self.poll_streams(cx);
+        self.streams
+            .poll(cx, &mut self.unsent, self.config.max_buffered_bytes);
 
         if client_left {
             return Poll::Ready(End::ClientLeft);
@@ -233,7 +233,7 @@ impl<S: Service> Connection<S> {
 
         if self.draining
             && self.in_flight.is_empty()
-            && self.pumps.is_empty()
+            && !self.streams.is_sending()
             && self.unsent.is_done()
         {
             return Poll::Ready(End::Goodbye(
@@ -292,10 +292,20 @@ impl<S: Service> Connection<S> {
                         .map(|&(key, value)| (key, frame.slice_ref(value)))
                         .collect()
                 };
-                if let Err(err) = self.start_call(id, method, timeout_us, metadata, body, cx) {
-                    self.observe
-                        .rejected(&self.routes, method, id, body.len(), &err);
-                    self.queue(protocol::error_response_frame(id, &err));
+                let request = Incoming {
+                    id,
+                    method,
+                    timeout: timeout_us.map(Duration::from_micros),
+                    metadata,
+                    body,
+                };
+                let load = ConnectionLoad {
+                    calls: self.in_flight.len() + self.streams.sending(),
+                    draining: self.draining,
+                };
+                match self.dispatcher.dispatch(request, load, &mut self.streams) {
+                    Ok(started) => self.run(started, cx),
+                    Err(err) => self.queue(protocol::error_response_frame(id, &err)),
                 }
                 Ok(())
             }
@@ -307,46 +317,33 @@ impl<S: Service> Connection<S> {
                 {
                     call.cancel();
                 }
-                self.pumps.cancel(id);
-                if let Some(input) = self.inputs.remove(&id) {
-                    input.end(Err(RpcError::new(
+                self.streams.stop_sending(id);
+                self.streams.end_receiving(
+                    id,
+                    Err(RpcError::new(
                         ErrorKind::Disconnected,
                         "the client cancelled the call",
-                    )));
-                }
+                    )),
+                );
                 Ok(())
             }
             Message::StreamItem { id, body } => {
-                if let Some(input) = self.inputs.get(&id) {
-                    if input.push(frame.slice_ref(body)).is_err() {
-                        // Over its credit: that stream is failed; tell the client to stop.
-                        self.inputs.remove(&id);
-                        self.queue(Message::Cancel { id }.to_frame());
-                    }
-                }
+                self.streams
+                    .on_item(id, frame.slice_ref(body), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {
-                if let Some(input) = self.inputs.remove(&id) {
-                    input.end(match status {
-                        Status::Ok => Ok(()),
-                        Status::Error { kind, message } => {
-                            Err(RpcError::new(ErrorKind::from_wire(kind), message))
-                        }
-                    });
-                }
+                // The client's argument stream ended; the call goes on.
+                self.streams.on_end(id, status, false);
                 Ok(())
             }
             Message::Credit { id, items } => {
-                self.pumps.credit(id, items);
+                self.streams.on_credit(id, items);
                 Ok(())
             }
             Message::Goodbye { kind, message } => {
                 if kind != ErrorKind::Disconnected.to_wire() {
-                    log::warn(format_args!(
-                        "a client closed its connection: {}: {message}",
-                        ErrorKind::from_wire(kind)
-                    ));
+                    log::client_said_goodbye(ErrorKind::from_wire(kind), message);
                 }
                 Err(End::ClientLeft)
             }
@@ -365,100 +362,41 @@ impl<S: Service> Connection<S> {
         }
     }
 
-    /// Starts the handler of one request, or says why it cannot run.
-    fn start_call(
-        &mut self,
-        id: u64,
-        method: u32,
-        timeout_us: Option<u64>,
-        metadata: Metadata,
-        body: &[u8],
-        cx: &mut Context<'_>,
-    ) -> Result<(), RpcError> {
-        let desc = self.service.descriptor();
-        // The health check still answers while the server drains: "not serving" is what a
-        // balancer asking then needs to hear.
-        if self.draining && desc.name != HealthClient::DESCRIPTOR.name {
-            return Err(RpcError::new(
-                ErrorKind::Overloaded,
-                "the server is shutting down; retry on another server",
-            ));
-        }
-        let busy = self.in_flight.len() + self.pumps.len();
-        if busy >= self.config.max_concurrent_requests {
-            return Err(RpcError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "this connection already has {busy} calls in progress, the server's limit \
-                     (max_concurrent_requests); retry later or elsewhere"
-                ),
-            ));
-        }
-        let info = match self.routes.get(method as usize) {
-            Some(Ok(info)) => *info,
-            Some(Err(why)) => return Err(RpcError::new(ErrorKind::Incompatible, &**why)),
-            None => {
-                return Err(RpcError::new(
-                    ErrorKind::Incompatible,
-                    format!(
-                        "the request names method {method}, but the client's Hello listed only \
-                         {} methods of `{}`",
-                        self.routes.len(),
-                        desc.name
-                    ),
-                ))
-            }
-        };
-        if let Some(auth) = &self.auth {
-            auth::check_call(&**auth, self.peer.as_deref(), desc.name, info, &metadata)?;
-        }
-        // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
-        let input = info.client_streaming.then(|| {
-            let inbox = Inbox::new(id, Arc::clone(&self.notices));
-            self.inputs.insert(id, Arc::clone(&inbox));
-            RemoteStream::new(inbox)
-        });
-        let service = &self.service;
-        let request = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            service.decode_request(info.fingerprint, body, input)
-        }))
-        .unwrap_or_else(|_| {
-            Err(RpcError::protocol(format!(
-                "decoding the arguments of `{}` panicked",
-                info.name
-            )))
-        });
-        let request = match request {
-            Ok(request) => request,
-            Err(err) => {
-                self.inputs.remove(&id);
-                return Err(err);
-            }
-        };
-        let timeout = timeout_us.map(Duration::from_micros);
-        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
-        let mut context = CallContext::for_call(deadline, metadata, self.peer.as_ref());
-        let mut observed = self
-            .observe
-            .start(method, info, id, body.len(), &mut context);
-        let service = &self.service;
-        // One context switch for making the handler and its first poll.
+    /// Makes the handler of a started call and polls it once: most finish then and are
+    /// answered at once; only the others get a place (and a deadline) among the calls in
+    /// progress. One context switch for both.
+    fn run(&mut self, started: Started<S::Request>, cx: &mut Context<'_>) {
+        let Started {
+            id,
+            method,
+            request,
+            mut context,
+            mut observed,
+            timeout,
+            deadline,
+        } = started;
+        let service = &self.dispatcher.service;
         let (handler, first) = observed.in_span(|| {
             context::enter(&mut context, || {
-                let mut handler = AssertUnwindSafe(service.call(request)).catch_unwind();
+                let mut handler: Handler<S::Response> =
+                    AssertUnwindSafe(service.call(request)).catch_unwind();
                 let first = Pin::new(&mut handler).poll(cx);
                 (handler, first)
             })
         });
-        // Most handlers finish in their first poll: answer those at once, and give only the
-        // others a place (and a deadline) among the calls in progress.
         if let Poll::Ready(result) = first {
-            self.finish_call(id, info, Outcome::of(result, info), &mut observed, deadline);
-            return Ok(());
+            self.finish_call(
+                id,
+                method,
+                Outcome::of(result, method),
+                &mut observed,
+                deadline,
+            );
+            return;
         }
         self.in_flight.push(InFlight {
             id,
-            method: info,
+            method,
             timeout,
             deadline: deadline.map(|deadline| tokio::time::sleep_until(deadline.into())),
             deadline_at: deadline,
@@ -468,7 +406,6 @@ impl<S: Service> Connection<S> {
             waker: None,
             observed,
         });
-        Ok(())
     }
 
     /// Starts sending the stream a handler returned, under the call's deadline; the call
@@ -483,11 +420,11 @@ impl<S: Service> Connection<S> {
         observed: &mut Observed,
         deadline: Option<Instant>,
     ) -> Option<Bytes> {
-        match self.service.response_stream(response) {
+        match self.dispatcher.service.response_stream(response) {
             Ok(source) => {
                 let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let observed = std::mem::replace(observed, Observed::off());
-                self.pumps.add(id, source, timeout, observed);
+                self.streams.send(id, source, timeout, observed);
                 None
             }
             Err(_) => Some(error_reply(
@@ -510,10 +447,11 @@ impl<S: Service> Connection<S> {
         observed: &mut Observed,
         deadline: Option<Instant>,
     ) {
-        let desc = self.service.descriptor();
+        let desc = self.dispatcher.service.descriptor();
         let frame = match outcome {
             Outcome::Cancelled => {
-                self.inputs.remove(&id);
+                self.streams
+                    .end_receiving(id, Err(RpcError::disconnected("the call was cancelled")));
                 return;
             }
             Outcome::Failed(err) => error_reply(observed, id, &err),
@@ -525,7 +463,7 @@ impl<S: Service> Connection<S> {
             }
             Outcome::Done(response) => {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
-                let service = &self.service;
+                let service = &self.dispatcher.service;
                 let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     service.encode_response(&response, builder.body_mut())
                 }))
@@ -565,31 +503,6 @@ impl<S: Service> Connection<S> {
     fn queue(&mut self, frame: Bytes) {
         self.unsent.push(frame);
     }
-
-    /// Tells the client what the consumers of its streams want, and sends the items of the
-    /// streams this side produces, as far as credit and the write buffer allow.
-    fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        if !self.notices.due(&mut self.notices_waker, cx.waker()) && self.pumps.is_empty() {
-            return;
-        }
-        for notice in self.notices.take(&mut self.notices_waker, cx.waker()) {
-            match notice {
-                Notice::Credit { id, items } => {
-                    if self.inputs.contains_key(&id) {
-                        self.queue(Message::Credit { id, items }.to_frame());
-                    }
-                }
-                Notice::Dropped { id } => {
-                    // The handler let go of its input before the end: the client stops.
-                    if self.inputs.remove(&id).is_some() {
-                        self.queue(Message::Cancel { id }.to_frame());
-                    }
-                }
-            }
-        }
-        self.pumps
-            .poll(cx, &mut self.unsent, self.config.max_buffered_bytes);
-    }
 }
 
 /// The reply to a call that failed with `err`, recorded as the call's outcome.
@@ -617,10 +530,7 @@ impl<R> Outcome<R> {
                     .copied()
                     .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("a non-string panic payload");
-                log::warn(format_args!(
-                    "the handler of `{}` panicked: {what}",
-                    method.name
-                ));
+                log::handler_panicked(method.name, what);
                 Outcome::Failed(RpcError::new(
                     ErrorKind::Internal,
                     format!(
@@ -633,8 +543,6 @@ impl<R> Outcome<R> {
         }
     }
 }
-
-type Handler<R> = CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>;
 
 /// One running handler, with its deadline.
 #[pin_project]
@@ -667,20 +575,29 @@ impl<R> InFlight<R> {
     }
 }
 
+/// A call whose handler is done (or was stopped).
+struct Finished<R> {
+    id: u64,
+    method: &'static MethodInfo,
+    outcome: Outcome<R>,
+    observed: Observed,
+    /// The call's deadline, which a result stream inherits.
+    deadline: Option<Instant>,
+}
+
 impl<R> Future for InFlight<R> {
-    type Output = (
-        u64,
-        &'static MethodInfo,
-        Outcome<R>,
-        Observed,
-        Option<Instant>,
-    );
+    type Output = Finished<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if *this.cancelled {
-            let observed = std::mem::replace(this.observed, Observed::off());
-            return Poll::Ready((*this.id, *this.method, Outcome::Cancelled, observed, None));
+            return Poll::Ready(Finished {
+                id: *this.id,
+                method: this.method,
+                outcome: Outcome::Cancelled,
+                observed: std::mem::replace(this.observed, Observed::off()),
+                deadline: None,
+            });
         }
         waker::remember(this.waker, cx.waker());
         let (handler, context) = (this.handler, this.context);
@@ -702,7 +619,12 @@ impl<R> Future for InFlight<R> {
                 _ => return Poll::Pending,
             },
         };
-        let observed = std::mem::replace(this.observed, Observed::off());
-        Poll::Ready((*this.id, *this.method, outcome, observed, *this.deadline_at))
+        Poll::Ready(Finished {
+            id: *this.id,
+            method: this.method,
+            outcome,
+            observed: std::mem::replace(this.observed, Observed::off()),
+            deadline: *this.deadline_at,
+        })
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::connection::Route;
+use super::dispatch::Route;
 use super::service::HostedService;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::{self, Message, MAGIC, VERSION};

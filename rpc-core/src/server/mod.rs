@@ -2,6 +2,7 @@
 
 mod auth;
 mod connection;
+mod dispatch;
 mod handshake;
 mod service;
 mod stats;
@@ -32,6 +33,7 @@ use crate::observe::ServerMetrics;
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::peer::Peer;
 use crate::protocol;
+use crate::streaming::ConnectionWindow;
 use crate::transport::{Listener, Transport};
 use connection::ConnectionContext;
 
@@ -45,6 +47,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) max_buffered_bytes: usize,
+    pub(crate) max_buffered_stream_bytes: usize,
     pub(crate) keepalive: Option<Keepalive>,
 }
 
@@ -64,6 +67,7 @@ pub(crate) struct ServerConfig {
 /// | [`max_connections`](Server::max_connections) | 10,000 |
 /// | [`max_connections_per_ip`](Server::max_connections_per_ip) | 1,000 |
 /// | [`max_buffered_bytes`](Server::max_buffered_bytes) (per connection) | 16 MiB |
+/// | [`max_buffered_stream_bytes`](Server::max_buffered_stream_bytes) (per connection) | 32 MiB |
 /// | [`keepalive`](Server::keepalive) | ping after 60 s of silence, 20 s to answer |
 ///
 /// Every server also hosts the [health check](crate::health) (`rpc.Health`).
@@ -124,13 +128,14 @@ impl Server {
             services: HashMap::new(),
             auth: None,
             config: ServerConfig {
-                max_frame_size: 8 << 20,
+                max_frame_size: crate::DEFAULT_MAX_FRAME_SIZE,
                 max_concurrent_requests: 1024,
                 shutdown_grace: Duration::from_secs(30),
                 hello_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
                 max_connections_per_ip: 1_000,
                 max_buffered_bytes: 16 << 20,
+                max_buffered_stream_bytes: crate::DEFAULT_MAX_BUFFERED_STREAM_BYTES,
                 keepalive: Some(Keepalive::new(
                     Duration::from_secs(60),
                     Duration::from_secs(20),
@@ -225,6 +230,20 @@ impl Server {
         self
     }
 
+    /// How many bytes of stream items one connection may hold for handlers that have not
+    /// read them yet, over all its calls with a `Streaming<T>` argument (default 32 MiB).
+    ///
+    /// Each stream is bounded by its credit window, but streams multiply it: without this,
+    /// one client with many calls whose handlers do not read could make the server hold
+    /// calls × window × frame size. Clients of this version pace their streams to stay well
+    /// within the default; an item past the limit cuts its stream: the handler reads an
+    /// `Overloaded` error after the items it had, and the client is told to stop sending.
+    /// [`ServerStats::buffered_stream_bytes`] shows what is held now.
+    pub fn max_buffered_stream_bytes(mut self, bytes: usize) -> Server {
+        self.config.max_buffered_stream_bytes = bytes;
+        self
+    }
+
     /// Pings a client that has sent nothing for a while, and closes its connection if it
     /// does not answer in time (its machine or network is gone; without this, a connection
     /// with no FIN would stay open for good). `None` turns it off.
@@ -309,7 +328,7 @@ impl Server {
                         }
                         Some(Err(err)) => {
                             backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                            log::warn(format_args!("accept failed: {err}; retrying in {backoff:?}"));
+                            log::accept_failed(&err, backoff);
                             tokio::time::sleep(backoff).await;
                         }
                         None => break false,
@@ -326,11 +345,7 @@ impl Server {
                 })
                 .await;
                 if drained.is_err() {
-                    log::warn(format_args!(
-                        "{} connections still busy after the shutdown grace period of \
-                         {grace:?}; closing them",
-                        connections.len()
-                    ));
+                    log::grace_expired(connections.len(), grace);
                     connections.shutdown().await;
                 }
             } else {
@@ -407,10 +422,7 @@ struct PerIp {
 impl PerIp {
     /// Counts a connection from `ip`, unless `limit` are open already.
     fn enter(self: &Arc<PerIp>, ip: IpAddr, limit: usize) -> Option<PerIpSlot> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = crate::lock::lock(&self.open);
         let count = open.entry(ip).or_insert(0);
         if *count >= limit {
             return None;
@@ -431,11 +443,7 @@ struct PerIpSlot {
 
 impl Drop for PerIpSlot {
     fn drop(&mut self) {
-        let mut open = self
-            .per_ip
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = crate::lock::lock(&self.per_ip.open);
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -479,7 +487,7 @@ async fn serve_transport<T: Transport>(
             .await;
         }
         Ok(Some(Err(err))) => {
-            log::warn(format_args!("a connection failed before its Hello: {err}"));
+            log::failed_before_hello(&err);
             return Err(err);
         }
         Ok(Some(Ok(frame))) => frame,
@@ -509,6 +517,10 @@ async fn serve_transport<T: Transport>(
                 metrics: shared.metrics.service(name),
                 peer: (!peer.is_unknown()).then(|| Arc::new(peer)),
                 auth: shared.auth.clone(),
+                stream_window: ConnectionWindow::new(
+                    shared.config.max_buffered_stream_bytes,
+                    Some(shared.stats.stream_bytes()),
+                ),
             };
             service.serve(Box::new(transport), routes, context).await
         }
@@ -531,7 +543,7 @@ async fn refuse<T: Transport>(
     why: String,
     within: Duration,
 ) -> io::Result<()> {
-    log::warn(format_args!("refusing a connection: {kind}: {why}"));
+    log::refusing_connection(kind, &why);
     close_with(
         &mut transport,
         [protocol::goodbye_frame(kind, &why)],

@@ -1,19 +1,17 @@
 //! What a server hosts: the [`Service`] trait that `#[service]` implements.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::connection::{self, ConnectionContext, Route};
+use super::connection::{self, ConnectionContext};
+use super::dispatch::Route;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::streaming::{ItemSource, RemoteStream};
 use crate::transport::Transport;
 
-/// A boxed, `Send` future, as handlers are run on the server.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub use crate::boxed::BoxFuture;
 
 /// A service the [`Server`](crate::Server) can host. `#[service]` implements it for the
 /// generated `FooServer<S>`; implementing it by hand is possible but rarely useful.

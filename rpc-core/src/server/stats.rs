@@ -22,6 +22,8 @@ struct Counters {
     open: AtomicUsize,
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// Bytes of received stream items handlers have not taken yet, over all connections.
+    stream_bytes: Arc<AtomicUsize>,
 }
 
 impl ServerStats {
@@ -38,6 +40,18 @@ impl ServerStats {
     /// Connections refused because the server was at its `max_connections`.
     pub fn refused_connections(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of stream items that clients sent and handlers have not read yet, over all
+    /// connections: what the server holds for calls with a `Streaming<T>` argument (each
+    /// connection at most its [`max_buffered_stream_bytes`](crate::Server::max_buffered_stream_bytes)).
+    pub fn buffered_stream_bytes(&self) -> usize {
+        self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The counter of buffered stream bytes, shared with each connection's window.
+    pub(crate) fn stream_bytes(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.inner.stream_bytes)
     }
 
     /// Counts a connection as open until the returned guard is dropped.

@@ -132,14 +132,14 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             let decode = decoder(output, return_span(method));
             (
                 quote!(#output),
-                quote!(self.client.call(#index, #args, #decode)),
+                quote!(::rpc_core::__private::call(&self.client, #index, #args, #decode)),
             )
         }
         (None, Some(item)) => {
             let decode_item = decoder(item, item.span());
             (
                 quote!(::rpc_core::Streaming<#item>),
-                quote!(self.client.call_streaming(#index, #args, #decode_item)),
+                quote!(::rpc_core::__private::call_streaming(&self.client, #index, #args, #decode_item)),
             )
         }
         (Some(stream), None) => {
@@ -148,7 +148,7 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             let decode = decoder(output, return_span(method));
             (
                 quote!(#output),
-                quote!(self.client.call_with_stream(#index, #args, #ident, #encode_item, #decode)),
+                quote!(::rpc_core::__private::call_with_stream(&self.client, #index, #args, #ident, #encode_item, #decode)),
             )
         }
         (Some(stream), Some(item)) => {
@@ -156,7 +156,7 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             let decode_item = decoder(item, item.span());
             (
                 quote!(::rpc_core::Streaming<#item>),
-                quote!(self.client.call_bidi(#index, #args, #ident, #encode_item, #decode_item)),
+                quote!(::rpc_core::__private::call_bidi(&self.client, #index, #args, #ident, #encode_item, #decode_item)),
             )
         }
     };

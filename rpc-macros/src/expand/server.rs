@@ -119,7 +119,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             let ident = &arg.ident;
             let decode_item = item_decoder(arg.wire_type());
             quote_spanned! {arg.ty.span()=>
-                let #ident = ::rpc_core::Streaming::from_remote(
+                let #ident = ::rpc_core::__private::stream_from_remote(
                     ::core::option::Option::ok_or_else(
                         #input,
                         ::rpc_core::__private::missing_stream,
@@ -220,7 +220,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             Some(quote! {
                 #(#cfgs)*
                 #response::#variant(#value) => ::core::result::Result::Ok(
-                    ::rpc_core::Streaming::into_source(#value, #encode_item),
+                    ::rpc_core::__private::stream_into_source(#value, #encode_item),
                 ),
             })
         })

@@ -1,4 +1,5 @@
-//! The client connection's I/O task: writes queued frames in batches, routes responses.
+//! The client connection's I/O task: writes queued frames in batches, routes responses, and
+//! runs the connection's streams.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -7,12 +8,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::pending::{PumpOp, Shared};
+use super::pending::{Shared, StreamOp};
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
+use crate::observe::Observed;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
-use crate::streaming::{Notice, Pumps};
+use crate::streaming::StreamEngine;
 use crate::transport::Transport;
 use crate::waker;
 
@@ -20,36 +22,34 @@ use crate::waker;
 /// runtime's other tasks.
 const READ_BUDGET: usize = 128;
 
-/// Runs the connection until it breaks or every client handle is gone.
-pub(super) async fn run<T: Transport>(shared: Arc<Shared>, transport: T) {
+/// Runs the connection until it breaks or every handle is gone.
+pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: StreamEngine, transport: T) {
     let mut driver = Driver {
         keepalive: shared.keepalive.map(KeepaliveTimer::new),
         shared,
         transport,
         unsent: Outgoing::default(),
         peer_left: false,
-        pumps: Pumps::default(),
-        notices_waker: None,
+        streams,
     };
     let outcome = poll_fn(|cx| driver.poll(cx)).await;
     let Driver {
         shared,
         mut transport,
         peer_left,
+        mut streams,
         ..
     } = driver;
-    let goodbye = match outcome {
-        Ok(()) => {
-            shared.close(RpcError::disconnected("the client was dropped"));
-            None
-        }
+    let (err, goodbye) = match outcome {
+        Ok(()) => (RpcError::disconnected("the client was dropped"), None),
         Err(err) => {
             let goodbye = (err.kind() == ErrorKind::Protocol && !peer_left)
                 .then(|| protocol::goodbye_frame(ErrorKind::Protocol, err.message()));
-            shared.close(err);
-            goodbye
+            (err, goodbye)
         }
     };
+    streams.close(&err);
+    shared.close(err);
     close_with(&mut transport, goodbye, CLOSE_TIMEOUT).await;
 }
 
@@ -61,40 +61,21 @@ struct Driver<T> {
     /// The server said `Goodbye`: nothing more to tell it.
     peer_left: bool,
     keepalive: Option<KeepaliveTimer>,
-    /// The streams this side sends: arguments of calls with a `Streaming<T>` argument.
-    pumps: Pumps,
-    /// The waker last given to the stream consumers' notices.
-    notices_waker: Option<std::task::Waker>,
+    /// The streams of this connection's calls, both ways.
+    streams: StreamEngine,
 }
 
 impl<T: Transport> Driver<T> {
     /// `Ready(Ok)` once released and drained; `Ready(Err)` when the connection is gone.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RpcError>> {
         loop {
-            let released = {
-                let mut outbox = self.shared.outbox();
-                self.unsent.extend(outbox.frames.drain(..));
-                waker::remember(&mut outbox.driver, cx.waker());
-                if !outbox.pump_ops.is_empty() {
-                    for op in outbox.pump_ops.drain(..) {
-                        match op {
-                            PumpOp::Add(id, source) => {
-                                self.pumps
-                                    .add(id, source, None, crate::observe::Observed::off())
-                            }
-                            PumpOp::Remove(id) => {
-                                self.pumps.cancel(id);
-                            }
-                        }
-                    }
-                }
-                outbox.released
-            } && self.shared.idle();
+            let released = self.take_outbox(cx) && self.shared.idle() && self.streams.is_idle();
 
             self.poll_write(cx)?;
 
             let mut budget = READ_BUDGET;
             let mut heard = false;
+            let mut yielded = false;
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -123,8 +104,10 @@ impl<T: Transport> Driver<T> {
                 }
                 budget -= 1;
                 if budget == 0 {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    // Yield after this turn, but finish it first: the credit and cancels
+                    // the consumers are waiting to send must not wait for a quiet moment.
+                    yielded = true;
+                    break;
                 }
             }
 
@@ -138,15 +121,20 @@ impl<T: Transport> Driver<T> {
             }
             self.poll_streams(cx);
             if !self.unsent.is_empty() {
-                // Reading queued a reply (a Pong) or the keepalive a ping: write it now.
+                // Reading queued a reply (a Pong), the keepalive a ping or the streams
+                // their frames: write them now.
                 self.poll_write(cx)?;
             }
             if released && self.unsent.is_done() {
                 return Poll::Ready(Ok(()));
             }
+            if yielded {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let more = {
                 let outbox = self.shared.outbox();
-                !outbox.frames.is_empty() || !outbox.pump_ops.is_empty()
+                !outbox.frames.is_empty() || !outbox.stream_ops.is_empty()
             };
             if !more {
                 return Poll::Pending;
@@ -154,34 +142,42 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Tells the server what the consumers of its streams want, and sends the items of the
-    /// streams this side produces, as far as credit allows.
-    fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        if !self.shared.notices.due(&mut self.notices_waker, cx.waker()) && self.pumps.is_empty() {
-            return;
-        }
-        for notice in self
-            .shared
-            .notices
-            .take(&mut self.notices_waker, cx.waker())
-        {
-            match notice {
-                Notice::Credit { id, items } => {
-                    if self.shared.inbox(id).is_some() {
-                        self.unsent.push(Message::Credit { id, items }.to_frame());
+    /// Moves the callers' queued frames into `unsent` and their streams into the engine, in
+    /// order, and registers for the next; whether every handle is gone.
+    fn take_outbox(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut outbox = self.shared.outbox();
+        self.unsent.extend(outbox.frames.drain(..));
+        waker::remember(&mut outbox.driver, cx.waker());
+        if !outbox.stream_ops.is_empty() {
+            for op in outbox.stream_ops.drain(..) {
+                match op {
+                    StreamOp::Send(id, source) => {
+                        self.streams.send(id, source, None, Observed::off())
                     }
-                }
-                Notice::Dropped { id } => {
-                    if self.shared.forget(id).is_some() {
-                        self.pumps.cancel(id);
-                        self.unsent.push(Message::Cancel { id }.to_frame());
+                    StreamOp::Receive(id, inbox) => self.streams.adopt(id, inbox),
+                    StreamOp::StopSending(id) => {
+                        self.streams.stop_sending(id);
                     }
                 }
             }
         }
+        outbox.released
+    }
+
+    /// Tells the server what the consumers of its streams want, and sends the items of the
+    /// streams this side produces, as far as credit allows.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) {
+        let notices = self.streams.take_notices(cx);
+        if !notices.is_empty() {
+            // A consumer may have been handed its stream after this turn took the outbox:
+            // its request (and its inbox) go first, or the `Credit` or `Cancel` below would
+            // overtake the `Request` it is about, and the server would ignore it.
+            self.take_outbox(cx);
+            self.streams.answer(notices, &mut self.unsent);
+        }
         // Up to about a frame's worth queued: the server's credit bounds each stream anyway.
         let limit = self.shared.max_frame_size.max(1 << 20);
-        self.pumps.poll(cx, &mut self.unsent, limit);
+        self.streams.pump(cx, &mut self.unsent, limit);
     }
 
     /// Hands every queued frame to the transport and flushes them as one batch.
@@ -207,17 +203,24 @@ impl<T: Transport> Driver<T> {
         })?;
         match message {
             Message::Response { id, status, body } => {
-                if !self.pumps.is_empty() {
-                    // Answered: a stream still being sent for it is no longer wanted.
-                    self.pumps.cancel(id);
+                // Answered: a stream still being sent for it is no longer wanted.
+                self.streams.stop_sending(id);
+                if self.streams.is_receiving(id) {
+                    // A stream call answered with one response: an error before any item
+                    // (or a server breaking the rules), which ends the stream.
+                    let outcome = status.into_result().and_then(|()| {
+                        Err(RpcError::protocol(
+                            "the server answered a streaming call with a single response",
+                        ))
+                    });
+                    self.streams.end_receiving(id, outcome);
+                } else {
+                    let outcome = match status {
+                        Status::Ok => Ok(frame.slice_ref(body)),
+                        status => status.into_result().map(|()| Bytes::new()),
+                    };
+                    self.shared.complete(id, outcome);
                 }
-                let outcome = match status {
-                    Status::Ok => Ok(frame.slice_ref(body)),
-                    Status::Error { kind, message } => {
-                        Err(RpcError::new(ErrorKind::from_wire(kind), message))
-                    }
-                };
-                self.shared.complete(id, outcome);
                 Ok(())
             }
             Message::Goodbye { kind, message } => {
@@ -238,36 +241,22 @@ impl<T: Transport> Driver<T> {
             }
             Message::Pong { .. } => Ok(()),
             Message::StreamItem { id, body } => {
-                if let Some(inbox) = self.shared.inbox(id) {
-                    if inbox.push(frame.slice_ref(body)).is_err() {
-                        // Over its credit: that stream is failed; the server stops.
-                        self.shared.forget(id);
-                        self.pumps.cancel(id);
-                        self.unsent.push(Message::Cancel { id }.to_frame());
-                    }
-                }
+                self.streams
+                    .on_item(id, frame.slice_ref(body), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {
                 // The server ended its side: whatever this side still sends is moot.
-                self.pumps.cancel(id);
-                if let Some(inbox) = self.shared.forget(id) {
-                    inbox.end(match status {
-                        Status::Ok => Ok(()),
-                        Status::Error { kind, message } => {
-                            Err(RpcError::new(ErrorKind::from_wire(kind), message))
-                        }
-                    });
-                }
+                self.streams.on_end(id, status, true);
                 Ok(())
             }
             Message::Credit { id, items } => {
-                self.pumps.credit(id, items);
+                self.streams.on_credit(id, items);
                 Ok(())
             }
             Message::Cancel { id } => {
                 // The server wants no more of the stream this side sends for `id`.
-                self.pumps.cancel(id);
+                self.streams.stop_sending(id);
                 Ok(())
             }
             other => Err(RpcError::protocol(format!(

@@ -10,20 +10,20 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::ConnectionOptions;
 use crate::context::Metadata;
-use crate::keepalive::Keepalive;
-use crate::observe::MethodTable;
-use crate::streaming::{Inbox, ItemSource, Notices};
-
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::keepalive::Keepalive;
+use crate::lock::lock;
+use crate::observe::MethodTable;
 use crate::protocol::{self, Message};
+use crate::streaming::{ConnectionWindow, Inbox, InboxMaker, ItemSource, StreamEngine};
 
 /// Shards of the pending-call table (a power of two).
 const SHARDS: usize = 16;
@@ -34,8 +34,6 @@ pub(crate) enum Slot {
     Waiting(Option<Waker>),
     /// The response body, or why there will be none.
     Done(Result<Bytes, RpcError>),
-    /// A call answered with a stream: its items go to this inbox.
-    Stream(Arc<Inbox>),
 }
 
 /// Request ids are this connection's own counter: spread, never chosen by a peer, so they
@@ -66,18 +64,20 @@ pub(crate) struct Outbox {
     pub(crate) frames: Vec<Bytes>,
     /// The I/O task's waker, to wake when `frames` gets one.
     pub(crate) driver: Option<Waker>,
-    /// Every `Client` clone is gone: the I/O task finishes its queue and closes.
+    /// Every handle is gone: the I/O task finishes its queue and closes.
     pub(crate) released: bool,
-    /// Streams for the I/O task to start or stop sending.
-    pub(crate) pump_ops: Vec<PumpOp>,
+    /// Streams for the I/O task to start or stop, in the order of `frames`.
+    pub(crate) stream_ops: Vec<StreamOp>,
 }
 
-/// A change to the streams a client connection sends.
-pub(crate) enum PumpOp {
+/// A change to the streams of a client connection.
+pub(crate) enum StreamOp {
     /// Send the items of this source as the stream of call `id` (after its request).
-    Add(u64, ItemSource),
+    Send(u64, ItemSource),
+    /// Receive the stream that answers call `id` into this inbox.
+    Receive(u64, Arc<Inbox>),
     /// Stop sending the stream of call `id`.
-    Remove(u64),
+    StopSending(u64),
 }
 
 /// The shared half of one client connection.
@@ -89,10 +89,10 @@ pub(crate) struct Shared {
     pub(crate) metadata: Metadata,
     /// Metric handles for the calls made on this connection.
     pub(crate) metrics: MethodTable,
+    /// Makes the inboxes of the streams that answer calls.
+    inboxes: InboxMaker,
     /// Woken once the connection is gone (see [`Shared::closed`]).
     closed_notify: Notify,
-    /// What the consumers of this connection's received streams want the server told.
-    pub(crate) notices: Arc<Notices>,
     next_id: AtomicU64,
     shards: [Mutex<Calls>; SHARDS],
     outbox: Mutex<Outbox>,
@@ -100,17 +100,17 @@ pub(crate) struct Shared {
     closed: OnceLock<RpcError>,
 }
 
-/// Locks `mutex`, using the data as it is if a panic poisoned it: every update under these
-/// locks leaves the data consistent, so a panic elsewhere cannot make it wrong.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Shared {
-    pub(crate) fn new(desc: &'static ServiceDescriptor, options: &ConnectionOptions) -> Shared {
-        Shared {
+    /// The shared half of a new connection, and the stream engine its I/O task owns.
+    pub(crate) fn new(
+        desc: &'static ServiceDescriptor,
+        options: &ConnectionOptions,
+    ) -> (Shared, StreamEngine) {
+        let engine = StreamEngine::client(
+            ConnectionWindow::new(options.max_buffered_stream_bytes, None),
+            options.max_frame_size,
+        );
+        let shared = Shared {
             desc,
             max_frame_size: options.max_frame_size,
             keepalive: options.keepalive,
@@ -119,20 +119,21 @@ impl Shared {
                 .metrics
                 .clone()
                 .unwrap_or_else(|| MethodTable::client(desc)),
+            inboxes: engine.inbox_maker(),
             closed_notify: Notify::new(),
-            notices: Arc::default(),
             next_id: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
             outbox: Mutex::new(Outbox {
-                frames: vec![protocol::hello_frame(desc)],
+                frames: vec![protocol::hello_frame(desc), StreamEngine::announcement()],
                 ..Outbox::default()
             }),
             closed: OnceLock::new(),
-        }
+        };
+        (shared, engine)
     }
 
     /// The shard holding call `id`.
-    pub(crate) fn calls(&self, id: u64) -> MutexGuard<'_, Calls> {
+    fn calls(&self, id: u64) -> MutexGuard<'_, Calls> {
         lock(&self.shards[id as usize & (SHARDS - 1)])
     }
 
@@ -144,26 +145,47 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A new inbox for the stream that answers call `id`.
+    pub(crate) fn inbox(&self, id: u64) -> Arc<Inbox> {
+        self.inboxes.make(id)
+    }
+
     /// Whether no call is waiting for a response.
     pub(crate) fn idle(&self) -> bool {
         self.shards.iter().all(|shard| lock(shard).is_empty())
     }
 
-    /// Queues `frame` for the I/O task and wakes it.
-    fn send(&self, frame: Bytes) {
+    /// Queues `frame` (and the stream ops of its call) for the I/O task and wakes it;
+    /// `Err` if the connection is gone. Checked under the outbox's lock, which `close`
+    /// takes after setting `closed`: what is queued is either seen by `close` or refused.
+    fn queue(&self, frame: Bytes, ops: impl IntoIterator<Item = StreamOp>) -> Result<(), RpcError> {
         let driver = {
             let mut outbox = self.outbox();
+            if let Some(err) = self.closed.get() {
+                return Err(err.clone());
+            }
             outbox.frames.push(frame);
+            outbox.stream_ops.extend(ops);
             outbox.driver.take()
         };
         if let Some(driver) = driver {
             driver.wake();
         }
+        Ok(())
     }
 
-    /// Registers call `id` and queues its frame; fails at once if the connection is gone.
-    pub(crate) fn start(&self, id: u64, frame: Bytes, waker: &Waker) -> Result<(), RpcError> {
-        {
+    /// Registers call `id` (waiting for its response, if `waker` is given) and queues its
+    /// frame, with the streams it sends and receives; fails at once if the connection is
+    /// gone.
+    pub(crate) fn start(
+        &self,
+        id: u64,
+        frame: Bytes,
+        waker: Option<&Waker>,
+        input: Option<ItemSource>,
+        output: Option<Arc<Inbox>>,
+    ) -> Result<(), RpcError> {
+        if let Some(waker) = waker {
             let mut calls = self.calls(id);
             // Checked under the shard's lock: `close` sets `closed` before it drains the
             // shards, so a call either sees it here or is failed by the drain.
@@ -172,80 +194,51 @@ impl Shared {
             }
             calls.insert(id, Slot::Waiting(Some(waker.clone())));
         }
-        self.send(frame);
-        Ok(())
+        let ops = input
+            .map(|input| StreamOp::Send(id, input))
+            .into_iter()
+            .chain(output.map(|inbox| StreamOp::Receive(id, inbox)));
+        let queued = self.queue(frame, ops);
+        if queued.is_err() && waker.is_some() {
+            self.calls(id).remove(&id);
+        }
+        queued
     }
 
-    /// Registers call `id` in `slot`, queues its frame and, if the call sends a stream
-    /// too, that stream; fails at once if the connection is gone.
-    pub(crate) fn start_stream(
+    /// The response of call `id`, or why there is none; `Pending` registers `cx`'s waker.
+    #[inline]
+    pub(crate) fn poll_response(
         &self,
         id: u64,
-        frame: Bytes,
-        slot: Slot,
-        input: Option<ItemSource>,
-    ) -> Result<(), RpcError> {
-        {
-            let mut calls = self.calls(id);
-            if let Some(err) = self.closed.get() {
-                return Err(err.clone());
-            }
-            calls.insert(id, slot);
-        }
-        let driver = {
-            let mut outbox = self.outbox();
-            outbox.frames.push(frame);
-            if let Some(input) = input {
-                outbox.pump_ops.push(PumpOp::Add(id, input));
-            }
-            outbox.driver.take()
-        };
-        if let Some(driver) = driver {
-            driver.wake();
-        }
-        Ok(())
-    }
-
-    /// The caller gave up on `id` (dropped or timed out): forget it and tell the server.
-    pub(crate) fn cancel(&self, id: u64) {
-        let was_waiting = matches!(
-            self.calls(id).remove(&id),
-            Some(Slot::Waiting(_) | Slot::Stream(_))
-        );
-        if was_waiting && self.closed.get().is_none() {
-            let driver = {
-                let mut outbox = self.outbox();
-                outbox.frames.push(Message::Cancel { id }.to_frame());
-                outbox.pump_ops.push(PumpOp::Remove(id));
-                outbox.driver.take()
-            };
-            if let Some(driver) = driver {
-                driver.wake();
-            }
-        }
-    }
-
-    /// The inbox of stream call `id`, if its consumer still waits for items.
-    pub(crate) fn inbox(&self, id: u64) -> Option<Arc<Inbox>> {
-        match self.calls(id).get(&id) {
-            Some(Slot::Stream(inbox)) => Some(Arc::clone(inbox)),
-            _ => None,
-        }
-    }
-
-    /// Stream call `id` is over (or its consumer is gone): forget it.
-    pub(crate) fn forget(&self, id: u64) -> Option<Arc<Inbox>> {
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, RpcError>> {
         let mut calls = self.calls(id);
-        if !matches!(calls.get(&id), Some(Slot::Stream(_))) {
-            return None;
-        }
-        match calls.remove(&id) {
-            Some(Slot::Stream(inbox)) => Some(inbox),
-            _ => None,
+        match calls.get_mut(&id) {
+            Some(Slot::Waiting(waker)) => {
+                crate::waker::remember(waker, cx.waker());
+                Poll::Pending
+            }
+            Some(Slot::Done(_)) => match calls.remove(&id) {
+                Some(Slot::Done(outcome)) => Poll::Ready(outcome),
+                _ => Poll::Ready(Err(lost())),
+            },
+            None => Poll::Ready(Err(lost())),
         }
     }
 
-    /// Every `Client` clone is gone.
+    /// The caller gave up on `id` (dropped or timed out): forget it and tell the server,
+    /// behind the call's own request in the same queue.
+    pub(crate) fn cancel(&self, id: u64) {
+        let was_waiting = matches!(self.calls(id).remove(&id), Some(Slot::Waiting(_)));
+        if was_waiting {
+            let _ = self.queue(
+                Message::Cancel { id }.to_frame(),
+                [StreamOp::StopSending(id)],
+            );
+        }
+    }
+
+    /// Every handle is gone.
     pub(crate) fn release(&self) {
         let driver = {
             let mut outbox = self.outbox();
@@ -257,29 +250,22 @@ impl Shared {
         }
     }
 
-    /// Delivers the outcome of call `id`, if its caller still waits for it.
-    pub(crate) fn complete(&self, id: u64, outcome: Result<Bytes, RpcError>) {
+    /// Delivers the outcome of call `id`, if its caller still waits for it. `false` if no
+    /// caller waits for a response of that id.
+    pub(crate) fn complete(&self, id: u64, outcome: Result<Bytes, RpcError>) -> bool {
         let mut calls = self.calls(id);
         let waker = match calls.get_mut(&id) {
             Some(slot @ Slot::Waiting(_)) => match std::mem::replace(slot, Slot::Done(outcome)) {
                 Slot::Waiting(waker) => waker,
-                _ => None,
+                Slot::Done(_) => None,
             },
-            Some(Slot::Stream(_)) => {
-                // A stream call answered with one response: an error before any item (or
-                // a server breaking the rules), which ends the stream.
-                if let Some(Slot::Stream(inbox)) = calls.remove(&id) {
-                    drop(calls);
-                    inbox.end(outcome.map(|_| ()));
-                }
-                return;
-            }
-            _ => None,
+            _ => return false,
         };
         drop(calls);
         if let Some(waker) = waker {
             waker.wake();
         }
+        true
     }
 
     /// Waits until the connection is gone, and says why.
@@ -296,42 +282,43 @@ impl Shared {
     }
 
     /// The connection is gone: fail every waiting call and every later one with `err`.
+    /// Streams the I/O task has not taken over yet end with it too.
     pub(crate) fn close(&self, err: RpcError) {
         let _ = self.closed.set(err);
         self.closed_notify.notify_waiters();
         let Some(err) = self.closed.get() else {
             return;
         };
-        self.outbox().frames.clear();
-        for shard in &self.shards {
-            let mut streams = Vec::new();
-            let wakers: Vec<Waker> = {
-                let mut shard = lock(shard);
-                shard.retain(|_, slot| match slot {
-                    Slot::Stream(inbox) => {
-                        streams.push(Arc::clone(inbox));
-                        false
-                    }
-                    _ => true,
-                });
-                shard
-                    .values_mut()
-                    .filter_map(|slot| match slot {
-                        Slot::Waiting(waker) => {
-                            let waker = waker.take();
-                            *slot = Slot::Done(Err(err.clone()));
-                            waker
-                        }
-                        Slot::Done(_) | Slot::Stream(_) => None,
-                    })
-                    .collect()
-            };
-            for inbox in streams {
+        let ops = {
+            let mut outbox = self.outbox();
+            outbox.frames.clear();
+            std::mem::take(&mut outbox.stream_ops)
+        };
+        for op in ops {
+            if let StreamOp::Receive(_, inbox) = op {
                 inbox.end(Err(err.clone()));
             }
+        }
+        for shard in &self.shards {
+            let wakers: Vec<Waker> = lock(shard)
+                .values_mut()
+                .filter_map(|slot| match slot {
+                    Slot::Waiting(waker) => {
+                        let waker = waker.take();
+                        *slot = Slot::Done(Err(err.clone()));
+                        waker
+                    }
+                    Slot::Done(_) => None,
+                })
+                .collect();
             for waker in wakers {
                 waker.wake();
             }
         }
     }
+}
+
+#[cold]
+fn lost() -> RpcError {
+    RpcError::disconnected("the call was lost by its connection")
 }

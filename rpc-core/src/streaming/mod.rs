@@ -1,0 +1,191 @@
+//! Streams of items in either direction of a call: [`Streaming<T>`].
+//!
+//! A method may take one `Streaming<T>` argument (the client sends items), return
+//! `Streaming<T>` (the server sends items), or both. Items travel as `StreamItem` frames of
+//! the call's id, and a stream ends with `StreamEnd` (success or an error).
+//!
+//! Flow control is by credit, per stream and direction: a sender may have at most
+//! [`WINDOW`] items that the receiver has not yet taken; the receiver grants more
+//! (`Credit`) as its consumer takes them. So a consumer that stops reading makes the
+//! producer wait, and a stream never holds more than `WINDOW` received items (each at most
+//! the frame size limit) plus what the sender has encoded but not yet written. Dropping
+//! either end stops the other: the receiver's drop sends `Cancel` to the sender.
+
+mod engine;
+mod inbox;
+mod pump;
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+
+use crate::error::RpcError;
+
+pub(crate) use engine::{ConnectionWindow, InboxMaker, StreamEngine};
+pub(crate) use inbox::Inbox;
+pub use inbox::RemoteStream;
+pub(crate) use inbox::StreamEnded;
+pub(crate) use pump::Encoding;
+pub use pump::ItemSource;
+
+/// The most items a receiver holds per stream before the sender must wait for credit.
+pub const WINDOW: u32 = 32;
+
+/// The default bound on the stream data one connection buffers for its consumers: 32 MiB
+/// (see `Server::max_buffered_stream_bytes` and `ClientBuilder::max_buffered_stream_bytes`).
+pub const DEFAULT_MAX_BUFFERED_STREAM_BYTES: usize = 32 << 20;
+
+/// A stream of `T`s passed to or returned from an RPC method; it yields
+/// `Result<T, RpcError>`.
+///
+/// Build one from any stream to send it ([`Streaming::new`], [`Streaming::from_results`],
+/// [`Streaming::iter`]); one received from the peer yields its items as they arrive, in
+/// order, and ends with the peer's end: `None` after success, or an `Err` item followed by
+/// `None` when the peer (or the connection, or the deadline) failed it.
+///
+/// ```
+/// use futures::StreamExt;
+/// use rpc_core::Streaming;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut numbers = Streaming::iter(1..=3);
+/// let mut seen = Vec::new();
+/// while let Some(n) = numbers.next().await {
+///     seen.push(n.expect("a local stream of plain items never fails"));
+/// }
+/// assert_eq!(seen, [1, 2, 3]);
+/// # }
+/// ```
+#[must_use = "streams do nothing unless polled"]
+pub struct Streaming<T> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Local(Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>),
+    Remote {
+        stream: RemoteStream,
+        decode: fn(&[u8]) -> Result<T, RpcError>,
+    },
+    Done,
+}
+
+impl<T> Streaming<T> {
+    /// A stream that sends the items of `stream`.
+    pub fn new<S>(stream: S) -> Streaming<T>
+    where
+        S: Stream<Item = T> + Send + 'static,
+        T: 'static,
+    {
+        Streaming {
+            inner: Inner::Local(Box::pin(stream.map(Ok))),
+        }
+    }
+
+    /// A stream that sends the items of `stream` and ends at its first `Err`, which the
+    /// receiver gets as its last item.
+    pub fn from_results<S>(stream: S) -> Streaming<T>
+    where
+        S: Stream<Item = Result<T, RpcError>> + Send + 'static,
+    {
+        Streaming {
+            inner: Inner::Local(Box::pin(stream)),
+        }
+    }
+
+    /// A stream that sends the items of `items`.
+    pub fn iter<I>(items: I) -> Streaming<T>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+        T: 'static,
+    {
+        Streaming::new(futures::stream::iter(items))
+    }
+
+    /// A stream fed by the connection.
+    pub(crate) fn from_remote(
+        stream: RemoteStream,
+        decode: fn(&[u8]) -> Result<T, RpcError>,
+    ) -> Self {
+        Streaming {
+            inner: Inner::Remote { stream, decode },
+        }
+    }
+
+    /// What sends this stream's items as frames.
+    pub(crate) fn into_source(
+        self,
+        encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+    ) -> ItemSource
+    where
+        T: 'static,
+    {
+        ItemSource(Box::new(Encoding {
+            stream: self,
+            encode,
+        }))
+    }
+}
+
+impl<T> Stream for Streaming<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = match &mut self.inner {
+            Inner::Local(stream) => match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(Ok(item))),
+                Poll::Ready(Some(Err(err))) => Some(Err(err)),
+                Poll::Ready(None) => None,
+                Poll::Pending => return Poll::Pending,
+            },
+            Inner::Remote { stream, decode } => match stream.poll_item(cx) {
+                Poll::Ready(Some(Ok(body))) => return Poll::Ready(Some(decode(&body))),
+                Poll::Ready(Some(Err(err))) => Some(Err(err)),
+                Poll::Ready(None) => None,
+                Poll::Pending => return Poll::Pending,
+            },
+            Inner::Done => return Poll::Ready(None),
+        };
+        // An error or the end: the stream is over (a remote one tells its peer, if needed,
+        // when it is dropped here).
+        self.inner = Inner::Done;
+        Poll::Ready(item)
+    }
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.inner {
+            Inner::Local(_) => "local",
+            Inner::Remote { .. } => "remote",
+            Inner::Done => "done",
+        };
+        f.debug_struct("Streaming").field("kind", &kind).finish()
+    }
+}
+
+/// Streams travel as stream frames, never inside a message body: these impls exist so that
+/// `FooRequest` and `FooResponse` can derive serde's traits, and always fail.
+impl<T> serde::Serialize for Streaming<T> {
+    fn serialize<S: serde::Serializer>(&self, _serializer: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "a Streaming<T> is sent as stream items, not serialized inside a message",
+        ))
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Streaming<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(_deserializer: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a Streaming<T> is received as stream items, not deserialized from a message",
+        ))
+    }
+}
+
+// `Streaming<T>` holds only boxed streams, fn pointers and handles: it can move freely.
+impl<T> Unpin for Streaming<T> {}
