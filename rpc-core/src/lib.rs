@@ -73,7 +73,8 @@ pub use transport::{Listener, Transport};
 pub use rpc_macros::service;
 
 /// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no
-/// stability promise.
+/// stability promise, and only there with the internal feature `__internal-hooks`.
+#[cfg(feature = "__internal-hooks")]
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
@@ -99,7 +100,9 @@ pub mod __private {
     pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
 
     /// What the runtime does to a call's arguments on each side, for the codec
-    /// micro-benchmark (`cargo bench -p rpc-core`).
+    /// micro-benchmark (`cargo bench -p rpc-core`). Generated code never uses it, so it is
+    /// only there with the internal feature `__internal-hooks`.
+    #[cfg(feature = "__internal-hooks")]
     pub mod bench {
         use bytes::Bytes;
 
