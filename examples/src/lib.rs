@@ -3,6 +3,8 @@
 
 use rpc_core::service;
 
+#[cfg(feature = "etcd")]
+pub mod etcd_process;
 pub mod inventory;
 
 /// A greeting service: the one the `hello`, `server` and `client` examples use.

@@ -22,8 +22,8 @@ use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
-use rpc_core::__fuzz::{self, WireMessage, WireStatus};
-use rpc_core::{codec, service, Streaming};
+use rpc_core::__fuzz::{self, codec, WireMessage, WireStatus};
+use rpc_core::{service, Streaming};
 use rpc_transport::memory::MemoryTransport;
 
 /// Far longer than any session can legitimately take on the paused clock.

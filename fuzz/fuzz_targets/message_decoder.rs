@@ -1,5 +1,5 @@
 //! The protocol's message decoder (`rpc-core`'s `protocol.rs`, reached through
-//! `rpc_core::__fuzz`) and the body decoder (`rpc_core::codec`) on arbitrary frames.
+//! `rpc_core::__fuzz`) and the body decoder (`rpc_core::__fuzz::codec`) on arbitrary frames.
 //!
 //! Checked on every input:
 //! - no panic, and no allocation past libFuzzer's `-malloc_limit_mb` (run with it: a length
@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rpc_core::__fuzz::{self, WireMessage, WireStatus};
-use rpc_core::codec;
+use rpc_core::__fuzz::{self, codec, WireMessage, WireStatus};
 use rpc_core::context::{Metadata, TraceContext};
 use rpc_core::RpcError;
 use serde::de::DeserializeOwned;

@@ -21,9 +21,9 @@ use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
-use rpc_core::__fuzz::{self, WireMessage, WireStatus};
+use rpc_core::__fuzz::{self, codec, WireMessage, WireStatus};
 use rpc_core::health::HealthClient;
-use rpc_core::{codec, service, Server, ServiceDescriptor, Streaming};
+use rpc_core::{service, Server, ServiceDescriptor, Streaming};
 
 /// The server's frame limit: small, so oversized frames are cheap to make.
 const MAX_FRAME: usize = 1024;

@@ -26,7 +26,7 @@ use crate::error::{ErrorKind, RpcError};
 mod bounded;
 
 /// The wire format's bincode configuration: little-endian, varint integers.
-pub const CONFIG: Configuration<LittleEndian, Varint> = bincode::config::standard();
+pub(crate) const CONFIG: Configuration<LittleEndian, Varint> = bincode::config::standard();
 
 /// Runs `$decode` with `$config` set to [`CONFIG`] with a limit fitting `$len` input bytes:
 /// for bincode's derived decoders, which the `bounded` adapter cannot reach.

@@ -16,6 +16,14 @@ use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::{self, FrameBuilder, Message, Status, WireMethod};
 
+/// The body codec (a method's arguments, results and stream items) as generated code runs
+/// it: the crate's `codec` module is private, and its bincode configuration not exported.
+pub mod codec {
+    pub use crate::codec::{
+        decode_byte_vec, decode_value, encode_byte_vec, encode_value, AsBytes, ByteBuf,
+    };
+}
+
 /// An owned copy of one protocol message, field for field as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireMessage {

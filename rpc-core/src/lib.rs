@@ -33,6 +33,17 @@
 //!
 //! The crate knows nothing about sockets: connections are [`Transport`]s (see the
 //! `rpc-transport` crate for TCP, Unix sockets and in-memory channels).
+//!
+//! # Wire format
+//!
+//! Every message, and every method's arguments and result inside it (through serde), is
+//! bincode 2 in its standard configuration: little-endian, integers as variable-length
+//! `varint`s, and no trailing bytes after a value. A program in another
+//! language talks to these services by encoding the same way; the configuration is part of
+//! the protocol version, not of this crate's API. A length inside a message is held against
+//! the message's own size before anything is allocated for it: a decoded string or byte
+//! buffer is never larger than the message it came in, and a sequence never reserves room
+//! for more elements than the message has bytes.
 #![deny(missing_docs)]
 
 // Generated code names `::rpc_core`, also inside this crate (the health service).
@@ -43,7 +54,10 @@ extern crate self as rpc_core;
 pub mod balance;
 mod boxed;
 mod client;
-pub mod codec;
+// Private: the wire's bincode configuration is described in the crate docs, not exported
+// (bincode is pinned and must not be part of the API). Generated code reaches the codec
+// through `__private`, the fuzz targets and property tests through `__fuzz::codec`.
+mod codec;
 mod connect;
 mod connection;
 pub mod context;
@@ -80,7 +94,8 @@ pub use transport::{Listener, Transport};
 pub use rpc_macros::service;
 
 /// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no
-/// stability promise.
+/// stability promise, and only there with the internal feature `__internal-hooks`.
+#[cfg(feature = "__internal-hooks")]
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
@@ -186,7 +201,9 @@ pub mod __private {
     pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
 
     /// What the runtime does to a call's arguments on each side, for the codec
-    /// micro-benchmark (`cargo bench -p rpc-core`).
+    /// micro-benchmark (`cargo bench -p rpc-core`). Generated code never uses it, so it is
+    /// only there with the internal feature `__internal-hooks`.
+    #[cfg(feature = "__internal-hooks")]
     pub mod bench {
         use bytes::Bytes;
 

@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use rpc_core::codec::decode_value;
+use rpc_core::__fuzz::codec::{decode_value, encode_value};
 
 /// The system allocator, recording the largest allocation made on a thread while it is
 /// being watched.
@@ -116,7 +116,7 @@ fn honest_values_still_decode() {
         vec![1, 2, 3, u64::MAX],
         HashMap::from([("k".to_string(), vec![9; 1000])]),
     );
-    rpc_core::codec::encode_value(&value, &mut buf).unwrap();
+    encode_value(&value, &mut buf).unwrap();
     let back: (String, Vec<u64>, HashMap<String, Vec<u8>>) = decode_value(&buf).unwrap();
     assert_eq!(back, value);
 }

@@ -8,14 +8,14 @@
 //! sleeps to let something happen, and none asserts on timing.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState, RoundRobin};
 use rpc_core::{service, Server};
+use rpc_examples::etcd_process::{EtcdError, EtcdProcess as Etcd};
+use rpc_examples::inventory::free_ports;
 use rpc_transport::etcd::{self, EtcdDiscovery, EtcdRegistrar, Registration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,171 +30,23 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------
-// An etcd server for one test
+// An etcd server for one test: the harness the `etcd_cluster` example uses too
 
-/// An `etcd` process on free loopback ports, killed (and its data deleted) when dropped.
-struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client_port: u16,
-    peer_port: u16,
+/// Starts an etcd for one test: the `etcd` binary, or the one `ETCD_BIN` names.
+async fn start_etcd() -> Etcd {
+    let binary = std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from);
+    started(Etcd::start(binary, "test", HANG_GUARD).await)
 }
 
-impl Etcd {
-    /// Starts etcd and waits until it answers.
-    async fn start() -> Etcd {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rpc-tests-etcd-{}-{}",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a directory for etcd");
-        let [client_port, peer_port] = free_ports();
-        let mut etcd = Etcd {
-            child: None,
-            dir,
-            client_port,
-            peer_port,
-        };
-        etcd.launch().await;
-        etcd
-    }
-
-    /// `host:port` of its client URL.
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
-    }
-
-    fn launch_command(&self) -> Command {
-        let binary =
-            std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from);
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut command = Command::new(binary);
-        command
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--log-level=warn");
-        command
-    }
-
-    async fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("create etcd's log file");
-        let child = self
-            .launch_command()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the etcd tests need the `etcd` binary, which was not found: install it with \
-                 `apt-get install etcd-server` (or set ETCD_BIN to its path)"
-            ),
-            Err(err) => panic!("could not start etcd: {err}"),
-        };
-        self.child = Some(child);
-        self.wait_healthy().await;
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("etcd.log")
-    }
-
-    /// Polls `/health` on the client port until etcd says it is healthy (it has a leader).
-    async fn wait_healthy(&mut self) {
-        let since = Instant::now();
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "etcd exited at start-up ({status}); its log:\n{}",
-                    read_log(&self.log_path())
-                );
-            }
-            if healthy(self.client_port).await {
-                return;
-            }
-            assert!(
-                since.elapsed() < HANG_GUARD,
-                "etcd did not become healthy within {HANG_GUARD:?}; its log:\n{}",
-                read_log(&self.log_path())
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills etcd (SIGKILL: no goodbye to anyone).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills etcd and starts it again on the same ports, with its data.
-    async fn restart(&mut self) {
-        self.kill();
-        self.launch().await;
-    }
-
-    /// Kills etcd and starts a new, empty one on the same ports: every key and lease is gone.
-    async fn restart_empty(&mut self) {
-        self.kill();
-        std::fs::remove_dir_all(self.dir.join("data")).expect("delete etcd's data");
-        self.launch().await;
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "etcd's log ({}):\n{}",
-                self.log_path().display(),
-                read_log(&self.log_path())
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| format!("(unreadable: {err})"))
-}
-
-/// Whether etcd answers `GET /health` with `"health":"true"`.
-async fn healthy(port: u16) -> bool {
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&answer).contains(r#""health":"true""#))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
+/// What `start` or a restart gave; fails the test, saying why, if etcd did not start.
+fn started<T>(result: Result<T, EtcdError>) -> T {
+    result.unwrap_or_else(|err| match err {
+        EtcdError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the etcd tests need the `etcd` binary, which was not found: install it with \
+             `apt-get install etcd-server` (or set ETCD_BIN to its path)"
+        ),
+        err => panic!("{err}"),
+    })
 }
 
 /// Puts `key = value` in etcd by hand (as `etcdctl put` would), through etcd's JSON gateway.
@@ -215,7 +67,7 @@ async fn delete_by_hand(etcd: &Etcd, key: &str) {
 
 async fn gateway(etcd: &Etcd, path: &str, body: &str) {
     let request = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", etcd.client_port)).await?;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", etcd.client_port())).await?;
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -251,13 +103,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Two distinct free loopback ports (bound at once, then let go).
-fn free_ports() -> [u16; 2] {
-    let listeners =
-        [(); 2].map(|()| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"));
-    listeners.map(|l| l.local_addr().expect("local address").port())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,7 +322,7 @@ async fn answered_by_all(client: &WhereClient, names: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_balances_over_the_servers_registered() {
     logs();
-    let etcd = Etcd::start().await;
+    let etcd = start_etcd().await;
     let _a = TestServer::start(&etcd, "a").await;
     let _b = TestServer::start(&etcd, "b").await;
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
@@ -509,7 +354,7 @@ async fn a_client_balances_over_the_servers_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_deregistering_is_removed_and_finishes_its_call() {
     logs();
-    let etcd = Etcd::start().await;
+    let etcd = start_etcd().await;
     let mut a = TestServer::start(&etcd, "a").await;
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
@@ -550,7 +395,7 @@ async fn a_server_deregistering_is_removed_and_finishes_its_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_server_is_removed_when_its_lease_expires() {
     logs();
-    let etcd = Etcd::start().await;
+    let etcd = start_etcd().await;
     let a = TestServer::start(&etcd, "a").await;
     let _b = TestServer::start(&etcd, "b").await;
     let client = client(&etcd);
@@ -571,7 +416,7 @@ async fn a_crashed_server_is_removed_when_its_lease_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_registering_later_is_picked_up() {
     logs();
-    let etcd = Etcd::start().await;
+    let etcd = start_etcd().await;
     let _a = TestServer::start(&etcd, "a").await;
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
@@ -588,7 +433,7 @@ async fn a_server_registering_later_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_survives_an_etcd_restart() {
     logs();
-    let mut etcd = Etcd::start().await;
+    let mut etcd = start_etcd().await;
     let _a = TestServer::start(&etcd, "a").await;
     let mut b = TestServer::start(&etcd, "b").await;
     let client = client(&etcd);
@@ -599,7 +444,7 @@ async fn the_watch_survives_an_etcd_restart() {
     answered_by_all(&client, &["a", "b"]).await;
     assert_eq!(endpoints(&client), keys(&["a", "b"]));
 
-    etcd.restart().await;
+    started(etcd.restart().await);
     let _c = TestServer::start(&etcd, "c").await;
     eventually("connected to a, b and c", || {
         ready(&client, &["a", "b", "c"])
@@ -615,7 +460,7 @@ async fn the_watch_survives_an_etcd_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_come_back_after_etcd_loses_its_data() {
     logs();
-    let mut etcd = Etcd::start().await;
+    let mut etcd = start_etcd().await;
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // Kept by the test (not moved into a shutdown signal) to read its lease.
@@ -635,7 +480,7 @@ async fn registrations_come_back_after_etcd_loses_its_data() {
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
 
-    etcd.restart_empty().await;
+    started(etcd.restart_empty().await);
     eventually("a registered on a new lease", || {
         registration.lease_id() != first_lease
     })
@@ -658,7 +503,7 @@ async fn entries_put_by_hand_are_followed() {
     assert_eq!(base64(b"abc"), "YWJj");
     assert_eq!(base64(b"ab"), "YWI=");
     logs();
-    let etcd = Etcd::start().await;
+    let etcd = start_etcd().await;
     // A server that does not register: etcd is told about it by hand.
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -714,7 +559,7 @@ async fn registration_errors_say_what_failed() {
     }
 
     // Nothing listens on a port we just let go.
-    let [port, _] = free_ports();
+    let [port] = free_ports().expect("a free port");
     let err = EtcdRegistrar::new([format!("127.0.0.1:{port}")], PREFIX, "a", "127.0.0.1:4000")
         .request_timeout(Duration::from_millis(500))
         .register()

@@ -12,7 +12,7 @@ use std::future::IntoFuture;
 
 use common::{guard, lab, lab_client, next_event, Event, Kind, LabServer, MathError, KINDS};
 use metrics_util::debugging::DebuggingRecorder;
-use observing::Totals;
+use observing::{Forward, Totals, FORWARDED};
 use rpc_core::{ErrorKind, Server};
 
 const SIDES: [&str; 2] = ["rpc_client", "rpc_server"];
@@ -165,5 +165,28 @@ async fn a_balancing_client_counts_each_call_once() {
         assert_eq!(started, 2, "{side}");
         let samples = totals.samples(&format!("{side}_call_duration_seconds"), "add");
         assert_eq!(samples.len(), 2, "{side}");
+    }
+}
+
+/// A zero-sized recorder is a recorder too: one that forwards to a static (as a thin handle
+/// to a process-wide exporter does) sees the calls' metrics, on both sides.
+#[tokio::test]
+async fn a_zero_sized_local_recorder_sees_the_calls() {
+    assert_eq!(std::mem::size_of::<Forward>(), 0);
+    let snapshotter = FORWARDED.snapshotter();
+    let _local = metrics::set_default_local_recorder(&Forward);
+    let (imp, _events) = lab();
+    let server = Server::new().add_service(LabServer::new(imp));
+    let (client, _h) = lab_client(Kind::MemoryPair, server).await;
+    for i in 0..2 {
+        assert_eq!(guard(client.add(i, 1)).await.unwrap(), i + 1);
+    }
+    let mut totals = Totals::default();
+    totals.add(&snapshotter);
+    for side in SIDES {
+        let started = totals.counter(&format!("{side}_calls_started_total"), "add", None);
+        assert_eq!(started, 2, "{side}");
+        let finished = totals.counter(&format!("{side}_calls_finished_total"), "add", Some("ok"));
+        assert_eq!(finished, 2, "{side}");
     }
 }

@@ -22,18 +22,17 @@
 //! can run it.
 
 use std::error::Error;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState};
 use rpc_core::Server;
+use rpc_examples::etcd_process::{EtcdError, EtcdProcess};
 use rpc_examples::inventory::{
-    client_builder, endpoints, free_ports, wait_until, when_stdin_closes, InventoryClient,
-    InventoryServer, Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
+    client_builder, endpoints, wait_until, when_stdin_closes, InventoryClient, InventoryServer,
+    Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
 };
 use rpc_transport::etcd::{self, EtcdDiscovery};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The servers: three at first, then `d` joins after `b` crashed.
 const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -111,8 +110,8 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
             (endpoints, None)
         }
         _ => {
-            let own = OwnEtcd::start().await?;
-            println!("started etcd (pid {}) at {}", own.child.id(), own.addr());
+            let own = own_etcd().await?;
+            println!("started etcd (pid {}) at {}", own.pid(), own.addr());
             (own.addr(), Some(own))
         }
     };
@@ -256,85 +255,16 @@ fn registered(names: &[&str], prefix: &str) -> Vec<String> {
 
 /// An etcd of our own on free loopback ports, with a temporary data directory; killed (and
 /// the directory deleted) when dropped.
-struct OwnEtcd {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl OwnEtcd {
-    async fn start() -> Result<OwnEtcd, Box<dyn Error>> {
-        let dir = std::env::temp_dir().join(format!("rpc-etcd-cluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let [port, peer_port] = free_ports()?;
-        let client_url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.join("etcd.log"))?;
-        let child = Command::new("etcd")
-            .arg("--name=demo")
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=demo={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| {
-                format!(
-                    "could not start `etcd` ({err}): install it (`apt-get install etcd-server`), \
-                     or point ETCD_ENDPOINTS at a running etcd"
-                )
-            })?;
-        let mut etcd = OwnEtcd { child, dir, port };
-        let since = Instant::now();
-        while !healthy(port).await {
-            if let Some(status) = etcd.child.try_wait()? {
-                return Err(format!(
-                    "etcd exited at start-up ({status}); see {}",
-                    etcd.dir.join("etcd.log").display()
-                )
-                .into());
-            }
-            if since.elapsed() > PATIENCE {
-                return Err(format!("etcd did not become healthy within {PATIENCE:?}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(etcd)
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Whether etcd answers `GET /health` with `"health":"true"` (it is up and has a leader).
-async fn healthy(port: u16) -> bool {
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&answer).contains(r#""health":"true""#))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
+async fn own_etcd() -> Result<EtcdProcess, Box<dyn Error>> {
+    EtcdProcess::start("etcd", "demo", PATIENCE)
+        .await
+        .map_err(|err| match err {
+            EtcdError::Spawn { source, .. } => format!(
+                "could not start `etcd` ({source}): install it (`apt-get install etcd-server`), \
+                 or point ETCD_ENDPOINTS at a running etcd"
+            )
+            .into(),
+            // A message, as the program's other errors are (`main` shows them with `Debug`).
+            err => err.to_string().into(),
+        })
 }

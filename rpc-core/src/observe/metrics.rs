@@ -136,11 +136,60 @@ impl MethodTable {
     }
 }
 
-/// Whether a recorder other than metrics' no-op one is installed (for this thread): that
-/// one is the only zero-sized recorder in common use, and a recorder that records anything
-/// holds state.
+/// Whether a recorder is installed for this thread: whether the recorder `metrics` hands out
+/// now (this thread's local one, else the global one) is anything but its own fallback, the
+/// no-op recorder it uses when neither is set. Only that fallback makes calls skip metrics.
+///
+/// `metrics` 0.24 cannot be asked this: the global recorder's cell and the fallback are
+/// private statics, and `Recorder` has no `Any` supertrait, so a `&dyn Recorder` has no
+/// `TypeId` (and `type_name_of_val` names only the trait). Comparing its vtable with
+/// `NoopRecorder`'s does not work either: each codegen unit may have its own copy of a
+/// vtable, and in a debug build the fallback's (made in `with_recorder`) is not ours.
+/// Being zero-sized is not enough (it was the test here before): a recorder that forwards
+/// to a static is zero-sized too, global or local.
+///
+/// What does identify the fallback is its address: it is a `static`, at one fixed address
+/// for the whole process (see [`fallback_address`]), which a recorder the program installs
+/// does not share (short of a zero-sized `static` of its own that the linker happens to put
+/// at that very address).
 fn recorder_installed() -> bool {
-    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+    let (address, zero_sized) = metrics::with_recorder(|recorder| {
+        (
+            (recorder as *const dyn metrics::Recorder).addr(),
+            std::mem::size_of_val(recorder) == 0,
+        )
+    });
+    // The fallback is zero-sized: a recorder with state is installed, with no look-up.
+    !zero_sized || fallback_address() != Some(address)
+}
+
+/// The address of `metrics`' fallback no-op recorder, learned once per process; `None` if
+/// it cannot be learned, because a global recorder was already set then (so the fallback is
+/// never used again) or the probe thread could not start (then every recorder counts as
+/// installed: calls record into no-op handles, correctly but without the fast path).
+///
+/// A new thread has no local recorder, so `with_recorder` gives it the global recorder if
+/// one is set, else the fallback. The fallback is a zero-sized `static`: it has a real
+/// address. A global recorder is moved into a `Box` that `metrics` leaks: if it is
+/// zero-sized, the box does not allocate and its address is the dangling one, its own
+/// alignment, where no `static` is. That tells the two apart.
+fn fallback_address() -> Option<usize> {
+    static FALLBACK: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *FALLBACK.get_or_init(|| {
+        std::thread::scope(|scope| {
+            let probe = std::thread::Builder::new()
+                .name("rpc-metrics-probe".into())
+                .spawn_scoped(scope, || {
+                    metrics::with_recorder(|recorder| {
+                        let address = (recorder as *const dyn metrics::Recorder).addr();
+                        let fallback = std::mem::size_of_val(recorder) == 0
+                            && address != std::mem::align_of_val(recorder);
+                        fallback.then_some(address)
+                    })
+                });
+            probe.ok()?.join().ok()?
+        })
+    })
 }
 
 fn describe(names: &Names) {
@@ -162,4 +211,58 @@ fn describe(names: &Names) {
         Unit::Bytes,
         "Bytes of encoded results"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+
+    use super::*;
+
+    /// Counters registered through [`Forward`].
+    static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+    /// A zero-sized recorder whose state is a static, as a recorder forwarding to a global
+    /// exporter is.
+    struct Forward;
+
+    impl Recorder for Forward {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            REGISTERED.fetch_add(1, Ordering::Relaxed);
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn only_the_fallback_counts_as_no_recorder() {
+        let desc = &crate::health::HealthClient::DESCRIPTOR;
+        // No test in this binary sets a global recorder: this thread has the fallback, and
+        // calls skip metrics.
+        assert!(!recorder_installed());
+        assert!(!MethodTable::client(desc).is_recorded());
+
+        // Zero-sized recorders, wherever they are: a constant, the stack, a static.
+        static STATIC: Forward = Forward;
+        let on_stack = Forward;
+        for recorder in [&Forward, &on_stack, &STATIC] {
+            metrics::with_local_recorder(recorder, || assert!(recorder_installed()));
+        }
+        assert!(!recorder_installed(), "the local recorders are gone");
+
+        let before = REGISTERED.load(Ordering::Relaxed);
+        let table = metrics::with_local_recorder(&Forward, || MethodTable::client(desc));
+        assert!(table.is_recorded());
+        assert!(REGISTERED.load(Ordering::Relaxed) > before);
+    }
 }

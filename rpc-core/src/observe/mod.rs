@@ -59,9 +59,10 @@
 //!
 //! The handles are made once, when a client connection, a balancing client or a serving
 //! server is created, from the recorder installed at that moment: **install the recorder
-//! before creating clients and servers**. If none is installed then (metrics' own no-op
-//! recorder is in place, which `rpc-core` recognises by its size of zero), calls skip
-//! metrics altogether, clock reads included.
+//! before creating clients and servers**. If none is installed then (neither a global one
+//! nor one for the thread: `metrics` falls back to its own no-op recorder, which `rpc-core`
+//! recognises), calls skip metrics altogether, clock reads included. Any recorder installed
+//! counts, zero-sized ones (forwarding to a static) included.
 //!
 //! ```
 //! use rpc_core::{service, Server};

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, Snapshotter};
+use metrics::{Counter, Gauge, Histogram, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -194,6 +195,34 @@ fn describe(key: &metrics::Key) -> String {
         .collect();
     labels.sort();
     format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+/// Where [`Forward`] sends everything.
+pub static FORWARDED: LazyLock<DebuggingRecorder> = LazyLock::new(DebuggingRecorder::new);
+
+/// A zero-sized recorder that forwards to a static ([`FORWARDED`]), as a thin handle to a
+/// process-wide exporter does: installed, though it has no state of its own.
+pub struct Forward;
+
+impl Recorder for Forward {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        FORWARDED.describe_counter(key, unit, description);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        FORWARDED.describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        FORWARDED.describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &metrics::Key, metadata: &Metadata<'_>) -> Counter {
+        FORWARDED.register_counter(key, metadata)
+    }
+    fn register_gauge(&self, key: &metrics::Key, metadata: &Metadata<'_>) -> Gauge {
+        FORWARDED.register_gauge(key, metadata)
+    }
+    fn register_histogram(&self, key: &metrics::Key, metadata: &Metadata<'_>) -> Histogram {
+        FORWARDED.register_histogram(key, metadata)
+    }
 }
 
 /// Everything a `DebuggingRecorder` has seen, added up over snapshots (a snapshot resets
