@@ -8,8 +8,8 @@
 //! - nothing panics (libFuzzer aborts on any panic, caught or not);
 //! - every call ends once the fake server has closed the connection;
 //! - every frame the client sends decodes; the first is its `Hello`; request ids are never
-//!   reused; its `Cancel`, `Credit`, `StreamItem` and `StreamEnd` name calls it made; each
-//!   `Pong` answers a `Ping` it was sent.
+//!   reused; its `Cancel`, `Credit`, `StreamItem` and `StreamEnd` name calls it made (but its
+//!   connection-wide credit announcement); each `Pong` answers a `Ping` it was sent.
 //!
 //! The clock is paused, so deadlines fire as soon as every task waits.
 #![no_main]
@@ -203,6 +203,11 @@ impl Heard {
                 assert!(self.seen.insert(*id), "the client reused request id {id}");
                 self.ids.push(*id);
             }
+            // Its announcement that it grants credit whenever a consumer waits for items.
+            WireMessage::Credit {
+                id: __fuzz::CONNECTION_ID,
+                items: 0,
+            } => {}
             WireMessage::Cancel { id }
             | WireMessage::Credit { id, .. }
             | WireMessage::StreamItem { id, .. }

@@ -7,7 +7,8 @@
 //!   or not), and the server task finishes once the client has closed its side;
 //! - every frame the server sends decodes, and is about something the client asked: each
 //!   `Response`, `StreamItem`, `StreamEnd`, `Credit` and `Cancel` names the id of a request
-//!   the client sent, each `Pong` the nonce of a `Ping`, and nothing follows a `Goodbye`.
+//!   the client sent (but the connection's credit announcement), each `Pong` the nonce of a
+//!   `Ping`, and nothing follows a `Goodbye`.
 //!
 //! The runtime's clock is paused: whenever every task waits, time jumps to the next timer,
 //! so deadlines, naps, keepalive and the server's timeouts fire at once, and a server that
@@ -372,6 +373,11 @@ fn check_replies(replies: &[Bytes], asked: &Asked) {
         let message = __fuzz::decode(frame)
             .unwrap_or_else(|err| panic!("the server sent a frame that does not decode: {err}"));
         match &message {
+            // Its announcement that it grants credit whenever a handler waits for items.
+            WireMessage::Credit {
+                id: __fuzz::CONNECTION_ID,
+                items: 0,
+            } => {}
             WireMessage::Response { id, .. }
             | WireMessage::StreamItem { id, .. }
             | WireMessage::StreamEnd { id, .. }

@@ -46,6 +46,23 @@ impl Deadline {
         }
     }
 
+    /// A deadline at `at`, set with `timeout` (or none): a handler's, from the time remaining
+    /// its request was sent with.
+    pub(crate) fn at(at: Option<Instant>, timeout: Option<Duration>) -> Deadline {
+        match at {
+            Some(at) => Deadline {
+                sleep: Some(tokio::time::sleep_until(at.into())),
+                timeout: timeout.unwrap_or_default(),
+            },
+            None => Deadline::none(),
+        }
+    }
+
+    /// The timeout the deadline was set with.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sets the deadline to `timeout` from now (or none).
     pub(crate) fn set(self: Pin<&mut Self>, timeout: Option<Duration>) {
         let mut this = self.project();
@@ -58,6 +75,7 @@ impl Deadline {
     }
 
     /// `Ready` with the error once the deadline has passed; never ready without one.
+    #[inline]
     pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RpcError> {
         let this = self.project();
         match this.sleep.as_pin_mut() {

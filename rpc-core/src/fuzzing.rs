@@ -281,6 +281,10 @@ impl WireMessage {
 /// Decodes one frame the way the server and the client do (the hand-written fast path for
 /// plain requests and responses, bincode's derived decoder for the rest). The error is the
 /// text the peer would be sent in its `Goodbye`.
+/// The id of `Credit { id: CONNECTION_ID, items: 0 }`, each side's announcement that it
+/// grants credit whenever a consumer waits (see docs/protocol.md, "Connection window").
+pub const CONNECTION_ID: u64 = crate::protocol::CONNECTION_ID;
+
 pub fn decode(frame: &[u8]) -> Result<WireMessage, String> {
     Message::decode(frame)
         .map(|message| {

@@ -220,7 +220,9 @@ impl<R> Future for CallFuture<R> {
                 unreachable!()
             };
             let timeout = effective_timeout(call.timeout, call.inherit_deadline)?;
-            this.deadline.as_mut().set(timeout);
+            if timeout.is_some() {
+                this.deadline.as_mut().set(timeout);
+            }
             let ready = match &call.client.inner {
                 Inner::Connection(handle) => {
                     let handle = Arc::clone(handle);

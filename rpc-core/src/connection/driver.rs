@@ -144,22 +144,13 @@ impl<T: Transport> Driver<T> {
 
     /// Moves the callers' queued frames into `unsent` and their streams into the engine, in
     /// order, and registers for the next; whether every handle is gone.
+    #[inline]
     fn take_outbox(&mut self, cx: &mut Context<'_>) -> bool {
         let mut outbox = self.shared.outbox();
         self.unsent.extend(outbox.frames.drain(..));
         waker::remember(&mut outbox.driver, cx.waker());
         if !outbox.stream_ops.is_empty() {
-            for op in outbox.stream_ops.drain(..) {
-                match op {
-                    StreamOp::Send(id, source) => {
-                        self.streams.send(id, source, None, Observed::off())
-                    }
-                    StreamOp::Receive(id, inbox) => self.streams.adopt(id, inbox),
-                    StreamOp::StopSending(id) => {
-                        self.streams.stop_sending(id);
-                    }
-                }
-            }
+            adopt_streams(&mut self.streams, &mut outbox.stream_ops);
         }
         outbox.released
     }
@@ -263,6 +254,20 @@ impl<T: Transport> Driver<T> {
                 "the server sent a {} message, which a client never expects",
                 other.name()
             ))),
+        }
+    }
+}
+
+/// Starts and stops the streams callers asked for. Out of line: unary calls have none.
+#[inline(never)]
+fn adopt_streams(streams: &mut StreamEngine, ops: &mut Vec<StreamOp>) {
+    for op in ops.drain(..) {
+        match op {
+            StreamOp::Send(id, source) => streams.send(id, source, None, Observed::off()),
+            StreamOp::Receive(id, inbox) => streams.adopt(id, inbox),
+            StreamOp::StopSending(id) => {
+                streams.stop_sending(id);
+            }
         }
     }
 }

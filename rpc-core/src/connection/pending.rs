@@ -158,14 +158,17 @@ impl Shared {
     /// Queues `frame` (and the stream ops of its call) for the I/O task and wakes it;
     /// `Err` if the connection is gone. Checked under the outbox's lock, which `close`
     /// takes after setting `closed`: what is queued is either seen by `close` or refused.
-    fn queue(&self, frame: Bytes, ops: impl IntoIterator<Item = StreamOp>) -> Result<(), RpcError> {
+    #[inline]
+    fn queue(&self, frame: Bytes, ops: Option<[Option<StreamOp>; 2]>) -> Result<(), RpcError> {
         let driver = {
             let mut outbox = self.outbox();
             if let Some(err) = self.closed.get() {
                 return Err(err.clone());
             }
             outbox.frames.push(frame);
-            outbox.stream_ops.extend(ops);
+            if let Some(ops) = ops {
+                outbox.stream_ops.extend(ops.into_iter().flatten());
+            }
             outbox.driver.take()
         };
         if let Some(driver) = driver {
@@ -177,6 +180,7 @@ impl Shared {
     /// Registers call `id` (waiting for its response, if `waker` is given) and queues its
     /// frame, with the streams it sends and receives; fails at once if the connection is
     /// gone.
+    #[inline]
     pub(crate) fn start(
         &self,
         id: u64,
@@ -194,10 +198,12 @@ impl Shared {
             }
             calls.insert(id, Slot::Waiting(Some(waker.clone())));
         }
-        let ops = input
-            .map(|input| StreamOp::Send(id, input))
-            .into_iter()
-            .chain(output.map(|inbox| StreamOp::Receive(id, inbox)));
+        let ops = (input.is_some() || output.is_some()).then(|| {
+            [
+                input.map(|input| StreamOp::Send(id, input)),
+                output.map(|inbox| StreamOp::Receive(id, inbox)),
+            ]
+        });
         let queued = self.queue(frame, ops);
         if queued.is_err() && waker.is_some() {
             self.calls(id).remove(&id);
@@ -233,7 +239,7 @@ impl Shared {
         if was_waiting {
             let _ = self.queue(
                 Message::Cancel { id }.to_frame(),
-                [StreamOp::StopSending(id)],
+                Some([Some(StreamOp::StopSending(id)), None]),
             );
         }
     }

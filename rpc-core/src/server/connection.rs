@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
-use pin_project::pin_project;
-use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Authorize;
-use super::dispatch::{ConnectionLoad, Dispatcher, Handler, Incoming, Route, Started};
+use super::call::{InFlight, Outcome};
+use super::dispatch::{Admitted, ConnectionLoad, Dispatcher, Handler, Incoming, Route};
 use super::service::Service;
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
+use crate::deadline::Deadline;
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
@@ -304,7 +304,7 @@ impl<S: Service> Connection<S> {
                     draining: self.draining,
                 };
                 match self.dispatcher.dispatch(request, load, &mut self.streams) {
-                    Ok(started) => self.run(started, cx),
+                    Ok(call) => self.start(call, cx),
                     Err(err) => self.queue(protocol::error_response_frame(id, &err)),
                 }
                 Ok(())
@@ -362,20 +362,25 @@ impl<S: Service> Connection<S> {
         }
     }
 
-    /// Makes the handler of a started call and polls it once: most finish then and are
-    /// answered at once; only the others get a place (and a deadline) among the calls in
-    /// progress. One context switch for both.
-    fn run(&mut self, started: Started<S::Request>, cx: &mut Context<'_>) {
-        let Started {
-            id,
-            method,
-            request,
-            mut context,
-            mut observed,
-            timeout,
-            deadline,
-        } = started;
+    /// Starts an admitted call: its context, its observation and its handler, polled once
+    /// (in the call's context: making the handler may run user code too). Most finish then
+    /// and are answered at once; only the others join the calls in progress, with their
+    /// deadline.
+    #[inline(never)]
+    fn start(&mut self, call: Admitted<S::Request>, cx: &mut Context<'_>) {
+        let deadline = call
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let mut context = CallContext::for_call(deadline, call.metadata, self.dispatcher.peer());
+        let mut observed = self.dispatcher.observe.start(
+            call.index,
+            call.method,
+            call.id,
+            call.body_len,
+            &mut context,
+        );
         let service = &self.dispatcher.service;
+        let request = call.request;
         let (handler, first) = observed.in_span(|| {
             context::enter(&mut context, || {
                 let mut handler: Handler<S::Response> =
@@ -385,20 +390,14 @@ impl<S: Service> Connection<S> {
             })
         });
         if let Poll::Ready(result) = first {
-            self.finish_call(
-                id,
-                method,
-                Outcome::of(result, method),
-                &mut observed,
-                deadline,
-            );
+            let outcome = Outcome::of(result, call.method);
+            self.finish_call(call.id, call.method, outcome, &mut observed, deadline);
             return;
         }
         self.in_flight.push(InFlight {
-            id,
-            method,
-            timeout,
-            deadline: deadline.map(|deadline| tokio::time::sleep_until(deadline.into())),
+            id: call.id,
+            method: call.method,
+            deadline: Deadline::at(deadline, call.timeout),
             deadline_at: deadline,
             context,
             handler,
@@ -509,122 +508,4 @@ impl<S: Service> Connection<S> {
 fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Bytes {
     observed.finish(observe::Outcome::Failed(err.kind()), 0);
     protocol::error_response_frame(id, err)
-}
-
-/// What became of a handler.
-enum Outcome<R> {
-    Done(R),
-    Failed(RpcError),
-    /// The caller cancelled: nobody waits for a reply.
-    Cancelled,
-}
-
-impl<R> Outcome<R> {
-    /// The outcome of a handler that ran to its end or panicked.
-    fn of(result: std::thread::Result<R>, method: &MethodInfo) -> Outcome<R> {
-        match result {
-            Ok(response) => Outcome::Done(response),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("a non-string panic payload");
-                log::handler_panicked(method.name, what);
-                Outcome::Failed(RpcError::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "the handler of `{}` panicked: {what}; the server and the connection \
-                         carry on",
-                        method.name
-                    ),
-                ))
-            }
-        }
-    }
-}
-
-/// One running handler, with its deadline.
-#[pin_project]
-struct InFlight<R> {
-    id: u64,
-    method: &'static MethodInfo,
-    timeout: Option<Duration>,
-    #[pin]
-    deadline: Option<Sleep>,
-    deadline_at: Option<Instant>,
-    /// Installed as the thread's current context while the handler is polled.
-    context: Option<CallContext>,
-    #[pin]
-    handler: Handler<R>,
-    /// The caller sent `Cancel`: finish without polling the handler again.
-    cancelled: bool,
-    /// The waker `FuturesUnordered` gave this call, to wake it when it is cancelled.
-    waker: Option<Waker>,
-    /// The call's span and metrics.
-    observed: Observed,
-}
-
-impl<R> InFlight<R> {
-    fn cancel(self: Pin<&mut Self>) {
-        let this = self.project();
-        *this.cancelled = true;
-        if let Some(waker) = this.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
-/// A call whose handler is done (or was stopped).
-struct Finished<R> {
-    id: u64,
-    method: &'static MethodInfo,
-    outcome: Outcome<R>,
-    observed: Observed,
-    /// The call's deadline, which a result stream inherits.
-    deadline: Option<Instant>,
-}
-
-impl<R> Future for InFlight<R> {
-    type Output = Finished<R>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if *this.cancelled {
-            return Poll::Ready(Finished {
-                id: *this.id,
-                method: this.method,
-                outcome: Outcome::Cancelled,
-                observed: std::mem::replace(this.observed, Observed::off()),
-                deadline: None,
-            });
-        }
-        waker::remember(this.waker, cx.waker());
-        let (handler, context) = (this.handler, this.context);
-        let polled = this
-            .observed
-            .in_span(|| context::enter(context, || handler.poll(cx)));
-        let outcome = match polled {
-            Poll::Ready(result) => Outcome::of(result, this.method),
-            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
-                Some(Poll::Ready(())) => Outcome::Failed(RpcError::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!(
-                        "the handler of `{}` did not finish within the call's deadline of {:?} \
-                         and was stopped",
-                        this.method.name,
-                        this.timeout.unwrap_or_default()
-                    ),
-                )),
-                _ => return Poll::Pending,
-            },
-        };
-        Poll::Ready(Finished {
-            id: *this.id,
-            method: this.method,
-            outcome,
-            observed: std::mem::replace(this.observed, Observed::off()),
-            deadline: *this.deadline_at,
-        })
-    }
 }

@@ -1,25 +1,27 @@
 //! The server's per-call pipeline: admit → route → authorize → decode → start.
 //!
 //! The connection (`connection.rs`) does I/O and scheduling; for each request it reads, it
-//! asks its [`Dispatcher`] for a [`Started`] call to run, or the error to answer with.
+//! asks its [`Dispatcher`] for an [`Admitted`] call, or the error to answer with, and starts
+//! the call it is given (its context, its observation, its handler's first poll: the last
+//! step, which is the connection's because it schedules).
 //! Policies that decide whether and how a call runs (middleware, rate limits, load
 //! shedding, other front ends) belong here, as further steps of [`Dispatcher::dispatch`],
 //! never in the I/O loop.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::CatchUnwind;
 
 use super::auth::{self, Authorize};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
-use crate::context::{CallContext, Metadata};
+use crate::context::Metadata;
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::health::HealthClient;
-use crate::observe::{Observed, ServerObserver};
+use crate::observe::ServerObserver;
 use crate::peer::Peer;
 use crate::streaming::StreamEngine;
 
@@ -48,17 +50,16 @@ pub(crate) struct ConnectionLoad {
     pub(crate) draining: bool,
 }
 
-/// A call admitted and decoded, ready for its handler to be made and first polled (in the
-/// call's context: making the handler may run user code).
-pub(crate) struct Started<Q> {
+/// A call admitted and decoded, ready for the connection to start.
+pub(crate) struct Admitted<Q> {
     pub(crate) id: u64,
+    /// The index in the client's method table.
+    pub(crate) index: u32,
     pub(crate) method: &'static MethodInfo,
     pub(crate) request: Q,
-    /// Installed as the thread's current context while the handler is polled.
-    pub(crate) context: Option<CallContext>,
-    pub(crate) observed: Observed,
+    pub(crate) metadata: Metadata,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) deadline: Option<Instant>,
+    pub(crate) body_len: usize,
 }
 
 /// The pipeline of one connection's calls to one service.
@@ -93,33 +94,52 @@ impl<S: Service> Dispatcher<S> {
     /// Runs a request through the pipeline. A call with a streaming argument gets its
     /// stream from `streams`. On `Err`, the call was refused and recorded as such: answer
     /// it with the error.
+    #[inline]
     pub(crate) fn dispatch(
         &self,
         request: Incoming<'_>,
         load: ConnectionLoad,
         streams: &mut StreamEngine,
-    ) -> Result<Started<S::Request>, RpcError> {
+    ) -> Result<Admitted<S::Request>, RpcError> {
         let (id, method, body_len) = (request.id, request.method, request.body.len());
-        self.pipeline(request, load, streams).inspect_err(|err| {
-            self.observe
-                .rejected(&self.routes, method, id, body_len, err);
-        })
+        let started = self.pipeline(request, load, streams);
+        if let Err(err) = &started {
+            self.rejected(method, id, body_len, err);
+        }
+        started
     }
 
+    #[cold]
+    #[inline(never)]
+    fn rejected(&self, method: u32, id: u64, body_len: usize, err: &RpcError) {
+        self.observe
+            .rejected(&self.routes, method, id, body_len, err);
+    }
+
+    #[inline]
     fn pipeline(
         &self,
         request: Incoming<'_>,
         load: ConnectionLoad,
         streams: &mut StreamEngine,
-    ) -> Result<Started<S::Request>, RpcError> {
+    ) -> Result<Admitted<S::Request>, RpcError> {
         self.admit(load)?;
         let method = self.route(request.method)?;
         self.authorize(method, &request.metadata)?;
         let decoded = self.decode(request.id, method, request.body, streams)?;
-        Ok(self.start(request, method, decoded))
+        Ok(Admitted {
+            id: request.id,
+            index: request.method,
+            method,
+            request: decoded,
+            metadata: request.metadata,
+            timeout: request.timeout,
+            body_len: request.body.len(),
+        })
     }
 
     /// Whether the connection takes another call now.
+    #[inline]
     fn admit(&self, load: ConnectionLoad) -> Result<(), RpcError> {
         let desc = self.service.descriptor();
         // The health check still answers while the server drains: "not serving" is what a
@@ -144,6 +164,7 @@ impl<S: Service> Dispatcher<S> {
     }
 
     /// The method the client's index `method` names, through the `Hello` table.
+    #[inline]
     fn route(&self, method: u32) -> Result<&'static MethodInfo, RpcError> {
         match self.routes.get(method as usize) {
             Some(Ok(info)) => Ok(*info),
@@ -161,6 +182,7 @@ impl<S: Service> Dispatcher<S> {
     }
 
     /// The server's `Authorize` hook, if it has one, before anything is decoded.
+    #[inline]
     fn authorize(&self, method: &'static MethodInfo, metadata: &Metadata) -> Result<(), RpcError> {
         match &self.auth {
             Some(auth) => auth::check_call(
@@ -175,6 +197,7 @@ impl<S: Service> Dispatcher<S> {
     }
 
     /// The typed request; a call with a streaming argument starts receiving it.
+    #[inline]
     fn decode(
         &self,
         id: u64,
@@ -201,32 +224,8 @@ impl<S: Service> Dispatcher<S> {
         request
     }
 
-    /// A decoded call's context and observation.
-    fn start(
-        &self,
-        request: Incoming<'_>,
-        method: &'static MethodInfo,
-        decoded: S::Request,
-    ) -> Started<S::Request> {
-        let deadline = request
-            .timeout
-            .and_then(|timeout| Instant::now().checked_add(timeout));
-        let mut context = CallContext::for_call(deadline, request.metadata, self.peer.as_ref());
-        let observed = self.observe.start(
-            request.method,
-            method,
-            request.id,
-            request.body.len(),
-            &mut context,
-        );
-        Started {
-            id: request.id,
-            method,
-            request: decoded,
-            context,
-            observed,
-            timeout: request.timeout,
-            deadline,
-        }
+    /// Who the client is, for the context of its calls.
+    pub(crate) fn peer(&self) -> Option<&Arc<Peer>> {
+        self.peer.as_ref()
     }
 }

@@ -1,6 +1,7 @@
 //! The server: a builder of hosted services and limits, and the loops that serve them.
 
 mod auth;
+mod call;
 mod connection;
 mod dispatch;
 mod handshake;

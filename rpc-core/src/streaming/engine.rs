@@ -200,8 +200,9 @@ impl StreamEngine {
         !self.pumps.is_empty()
     }
 
+    #[inline]
     pub(crate) fn is_receiving(&self, id: u64) -> bool {
-        self.inboxes.contains_key(&id)
+        !self.inboxes.is_empty() && self.inboxes.contains_key(&id)
     }
 
     /// A `StreamItem` of call `id` with `body` (a slice of its frame) arrived.
@@ -244,6 +245,7 @@ impl StreamEngine {
 
     /// Stops sending the stream of call `id` (the peer cancelled it, or answered the call).
     /// Whether there was one.
+    #[inline]
     pub(crate) fn stop_sending(&mut self, id: u64) -> bool {
         !self.pumps.is_empty() && self.pumps.cancel(id)
     }
