@@ -271,6 +271,145 @@ async fn streams_dropped_before_their_first_item_stop_their_producers() {
     }
 }
 
+/// Where a client's I/O task can be held in the middle of a pass: armed, the next read of a
+/// [`Holdable`] transport blocks the task's worker thread until released. The I/O task
+/// reads after it has taken and written the frames calls queued, and before it handles its
+/// consumers' notices, so what a call queues while it is held goes out after what that pass
+/// does with the notices.
+#[derive(Default)]
+struct Hold {
+    armed: AtomicBool,
+    /// Told when the I/O task is held.
+    parked: Notify,
+    released: std::sync::Mutex<bool>,
+    release: std::sync::Condvar,
+}
+
+impl Hold {
+    fn arm(&self) {
+        *self.released.lock().expect("the hold's lock") = false;
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        *self.released.lock().expect("the hold's lock") = true;
+        self.release.notify_all();
+    }
+
+    /// Blocks the calling thread (the I/O task's) while armed and not released; never longer
+    /// than the hang guard, so a failing test cannot wedge a worker thread for good.
+    fn park(&self) {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        self.parked.notify_one();
+        let mut released = self.released.lock().expect("the hold's lock");
+        while !*released {
+            let (guard, waited) = self
+                .release
+                .wait_timeout(released, HANG_GUARD)
+                .expect("the hold's lock");
+            released = guard;
+            if waited.timed_out() {
+                return;
+            }
+        }
+    }
+}
+
+/// Releases a [`Hold`] when dropped, however the test ends.
+struct Release(Arc<Hold>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A client transport whose reads can be held (see [`Hold`]).
+struct Holdable {
+    inner: common::AnyTransport,
+    hold: Arc<Hold>,
+}
+
+impl futures::Stream for Holdable {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.hold.park();
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl futures::Sink<bytes::Bytes> for Holdable {
+    type Error = std::io::Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, frame: bytes::Bytes) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.inner).start_send(frame)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Bug 1, made certain: the stream's call is made, and the stream dropped, while the
+/// client's I/O task is held in a read, between taking the queued frames and handling the
+/// consumers' notices. Its `Cancel` must still not leave its producer running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_while_the_client_reads_stops_its_producer() {
+    for kind in KINDS {
+        let imp = Impl::default();
+        let (live, background) = (imp.live.clone(), imp.background.clone());
+        let mut harness =
+            Harness::start(kind, Server::new().add_service(FlowsServer::new(imp))).await;
+        let hold = Arc::new(Hold::default());
+        let client = FlowsClient::new(Holdable {
+            inner: harness.connect().await,
+            hold: Arc::clone(&hold),
+        });
+        assert_eq!(guard(client.add(1, 1)).await.expect("add"), 2, "{kind:?}");
+
+        let release = Release(Arc::clone(&hold));
+        hold.arm();
+        // A call wakes the I/O task, which writes it and then reads, and is held there.
+        let woke = tokio::spawn(client.add(2, 2).into_future());
+        guard(hold.parked.notified()).await;
+        let stream = guard(client.endless()).await.expect("endless");
+        drop(stream);
+        drop(release);
+        assert_eq!(
+            guard(woke)
+                .await
+                .expect("a call's task panicked")
+                .expect("add"),
+            4,
+            "{kind:?}"
+        );
+        settle(kind, &client, &live, &background).await;
+    }
+}
+
 /// Bug 1, as a client sees it: every leaked producer holds one of the connection's
 /// `max_concurrent_requests` slots, so after a burst of dropped streams the connection
 /// refuses calls with `Overloaded` for good. Once the producers are gone, the connection
