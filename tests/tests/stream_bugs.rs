@@ -242,7 +242,12 @@ async fn drop_unread(client: &FlowsClient, n: usize) {
 /// order; a producer started after the count touched zero would otherwise go unseen), then
 /// both counts at zero. The connection still answers calls after that.
 async fn settle(kind: Kind, client: &FlowsClient, live: &Live, background: &Live) {
-    assert_eq!(guard(client.add(2, 3)).await.expect("add"), 5, "{kind:?}");
+    // Refused is an answer too: streams whose `Cancel` is still on its way may hold every
+    // call slot for a moment.
+    match guard(client.add(2, 3)).await {
+        Ok(sum) => assert_eq!(sum, 5, "{kind:?}"),
+        Err(err) => assert_eq!(err.kind(), ErrorKind::Overloaded, "{kind:?}: {err}"),
+    }
     live.all_dropped(&format!("{kind:?}: dropped `endless`"))
         .await;
     background
@@ -414,6 +419,10 @@ async fn a_stream_dropped_while_the_client_reads_stops_its_producer() {
 /// `max_concurrent_requests` slots, so after a burst of dropped streams the connection
 /// refuses calls with `Overloaded` for good. Once the producers are gone, the connection
 /// takes as many calls at once as the limit allows.
+///
+/// The burst also fills the server's queue of frames to write past 64 (its threshold for
+/// reading on at this limit): the server must keep reading the client once that queue has
+/// drained, or the calls after the burst wait for its keepalive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_dropped_streams_leaves_every_call_slot_free() {
     const LIMIT: usize = 64;
