@@ -10,7 +10,7 @@
 mod common;
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,7 +163,9 @@ async fn start(kind: Kind, server: Server) -> (FlowsClient, Harness) {
 /// client's I/O task busy reading while the test does something else on the connection.
 struct Background {
     stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<u64>>,
+    /// Items read so far, per stream.
+    read: Arc<Vec<AtomicU64>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Background {
@@ -171,39 +173,40 @@ impl Background {
     /// that none of them is refused by what the test does next.
     async fn start(client: &FlowsClient, n: usize) -> Background {
         let stop = Arc::new(AtomicBool::new(false));
+        let read: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(1)).collect());
         let mut tasks = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let mut stream = guard(client.ticks())
                 .await
                 .expect("a background stream starts");
             let first = guard(stream.next()).await.expect("a first item");
             assert_eq!(first.expect("a first item"), 0);
-            let stop = Arc::clone(&stop);
+            let (stop, read) = (Arc::clone(&stop), Arc::clone(&read));
             tasks.push(tokio::spawn(async move {
-                let mut read = 1;
                 while !stop.load(Ordering::SeqCst) {
                     match stream.next().await {
                         Some(Ok(n)) => {
-                            assert_eq!(n, read, "a background stream skipped an item");
-                            read += 1;
+                            let expected = read[i].fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(n, expected, "a background stream skipped an item");
                         }
                         other => panic!("a background stream ended early: {other:?}"),
                     }
                 }
-                read
             }));
         }
-        Background { stop, tasks }
+        Background { stop, read, tasks }
     }
 
     /// Stops the streams (dropping them), checking that each carried its items in order.
     async fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
-            let read = guard(task)
-                .await
-                .expect("a background stream's task panicked");
-            assert!(read > 0, "a background stream carried nothing");
+        for (i, task) in self.tasks.into_iter().enumerate() {
+            guard_for(task, || {
+                let read: Vec<u64> = self.read.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+                format!("the next item of background stream {i} (items read: {read:?})")
+            })
+            .await
+            .expect("a background stream's task panicked");
         }
     }
 }
@@ -612,9 +615,13 @@ where
                         body: wire::body(&0u64),
                     }));
                 }
+                // Credit for the other stream is the client's to give, and means nothing here.
                 Wire::Credit { id, items } if Some(id) == counted => credit += items,
                 Wire::Cancel { id } if Some(id) == endless => cancelled = true,
-                Wire::Hello { .. } => {}
+                Wire::Hello { .. }
+                | Wire::Credit { .. }
+                | Wire::Ping { .. }
+                | Wire::Pong { .. } => {}
                 other => return Err(format!("the client sent an unexpected {other:?}")),
             }
         }
