@@ -152,7 +152,7 @@ fn split_peer(
 }
 
 /// Reads `received` until the `Pong` of `nonce`, collecting the ids of the `Cancel`s before
-/// it (and failing on anything but cancels, credit and pongs).
+/// it (and failing on anything but cancels, credit, pings and pongs).
 async fn cancels_until_pong(
     received: &mut mpsc::UnboundedReceiver<Wire>,
     nonce: u64,
@@ -165,7 +165,7 @@ async fn cancels_until_pong(
                 Some(Wire::Cancel { id }) => {
                     cancelled.insert(id);
                 }
-                Some(Wire::Credit { .. } | Wire::Pong { .. }) => {}
+                Some(Wire::Credit { .. } | Wire::Ping { .. } | Wire::Pong { .. }) => {}
                 other => panic!("expected cancels, credit and a Pong, got {other:?}"),
             }
         }
@@ -297,7 +297,7 @@ async fn hostile_server(
             Some(Wire::Cancel { id }) => {
                 cancelled.insert(id);
             }
-            Some(Wire::Credit { .. } | Wire::Pong { .. }) => {}
+            Some(Wire::Credit { .. } | Wire::Ping { .. } | Wire::Pong { .. }) => {}
             other => panic!("expected requests, got {other:?}"),
         }
     }
