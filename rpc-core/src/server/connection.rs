@@ -168,9 +168,8 @@ impl<S: Service> Connection<S> {
         let mut yielded = false;
         let mut client_left = false;
         let mut heard = false;
-        if self.unsent.len() < self.config.max_concurrent_requests.max(64)
-            && self.unsent.bytes() < self.config.max_buffered_bytes
-        {
+        let reading = self.may_read();
+        if reading {
             let mut budget = READ_BUDGET;
             loop {
                 match Pin::new(&mut self.transport).poll_next(cx) {
@@ -241,13 +240,24 @@ impl<S: Service> Connection<S> {
                 "the server is shutting down".to_string(),
             ));
         }
-        if yielded {
+        // A turn that did not read registered no wake-up for the client's next frame: if
+        // its writes have made room, read in another turn rather than wait for a wake-up
+        // that would never come.
+        if yielded || (!reading && self.may_read()) {
             cx.waker().wake_by_ref();
         } else if self.in_flight.is_empty() && self.unsent.is_empty() {
             // An idle connection pins no buffer.
             self.arena = BytesMut::new();
         }
         Poll::Pending
+    }
+
+    /// Whether to read the client's requests now: not while replies pile up because the
+    /// client does not read them.
+    #[inline]
+    fn may_read(&self) -> bool {
+        self.unsent.len() < self.config.max_concurrent_requests.max(64)
+            && self.unsent.bytes() < self.config.max_buffered_bytes
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
