@@ -8,13 +8,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::pending::{Shared, StreamOp};
+use super::pending::{ClientStreams, Shared, StreamOp};
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::observe::Observed;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::protocol::{self, Message, Status};
-use crate::streaming::StreamEngine;
+use crate::streaming::Notice;
 use crate::transport::Transport;
 use crate::waker;
 
@@ -23,7 +23,7 @@ use crate::waker;
 const READ_BUDGET: usize = 128;
 
 /// Runs the connection until it breaks or every handle is gone.
-pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: StreamEngine, transport: T) {
+pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: ClientStreams, transport: T) {
     let mut driver = Driver {
         keepalive: shared.keepalive.map(KeepaliveTimer::new),
         shared,
@@ -62,7 +62,7 @@ struct Driver<T> {
     peer_left: bool,
     keepalive: Option<KeepaliveTimer>,
     /// The streams of this connection's calls, both ways.
-    streams: StreamEngine,
+    streams: ClientStreams,
 }
 
 impl<T: Transport> Driver<T> {
@@ -160,10 +160,13 @@ impl<T: Transport> Driver<T> {
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
         let notices = self.streams.take_notices(cx);
         if !notices.is_empty() {
-            // A consumer may have been handed its stream after this turn took the outbox:
-            // its request (and its inbox) go first, or the `Credit` or `Cancel` below would
-            // overtake the `Request` it is about, and the server would ignore it.
-            self.take_outbox(cx);
+            // A consumer may have been handed its stream, and dropped it, after this turn
+            // took the outbox: its request (and its inbox) go first, or the `Cancel` below
+            // would overtake the `Request` it is about, and the server would ignore it. (A
+            // `Credit` cannot: its items came after the request was sent.)
+            if notices.iter().any(Notice::is_dropped) {
+                self.take_outbox(cx);
+            }
             self.streams.answer(notices, &mut self.unsent);
         }
         // Up to about a frame's worth queued: the server's credit bounds each stream anyway.
@@ -260,7 +263,7 @@ impl<T: Transport> Driver<T> {
 
 /// Starts and stops the streams callers asked for. Out of line: unary calls have none.
 #[inline(never)]
-fn adopt_streams(streams: &mut StreamEngine, ops: &mut Vec<StreamOp>) {
+fn adopt_streams(streams: &mut ClientStreams, ops: &mut Vec<StreamOp>) {
     for op in ops.drain(..) {
         match op {
             StreamOp::Send(id, source) => streams.send(id, source, None, Observed::off()),

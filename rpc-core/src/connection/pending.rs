@@ -58,6 +58,9 @@ impl Hasher for IdHasher {
 
 pub(crate) type Calls = HashMap<u64, Slot, BuildHasherDefault<IdHasher>>;
 
+/// The stream engine of a client connection: its stream ids are its own request ids.
+pub(crate) type ClientStreams = StreamEngine<BuildHasherDefault<IdHasher>>;
+
 /// Frames waiting for the I/O task, and how to wake it.
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -105,7 +108,7 @@ impl Shared {
     pub(crate) fn new(
         desc: &'static ServiceDescriptor,
         options: &ConnectionOptions,
-    ) -> (Shared, StreamEngine) {
+    ) -> (Shared, ClientStreams) {
         let engine = StreamEngine::client(
             ConnectionWindow::new(options.max_buffered_stream_bytes, None),
             options.max_frame_size,

@@ -7,7 +7,9 @@
 //! frame they read; what it has to say goes into the connection's write queue, behind
 //! whatever was queued before (a call's `Cancel` can never overtake its `Request`).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -100,10 +102,12 @@ impl InboxMaker {
     }
 }
 
-/// The streams of one connection, in both directions.
-pub(crate) struct StreamEngine {
+/// The streams of one connection, in both directions. `H` hashes the call ids of the
+/// streams received: the client's own ids need no protection from a peer choosing them
+/// (its engine takes a cheap hasher), the server's do (the default, SipHash).
+pub(crate) struct StreamEngine<H = RandomState> {
     /// The streams this side receives, by call id.
-    inboxes: HashMap<u64, Arc<Inbox>>,
+    inboxes: HashMap<u64, Arc<Inbox>, H>,
     /// The streams this side sends.
     pumps: Pumps,
     /// What the consumers of `inboxes` want the peer told.
@@ -118,39 +122,41 @@ pub(crate) struct StreamEngine {
 }
 
 impl StreamEngine {
-    /// The engine of a client connection that sends frames of at most `max_frame_size`.
-    pub(crate) fn client(window: Arc<ConnectionWindow>, max_frame_size: usize) -> StreamEngine {
-        StreamEngine::new(window, max_frame_size, true)
-    }
-
     /// The engine of a server connection that sends frames of at most `max_frame_size`.
     pub(crate) fn server(window: Arc<ConnectionWindow>, max_frame_size: usize) -> StreamEngine {
         StreamEngine::new(window, max_frame_size, false)
     }
 
-    fn new(
-        window: Arc<ConnectionWindow>,
-        max_frame_size: usize,
-        drop_ends_call: bool,
-    ) -> StreamEngine {
-        StreamEngine {
-            inboxes: HashMap::new(),
-            pumps: Pumps::new(max_frame_size),
-            notices: Arc::default(),
-            notices_waker: None,
-            window,
-            drop_ends_call,
-        }
-    }
-
-    /// The frame that tells the peer this side grants credit as its consumers drain (so the
-    /// peer may pace by bytes); the first frame each side sends after `Hello`.
+    /// The frame that tells the peer this side grants credit whenever a consumer waits (so
+    /// the peer may pace by bytes); the first frame each side sends after `Hello`.
     pub(crate) fn announcement() -> Bytes {
         Message::Credit {
             id: CONNECTION_ID,
             items: 0,
         }
         .to_frame()
+    }
+}
+
+impl<H: BuildHasher + Default> StreamEngine<H> {
+    /// The engine of a client connection that sends frames of at most `max_frame_size`.
+    pub(crate) fn client(window: Arc<ConnectionWindow>, max_frame_size: usize) -> StreamEngine<H> {
+        StreamEngine::new(window, max_frame_size, true)
+    }
+
+    fn new(
+        window: Arc<ConnectionWindow>,
+        max_frame_size: usize,
+        drop_ends_call: bool,
+    ) -> StreamEngine<H> {
+        StreamEngine {
+            inboxes: HashMap::default(),
+            pumps: Pumps::new(max_frame_size),
+            notices: Arc::default(),
+            notices_waker: None,
+            window,
+            drop_ends_call,
+        }
     }
 
     /// What makes inboxes for this engine on another thread (a client's callers register

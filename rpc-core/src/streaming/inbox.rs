@@ -33,6 +33,12 @@ pub(crate) enum Notice {
     Dropped { id: u64 },
 }
 
+impl Notice {
+    pub(crate) fn is_dropped(&self) -> bool {
+        matches!(self, Notice::Dropped { .. })
+    }
+}
+
 /// Notices from a connection's stream consumers to its I/O task.
 #[derive(Default)]
 pub(crate) struct Notices {

@@ -25,9 +25,9 @@ use futures::{Stream, StreamExt};
 use crate::error::RpcError;
 
 pub(crate) use engine::{ConnectionWindow, InboxMaker, StreamEngine};
-pub(crate) use inbox::Inbox;
 pub use inbox::RemoteStream;
 pub(crate) use inbox::StreamEnded;
+pub(crate) use inbox::{Inbox, Notice};
 pub(crate) use pump::Encoding;
 pub use pump::ItemSource;
 

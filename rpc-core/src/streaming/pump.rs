@@ -106,9 +106,11 @@ struct Pump {
     observed: Observed,
     /// Bytes of items sent, for the call's metrics.
     bytes: usize,
-    /// Body sizes of the items sent that the receiver has not granted credit back for, oldest
-    /// first, and their sum.
-    unacked: VecDeque<usize>,
+    /// For each item sent that the receiver has not granted credit back for, oldest first:
+    /// the stream's bytes sent up to and including it (so a credit of n items is one look-up
+    /// and an O(1) drain, not n pops); and the bytes those items hold.
+    unacked: VecDeque<u64>,
+    sent_bytes: u64,
     unacked_bytes: usize,
     /// An item made while the stream had to wait for the connection's pacing.
     held: Option<ItemFrame>,
@@ -166,6 +168,7 @@ impl Pumps {
             observed,
             bytes: 0,
             unacked: VecDeque::new(),
+            sent_bytes: 0,
             unacked_bytes: 0,
             held: None,
         });
@@ -183,12 +186,14 @@ impl Pumps {
     pub(crate) fn credit(&mut self, id: u64, items: u32) {
         if let Some(pump) = self.list.iter_mut().find(|p| p.id == id) {
             pump.credit = pump.credit.saturating_add(items);
-            for _ in 0..items {
-                let Some(size) = pump.unacked.pop_front() else {
-                    break;
-                };
-                pump.unacked_bytes -= size;
-                self.unacked_bytes -= size;
+            let acked = (items as usize).min(pump.unacked.len());
+            if acked > 0 {
+                let acked_through = pump.unacked[acked - 1];
+                pump.unacked.drain(..acked);
+                // What is still unacknowledged: the bytes sent after the last item acked.
+                let left = usize::try_from(pump.sent_bytes - acked_through).unwrap_or(usize::MAX);
+                self.unacked_bytes -= pump.unacked_bytes - left;
+                pump.unacked_bytes = left;
             }
         }
     }
@@ -257,7 +262,8 @@ impl Pumps {
                         pump.held = Some(item);
                         break;
                     }
-                    pump.unacked.push_back(item.body);
+                    pump.sent_bytes += item.body as u64;
+                    pump.unacked.push_back(pump.sent_bytes);
                     pump.unacked_bytes += item.body;
                     sent += item.body;
                 }
