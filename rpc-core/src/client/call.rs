@@ -335,7 +335,11 @@ fn start_on<R>(
         }
         Sent::Stream(stream) => {
             let Some(make) = output else {
-                unreachable!("a stream answers only calls that asked for one")
+                // `send` answers with a stream only a call that asked for one.
+                return Err(RpcError::new(
+                    crate::ErrorKind::Internal,
+                    "a call that returns no stream was answered with one",
+                ));
             };
             // The call is observed until its stream ends, not just until it starts.
             let observed = std::mem::replace(this.observed, ClientCall::off());
