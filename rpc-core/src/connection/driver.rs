@@ -22,6 +22,9 @@ use crate::waker;
 /// runtime's other tasks.
 const READ_BUDGET: usize = 128;
 
+/// The most frames still delivered once writing to the server has failed.
+const DRAIN_AFTER_WRITE_FAILURE: usize = 8 * READ_BUDGET;
+
 /// Runs the connection until it breaks or every handle is gone.
 pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: ClientStreams, transport: T) {
     let mut driver = Driver {
@@ -30,6 +33,7 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: ClientStream
         transport,
         unsent: Outgoing::default(),
         peer_left: false,
+        heard: false,
         streams,
     };
     let outcome = poll_fn(|cx| driver.poll(cx)).await;
@@ -60,6 +64,8 @@ struct Driver<T> {
     unsent: Outgoing,
     /// The server said `Goodbye`: nothing more to tell it.
     peer_left: bool,
+    /// A frame came from the server already.
+    heard: bool,
     keepalive: Option<KeepaliveTimer>,
     /// The streams of this connection's calls, both ways.
     streams: ClientStreams,
@@ -176,9 +182,29 @@ impl<T: Transport> Driver<T> {
 
     /// Hands every queued frame to the transport and flushes them as one batch.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), RpcError> {
-        self.unsent
-            .poll_send(Pin::new(&mut self.transport), cx)
-            .map_err(|err| RpcError::disconnected(format!("writing to the server failed: {err}")))
+        match self.unsent.poll_send(Pin::new(&mut self.transport), cx) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(self.write_failed(cx, err)),
+        }
+    }
+
+    /// The connection can no longer be written to. A server that sent its last frames and
+    /// closed (a stream's end, say, while this side still had credit to grant) left them
+    /// readable: deliver what is there before the connection is declared gone, rather than
+    /// fail calls the server did answer. Reads only what is ready, and a bounded amount.
+    #[cold]
+    fn write_failed(&mut self, cx: &mut Context<'_>, err: std::io::Error) -> RpcError {
+        for _ in 0..DRAIN_AFTER_WRITE_FAILURE {
+            match Pin::new(&mut self.transport).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if self.handle(frame).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        RpcError::disconnected(format!("writing to the server failed: {err}"))
     }
 
     fn handle(&mut self, frame: Bytes) -> Result<(), RpcError> {
@@ -195,6 +221,19 @@ impl<T: Transport> Driver<T> {
                 protocol::describe_bad_frame(&frame, &err)
             ))
         })?;
+        if !self.heard {
+            // A server of this version says first that it grants credit whenever a
+            // consumer waits; one of the first revision says anything else first.
+            self.heard = true;
+            let announced = matches!(
+                message,
+                Message::Credit {
+                    id: protocol::CONNECTION_ID,
+                    ..
+                }
+            );
+            self.streams.first_frame(announced);
+        }
         match message {
             Message::Response { id, status, body } => {
                 // Answered: a stream still being sent for it is no longer wanted.

@@ -9,13 +9,16 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Sleep;
 
 use super::inbox::{Inbox, Notice, Notices, Refused, RemoteStream};
 use super::pump::{ItemSource, Pumps};
@@ -23,6 +26,10 @@ use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
 use crate::protocol::{Message, Status, CONNECTION_ID};
+
+/// How long a client's streams wait for the pacing, before the server's first frame, until
+/// they are sent unpaced (a silent server of the first protocol revision).
+const PROVISIONAL_PACING: Duration = Duration::from_secs(1);
 
 /// The bound on the stream data one connection buffers for its consumers: bytes of items
 /// received and not yet taken, over all its streams (HTTP/2 has a connection window for the
@@ -115,6 +122,13 @@ pub(crate) struct StreamEngine<H = RandomState> {
     /// The waker last given to `notices`.
     notices_waker: Option<Waker>,
     window: Arc<ConnectionWindow>,
+    /// The client paces its streams by bytes before it knows whether the server grants
+    /// credit whenever a consumer waits (its first frame says: the announcement, or anything
+    /// else from a server of the first revision). A server of that revision that stays
+    /// silent while this side waits is given [`PROVISIONAL_PACING`], then streams go
+    /// unpaced.
+    provisional: bool,
+    fallback: Option<Pin<Box<Sleep>>>,
     /// Whether a consumer dropping its stream ends the whole call, so that this side stops
     /// sending for it too: on the client (whose consumer is the caller), not on the server
     /// (a handler may drop its argument stream and go on streaming its result).
@@ -140,8 +154,24 @@ impl StreamEngine {
 
 impl<H: BuildHasher + Default> StreamEngine<H> {
     /// The engine of a client connection that sends frames of at most `max_frame_size`.
+    /// It paces its streams by bytes until the server's first frame says otherwise: its
+    /// streams may start before the server's announcement arrives.
     pub(crate) fn client(window: Arc<ConnectionWindow>, max_frame_size: usize) -> StreamEngine<H> {
-        StreamEngine::new(window, max_frame_size, true)
+        let mut engine = StreamEngine::new(window, max_frame_size, true);
+        engine.pumps.paced = true;
+        engine.provisional = true;
+        engine
+    }
+
+    /// The peer's first frame arrived: whether it was its announcement. Settles whether
+    /// this side paces its streams by bytes.
+    #[inline]
+    pub(crate) fn first_frame(&mut self, announced: bool) {
+        if self.provisional {
+            self.provisional = false;
+            self.fallback = None;
+            self.pumps.paced = announced;
+        }
     }
 
     fn new(
@@ -155,6 +185,8 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
             notices: Arc::default(),
             notices_waker: None,
             window,
+            provisional: false,
+            fallback: None,
             drop_ends_call,
         }
     }
@@ -292,7 +324,22 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// less than `limit` bytes.
     #[inline]
     pub(crate) fn pump(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
-        self.pumps.poll(cx, unsent, limit);
+        if self.pumps.poll(cx, unsent, limit) && self.provisional {
+            self.wait_for_announcement(cx, unsent, limit);
+        }
+    }
+
+    /// Streams wait for the pacing while the server has not said whether it grants credit
+    /// whenever a consumer waits: give it a while, then send them unpaced.
+    #[cold]
+    fn wait_for_announcement(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+        let timer = self
+            .fallback
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(PROVISIONAL_PACING)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.first_frame(false);
+            self.pumps.poll(cx, unsent, limit);
+        }
     }
 
     /// Queues what the consumers' `notices` call for.

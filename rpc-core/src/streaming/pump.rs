@@ -210,16 +210,25 @@ impl Pumps {
 
     /// Polls every stream that has credit, queueing its frames on `unsent` while that holds
     /// less than `limit` bytes; a stream that ended (its `StreamEnd` queued) is dropped.
+    /// Whether a stream has an item waiting for the pacing by bytes.
     #[inline]
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        unsent: &mut Outgoing,
+        limit: usize,
+    ) -> bool {
         if !self.list.is_empty() {
-            self.poll_streams(cx, unsent, limit);
+            self.poll_streams(cx, unsent, limit)
+        } else {
+            false
         }
     }
 
     /// Out of line, so that the connection loops of unary calls stay small.
     #[inline(never)]
-    fn poll_streams(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+    fn poll_streams(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) -> bool {
+        let mut waiting = false;
         let (paced, max_frame_size) = (self.paced, self.max_frame_size);
         let mut sent = self.unacked_bytes;
         self.list.retain_mut(|pump| {
@@ -260,6 +269,7 @@ impl Pumps {
                         // Credit for what the peer holds comes back as it is read; that
                         // wakes this task.
                         pump.held = Some(item);
+                        waiting = true;
                         break;
                     }
                     pump.sent_bytes += item.body as u64;
@@ -279,6 +289,7 @@ impl Pumps {
             true
         });
         self.unacked_bytes = sent;
+        waiting
     }
 }
 
