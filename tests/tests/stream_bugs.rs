@@ -552,11 +552,7 @@ async fn credit_and_cancel_get_out_while_streams_flood_the_client() {
 
 /// The index of `Flows`' method `name`, as raw requests name it.
 fn method(name: &str) -> u32 {
-    FlowsClient::DESCRIPTOR
-        .methods
-        .iter()
-        .position(|m| m.name == name)
-        .expect("no such method") as u32
+    common::method_index(&FlowsClient::DESCRIPTOR, name)
 }
 
 /// Items of the hand-played server's `count` stream: four windows, so three need credit.

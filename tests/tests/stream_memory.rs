@@ -105,11 +105,7 @@ fn buffers() -> (Impl, mpsc::UnboundedReceiver<u64>, Arc<Semaphore>) {
 
 /// The index of `Buffers`' method `name`, as raw requests name it.
 fn method(name: &str) -> u32 {
-    BuffersClient::DESCRIPTOR
-        .methods
-        .iter()
-        .position(|m| m.name == name)
-        .expect("no such method") as u32
+    common::method_index(&BuffersClient::DESCRIPTOR, name)
 }
 
 /// One `StreamItem` frame of stream `id` carrying a `Vec<u8>` of [`ITEM`] bytes.

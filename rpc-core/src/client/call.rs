@@ -76,6 +76,22 @@ struct Streams<R> {
 
 type OutputMaker<R> = Box<dyn FnOnce(RemoteStream) -> R + Send>;
 
+impl<R> Streams<R> {
+    /// What the connection layer is given to send and receive, and what makes the call's
+    /// result from a received stream.
+    fn split(streams: Option<Box<Streams<R>>>) -> (Option<StreamParts>, Option<OutputMaker<R>>) {
+        let Some(streams) = streams else {
+            return (None, None);
+        };
+        let Streams { input, output } = *streams;
+        let parts = StreamParts {
+            input,
+            output: output.is_some(),
+        };
+        (Some(parts), output)
+    }
+}
+
 impl<R> Call<R> {
     /// Adds the streams of a streaming method.
     pub(crate) fn with_streams(
@@ -311,17 +327,7 @@ fn start_on<R>(
         &mut call.metadata,
     );
     let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
-    let (parts, output) = match call.streams {
-        None => (None, None),
-        Some(streams) => {
-            let Streams { input, output } = *streams;
-            let parts = StreamParts {
-                input,
-                output: output.is_some(),
-            };
-            (Some(parts), output)
-        }
-    };
+    let (parts, output) = Streams::split(call.streams);
     match this
         .observed
         .check(connection::send(handle, id, frame, parts, cx.waker()))?
@@ -373,18 +379,8 @@ fn start_managed<R>(
         .get(call.method as usize)
         .is_some_and(|m| m.idempotent);
     let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
-    let (streams, output) = match call.streams {
-        None => (None, None),
-        Some(streams) => {
-            let Streams { input, output } = *streams;
-            let parts = StreamParts {
-                input,
-                output: output.is_some(),
-            };
-            let output = output.map(|make| Box::new((make, deadline.map(|(at, _)| at))));
-            (Some(parts), output)
-        }
-    };
+    let (streams, output) = Streams::split(call.streams);
+    let output = output.map(|make| Box::new((make, deadline.map(|(at, _)| at))));
     let future = balance::run(
         pool,
         ManagedCall {

@@ -108,8 +108,12 @@ impl Lab for LabImpl {
 
 /// The index of `Lab`'s method `name` in its client's table, as raw requests name it.
 pub fn lab_method(name: &str) -> u32 {
-    LabClient::DESCRIPTOR
-        .methods
+    method_index(&LabClient::DESCRIPTOR, name)
+}
+
+/// The index of `desc`'s method `name` in its method table, as raw requests name it.
+pub fn method_index(desc: &rpc_core::ServiceDescriptor, name: &str) -> u32 {
+    desc.methods
         .iter()
         .position(|m| m.name == name)
         .expect("no such method") as u32
