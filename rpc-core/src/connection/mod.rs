@@ -131,30 +131,18 @@ pub(crate) fn send(
     if frame.len() > shared.max_frame_size {
         return Err(too_large(frame.len(), shared.max_frame_size));
     }
-    match streams {
-        None => {
-            shared.start(id, frame, Some(waker), None, None)?;
-            Ok(Sent::Response(ConnectionCall {
-                handle,
-                id,
-                done: false,
-            }))
-        }
-        Some(StreamParts { input, output }) => {
-            if output {
-                let inbox = shared.inbox(id);
-                shared.start(id, frame, None, input, Some(Arc::clone(&inbox)))?;
-                Ok(Sent::Stream(RemoteStream::new(inbox)))
-            } else {
-                shared.start(id, frame, Some(waker), input, None)?;
-                Ok(Sent::Response(ConnectionCall {
-                    handle,
-                    id,
-                    done: false,
-                }))
-            }
-        }
+    let (input, output) = streams.map_or((None, false), |parts| (parts.input, parts.output));
+    if output {
+        let inbox = shared.inbox(id);
+        shared.start(id, frame, None, input, Some(Arc::clone(&inbox)))?;
+        return Ok(Sent::Stream(RemoteStream::new(inbox)));
     }
+    shared.start(id, frame, Some(waker), input, None)?;
+    Ok(Sent::Response(ConnectionCall {
+        handle,
+        id,
+        done: false,
+    }))
 }
 
 /// One request sent on one connection, waiting for its response. Dropping it before the
