@@ -230,3 +230,99 @@ async fn a_server_with_the_wrong_service_fails_serve_connection() {
     let served = guard(serving).await.unwrap();
     assert!(served.unwrap_err().to_string().contains("`Lab`"));
 }
+
+/// One server on a TCP listener, a Unix socket and an in-memory listener at once: the same
+/// services on each, each connection's peer as its own listener reports it, and one signal
+/// that shuts them all down gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_serves_several_listeners_with_one_shutdown() {
+    use rpc_core::{context, Listeners};
+
+    #[service]
+    pub trait Whoami {
+        /// The caller's address as the server saw it, if any.
+        async fn whoami(&self) -> Option<String>;
+    }
+    struct Mirror;
+    impl Whoami for Mirror {
+        async fn whoami(&self) -> Option<String> {
+            context::peer().and_then(|peer| peer.addr().map(str::to_owned))
+        }
+    }
+
+    let (mut listeners, mut connectors) = (Listeners::new(), Vec::new());
+    for kind in LISTENERS {
+        let (listener, connector) = listen(kind).await;
+        listeners = match listener {
+            Listener::Memory(l) => listeners.with(l),
+            Listener::Tcp(l) => listeners.with(l),
+            Listener::Unix(l) => listeners.with(l),
+        };
+        connectors.push(connector);
+    }
+    assert_eq!(listeners.len(), 3);
+
+    let (imp, mut events) = lab();
+    let release = imp.release.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = Server::new()
+        .add_service(LabServer::new(imp))
+        .add_service(WhoamiServer::new(Mirror));
+    let stats = server.stats();
+    let serving = tokio::spawn(server.serve_with_shutdown(listeners, async move {
+        let _ = stopped.await;
+    }));
+
+    let (mut labs, mut whos) = (Vec::new(), Vec::new());
+    for (kind, connector) in LISTENERS.into_iter().zip(&connectors) {
+        let lab = LabClient::new(connector.connect().await.unwrap());
+        assert_eq!(guard(lab.add(2, 3)).await.unwrap(), 5, "{kind:?}");
+        let who = WhoamiClient::new(connector.connect().await.unwrap());
+        let peer = guard(who.whoami()).await.unwrap();
+        match kind {
+            // The client's own address, as the TCP listener reports it.
+            Kind::Tcp => assert!(peer.is_some_and(|addr| addr.starts_with("127.0.0.1:"))),
+            Kind::Unix | Kind::MemoryListener => {}
+            Kind::MemoryPair => unreachable!(),
+        }
+        labs.push(lab);
+        whos.push(who);
+    }
+    // Counted together, against one `max_connections`.
+    assert_eq!(stats.open_connections(), 6);
+
+    // A call in progress on each listener's connection when the signal comes.
+    let mut slow = Vec::new();
+    for (n, lab) in labs.iter().enumerate() {
+        slow.push(tokio::spawn(lab.block(n as u64).into_future()));
+        assert!(matches!(next_event(&mut events).await, Event::Started(_)));
+    }
+    stop.send(()).unwrap();
+    // Every listener stops accepting...
+    for connector in &connectors {
+        let refused = guard(async {
+            loop {
+                match connector.connect().await {
+                    Err(_) => break,
+                    // Accepted by the kernel before the listener closed: the server never
+                    // serves it; wait for the listener to go.
+                    Ok(_) => tokio::task::yield_now().await,
+                }
+            }
+        });
+        refused.await;
+    }
+    // ...and the calls in progress on all of them finish and get their answers.
+    for _ in 0..slow.len() {
+        // One permit at a time: each wakes one handler, waiting or about to wait.
+        release.notify_one();
+        assert!(matches!(next_event(&mut events).await, Event::Finished(_)));
+    }
+    let mut answers = Vec::new();
+    for call in slow {
+        answers.push(guard(call).await.unwrap().unwrap());
+    }
+    answers.sort_unstable();
+    assert_eq!(answers, [0, 1, 2]);
+    guard(serving).await.unwrap().unwrap();
+}

@@ -262,7 +262,9 @@ impl Server {
     /// Accepts connections from `listener` and serves them until the listener is closed for
     /// good; then waits for the open connections to end.
     ///
-    /// A failed `accept` (e.g. out of file descriptors) is retried with backoff.
+    /// A failed `accept` (e.g. out of file descriptors) is retried with backoff. To accept
+    /// on several listeners at once (TCP and a Unix socket, say), pass them as one
+    /// [`Listeners`](crate::Listeners).
     pub fn serve<L: Listener>(self, listener: L) -> impl Future<Output = io::Result<()>> + Send {
         self.serve_with_shutdown(listener, std::future::pending())
     }
