@@ -279,8 +279,13 @@ pub fn peer() -> Option<Arc<Peer>> {
     peek(|context| context.and_then(|c| c.peer.clone()))
 }
 
-/// The current call's trace context, if it is being served and came with one (see
-/// [`CallContext::trace`]). Client calls made now continue this trace.
+/// The current call's trace context (see [`CallContext::trace`]). Client calls made now
+/// continue this trace.
+///
+/// While a subscriber records the server's `rpc.server` spans, this is that span's: the
+/// caller's trace id with the server span's own id (the caller's span id is its
+/// `parent_id`), or a new trace when the call came without one. Otherwise it is the
+/// caller's `traceparent` as received, if any.
 #[inline]
 pub fn trace() -> Option<TraceContext> {
     peek(|context| context.and_then(|c| c.trace))

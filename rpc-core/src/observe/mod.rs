@@ -17,7 +17,7 @@
 //! | `request_id` | both | the request id on its connection (on a balancing client: of the latest attempt) |
 //! | `peer` | both | client: the endpoint's key, on a client built with [`ClientBuilder`](crate::ClientBuilder) that connects by itself (absent on a connection given as a transport); server: what the listener reports ([`Listener::peer`](crate::Listener::peer): the client's address over TCP, the socket path over Unix) |
 //! | `trace_id` | both | 32 hex digits: the same for every call of one trace, in every process |
-//! | `span_id` | both | 16 hex digits. Client: this call's own id, sent to the server in `traceparent`. Server: the id the calls its handler makes name as their parent (the client's `span_id`, or a new one when the request came without a trace) |
+//! | `span_id` | both | 16 hex digits. Client: this call's own id, sent to the server in `traceparent`. Server: its own id in the caller's trace, which the calls its handler makes name as their parent |
 //! | `parent_id` | both | 16 hex digits, the caller's span id: on the server, the `span_id` of the client call; on a client call made from a handler, the `span_id` of the call the handler serves |
 //! | `outcome` | both | `ok`, an [`ErrorKind`]'s [`as_str`](ErrorKind::as_str), or `cancelled` (the caller dropped the call, or the connection closed before the handler finished) |
 //! | `duration_us` | both | microseconds from sending (client) or receiving (server) to the end |

@@ -150,16 +150,18 @@ fn server_span(service: &'static str, method: Option<&'static str>, id: u64) -> 
     )
 }
 
-/// Records the call's trace on its span; a call that came without one starts one here.
+/// Gives the server span an id of its own in the caller's trace (a child of the client's
+/// span), or starts a trace when the call came without one, and makes it the handler's
+/// context, so the calls the handler makes name the server span as their parent.
 #[inline(never)]
 fn trace_handler(span: &Span, context: &mut Option<CallContext>) {
     let incoming = context.as_ref().and_then(CallContext::trace);
-    let trace = incoming.unwrap_or_else(|| {
-        let trace = TraceContext::root();
-        context
-            .get_or_insert_with(CallContext::default)
-            .set_trace(trace);
-        trace
-    });
+    let trace = match incoming {
+        Some(incoming) => incoming.child(),
+        None => TraceContext::root(),
+    };
+    context
+        .get_or_insert_with(CallContext::default)
+        .set_trace(trace);
     record_trace(span, &trace, incoming.map(|incoming| incoming.span_id()));
 }
