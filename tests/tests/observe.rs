@@ -111,29 +111,39 @@ async fn a_call_made_in_a_handler_continues_its_trace() {
         for span in [&a_server, &b_client, &b_server] {
             assert_eq!(span.field("trace_id"), trace_id, "{kind:?}: {span:?}");
         }
-        // Each client call has a span id of its own; each server names its caller's.
-        assert_ne!(a_client.field("span_id"), b_client.field("span_id"));
+        // Every span has an id of its own, and names its caller's as its parent: A's
+        // client, A's server, B's client (made by A's handler), B's server.
+        let ids: std::collections::HashSet<_> = [&a_client, &a_server, &b_client, &b_server]
+            .iter()
+            .map(|span| span.field("span_id"))
+            .collect();
+        assert_eq!(ids.len(), 4, "{kind:?}: span ids repeat: {ids:?}");
         assert_eq!(a_server.field("parent_id"), a_client.field("span_id"));
-        assert_eq!(b_client.field("parent_id"), a_client.field("span_id"));
+        assert_eq!(b_client.field("parent_id"), a_server.field("span_id"));
         assert_eq!(b_server.field("parent_id"), b_client.field("span_id"));
         // In the tracing tree, B's client span is inside A's server span (the handler runs
         // in it), and B's server span inside B's client span (one process here).
         assert_eq!(b_client.parent, Some(a_server.index));
 
-        // What the handlers saw agrees with the spans.
+        // What the handlers saw agrees with the spans: each its own server span's context.
         let a_trace = TraceContext::parse(front_seen.trace.as_deref().unwrap()).unwrap();
         assert_eq!(format!("{:032x}", a_trace.trace_id()), trace_id);
         assert_eq!(
             format!("{:016x}", a_trace.span_id()),
-            a_client.field("span_id")
+            a_server.field("span_id")
         );
         let b_trace = TraceContext::parse(back_seen.trace.as_deref().unwrap()).unwrap();
         assert_eq!(b_trace.trace_id(), a_trace.trace_id());
         assert_eq!(
             format!("{:016x}", b_trace.span_id()),
+            b_server.field("span_id")
+        );
+        // B's handler received the traceparent of B's client span.
+        let b_sent = TraceContext::parse(back_seen.traceparent.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            format!("{:016x}", b_sent.span_id()),
             b_client.field("span_id")
         );
-        assert_eq!(back_seen.traceparent, back_seen.trace);
     }
 }
 
@@ -329,7 +339,6 @@ const MANY: u32 = 4 * rpc_core::STREAM_WINDOW;
 
 #[tokio::test]
 async fn a_streamed_call_is_observed_until_its_stream_ends() {
-    use futures::StreamExt;
     for kind in KINDS {
         let (capture, _guard) = Capture::install();
         let (client, _h) = ticker(kind).await;

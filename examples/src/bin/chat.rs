@@ -9,7 +9,6 @@
 //! until they have heard all six; then they leave by ending their streams.
 
 use futures::channel::mpsc;
-use futures::StreamExt;
 use rpc_core::{service, Server, Streaming};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;

@@ -46,8 +46,11 @@ pub const DEFAULT_MAX_BUFFERED_STREAM_BYTES: usize = 32 << 20;
 /// order, and ends with the peer's end: `None` after success, or an `Err` item followed by
 /// `None` when the peer (or the connection, or the deadline) failed it.
 ///
+/// Read one with [`next`](Streaming::next) (no trait to import) or
+/// [`try_next`](Streaming::try_next), or through its [`Stream`] impl with any stream
+/// combinator.
+///
 /// ```
-/// use futures::StreamExt;
 /// use rpc_core::Streaming;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -105,6 +108,33 @@ impl<T> Streaming<T> {
         T: 'static,
     {
         Streaming::new(futures::stream::iter(items))
+    }
+
+    /// The next item: `None` once the stream has ended, after its last item or after an
+    /// `Err`. The same as `futures::StreamExt::next`, without importing it.
+    // Named as `StreamExt::next` on purpose: code that imports the trait gets the same
+    // future, and code that does not needs no import. It is not an `Iterator`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> futures::stream::Next<'_, Self> {
+        StreamExt::next(self)
+    }
+
+    /// The next item, with the stream's error as the `Err`: `Ok(None)` once it has ended.
+    /// For reading with `?`:
+    ///
+    /// ```
+    /// use rpc_core::{RpcError, Streaming};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), RpcError> {
+    /// let mut words = Streaming::iter(["a", "b"]);
+    /// while let Some(word) = words.try_next().await? {
+    ///     println!("{word}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_next(&mut self) -> futures::stream::TryNext<'_, Self> {
+        futures::TryStreamExt::try_next(self)
     }
 
     /// A stream fed by the connection.
