@@ -45,7 +45,7 @@ thread_local! {
 /// ```
 ///
 /// The timeout is the call's deadline: if no response arrives in time, the call fails with
-/// [`ErrorKind::DeadlineExceeded`] and the server, which is told the time remaining with the
+/// [`ErrorKind::DeadlineExceeded`](crate::ErrorKind::DeadlineExceeded) and the server, which is told the time remaining with the
 /// request, stops the handler as well. A call made while a handler runs inherits what is
 /// left of that handler's own deadline (see [`context`](crate::context)), unless
 /// [`inherit_deadline(false)`](Call::inherit_deadline) says otherwise. Dropping the call (or
