@@ -1,5 +1,6 @@
 //! A length inside a message can never make the decoder allocate more than the message it
-//! came in (DESIGN.md §3): measured with a counting allocator around each decode.
+//! came in (docs/protocol.md, "Encoding": a length must not decide an allocation): measured
+//! with a counting allocator around each decode.
 // A global allocator can only be written with unsafe code; it forwards to `System`.
 #![allow(unsafe_code)]
 

@@ -1,8 +1,9 @@
 //! Property tests of the protocol's decoders, the quick versions of the cargo-fuzz targets in
 //! `fuzz/` that run in every `cargo test`:
-//! - every message kind, with arbitrary fields, encoded as DESIGN.md §3 describes it (the
-//!   independent encoder in `common::wire`), decodes to the same message through the decoder
-//!   the runtime runs, and the runtime encodes it to the same bytes;
+//! - every message kind, with arbitrary fields, encoded as docs/protocol.md ("Encoding",
+//!   "Messages") describes it (the independent encoder in `common::wire`), decodes to the same
+//!   message through the decoder the runtime runs, and the runtime encodes it to the same
+//!   bytes;
 //! - the frame builders the runtime sends with give the same frames;
 //! - a valid frame cut short, or with bytes after it, is an error, not another message;
 //! - arbitrary bytes into every decoder (message, body, byte vector, `traceparent`, the
