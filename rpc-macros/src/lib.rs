@@ -332,8 +332,9 @@ mod tests {
             "let(a,):(i64,)=::rpc_core::__private::decode_value(__rpc_body)?;",
             "let():()=::rpc_core::__private::decode_value(__rpc_body)?;",
             "<SasCalculator>::add(&*__rpc_inner,a,b).await",
-            "::rpc_core::__private::assert_arg::<i64>();",
-            "::rpc_core::__private::assert_return::<Result<i64,MathError>>();",
+            // Each type is checked once; a type of a `#[cfg]` method under its `#[cfg]`.
+            "(&&&::rpc_core::__private::WireCheck::<i64>::NEW).check();(&&&::rpc_core::__private::WireCheck::<()>::NEW).check();\
+             #[cfg(feature=\"div\")]{(&&&::rpc_core::__private::WireCheck::<Result<i64,MathError>>::NEW).check();}}",
         ] {
             assert!(out.contains(expected), "missing {expected} in {out}");
         }
@@ -357,18 +358,52 @@ mod tests {
         // The server requires each distinct type once, in its where clause.
         let bounds = format!(
             "S:Geometry+::core::marker::Send+::core::marker::Sync+'static,\
-             for<'__rpc>Point:{wire},for<'__rpc>f64:{wire},{{"
+             for<'wire>Point:{wire},for<'wire>f64:{wire},{{"
         );
         assert!(out.contains(&bounds), "missing {bounds} in {out}");
-        // So do the serde impls of the enums.
-        let serde = "#[serde(bound(serialize=\"for<'__rpc>Point:::rpc_core::__private::serde::Serialize,for<'__rpc>f64:::rpc_core::__private::serde::Serialize\",deserialize=";
+        // So do the serde impls of the enums, and the client's calls.
+        let serde = "#[serde(bound(serialize=\"for<'wire>Point:::rpc_core::__private::serde::Serialize,for<'wire>f64:::rpc_core::__private::serde::Serialize\",deserialize=";
         assert!(out.contains(serde), "missing {serde} in {out}");
-        // A type of a `#[cfg]` method cannot be in a where clause.
-        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
+        let client =
+            format!("implGeometryClientwherefor<'wire>Point:{wire},for<'wire>f64:{wire},{{");
+        assert!(out.contains(&client), "missing {client} in {out}");
+        // A type of a `#[cfg]` method cannot be in a shared where clause: only its own client
+        // method, under the same `#[cfg]`, requires it.
+        let gone = format!(
+            "#[cfg(feature=\"x\")]#[doc=\"Calls[`Geometry::gone`]ontheserver.\"]\
+             pubfngone(&self,x:Missing)->::rpc_core::Call<f64>\
+             wherefor<'wire>Missing:{wire},for<'wire>f64:{wire},{{"
+        );
+        assert!(out.contains(&gone), "missing {gone} in {out}");
+        assert_eq!(out.matches("for<'wire>Missing").count(), 1, "{out}");
         // The assertions come before everything else that uses the types.
-        let assertions = out.find("assert_arg::<Point>").unwrap();
+        let assertions = out.find("WireCheck::<Point>").unwrap();
         assert!(
             assertions < out.find("enumGeometryRequest").unwrap(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn each_type_is_checked_once() {
+        let out = compact_expansion(quote! {
+            pub trait Geometry {
+                async fn norm(&self, p: Point) -> f64;
+                async fn scale(&self, p: Point, by: f64) -> Point;
+                async fn all(&self) -> Vec<Point>;
+                #[cfg(feature = "x")]
+                async fn gone(&self, p: Point, x: Missing) -> Missing;
+            }
+        });
+        for (ty, count) in [("Point", 1), ("f64", 1), ("Vec<Point>", 1), ("Missing", 1)] {
+            let check = format!("(&&&::rpc_core::__private::WireCheck::<{ty}>::NEW).check();");
+            assert_eq!(out.matches(&check).count(), count, "{check} in {out}");
+        }
+        // The checks pick their method by what the type implements: the traits are in scope.
+        assert!(
+            out.contains(
+                "use::rpc_core::__private::{CheckDeserializeas_,CheckSendas_,CheckSerializeas_,};"
+            ),
             "{out}"
         );
     }
@@ -388,7 +423,7 @@ mod tests {
             out.contains("pubstructStoreServer<Implementation>"),
             "{out}"
         );
-        assert!(out.contains("for<'__rpc>S:"), "{out}");
+        assert!(out.contains("for<'wire>S:"), "{out}");
     }
 
     #[test]
@@ -482,9 +517,9 @@ mod tests {
                 "Download(Streaming<Vec<u8>>)",
                 "Ticks(rpc_core::Streaming<u64>)",
                 // The item type is what is checked.
-                "::rpc_core::__private::assert_return::<Vec<u8>>();",
-                "::rpc_core::__private::assert_return::<u64>();",
-                "for<'__rpc>Vec<u8>:::rpc_core::__private::serde::Serialize+",
+                "(&&&::rpc_core::__private::WireCheck::<Vec<u8>>::NEW).check();",
+                "(&&&::rpc_core::__private::WireCheck::<u64>::NEW).check();",
+                "for<'wire>Vec<u8>:::rpc_core::__private::serde::Serialize+",
                 // The descriptor marks the entries.
                 "::rpc_core::MethodInfo::new(\"download\",0xcd71_129d_7cf3_9205_u64).server_streaming(),",
                 // The client returns a call of a stream.
@@ -506,9 +541,10 @@ mod tests {
             ],
         );
         for absent in [
-            "assert_return::<Streaming",
-            "for<'__rpc>Streaming",
-            "for<'__rpc>rpc_core::Streaming",
+            "WireCheck::<Streaming",
+            "WireCheck::<rpc_core::Streaming",
+            "for<'wire>Streaming",
+            "for<'wire>rpc_core::Streaming",
             "client_streaming",
         ] {
             assert!(!out.contains(absent), "{absent} in {out}");
@@ -529,8 +565,10 @@ mod tests {
                 "fnupload(&self,name:String,chunks:Streaming<Vec<u8>>)->impl::core::future::Future<Output=u64>",
                                 "chunks:Streaming<Vec<u8>>}",
                 "items:rpc_core::Streaming<String>}",
-                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_arg::<Vec<u8>>();",
-                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_return::<()>();",
+                "(&&&::rpc_core::__private::WireCheck::<String>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<Vec<u8>>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<u64>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<()>::NEW).check();}",
                 "::rpc_core::MethodInfo::new(\"upload\",0xeb85_ab0a_42ef_4fa9_u64).client_streaming(),",
                 // The client takes the stream and leaves it out of the body.
                 "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{::rpc_core::__private::call_with_stream(&self.client,",
@@ -550,8 +588,8 @@ mod tests {
             ],
         );
         for absent in [
-            "assert_arg::<Streaming",
-            "for<'__rpc>Streaming",
+            "WireCheck::<Streaming",
+            "for<'wire>Streaming",
             "server_streaming",
             // Nothing to take out of a response: the trait's default does.
             "fnresponse_stream",
@@ -605,8 +643,14 @@ mod tests {
                 "__rpc_response=>::core::result::Result::Err(__rpc_response),",
             ],
         );
-        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
-        assert!(!out.contains("for<'__rpc>AlsoMissing"), "{out}");
+        // Only the client method, under the `#[cfg]`, requires the types.
+        assert_eq!(out.matches("for<'wire>Missing").count(), 1, "{out}");
+        assert_eq!(out.matches("for<'wire>AlsoMissing").count(), 1, "{out}");
+        assert!(
+            out.contains("#[cfg(feature=\"feed\")]{(&&&::rpc_core::__private::WireCheck::<Missing>::NEW).check();\
+                          (&&&::rpc_core::__private::WireCheck::<AlsoMissing>::NEW).check();}"),
+            "{out}"
+        );
     }
 
     #[test]
