@@ -409,6 +409,31 @@ mod tests {
     }
 
     #[test]
+    fn generated_docs() {
+        let out = compact_expansion(quote! {
+            /// Adds.
+            pub trait Calculator {
+                async fn add(&self, a: i64, b: i64) -> i64;
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                // The trait's docs end with what its `Send` futures mean for implementations.
+                "#[doc=r\"Adds.\"]#[doc=\"\"]#[doc=\"#Handlersmustbe`Send`\"]",
+                "tokio::sync::Mutex",
+                // The client's calls are an impl of their own, which says what its bounds are.
+                "#[doc=\"Thecalls,onepermethodof[`Calculator`].",
+            ],
+        );
+        // Nothing internal in the docs.
+        for doc in out.split("#[doc=").skip(1) {
+            let text = doc.split("\"]").next().unwrap_or_default();
+            assert!(!text.contains("__"), "{text}");
+        }
+    }
+
+    #[test]
     fn server_parameter_does_not_shadow_user_types() {
         let out = expand(
             quote!(),

@@ -64,12 +64,34 @@ fn trait_def(service: &Service) -> TokenStream {
                 -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
         }
     });
+    let send_docs = handlers_must_be_send_docs();
     quote! {
         #(#attrs)*
+        #send_docs
         #vis #unsafety #auto_token #trait_token #ident {
             #(#methods)*
         }
     }
+}
+
+/// The section the generated trait's docs end with: implementations' futures must be `Send`,
+/// and what to do when the compiler says one is not. (The compiler's error cannot carry a
+/// hint of ours: for a future, it replaces any `#[diagnostic::on_unimplemented]` message with
+/// its own "future cannot be sent between threads safely", so the docs are where it goes.)
+fn handlers_must_be_send_docs() -> TokenStream {
+    let lines = [
+        "",
+        " # Handlers must be `Send`",
+        "",
+        " `#[service]` declares every method as returning `impl Future<Output = R> + Send`, so that",
+        " a server can run calls on a multi-threaded runtime; implementations still write",
+        " `async fn`. One that holds a value which is not `Send` across an `.await` (a",
+        " `std::sync::MutexGuard`, an `Rc`, a `RefCell` borrow) fails to compile with \"future",
+        " cannot be sent between threads safely\", pointing at the method and at the value. Drop",
+        " the value before the `.await` (take the guard in a block of its own), use an async",
+        " mutex such as `tokio::sync::Mutex` to hold a lock across it, and `Arc` instead of `Rc`.",
+    ];
+    quote!(#(#[doc = #lines])*)
 }
 
 /// `FooRequest`: one struct-like variant per method, holding its arguments.
