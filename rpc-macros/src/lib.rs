@@ -422,6 +422,9 @@ mod tests {
                 // The trait's docs end with what its `Send` futures mean for implementations.
                 "#[doc=r\"Adds.\"]#[doc=\"\"]#[doc=\"#Handlersmustbe`Send`\"]",
                 "tokio::sync::Mutex",
+                // The server's `Service` impl is hidden; the server's docs say it is there.
+                "#[automatically_derived]#[doc(hidden)]impl<S>::rpc_core::ServiceforCalculatorServer<S>",
+                "`CalculatorServer<S>`implements[`rpc_core::Service`]when`S:Calculator+Send+Sync+'static`",
                 // The client's calls are an impl of their own, which says what its bounds are.
                 "#[doc=\"Thecalls,onepermethodof[`Calculator`].",
             ],
