@@ -88,9 +88,9 @@ pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerS
 pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
 pub use transport::{Listener, Transport};
 
-/// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`
-/// and `FooServer`. See the [crate docs](crate) for what it generates and the rules it
-/// enforces.
+// The macro's whole reference: the macro itself has no docs of its own, so that this page
+// reads as one text (rustdoc puts a re-export's docs before the item's).
+#[doc = include_str!("service_macro.md")]
 pub use rpc_macros::service;
 
 /// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no

@@ -1,85 +1,12 @@
 //! The `#[service]` attribute macro of the rpc framework.
 //!
-//! Use it through `rpc_core::service`, which re-exports it: the generated code names only
-//! `::rpc_core::…` paths, so a crate using it depends on `rpc-core` (plus `serde` for its
-//! own types), never on this crate directly.
+//! Use it through `rpc_core::service`, which re-exports it and documents it: the generated
+//! code names only `::rpc_core::…` paths, so a crate using it depends on `rpc-core` (plus
+//! `serde` for its own types), never on this crate directly.
 //!
-//! ```ignore
-//! use rpc_core::service;
-//!
-//! /// Doc comments on the trait and its methods carry over to the generated code.
-//! #[service]
-//! pub trait Calculator {
-//!     /// Adds two numbers.
-//!     async fn add(&self, a: i64, b: i64) -> i64;
-//!     async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
-//!     async fn reset(&self);
-//!     /// Reads the current total.
-//!     #[rpc(idempotent)]
-//!     async fn total(&self) -> i64;
-//! }
-//! ```
-//!
-//! generates, with the trait's visibility:
-//!
-//! - the trait itself, each `async fn` rewritten to
-//!   `fn … -> impl Future<Output = R> + Send` (implementors still write `async fn`);
-//! - `CalculatorRequest`, an enum with one struct-like variant per method holding its
-//!   arguments (`Add { a: i64, b: i64 }`), and `CalculatorResponse`, one tuple variant per
-//!   method holding its return value (`Add(i64)`, `Reset(())`), both `Serialize + Deserialize`;
-//! - `CalculatorClient`, with `new(transport)`, `builder()` (a `rpc_core::ClientBuilder` for
-//!   reconnection, load balancing, retries and keepalive) and one method per trait method
-//!   returning `rpc_core::Call<R>`, plus `DESCRIPTOR`, the service's wire name and method
-//!   table;
-//! - `CalculatorServer<S>`, which wraps an implementation of the trait and implements
-//!   `rpc_core::Service`.
-//!
-//! The wire name is the trait's name; `#[service(name = "Other")]` sets another one. Each
-//! method is identified on the wire by its name and a fingerprint of its signature (see
-//! the `fingerprint` module: FNV-1a 64 of `name(ArgTypes)->Ret` as written).
-//!
-//! `#[rpc(idempotent)]` on a method says that running it twice does no harm, so a
-//! reconnecting or balancing client may retry it: its `DESCRIPTOR` entry is marked
-//! `idempotent`. It is not on the wire and does not change the fingerprint. `#[rpc]` is read
-//! and removed by `#[service]`; it is an error anywhere but on a method of the trait.
-//!
-//! # Streams
-//!
-//! A method may take one argument of type `Streaming<T>` (the client sends items), return
-//! `Streaming<T>` (the server sends items), or both:
-//!
-//! ```ignore
-//! use rpc_core::{service, Streaming};
-//!
-//! #[service]
-//! pub trait Files {
-//!     async fn download(&self, name: String) -> Streaming<Vec<u8>>;
-//!     async fn upload(&self, name: String, chunks: Streaming<Vec<u8>>) -> u64;
-//!     async fn chat(&self, room: String, messages: Streaming<String>) -> Streaming<String>;
-//! }
-//! ```
-//!
-//! `Streaming` is `rpc_core::Streaming`, recognised by the last segment of its path as
-//! written (`Streaming<T>`, `rpc_core::Streaming<T>`, ...), since a macro cannot resolve
-//! names. The stream's items travel after the request (or instead of the response), not in
-//! its body: the client method takes `rpc_core::Streaming<I>` and leaves it out of the
-//! request body, and returns `rpc_core::Call<rpc_core::Streaming<O>>` for a streamed result;
-//! the descriptor entry is marked `client_streaming` / `server_streaming`. The item type, not
-//! `Streaming<T>`, must be `Serialize + DeserializeOwned + Send + 'static`.
-//!
-//! # Rules
-//!
-//! Each is a compile error pointing at the offending tokens and saying how to fix it:
-//! methods are `async fn` taking exactly `&self`; arguments are plain identifiers (`mut` is
-//! allowed) with owned types (`String`, not `&str`; no lifetimes, no `impl Trait`, no `Self`);
-//! no generic methods, no generic trait, no supertraits, no associated consts, types or
-//! macros, no default bodies, no `unsafe`/`extern`/`const` methods; two methods may not map to
-//! the same UpperCamelCase variant name; `new`, `from_client`, `client` and `builder` are
-//! taken by the client; `Streaming<T>` is the whole type of at most one argument and of the
-//! return type, never part of another type (`Option<Streaming<T>>`, `Result<Streaming<T>, E>`),
-//! and has exactly one type argument. Argument and return types (of a `Streaming<T>`, the
-//! item type `T`) must be `Serialize + DeserializeOwned + Send + 'static`: the compiler checks
-//! that, with the error pointing at the type.
+//! Inside, the macro parses the trait into a model (`ast`), validates it (`valid`: every
+//! unsupported construct is an error at its tokens, saying what to write instead) and
+//! generates the code (`expand`); `fingerprint` computes the methods' wire fingerprints.
 
 #![deny(missing_docs)]
 
@@ -95,9 +22,9 @@ use quote::{quote, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Error, FnArg, Item, ItemTrait, Pat, Token, TraitItem};
 
-/// Turns a trait into an RPC service: the trait, its request and response enums, a client and
-/// a server. See the crate documentation for what is generated and the rules the trait
-/// must follow.
+// Documented where it is used from, at its re-export `rpc_core::service`: rustdoc would put
+// docs of its own after those, repeating them, on that page.
+#[allow(missing_docs)]
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand_service(args.into(), input.into()).into()
