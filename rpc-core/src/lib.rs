@@ -90,9 +90,9 @@ pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerS
 pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
 pub use transport::{Listener, Transport};
 
-/// Turns a trait into an RPC service: generates `FooRequest`, `FooResponse`, `FooClient`
-/// and `FooServer`. See the [crate docs](crate) for what it generates and the rules it
-/// enforces.
+// The macro's whole reference: the macro itself has no docs of its own, so that this page
+// reads as one text (rustdoc puts a re-export's docs before the item's).
+#[doc = include_str!("service_macro.md")]
 pub use rpc_macros::service;
 
 /// Hooks for the fuzz targets and property tests of the wire protocol. Not a public API: no
@@ -196,11 +196,85 @@ pub mod __private {
         stream.into_source(encode)
     }
 
-    /// Argument types must be sendable over the wire and across threads.
-    pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+    /// The check `#[service]` generates for each argument, result and stream item type `T`:
+    /// `(&&&WireCheck::<T>::NEW).check()`, spanned at the user's type, which fails to compile
+    /// with exactly one error, about the first of `Serialize`, `DeserializeOwned`,
+    /// `Send + 'static` that `T` lacks.
+    ///
+    /// Requiring all three in one bound would report every missing trait separately (a
+    /// plain struct lacks two). Instead, method resolution picks one of the `check` methods
+    /// below by what `T` already implements (each trait is implemented for a different
+    /// number of references to `WireCheck<T>`, and the impls' bounds decide which applies),
+    /// and the chosen method requires only the next missing trait, through a trait with a
+    /// `#[diagnostic::on_unimplemented]` message (which cannot be generated into user code:
+    /// the `diagnostic` namespace does not resolve under `#![no_implicit_prelude]`).
+    pub struct WireCheck<T>(core::marker::PhantomData<T>);
 
-    /// Return types must be sendable over the wire and across threads.
-    pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+    impl<T> WireCheck<T> {
+        /// The value to call `check` on.
+        pub const NEW: Self = WireCheck(core::marker::PhantomData);
+    }
+
+    /// Chosen when `T` is not `Serialize`: requires it.
+    pub trait CheckSerialize<T> {
+        /// Fails to compile unless `T: Serialize`.
+        fn check(&self)
+        where
+            T: WireSerialize,
+        {
+        }
+    }
+    impl<T> CheckSerialize<T> for WireCheck<T> {}
+
+    /// Chosen when `T` is `Serialize` but not `DeserializeOwned`: requires it.
+    pub trait CheckDeserialize<T> {
+        /// Fails to compile unless `T: DeserializeOwned`.
+        fn check(&self)
+        where
+            T: WireDeserialize,
+        {
+        }
+    }
+    impl<T: serde::Serialize> CheckDeserialize<T> for &WireCheck<T> {}
+
+    /// Chosen when `T` is `Serialize + DeserializeOwned`: requires `Send + 'static`.
+    pub trait CheckSend<T> {
+        /// Fails to compile unless `T: Send + 'static`.
+        fn check(&self)
+        where
+            T: WireSend,
+        {
+        }
+    }
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> CheckSend<T> for &&WireCheck<T> {}
+
+    /// `Serialize`, with the error message of a type that crosses the wire.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `Serialize`, so it cannot be an argument, result or stream item of an RPC method",
+        label = "not `Serialize`",
+        note = "derive serde's traits on it: `#[derive(serde::Serialize, serde::Deserialize)]` (serde's `derive` feature)",
+        note = "for a type from another crate, enable its `serde` feature if it has one, or wrap it in a type of your own"
+    )]
+    pub trait WireSerialize: serde::Serialize {}
+    impl<T: serde::Serialize + ?Sized> WireSerialize for T {}
+
+    /// `DeserializeOwned`, with the error message of a type that crosses the wire.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is `Serialize` but not `Deserialize`, so it cannot be an argument, result or stream item of an RPC method",
+        label = "not `Deserialize`",
+        note = "derive it next to `Serialize`: `#[derive(serde::Serialize, serde::Deserialize)]`"
+    )]
+    pub trait WireDeserialize: serde::de::DeserializeOwned {}
+    impl<T: serde::de::DeserializeOwned> WireDeserialize for T {}
+
+    /// `Send + 'static`, with the error message of a type that crosses the wire.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `Send`, so it cannot be an argument, result or stream item of an RPC method",
+        label = "not `Send`",
+        note = "handlers run on a multi-threaded runtime, so what they take and return must be `Send + 'static`: use `Arc` rather than `Rc`, and `Mutex` or atomics rather than `RefCell` or `Cell`"
+    )]
+    pub trait WireSend: Send + 'static {}
+    impl<T: Send + 'static> WireSend for T {}
 
     /// What the runtime does to a call's arguments on each side, for the codec
     /// micro-benchmark (`cargo bench -p rpc-core`). Generated code never uses it, so it is

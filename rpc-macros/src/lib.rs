@@ -1,85 +1,12 @@
 //! The `#[service]` attribute macro of the rpc framework.
 //!
-//! Use it through `rpc_core::service`, which re-exports it: the generated code names only
-//! `::rpc_core::…` paths, so a crate using it depends on `rpc-core` (plus `serde` for its
-//! own types), never on this crate directly.
+//! Use it through `rpc_core::service`, which re-exports it and documents it: the generated
+//! code names only `::rpc_core::…` paths, so a crate using it depends on `rpc-core` (plus
+//! `serde` for its own types), never on this crate directly.
 //!
-//! ```ignore
-//! use rpc_core::service;
-//!
-//! /// Doc comments on the trait and its methods carry over to the generated code.
-//! #[service]
-//! pub trait Calculator {
-//!     /// Adds two numbers.
-//!     async fn add(&self, a: i64, b: i64) -> i64;
-//!     async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
-//!     async fn reset(&self);
-//!     /// Reads the current total.
-//!     #[rpc(idempotent)]
-//!     async fn total(&self) -> i64;
-//! }
-//! ```
-//!
-//! generates, with the trait's visibility:
-//!
-//! - the trait itself, each `async fn` rewritten to
-//!   `fn … -> impl Future<Output = R> + Send` (implementors still write `async fn`);
-//! - `CalculatorRequest`, an enum with one struct-like variant per method holding its
-//!   arguments (`Add { a: i64, b: i64 }`), and `CalculatorResponse`, one tuple variant per
-//!   method holding its return value (`Add(i64)`, `Reset(())`), both `Serialize + Deserialize`;
-//! - `CalculatorClient`, with `new(transport)`, `builder()` (a `rpc_core::ClientBuilder` for
-//!   reconnection, load balancing, retries and keepalive) and one method per trait method
-//!   returning `rpc_core::Call<R>`, plus `DESCRIPTOR`, the service's wire name and method
-//!   table;
-//! - `CalculatorServer<S>`, which wraps an implementation of the trait and implements
-//!   `rpc_core::Service`.
-//!
-//! The wire name is the trait's name; `#[service(name = "Other")]` sets another one. Each
-//! method is identified on the wire by its name and a fingerprint of its signature (see
-//! the `fingerprint` module: FNV-1a 64 of `name(ArgTypes)->Ret` as written).
-//!
-//! `#[rpc(idempotent)]` on a method says that running it twice does no harm, so a
-//! reconnecting or balancing client may retry it: its `DESCRIPTOR` entry is marked
-//! `idempotent`. It is not on the wire and does not change the fingerprint. `#[rpc]` is read
-//! and removed by `#[service]`; it is an error anywhere but on a method of the trait.
-//!
-//! # Streams
-//!
-//! A method may take one argument of type `Streaming<T>` (the client sends items), return
-//! `Streaming<T>` (the server sends items), or both:
-//!
-//! ```ignore
-//! use rpc_core::{service, Streaming};
-//!
-//! #[service]
-//! pub trait Files {
-//!     async fn download(&self, name: String) -> Streaming<Vec<u8>>;
-//!     async fn upload(&self, name: String, chunks: Streaming<Vec<u8>>) -> u64;
-//!     async fn chat(&self, room: String, messages: Streaming<String>) -> Streaming<String>;
-//! }
-//! ```
-//!
-//! `Streaming` is `rpc_core::Streaming`, recognised by the last segment of its path as
-//! written (`Streaming<T>`, `rpc_core::Streaming<T>`, ...), since a macro cannot resolve
-//! names. The stream's items travel after the request (or instead of the response), not in
-//! its body: the client method takes `rpc_core::Streaming<I>` and leaves it out of the
-//! request body, and returns `rpc_core::Call<rpc_core::Streaming<O>>` for a streamed result;
-//! the descriptor entry is marked `client_streaming` / `server_streaming`. The item type, not
-//! `Streaming<T>`, must be `Serialize + DeserializeOwned + Send + 'static`.
-//!
-//! # Rules
-//!
-//! Each is a compile error pointing at the offending tokens and saying how to fix it:
-//! methods are `async fn` taking exactly `&self`; arguments are plain identifiers (`mut` is
-//! allowed) with owned types (`String`, not `&str`; no lifetimes, no `impl Trait`, no `Self`);
-//! no generic methods, no generic trait, no supertraits, no associated consts, types or
-//! macros, no default bodies, no `unsafe`/`extern`/`const` methods; two methods may not map to
-//! the same UpperCamelCase variant name; `new`, `from_client`, `client` and `builder` are
-//! taken by the client; `Streaming<T>` is the whole type of at most one argument and of the
-//! return type, never part of another type (`Option<Streaming<T>>`, `Result<Streaming<T>, E>`),
-//! and has exactly one type argument. Argument and return types (of a `Streaming<T>`, the
-//! item type `T`) must be `Serialize + DeserializeOwned + Send + 'static`: the compiler checks
-//! that, with the error pointing at the type.
+//! Inside, the macro parses the trait into a model (`ast`), validates it (`valid`: every
+//! unsupported construct is an error at its tokens, saying what to write instead) and
+//! generates the code (`expand`); `fingerprint` computes the methods' wire fingerprints.
 
 #![deny(missing_docs)]
 
@@ -95,9 +22,9 @@ use quote::{quote, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Error, FnArg, Item, ItemTrait, Pat, Token, TraitItem};
 
-/// Turns a trait into an RPC service: the trait, its request and response enums, a client and
-/// a server. See the crate documentation for what is generated and the rules the trait
-/// must follow.
+// Documented where it is used from, at its re-export `rpc_core::service`: rustdoc would put
+// docs of its own after those, repeating them, on that page.
+#[allow(missing_docs)]
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand_service(args.into(), input.into()).into()
@@ -332,8 +259,9 @@ mod tests {
             "let(a,):(i64,)=::rpc_core::__private::decode_value(__rpc_body)?;",
             "let():()=::rpc_core::__private::decode_value(__rpc_body)?;",
             "<SasCalculator>::add(&*__rpc_inner,a,b).await",
-            "::rpc_core::__private::assert_arg::<i64>();",
-            "::rpc_core::__private::assert_return::<Result<i64,MathError>>();",
+            // Each type is checked once; a type of a `#[cfg]` method under its `#[cfg]`.
+            "(&&&::rpc_core::__private::WireCheck::<i64>::NEW).check();(&&&::rpc_core::__private::WireCheck::<()>::NEW).check();\
+             #[cfg(feature=\"div\")]{(&&&::rpc_core::__private::WireCheck::<Result<i64,MathError>>::NEW).check();}}",
         ] {
             assert!(out.contains(expected), "missing {expected} in {out}");
         }
@@ -357,20 +285,82 @@ mod tests {
         // The server requires each distinct type once, in its where clause.
         let bounds = format!(
             "S:Geometry+::core::marker::Send+::core::marker::Sync+'static,\
-             for<'__rpc>Point:{wire},for<'__rpc>f64:{wire},{{"
+             for<'wire>Point:{wire},for<'wire>f64:{wire},{{"
         );
         assert!(out.contains(&bounds), "missing {bounds} in {out}");
-        // So do the serde impls of the enums.
-        let serde = "#[serde(bound(serialize=\"for<'__rpc>Point:::rpc_core::__private::serde::Serialize,for<'__rpc>f64:::rpc_core::__private::serde::Serialize\",deserialize=";
+        // So do the serde impls of the enums, and the client's calls.
+        let serde = "#[serde(bound(serialize=\"for<'wire>Point:::rpc_core::__private::serde::Serialize,for<'wire>f64:::rpc_core::__private::serde::Serialize\",deserialize=";
         assert!(out.contains(serde), "missing {serde} in {out}");
-        // A type of a `#[cfg]` method cannot be in a where clause.
-        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
+        let client =
+            format!("implGeometryClientwherefor<'wire>Point:{wire},for<'wire>f64:{wire},{{");
+        assert!(out.contains(&client), "missing {client} in {out}");
+        // A type of a `#[cfg]` method cannot be in a shared where clause: only its own client
+        // method, under the same `#[cfg]`, requires it.
+        let gone = format!(
+            "#[cfg(feature=\"x\")]#[doc=\"Calls[`Geometry::gone`]ontheserver.\"]\
+             pubfngone(&self,x:Missing)->::rpc_core::Call<f64>\
+             wherefor<'wire>Missing:{wire},for<'wire>f64:{wire},{{"
+        );
+        assert!(out.contains(&gone), "missing {gone} in {out}");
+        assert_eq!(out.matches("for<'wire>Missing").count(), 1, "{out}");
         // The assertions come before everything else that uses the types.
-        let assertions = out.find("assert_arg::<Point>").unwrap();
+        let assertions = out.find("WireCheck::<Point>").unwrap();
         assert!(
             assertions < out.find("enumGeometryRequest").unwrap(),
             "{out}"
         );
+    }
+
+    #[test]
+    fn each_type_is_checked_once() {
+        let out = compact_expansion(quote! {
+            pub trait Geometry {
+                async fn norm(&self, p: Point) -> f64;
+                async fn scale(&self, p: Point, by: f64) -> Point;
+                async fn all(&self) -> Vec<Point>;
+                #[cfg(feature = "x")]
+                async fn gone(&self, p: Point, x: Missing) -> Missing;
+            }
+        });
+        for (ty, count) in [("Point", 1), ("f64", 1), ("Vec<Point>", 1), ("Missing", 1)] {
+            let check = format!("(&&&::rpc_core::__private::WireCheck::<{ty}>::NEW).check();");
+            assert_eq!(out.matches(&check).count(), count, "{check} in {out}");
+        }
+        // The checks pick their method by what the type implements: the traits are in scope.
+        assert!(
+            out.contains(
+                "use::rpc_core::__private::{CheckDeserializeas_,CheckSendas_,CheckSerializeas_,};"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn generated_docs() {
+        let out = compact_expansion(quote! {
+            /// Adds.
+            pub trait Calculator {
+                async fn add(&self, a: i64, b: i64) -> i64;
+            }
+        });
+        assert_contains_all(
+            &out,
+            &[
+                // The trait's docs end with what its `Send` futures mean for implementations.
+                "#[doc=r\"Adds.\"]#[doc=\"\"]#[doc=\"#Handlersmustbe`Send`\"]",
+                "tokio::sync::Mutex",
+                // The server's `Service` impl is hidden; the server's docs say it is there.
+                "#[automatically_derived]#[doc(hidden)]impl<S>::rpc_core::ServiceforCalculatorServer<S>",
+                "`CalculatorServer<S>`implements[`rpc_core::Service`]when`S:Calculator+Send+Sync+'static`",
+                // The client's calls are an impl of their own, which says what its bounds are.
+                "#[doc=\"Thecalls,onepermethodof[`Calculator`].",
+            ],
+        );
+        // Nothing internal in the docs.
+        for doc in out.split("#[doc=").skip(1) {
+            let text = doc.split("\"]").next().unwrap_or_default();
+            assert!(!text.contains("__"), "{text}");
+        }
     }
 
     #[test]
@@ -388,7 +378,7 @@ mod tests {
             out.contains("pubstructStoreServer<Implementation>"),
             "{out}"
         );
-        assert!(out.contains("for<'__rpc>S:"), "{out}");
+        assert!(out.contains("for<'wire>S:"), "{out}");
     }
 
     #[test]
@@ -482,9 +472,9 @@ mod tests {
                 "Download(Streaming<Vec<u8>>)",
                 "Ticks(rpc_core::Streaming<u64>)",
                 // The item type is what is checked.
-                "::rpc_core::__private::assert_return::<Vec<u8>>();",
-                "::rpc_core::__private::assert_return::<u64>();",
-                "for<'__rpc>Vec<u8>:::rpc_core::__private::serde::Serialize+",
+                "(&&&::rpc_core::__private::WireCheck::<Vec<u8>>::NEW).check();",
+                "(&&&::rpc_core::__private::WireCheck::<u64>::NEW).check();",
+                "for<'wire>Vec<u8>:::rpc_core::__private::serde::Serialize+",
                 // The descriptor marks the entries.
                 "::rpc_core::MethodInfo::new(\"download\",0xcd71_129d_7cf3_9205_u64).server_streaming(),",
                 // The client returns a call of a stream.
@@ -506,9 +496,10 @@ mod tests {
             ],
         );
         for absent in [
-            "assert_return::<Streaming",
-            "for<'__rpc>Streaming",
-            "for<'__rpc>rpc_core::Streaming",
+            "WireCheck::<Streaming",
+            "WireCheck::<rpc_core::Streaming",
+            "for<'wire>Streaming",
+            "for<'wire>rpc_core::Streaming",
             "client_streaming",
         ] {
             assert!(!out.contains(absent), "{absent} in {out}");
@@ -529,8 +520,10 @@ mod tests {
                 "fnupload(&self,name:String,chunks:Streaming<Vec<u8>>)->impl::core::future::Future<Output=u64>",
                                 "chunks:Streaming<Vec<u8>>}",
                 "items:rpc_core::Streaming<String>}",
-                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_arg::<Vec<u8>>();",
-                "::rpc_core::__private::assert_arg::<String>();::rpc_core::__private::assert_return::<()>();",
+                "(&&&::rpc_core::__private::WireCheck::<String>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<Vec<u8>>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<u64>::NEW).check();\
+                 (&&&::rpc_core::__private::WireCheck::<()>::NEW).check();}",
                 "::rpc_core::MethodInfo::new(\"upload\",0xeb85_ab0a_42ef_4fa9_u64).client_streaming(),",
                 // The client takes the stream and leaves it out of the body.
                 "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{::rpc_core::__private::call_with_stream(&self.client,",
@@ -550,8 +543,8 @@ mod tests {
             ],
         );
         for absent in [
-            "assert_arg::<Streaming",
-            "for<'__rpc>Streaming",
+            "WireCheck::<Streaming",
+            "for<'wire>Streaming",
             "server_streaming",
             // Nothing to take out of a response: the trait's default does.
             "fnresponse_stream",
@@ -605,8 +598,14 @@ mod tests {
                 "__rpc_response=>::core::result::Result::Err(__rpc_response),",
             ],
         );
-        assert!(!out.contains("for<'__rpc>Missing"), "{out}");
-        assert!(!out.contains("for<'__rpc>AlsoMissing"), "{out}");
+        // Only the client method, under the `#[cfg]`, requires the types.
+        assert_eq!(out.matches("for<'wire>Missing").count(), 1, "{out}");
+        assert_eq!(out.matches("for<'wire>AlsoMissing").count(), 1, "{out}");
+        assert!(
+            out.contains("#[cfg(feature=\"feed\")]{(&&&::rpc_core::__private::WireCheck::<Missing>::NEW).check();\
+                          (&&&::rpc_core::__private::WireCheck::<AlsoMissing>::NEW).check();}"),
+            "{out}"
+        );
     }
 
     #[test]

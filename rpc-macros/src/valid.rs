@@ -319,6 +319,7 @@ fn check_type(ty: &Type, position: Position, errors: &mut Errors) {
         position,
         ty,
         whole,
+        outer: Vec::new(),
         errors: Vec::new(),
     };
     checker.visit_type(ty);
@@ -333,7 +334,98 @@ struct TypeChecker<'ast> {
     ty: &'ast Type,
     /// The `Streaming` path that is the whole type, the one place `Streaming` may be.
     whole: Option<&'ast syn::Path>,
+    /// The paths the visitor is inside of, innermost last (`Result` in `Result<Streaming<T>, E>`
+    /// when at `Streaming<T>`).
+    outer: Vec<&'ast syn::Path>,
     errors: Vec<Error>,
+}
+
+impl TypeChecker<'_> {
+    /// The error for `Streaming` as part of the type rather than the whole of it, with what
+    /// to write instead for the usual cases.
+    fn nested_stream(&self, stream: &syn::Path) -> String {
+        let written = compact(self.ty);
+        let item = single_type_argument(stream).map_or_else(|| "T".to_owned(), compact);
+        let parent = self
+            .outer
+            .last()
+            .filter(|parent| type_arguments(parent).any(|arg| is_path(arg, stream)));
+        let hint = match parent {
+            Some(parent) => {
+                let name = last_ident(parent);
+                let args: Vec<_> = type_arguments(parent).collect();
+                match (name.as_deref(), args.as_slice()) {
+                    (Some("Result"), [ok, error]) if is_path(ok, stream) => {
+                        let error_name = match ast::peel(error) {
+                            Type::Path(path) => last_ident(&path.path),
+                            _ => None,
+                        };
+                        if error_name.as_deref() == Some("RpcError") {
+                            format!(
+                                "a stream already fails with an `RpcError`: write `Streaming<{item}>` and end the stream with an `Err` item (e.g. from `Streaming::from_results`); for errors of your own type, `Streaming<Result<{item}, E>>`"
+                            )
+                        } else {
+                            let error = compact(error);
+                            format!(
+                                "for a stream whose items may fail with your error type, write `Streaming<Result<{item}, {error}>>`"
+                            )
+                        }
+                    }
+                    (Some("Option"), _) => format!(
+                        "write `Streaming<{item}>`, and send no items where you would have sent `None`"
+                    ),
+                    (Some("Streaming"), _) => format!(
+                        "a stream's items cannot be streams: send the inner items in the one stream (`Streaming<{item}>`), or batches of them (`Streaming<Vec<{item}>>`)"
+                    ),
+                    _ => several_streams_hint(),
+                }
+            }
+            None => several_streams_hint(),
+        };
+        format!(
+            "`Streaming<T>` must be the whole type of an argument or the whole return type, not part of `{written}`: {hint}"
+        )
+    }
+}
+
+/// What to do instead of a collection or tuple of streams.
+fn several_streams_hint() -> String {
+    "a call carries at most one stream each way; for several, merge them into one `Streaming<E>` of an enum type `E`".to_owned()
+}
+
+/// The type arguments of the last segment of `path` (`Vec<T>`: `T`).
+fn type_arguments(path: &syn::Path) -> impl Iterator<Item = &Type> {
+    path.segments.last().into_iter().flat_map(|segment| {
+        let args = match &segment.arguments {
+            syn::PathArguments::AngleBracketed(args) => Some(args.args.iter()),
+            _ => None,
+        };
+        args.into_iter().flatten().filter_map(|arg| match arg {
+            syn::GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+    })
+}
+
+/// The only type argument of the last segment of `path`, if it has exactly one.
+fn single_type_argument(path: &syn::Path) -> Option<&Type> {
+    let mut args = type_arguments(path);
+    match (args.next(), args.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
+}
+
+/// The last segment's identifier of `path`, as a string.
+fn last_ident(path: &syn::Path) -> Option<String> {
+    path.segments
+        .last()
+        .map(|segment| segment.ident.to_string())
+}
+
+/// Whether `ty` is (in parentheses or not) the type path `path`, the very same tokens.
+fn is_path(ty: &Type, path: &syn::Path) -> bool {
+    matches!(ast::peel(ty), Type::Path(type_path) if std::ptr::eq(&type_path.path, path))
 }
 
 impl<'ast> Visit<'ast> for TypeChecker<'ast> {
@@ -342,15 +434,12 @@ impl<'ast> Visit<'ast> for TypeChecker<'ast> {
             .whole
             .is_some_and(|whole| std::ptr::eq(whole, &type_path.path));
         if type_path.qself.is_none() && ast::is_streaming_path(&type_path.path) && !is_whole {
-            let written = compact(self.ty);
-            self.errors.push(Error::new_spanned(
-                type_path,
-                format!(
-                    "`Streaming<T>` must be the whole type of an argument or the whole return type, not part of `{written}`; to fail a stream, end it with an error item (`Err(RpcError)`, e.g. from `Streaming::from_results`); for no items, send an empty stream; for several streams, merge them into one `Streaming<E>` of an enum type"
-                ),
-            ));
+            let message = self.nested_stream(&type_path.path);
+            self.errors.push(Error::new_spanned(type_path, message));
         }
+        self.outer.push(&type_path.path);
         visit::visit_type_path(self, type_path);
+        self.outer.pop();
     }
 
     fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {

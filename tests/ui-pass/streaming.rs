@@ -1,9 +1,11 @@
 //! Methods taking or returning `Streaming<T>`: server streaming, client streaming and both;
 //! the stream written as `Streaming<T>` or as a path ending in it; a stream as the only
-//! argument; a service whose every method streams its result.
+//! argument; a service whose every method streams its result; items that are `Result`s of
+//! the user's error type (typed errors in a stream).
 
 use futures::StreamExt;
 use rpc_core::{service, Call, Streaming};
+use serde::{Deserialize, Serialize};
 
 #[service]
 pub trait Files {
@@ -56,6 +58,48 @@ pub trait Sink {
     async fn count(&self, items: rpc_core::Streaming<String>) -> u64;
 }
 
+/// Typed errors in a stream: the items are `Result<T, E>`, which serde handles like any
+/// other type.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LineError {
+    TooLong(usize),
+}
+
+#[service]
+pub trait Lines {
+    async fn read(&self, path: String) -> Streaming<Result<String, LineError>>;
+    async fn write(&self, path: String, lines: Streaming<Result<String, LineError>>) -> u64;
+    async fn check(
+        &self,
+        lines: Streaming<std::result::Result<String, LineError>>,
+    ) -> Streaming<Result<(), LineError>>;
+}
+
+pub struct Text;
+
+impl Lines for Text {
+    async fn read(&self, _path: String) -> Streaming<Result<String, LineError>> {
+        Streaming::iter(vec![Ok("one".to_owned()), Err(LineError::TooLong(4096))])
+    }
+    async fn write(&self, _path: String, mut lines: Streaming<Result<String, LineError>>) -> u64 {
+        let mut written = 0;
+        // The outer `Result` is the stream's own (`RpcError`), the inner one the user's.
+        while let Some(Ok(Ok(_line))) = lines.next().await {
+            written += 1;
+        }
+        written
+    }
+    async fn check(
+        &self,
+        lines: Streaming<std::result::Result<String, LineError>>,
+    ) -> Streaming<Result<(), LineError>> {
+        Streaming::new(lines.map(|line| match line {
+            Ok(Ok(line)) if line.len() > 80 => Err(LineError::TooLong(line.len())),
+            _ => Ok(()),
+        }))
+    }
+}
+
 fn assert_service<S: rpc_core::Service>(_: S) {}
 
 fn main() {
@@ -85,4 +129,14 @@ fn main() {
     assert!(!ticks.client_streaming && ticks.server_streaming);
     let count = SinkClient::DESCRIPTOR.method("count").unwrap();
     assert!(count.client_streaming && !count.server_streaming);
+
+    assert_service(LinesServer::new(Text));
+    let _: fn(&LinesClient, String) -> Call<Streaming<Result<String, LineError>>> =
+        LinesClient::read;
+    let _: fn(&LinesClient, String, Streaming<Result<String, LineError>>) -> Call<u64> =
+        LinesClient::write;
+    let _: fn(
+        &LinesClient,
+        Streaming<Result<String, LineError>>,
+    ) -> Call<Streaming<Result<(), LineError>>> = LinesClient::check;
 }

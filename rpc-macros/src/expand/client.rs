@@ -4,7 +4,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::{fingerprint_lit, method_link, return_span};
+use super::{fingerprint_lit, method_link, method_wire_bounds, return_span, wire_bounds};
 use crate::ast::{Arg, Method, Service};
 
 /// `FooClient` and its inherent impl, which holds the service's `DESCRIPTOR`.
@@ -38,10 +38,32 @@ pub fn client(service: &Service) -> TokenStream {
                 #idempotent #client_streaming #server_streaming
         }
     });
-    let methods = service
+    let methods: Vec<_> = service
         .methods
         .iter()
-        .map(|method| client_method(service, method));
+        .map(|method| client_method(service, method))
+        .collect();
+    // The methods are in an impl of their own, whose where clause requires the argument and
+    // result types to cross the wire: a type that cannot is reported once, by the type
+    // assertions, not again by the calls here (see `checked_types`).
+    let bounds = wire_bounds(service);
+    let calls_doc = format!(
+        " The calls, one per method of [`{trait_name}`]. The `where` clause restates what \
+         `#[service]` requires of the argument and result types (and is checked where the \
+         trait is declared)."
+    );
+    let calls = (!methods.is_empty()).then(|| {
+        quote! {
+            #[doc = #calls_doc]
+            #[allow(clippy::too_many_arguments)]
+            impl #client
+            where
+                #(#bounds,)*
+            {
+                #(#methods)*
+            }
+        }
+    });
     quote! {
         #[doc = #doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
@@ -49,7 +71,6 @@ pub fn client(service: &Service) -> TokenStream {
             client: ::rpc_core::Client,
         }
 
-        #[allow(clippy::too_many_arguments)]
         impl #client {
             /// The service's wire description: its name and method table (name and
             /// fingerprint of every method, which are idempotent and which stream).
@@ -83,9 +104,9 @@ pub fn client(service: &Service) -> TokenStream {
             #vis fn builder() -> ::rpc_core::ClientBuilder<Self> {
                 ::rpc_core::ClientBuilder::new(&Self::DESCRIPTOR, Self::from_client)
             }
-
-            #(#methods)*
         }
+
+        #calls
     }
 }
 
@@ -160,11 +181,21 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             )
         }
     };
+    // The impl's where clause leaves out the types of a method under `#[cfg]`: its own
+    // where clause, under the same `#[cfg]`, has them.
+    let bounds = if method.cfg_attrs().next().is_some() {
+        method_wire_bounds(method)
+    } else {
+        Vec::new()
+    };
+    let where_clause = (!bounds.is_empty()).then(|| quote!(where #(#bounds,)*));
     quote! {
         #(#cfgs)*
         #docs
         #idempotent
-        #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#ret> {
+        #vis fn #name(&self #(, #params)*) -> ::rpc_core::Call<#ret>
+        #where_clause
+        {
             #call
         }
     }
@@ -173,10 +204,11 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
 /// `&(a, b)`: the arguments that travel in the request body, as a tuple (`&()` when there
 /// are none, or only a stream).
 ///
-/// If a type is not `Serialize`, the type assertions report it at the type; the compiler
-/// then also fails the call's bounds here. Span the tuple so that error points into the
-/// method too, not at `#[service]`: at the argument's type when there is one (the compiler
-/// blames the whole tuple, never one element), else at the method's name.
+/// The impl's where clause keeps an unfit argument type from failing the call's bounds
+/// here (the type assertions report it). Should the tuple itself not be `Serialize` (serde
+/// implements it for up to 16 elements), the error points into the method, not at
+/// `#[service]`: at the argument's type when there is one (the compiler blames the whole
+/// tuple, never one element), else at the method's name.
 /// Byte vectors take serde's bytes path (see `ast::is_byte_vec`).
 fn body_args(method: &Method) -> TokenStream {
     let args: Vec<_> = method.body_args().collect();

@@ -17,9 +17,13 @@ pub fn server(service: &Service) -> TokenStream {
     let server = service.item_ident("Server");
     let client = service.item_ident("Client");
     let param = type_param(service);
+    // The `Service` impl is hidden from the docs (its where clause and methods are the
+    // macro's plumbing), so the docs say it is there.
     let doc = format!(
-        " Server side of the [`{trait_name}`] service: wraps an implementation of the trait and\n \
-         implements [`rpc_core::Service`], which `rpc_core::Server::add_service` takes.\n\n \
+        " Server side of the [`{trait_name}`] service: wraps an implementation of the trait.\n\n \
+         `{server}<{param}>` implements [`rpc_core::Service`] when \
+         `{param}: {trait_name} + Send + Sync + 'static`: hand it to \
+         [`Server::add_service`](rpc_core::Server::add_service) to serve it.\n\n \
          Cheap to clone: all clones share one implementation (behind an `Arc`)."
     );
     let server_name = server.to_string();
@@ -241,8 +245,10 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         }
     });
 
+    // Hidden from the docs: what a user needs of it is in `FooServer`'s own docs.
     quote! {
         #[automatically_derived]
+        #[doc(hidden)]
         impl<#param> ::rpc_core::Service for #server<#param>
         where
             #param: #trait_name + ::core::marker::Send + ::core::marker::Sync + 'static,

@@ -466,50 +466,87 @@ fn at_most_one_stream_argument() {
 
 #[test]
 fn streams_are_whole_types() {
-    for item in [
-        parse_quote!(
-            trait T {
-                async fn f(&self, a: Vec<Streaming<u8>>);
-            }
+    let whole = "`Streaming<T>` must be the whole type of an argument or the whole return type";
+    let several = "a call carries at most one stream each way; for several, merge them into one `Streaming<E>` of an enum type `E`";
+    for (item, hint) in [
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self, a: Vec<Streaming<u8>>);
+                }
+            ),
+            several,
         ),
-        parse_quote!(
-            trait T {
-                async fn f(&self) -> Option<Streaming<u8>>;
-            }
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self, a: (Streaming<u8>, u8));
+                }
+            ),
+            several,
         ),
-        parse_quote!(
-            trait T {
-                async fn f(&self) -> Result<rpc_core::Streaming<u8>, E>;
-            }
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Vec<Option<(Streaming<u8>,)>>;
+                }
+            ),
+            several,
         ),
-        parse_quote!(
-            trait T {
-                async fn f(&self) -> Streaming<Streaming<u8>>;
-            }
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Option<Streaming<u8>>;
+                }
+            ),
+            "write `Streaming<u8>`, and send no items where you would have sent `None`",
         ),
-        parse_quote!(
-            trait T {
-                async fn f(&self, a: (Streaming<u8>, u8));
-            }
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Streaming<Streaming<u8>>;
+                }
+            ),
+            "a stream's items cannot be streams: send the inner items in the one stream (`Streaming<u8>`), or batches of them (`Streaming<Vec<u8>>`)",
+        ),
+        // Typed errors are items of the stream, with the user's own types in the hint.
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Result<rpc_core::Streaming<Vec<u8>>, my::Error>;
+                }
+            ),
+            "not part of `Result<rpc_core::Streaming<Vec<u8>>, my::Error>`: for a stream whose items may fail with your error type, write `Streaming<Result<Vec<u8>, my::Error>>`",
+        ),
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self, a: std::result::Result<Streaming<u8>, E>);
+                }
+            ),
+            "write `Streaming<Result<u8, E>>`",
+        ),
+        // `RpcError` is not `Serialize`: a stream fails with one by an `Err` item.
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Result<Streaming<u8>, rpc_core::RpcError>;
+                }
+            ),
+            "a stream already fails with an `RpcError`: write `Streaming<u8>` and end the stream with an `Err` item (e.g. from `Streaming::from_results`); for errors of your own type, `Streaming<Result<u8, E>>`",
+        ),
+        // A stream as the error is no typed error of a stream.
+        (
+            parse_quote!(
+                trait T {
+                    async fn f(&self) -> Result<u8, Streaming<u8>>;
+                }
+            ),
+            several,
         ),
     ] {
-        assert_error(
-            item,
-            &[
-                "`Streaming<T>` must be the whole type of an argument or the whole return type",
-                "end it with an error item (`Err(RpcError)`",
-            ],
-        );
+        assert_error(item, &[whole, hint]);
     }
-    let errors = errors_of(parse_quote!(
-        trait T {
-            async fn f(&self) -> Result<Streaming<u8>, E>;
-        }
-    ));
-    assert!(
-        errors[0].contains("not part of `Result<Streaming<u8>, E>`"),
-        "{errors:#?}"
-    );
     // A nested stream is not counted as a stream argument.
     assert_error(
         parse_quote!(
