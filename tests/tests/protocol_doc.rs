@@ -31,7 +31,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use rpc_core::__fuzz::{self, WireMessage};
 use rpc_core::context::Metadata;
 use rpc_core::health::HealthClient;
