@@ -1,5 +1,7 @@
 //! The static description of a service: its wire name and method table.
 
+use crate::schema::{Compiled, ServiceSchema};
+
 /// One method of a service as it appears on the wire.
 ///
 /// The fingerprint is FNV-1a 64 of the method's signature as written in the trait (name,
@@ -71,21 +73,79 @@ impl MethodInfo {
 /// assert_eq!(DESC.method("hello").map(|m| m.fingerprint), Some(0x1234));
 /// assert_ne!(DESC.schema_fingerprint(), 0);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy)]
 pub struct ServiceDescriptor {
     /// The service's wire name (the trait's name unless `#[service(name = "...")]` says else).
     pub name: &'static str,
     /// The methods, in the order of the trait.
     pub methods: &'static [MethodInfo],
+    /// Where the service's [schema](crate::schema) is made, if it has one.
+    schema: Option<fn() -> &'static Compiled>,
+}
+
+// The schema comes from the same trait as the name and the methods: they identify it.
+impl PartialEq for ServiceDescriptor {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.methods == other.methods
+    }
+}
+
+impl Eq for ServiceDescriptor {}
+
+impl std::hash::Hash for ServiceDescriptor {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.methods.hash(state);
+    }
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// FNV-1a 64 of `bytes`, continuing from `hash`.
+const fn fnv1a_from(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = (hash ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    hash
+}
+
+/// FNV-1a 64 of `bytes`, the hash of method fingerprints.
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
 impl ServiceDescriptor {
     /// A descriptor; used by generated code.
     pub const fn new(name: &'static str, methods: &'static [MethodInfo]) -> ServiceDescriptor {
-        ServiceDescriptor { name, methods }
+        ServiceDescriptor {
+            name,
+            methods,
+            schema: None,
+        }
+    }
+
+    /// The same descriptor, with the function that makes the service's schema; used by
+    /// generated code.
+    #[doc(hidden)]
+    pub const fn with_schema(self, schema: fn() -> &'static Compiled) -> ServiceDescriptor {
+        ServiceDescriptor {
+            schema: Some(schema),
+            ..self
+        }
+    }
+
+    /// The service's [schema](crate::schema): its methods' types, traced from their serde
+    /// implementations (made on first use, then kept). `None` for a hand-written
+    /// [`Service`](crate::Service) that has none.
+    pub fn schema(&self) -> Option<&'static ServiceSchema> {
+        self.schema.map(|make| make().schema())
+    }
+
+    pub(crate) fn compiled_schema(&self) -> Option<&'static Compiled> {
+        self.schema.map(|make| make())
     }
 
     /// The method called `name`, if the service has one.
@@ -97,21 +157,10 @@ impl ServiceDescriptor {
     /// fingerprint (little-endian) in trait order. Two builds of a trait with the same
     /// methods in the same order agree on it.
     pub const fn schema_fingerprint(&self) -> u64 {
-        let mut hash = FNV_OFFSET;
-        let name = self.name.as_bytes();
-        let mut i = 0;
-        while i < name.len() {
-            hash = (hash ^ name[i] as u64).wrapping_mul(FNV_PRIME);
-            i += 1;
-        }
+        let mut hash = fnv1a(self.name.as_bytes());
         let mut m = 0;
         while m < self.methods.len() {
-            let bytes = self.methods[m].fingerprint.to_le_bytes();
-            let mut b = 0;
-            while b < 8 {
-                hash = (hash ^ bytes[b] as u64).wrapping_mul(FNV_PRIME);
-                b += 1;
-            }
+            hash = fnv1a_from(hash, &self.methods[m].fingerprint.to_le_bytes());
             m += 1;
         }
         hash

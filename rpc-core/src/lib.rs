@@ -73,6 +73,8 @@ pub mod observe;
 mod outgoing;
 mod peer;
 mod protocol;
+pub mod reflection;
+pub mod schema;
 mod server;
 mod streaming;
 mod transport;
@@ -303,6 +305,75 @@ pub mod __private {
                 Ok(Message::Request { body, .. }) => crate::codec::decode_value(body),
                 _ => Err(RpcError::protocol("not a request frame")),
             }
+        }
+    }
+
+    /// `(&&SchemaOf::<T>::NEW).value_schema(..)`: `T`'s traced schema when `T` is
+    /// `DeserializeOwned`, else an untraced one (the type assertions report such a type, once).
+    pub struct SchemaOf<T: ?Sized>(core::marker::PhantomData<T>);
+
+    impl<T: ?Sized> SchemaOf<T> {
+        /// The value to call `value_schema` on.
+        pub const NEW: Self = SchemaOf(core::marker::PhantomData);
+    }
+
+    /// Chosen when `T` is `DeserializeOwned`.
+    pub trait TraceSchema {
+        /// `T`'s schema.
+        fn value_schema(&self, written: &str, streaming: bool) -> crate::schema::ValueSchema;
+    }
+    impl<T: serde::de::DeserializeOwned> TraceSchema for &SchemaOf<T> {
+        fn value_schema(&self, written: &str, streaming: bool) -> crate::schema::ValueSchema {
+            crate::schema::ValueSchema::of::<T>(written, streaming)
+        }
+    }
+
+    /// Chosen when `T` is not `DeserializeOwned`.
+    pub trait NoSchema {
+        /// An untraced schema.
+        fn value_schema(&self, written: &str, streaming: bool) -> crate::schema::ValueSchema {
+            crate::schema::ValueSchema::untraced(written, streaming, "it is not `Deserialize`")
+        }
+    }
+    impl<T: ?Sized> NoSchema for SchemaOf<T> {}
+
+    /// A service's schema; used by generated code.
+    pub fn service_schema(
+        name: &str,
+        docs: &[&str],
+        methods: Vec<crate::schema::MethodSchema>,
+    ) -> crate::schema::Compiled {
+        crate::schema::Compiled::new(crate::schema::ServiceSchema {
+            name: name.to_owned(),
+            docs: crate::schema::join_docs(docs),
+            methods,
+        })
+    }
+
+    /// A method's schema; used by generated code.
+    pub fn method_schema(
+        name: &str,
+        docs: &[&str],
+        idempotent: bool,
+        fingerprint: u64,
+        args: Vec<crate::schema::ArgSchema>,
+        result: crate::schema::ValueSchema,
+    ) -> crate::schema::MethodSchema {
+        crate::schema::MethodSchema {
+            name: name.to_owned(),
+            docs: crate::schema::join_docs(docs),
+            idempotent,
+            fingerprint,
+            args,
+            result,
+        }
+    }
+
+    /// An argument's schema; used by generated code.
+    pub fn arg_schema(name: &str, value: crate::schema::ValueSchema) -> crate::schema::ArgSchema {
+        crate::schema::ArgSchema {
+            name: name.to_owned(),
+            value,
         }
     }
 

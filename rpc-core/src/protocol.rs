@@ -170,8 +170,18 @@ impl std::io::Write for BufWrite<'_> {
     }
 }
 
-/// The client's `Hello` for `desc`.
+/// The name of the entry of `Hello`'s method table that carries the client's schema: this
+/// prefix, then the schema as JSON. A version 1 server that does not know it takes it for a
+/// method it lacks, which fails only if it is called, and it never is.
+pub(crate) const SCHEMA_ENTRY: &str = "rpc.schema:";
+/// The fingerprint of that entry: FNV-1a 64 of `rpc.schema`.
+pub(crate) const SCHEMA_ENTRY_FINGERPRINT: u64 = crate::descriptor::fnv1a(b"rpc.schema");
+
+/// The client's `Hello` for `desc`: its method table, then its schema if it has one.
 pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
+    let schema = desc
+        .compiled_schema()
+        .map(|schema| format!("{SCHEMA_ENTRY}{}", schema.hello_json()));
     Message::Hello {
         magic: MAGIC,
         version: VERSION,
@@ -183,9 +193,29 @@ pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
                 name: m.name,
                 fingerprint: m.fingerprint,
             })
+            .chain(schema.as_deref().map(|name| WireMethod {
+                name,
+                fingerprint: SCHEMA_ENTRY_FINGERPRINT,
+            }))
             .collect(),
     }
     .to_frame()
+}
+
+/// A `Hello`'s method table without its schema entry, and the schema's JSON if it had one
+/// (it is the last entry).
+pub(crate) fn split_schema_entry<'m, 'a>(
+    methods: &'m [WireMethod<'a>],
+) -> (&'m [WireMethod<'a>], Option<&'a str>) {
+    match methods.split_last() {
+        Some((last, rest)) if last.fingerprint == SCHEMA_ENTRY_FINGERPRINT => {
+            match last.name.strip_prefix(SCHEMA_ENTRY) {
+                Some(json) => (rest, Some(json)),
+                None => (methods, None),
+            }
+        }
+        _ => (methods, None),
+    }
 }
 
 /// A `Goodbye` frame.

@@ -340,7 +340,7 @@ mod v2 {
     use rpc_core::service;
     use serde::{Deserialize, Serialize};
 
-    /// Same name as in v1, other fields: the fingerprint cannot see that.
+    /// Same name as in v1, other fields: the fingerprint cannot see that, the schema can.
     #[derive(Serialize, Deserialize)]
     pub struct Shape {
         pub name: String,
@@ -391,15 +391,24 @@ async fn changed_methods_fail_only_their_own_calls() {
         assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
         assert!(err.to_string().contains("no method `removed`"), "{err}");
 
-        // A changed signature.
+        // A changed signature: the result would not be read.
         let err = guard(client.scale(2)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
         assert!(err.to_string().contains("`Shapes::scale`"), "{err}");
-        assert!(err.to_string().contains("different signature"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the server sends `u64` where the client reads `u32`"),
+            "{err}"
+        );
 
-        // Same signature text, other type definition: the body does not decode.
+        // Same signature text, other type definition: the schemas tell, before the call.
         let err = guard(client.area(v1::Shape { side: 3 })).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+        assert!(
+            err.to_string()
+                .contains("field 1 of `Shape` is `side: u32` for the client and `name: String` for the server"),
+            "{err}"
+        );
 
         assert_eq!(guard(client.kept()).await.unwrap(), 2);
     }

@@ -293,7 +293,7 @@ fn the_runtimes_frame_builders_give_the_messages_they_name() {
         ),
         (
             __fuzz::hello_frame(&common::LabClient::DESCRIPTOR),
-            wire::hello(&common::LabClient::DESCRIPTOR),
+            wire::hello_with_schema(&common::LabClient::DESCRIPTOR),
         ),
     ];
     for (built, message) in cases {

@@ -72,6 +72,58 @@ impl Counter for Count {
     }
 }
 
+// The complete examples are of a client that sends no schema in its `Hello` (a client of
+// the first release of version 1, or one in another language that leaves it out): its
+// frames are the ones recorded from that release, so these tests also show that the
+// current server answers such a client byte for byte as before, and the current client
+// reads that server's answers.
+const CALCULATOR_WITHOUT_SCHEMA: rpc_core::ServiceDescriptor = rpc_core::ServiceDescriptor::new(
+    CalculatorClient::DESCRIPTOR.name,
+    CalculatorClient::DESCRIPTOR.methods,
+);
+const COUNTER_WITHOUT_SCHEMA: rpc_core::ServiceDescriptor = rpc_core::ServiceDescriptor::new(
+    CounterClient::DESCRIPTOR.name,
+    CounterClient::DESCRIPTOR.methods,
+);
+
+const HEALTH_WITHOUT_SCHEMA: rpc_core::ServiceDescriptor = rpc_core::ServiceDescriptor::new(
+    HealthClient::DESCRIPTOR.name,
+    HealthClient::DESCRIPTOR.methods,
+);
+
+/// The schema entry of the health client's `Hello`, shown as JSON in the document, is the
+/// one the runtime sends.
+#[test]
+fn the_schema_entry_is_the_runtime_one() {
+    let text = DOC;
+    let marker = "<!-- pinned by tests/tests/protocol_doc.rs: schema -->";
+    let after = &text[text.find(marker).expect("the schema marker")..];
+    let block = after
+        .split_once("```json\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| block)
+        .expect("a json block after the schema marker");
+    let documented: serde_json::Value = serde_json::from_str(block).expect("the block is JSON");
+    let Ok(WireMessage::Hello { methods, .. }) =
+        __fuzz::decode(&__fuzz::hello_frame(&HealthClient::DESCRIPTOR))
+    else {
+        panic!("the runtime's Hello does not decode");
+    };
+    let (name, fingerprint) = methods.last().expect("the schema entry");
+    assert_eq!(
+        *fingerprint, 0xebb5_a684_8c27_7889_u64,
+        "FNV-1a 64 of `rpc.schema`"
+    );
+    let json = name
+        .strip_prefix("rpc.schema:")
+        .expect("the entry's prefix");
+    let sent: serde_json::Value = serde_json::from_str(json).expect("the entry is JSON");
+    assert_eq!(
+        documented, sent,
+        "docs/protocol.md's schema entry differs from the runtime's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unary_dump_is_a_real_connection() {
     assert_untraced();
@@ -84,7 +136,10 @@ async fn the_unary_dump_is_a_real_connection() {
             .serve_connection(framed(server_io)),
     );
     let client = tokio::spawn(async move {
-        let client = CalculatorClient::new(framed(client_io));
+        let client = CalculatorClient::from_client(rpc_core::Client::new(
+            framed(client_io),
+            &CALCULATOR_WITHOUT_SCHEMA,
+        ));
         let sum = client.add(1, 2).timeout(Duration::from_secs(30)).await;
         // Dropped, the client is done: it closes the connection.
         drop(client);
@@ -108,7 +163,10 @@ async fn the_stream_dump_is_a_real_connection() {
             .serve_connection(framed(server_io)),
     );
     let client = tokio::spawn(async move {
-        let client = CounterClient::new(framed(client_io));
+        let client = CounterClient::from_client(rpc_core::Client::new(
+            framed(client_io),
+            &COUNTER_WITHOUT_SCHEMA,
+        ));
         let mut stream = client.count(2).await?;
         let mut items = Vec::new();
         while let Some(item) = stream.next().await {
@@ -180,7 +238,7 @@ fn the_single_messages_are_the_runtime_frames() {
         WireMessage::Ping { nonce: 1 }.encode(),
         WireMessage::Pong { nonce: 1 }.encode(),
         __fuzz::goodbye_frame(ErrorKind::Disconnected, "the server is shutting down"),
-        __fuzz::hello_frame(&HealthClient::DESCRIPTOR),
+        __fuzz::hello_frame(&HEALTH_WITHOUT_SCHEMA),
     ];
     assert_eq!(
         dump.lines.len(),

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use super::dispatch::Route;
 use super::service::HostedService;
+use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
-use crate::protocol::{self, Message, MAGIC, VERSION};
+use crate::protocol::{self, Message, WireMethod, MAGIC, VERSION};
+use crate::schema::{Compiled, ServiceSchema};
 
 /// Checks the first frame of a connection and picks the service it asks for.
 pub(crate) fn accept(
@@ -67,28 +69,66 @@ pub(crate) fn accept(
         ));
     };
     let desc = hosted.descriptor();
-    let routes = methods
+    let ours = desc.compiled_schema();
+    let (methods, theirs) = protocol::split_schema_entry(&methods);
+    let has_entry = theirs.is_some();
+    // The common case, a client of the same build: the same text, nothing to compare.
+    let same_build =
+        matches!((ours, theirs), (Some(ours), Some(theirs)) if ours.hello_json() == theirs);
+    let theirs: Option<ServiceSchema> = match theirs {
+        Some(json) if !same_build => serde_json::from_str(json).ok(),
+        _ => None,
+    };
+    let mut routes: Vec<Route> = methods
         .iter()
-        .map(|wanted| match desc.method(wanted.name) {
-            Some(ours) if ours.fingerprint == wanted.fingerprint => Ok(ours),
-            Some(ours) => Err(Arc::from(format!(
-                "the method `{}::{}` has a different signature on the server (fingerprint \
-                 {:016x} there, {:016x} in the client): client and server were built from \
-                 different versions of the trait; rebuild the older side",
-                desc.name, wanted.name, ours.fingerprint, wanted.fingerprint
-            ))),
-            None => Err(Arc::from(format!(
-                "the server's `{}` has no method `{}` (it has: {}); it runs another version \
-                 of the trait",
-                desc.name,
-                wanted.name,
-                desc.methods
-                    .iter()
-                    .map(|m| m.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        })
+        .map(|wanted| route(desc, ours, theirs.as_ref(), same_build, wanted))
         .collect();
+    if has_entry {
+        // Its index is taken: a request naming it is answered like one of an unknown method.
+        routes.push(Err(Arc::from("the client's schema entry is not a method")));
+    }
     Ok((Arc::clone(hosted), routes))
+}
+
+/// Where the client's method `wanted` goes on this service: by schema when both sides have
+/// one for it, else by the fingerprint of its signature.
+fn route(
+    desc: &ServiceDescriptor,
+    ours: Option<&Compiled>,
+    theirs: Option<&ServiceSchema>,
+    same_build: bool,
+    wanted: &WireMethod<'_>,
+) -> Route {
+    let Some(method) = desc.method(wanted.name) else {
+        return Err(Arc::from(format!(
+            "the server's `{}` has no method `{}` (it has: {}); it runs another version of the \
+             trait",
+            desc.name,
+            wanted.name,
+            desc.methods
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    if same_build {
+        return Ok(method);
+    }
+    let by_schema = ours
+        .zip(theirs)
+        .and_then(|(ours, theirs)| Some((ours.schema(), theirs.method(wanted.name)?)));
+    match by_schema {
+        Some((ours, client)) => match ours.check_call(client) {
+            Ok(()) => Ok(method),
+            Err(message) => Err(Arc::from(message)),
+        },
+        None if method.fingerprint == wanted.fingerprint => Ok(method),
+        None => Err(Arc::from(format!(
+            "the method `{}::{}` has a different signature on the server (fingerprint \
+             {:016x} there, {:016x} in the client): client and server were built from \
+             different versions of the trait; rebuild the older side",
+            desc.name, wanted.name, method.fingerprint, wanted.fingerprint
+        ))),
+    }
 }

@@ -26,6 +26,7 @@ pub(crate) use service::HostedService;
 pub use service::{BoxFuture, Service};
 pub use stats::ServerStats;
 
+use crate::descriptor::ServiceDescriptor;
 use crate::error::ErrorKind;
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
@@ -34,6 +35,7 @@ use crate::observe::ServerMetrics;
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::peer::Peer;
 use crate::protocol;
+use crate::reflection::{self, ReflectionClient, ReflectionServer};
 use crate::streaming::ConnectionWindow;
 use crate::transport::{Listener, Transport};
 use connection::ConnectionContext;
@@ -375,6 +377,24 @@ impl Server {
     fn into_shared(self) -> Shared {
         let shutdown = CancellationToken::new();
         let mut services = self.services;
+        if !services.contains_key(ReflectionClient::DESCRIPTOR.name) {
+            let mut hosted: Vec<&'static ServiceDescriptor> = services
+                .values()
+                .map(|service| service.descriptor())
+                .collect();
+            for builtin in [&ReflectionClient::DESCRIPTOR, &HealthClient::DESCRIPTOR] {
+                if !hosted.iter().any(|desc| desc.name == builtin.name) {
+                    hosted.push(builtin);
+                }
+            }
+            let reflection = reflection::Hosted {
+                services: hosted.into(),
+            };
+            services.insert(
+                ReflectionClient::DESCRIPTOR.name,
+                Arc::new(ReflectionServer::new(reflection)),
+            );
+        }
         if !services.contains_key(HealthClient::DESCRIPTOR.name) {
             let check = HealthCheck {
                 services: services

@@ -47,6 +47,7 @@ pub fn client(service: &Service) -> TokenStream {
     // result types to cross the wire: a type that cannot is reported once, by the type
     // assertions, not again by the calls here (see `checked_types`).
     let bounds = wire_bounds(service);
+    let schema_fns = super::schema::schema_fns(service);
     let calls_doc = format!(
         " The calls, one per method of [`{trait_name}`]. The `where` clause restates what \
          `#[service]` requires of the argument and result types (and is checked where the \
@@ -77,7 +78,10 @@ pub fn client(service: &Service) -> TokenStream {
             #vis const DESCRIPTOR: ::rpc_core::ServiceDescriptor = ::rpc_core::ServiceDescriptor::new(
                 #wire_name,
                 &[#(#entries),*],
-            );
+            )
+            .with_schema(Self::__rpc_compiled_schema);
+
+            #schema_fns
 
             /// Connects a client over `transport`.
             ///

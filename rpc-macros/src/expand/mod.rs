@@ -7,6 +7,7 @@
 //! argument name can clash with them.
 
 mod client;
+mod schema;
 mod server;
 
 use proc_macro2::{Span, TokenStream};

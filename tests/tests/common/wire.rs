@@ -96,6 +96,44 @@ pub fn hello(desc: &ServiceDescriptor) -> Wire {
     }
 }
 
+/// The `Hello` of a client that sends its schema (every client `#[service]` generates): the
+/// method table, then one more entry, `rpc.schema:` and the schema as JSON without docs,
+/// whose fingerprint is FNV-1a 64 of `rpc.schema`.
+pub fn hello_with_schema(desc: &ServiceDescriptor) -> Wire {
+    let Wire::Hello {
+        magic,
+        version,
+        service,
+        mut methods,
+    } = hello(desc)
+    else {
+        unreachable!()
+    };
+    let mut schema = desc
+        .schema()
+        .expect("a generated service has a schema")
+        .clone();
+    schema.docs.clear();
+    for method in &mut schema.methods {
+        method.docs.clear();
+    }
+    let json = serde_json::to_string(&schema).expect("a schema is JSON");
+    methods.push((format!("rpc.schema:{json}"), fnv1a(b"rpc.schema")));
+    Wire::Hello {
+        magic,
+        version,
+        service,
+        methods,
+    }
+}
+
+/// FNV-1a 64.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 pub fn request(id: u64, method: u32, timeout_us: Option<u64>, body: Vec<u8>) -> Wire {
     Wire::Request {
         id,
