@@ -1,11 +1,32 @@
 //! Services shared by the example programs in `src/bin/`.
 #![deny(missing_docs)]
 
-use rpc_core::service;
+use rpc_core::{service, Streaming};
+use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "etcd")]
 pub mod etcd_process;
 pub mod inventory;
+
+/// A language a greeting can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Language {
+    /// "Hello".
+    English,
+    /// "Bonjour".
+    French,
+    /// Not spoken by this server: greeting in it fails.
+    Klingon,
+}
+
+/// Why a greeting failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GreetError {
+    /// The server does not speak the language.
+    UnknownLanguage(Language),
+    /// The name was empty.
+    EmptyName,
+}
 
 /// A greeting service: the one the `hello`, `server` and `client` examples use.
 #[service]
@@ -14,6 +35,10 @@ pub trait Greeter {
     async fn hello(&self, name: String) -> String;
     /// How many greetings this server has given.
     async fn count(&self) -> u64;
+    /// A greeting for `name` in `language`, or why there is none.
+    async fn greet(&self, name: String, language: Language) -> Result<String, GreetError>;
+    /// `times` greetings for `name`, one after the other.
+    async fn repeat(&self, name: String, times: u32) -> Streaming<String>;
 }
 
 /// An implementation of [`Greeter`] that counts its greetings.
@@ -31,5 +56,20 @@ impl Greeter for Greetings {
 
     async fn count(&self) -> u64 {
         self.given.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn greet(&self, name: String, language: Language) -> Result<String, GreetError> {
+        if name.is_empty() {
+            return Err(GreetError::EmptyName);
+        }
+        match language {
+            Language::English => Ok(self.hello(name).await),
+            Language::French => Ok(format!("Bonjour, {name} !")),
+            Language::Klingon => Err(GreetError::UnknownLanguage(language)),
+        }
+    }
+
+    async fn repeat(&self, name: String, times: u32) -> Streaming<String> {
+        Streaming::iter((1..=times).map(move |i| format!("Hello #{i}, {name}!")))
     }
 }

@@ -65,10 +65,13 @@ mod deadline;
 mod descriptor;
 mod error;
 pub mod health;
+pub mod json;
 mod keepalive;
 mod listeners;
 mod lock;
 mod log;
+#[doc(hidden)]
+pub mod memory;
 pub mod observe;
 mod outgoing;
 mod peer;
@@ -90,7 +93,7 @@ pub use listeners::{BoxTransport, Listeners};
 pub use peer::{Identity, Peer};
 pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerStats, Service};
 pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
-pub use transport::{Listener, Transport};
+pub use transport::{HttpConnection, Listener, RawIo, Transport};
 
 // The macro's whole reference: the macro itself has no docs of its own, so that this page
 // reads as one text (rustdoc puts a re-export's docs before the item's).

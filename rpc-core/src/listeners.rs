@@ -49,31 +49,39 @@ use crate::transport::{Listener, Transport};
 pub struct Listeners {
     /// Listeners not yet started, waiting for the server's frame size limit.
     waiting: Vec<Starter>,
-    max_frame_size: Option<usize>,
+    settings: Settings,
     running: SelectAll<BoxStream<'static, io::Result<BoxTransport>>>,
 }
 
-/// Turns one listener, told the frame size limit if there is one, into a stream of accepted
-/// transports.
-type Starter =
-    Box<dyn FnOnce(Option<usize>) -> BoxStream<'static, io::Result<BoxTransport>> + Send>;
+/// What the server told the set, for each listener when it starts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Settings {
+    max_frame_size: Option<usize>,
+    http: bool,
+}
+
+/// Turns one listener, told the server's settings, into a stream of accepted transports.
+type Starter = Box<dyn FnOnce(Settings) -> BoxStream<'static, io::Result<BoxTransport>> + Send>;
 
 impl Listeners {
     /// No listeners yet; add them with [`with`](Listeners::with).
     pub fn new() -> Listeners {
         Listeners {
             waiting: Vec::new(),
-            max_frame_size: None,
+            settings: Settings::default(),
             running: SelectAll::new(),
         }
     }
 
     /// Adds `listener`: the server accepts from it too.
     pub fn with<L: Listener>(mut self, listener: L) -> Listeners {
-        self.waiting.push(Box::new(move |max_frame_size| {
+        self.waiting.push(Box::new(move |settings| {
             let mut listener = listener;
-            if let Some(bytes) = max_frame_size {
+            if let Some(bytes) = settings.max_frame_size {
                 listener.set_max_frame_size(bytes);
+            }
+            if settings.http {
+                listener.set_http(true);
             }
             futures::stream::unfold(listener, |mut listener| async move {
                 let accepted = listener.accept().await?.map(|transport| {
@@ -119,17 +127,21 @@ impl Listener for Listeners {
     type Transport = BoxTransport;
 
     async fn accept(&mut self) -> Option<io::Result<BoxTransport>> {
-        // Started on the first accept, after the server has set the frame size limit. Each
+        // Started on the first accept, after the server has told its settings. Each
         // listener's pending accept lives in its stream, so dropping this future (the
         // server shutting down) loses no connection.
         for start in self.waiting.drain(..) {
-            self.running.push(start(self.max_frame_size));
+            self.running.push(start(self.settings));
         }
         self.running.next().await
     }
 
     fn set_max_frame_size(&mut self, bytes: usize) {
-        self.max_frame_size = Some(bytes);
+        self.settings.max_frame_size = Some(bytes);
+    }
+
+    fn set_http(&mut self, on: bool) {
+        self.settings.http = on;
     }
 
     fn peer(&self, transport: &BoxTransport) -> Peer {

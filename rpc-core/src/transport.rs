@@ -60,6 +60,15 @@ pub trait Listener: Send + 'static {
         let _ = bytes;
     }
 
+    /// Asks the listener to hand connections whose first bytes are an HTTP request back to
+    /// the server (as an [`HttpConnection`] in the error of their first read) rather than
+    /// read them as frames. The server calls this once, before the first `accept`, when its
+    /// HTTP gateway is on; the default does nothing (a transport that is not a byte stream,
+    /// like the in-process one, never carries HTTP).
+    fn set_http(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// Who is at the other end of an accepted transport: its address for logs and traces
     /// (e.g. the client's `IP:port`), its IP for
     /// [`max_connections_per_ip`](crate::Server::max_connections_per_ip), and any identity
@@ -71,3 +80,61 @@ pub trait Listener: Send + 'static {
         Peer::new()
     }
 }
+
+/// A byte stream, as an HTTP server needs it.
+pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T> RawIo for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+/// A connection whose first bytes are an HTTP request, handed back by a framer that was
+/// asked to look for them ([`Listener::set_http`]): the error of the transport's first read
+/// carries it (see [`HttpConnection::take`]), and the server serves it with its HTTP
+/// gateway instead of refusing it.
+pub struct HttpConnection {
+    // Behind a mutex only because an `io::Error`'s payload must be `Sync`.
+    io: std::sync::Mutex<Option<(Box<dyn RawIo>, bytes::Bytes)>>,
+}
+
+impl HttpConnection {
+    /// The connection `io`, of which the framer already read `buffered`.
+    pub fn new<IO: RawIo>(io: IO, buffered: bytes::Bytes) -> HttpConnection {
+        HttpConnection {
+            io: std::sync::Mutex::new(Some((Box::new(io), buffered))),
+        }
+    }
+
+    /// The error a transport's read returns to hand `self` over.
+    pub fn into_error(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The connection carried by `err`, if it carries one; else `err` itself.
+    pub fn take(err: io::Error) -> Result<(Box<dyn RawIo>, bytes::Bytes), io::Error> {
+        if !err
+            .get_ref()
+            .is_some_and(|inner| inner.is::<HttpConnection>())
+        {
+            return Err(err);
+        }
+        let kind = err.kind();
+        let carried = err
+            .into_inner()
+            .and_then(|inner| inner.downcast::<HttpConnection>().ok())
+            .and_then(|conn| crate::lock::lock(&conn.io).take());
+        carried.ok_or_else(|| io::Error::new(kind, "the HTTP connection was already taken"))
+    }
+}
+
+impl std::fmt::Debug for HttpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpConnection")
+    }
+}
+
+impl std::fmt::Display for HttpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection speaks HTTP and was handed to the HTTP gateway")
+    }
+}
+
+impl std::error::Error for HttpConnection {}

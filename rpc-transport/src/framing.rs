@@ -58,7 +58,10 @@ where
 
 /// A byte stream carrying length-prefixed frames; an [`rpc_core::Transport`].
 pub struct Framed<IO> {
-    io: IO,
+    /// `None` once the connection was handed to HTTP (`with_http`).
+    io: Option<IO>,
+    /// Connections whose first bytes are an HTTP request are handed back, not read.
+    http: bool,
     max_frame_size: usize,
     read_buf: BytesMut,
     /// The peer closed its side.
@@ -85,7 +88,8 @@ where
     /// Wraps `io`, with the default maximum frame size.
     pub fn new(io: IO) -> Framed<IO> {
         Framed {
-            io,
+            io: Some(io),
+            http: false,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             read_buf: BytesMut::new(),
             eof: false,
@@ -108,9 +112,56 @@ where
         self
     }
 
+    /// Makes a connection whose first bytes are an HTTP request end this stream with an
+    /// error carrying the connection ([`rpc_core::HttpConnection`]), for a server's HTTP
+    /// gateway; listeners set it when the server asks ([`rpc_core::Listener::set_http`]).
+    pub fn with_http(mut self, on: bool) -> Framed<IO> {
+        self.http = on;
+        self
+    }
+
     /// The wrapped stream.
+    ///
+    /// # Panics
+    ///
+    /// After the framer handed its connection over as an [`rpc_core::HttpConnection`]
+    /// (only with [`with_http`](Framed::with_http) on): the stream then belongs to whoever
+    /// took it from the error.
     pub fn get_ref(&self) -> &IO {
-        &self.io
+        match &self.io {
+            Some(io) => io,
+            None => panic!("Framed::get_ref after the connection was handed to HTTP"),
+        }
+    }
+
+    /// The stream, or the error of a framer whose connection was handed to HTTP.
+    fn io(&mut self) -> io::Result<Pin<&mut IO>> {
+        self.io.as_mut().map(Pin::new).ok_or_else(handed_over)
+    }
+
+    /// Whether the buffered first bytes start an HTTP request: `Some(true)` yes, `Some(false)`
+    /// no, `None` too few bytes yet to tell.
+    fn starts_http(&self) -> Option<bool> {
+        const METHODS: [&[u8]; 7] = [
+            b"GET ",
+            b"POST ",
+            b"PUT ",
+            b"HEAD ",
+            b"DELETE ",
+            b"OPTIONS ",
+            b"PATCH ",
+        ];
+        let buf = &self.read_buf[..];
+        let mut undecided = false;
+        for method in METHODS {
+            if buf.starts_with(method) {
+                return Some(true);
+            }
+            if method.starts_with(buf) {
+                undecided = true;
+            }
+        }
+        (!undecided || self.eof).then_some(false)
     }
 
     /// Takes the next complete frame out of the read buffer, if there is one.
@@ -121,6 +172,19 @@ where
         let mut prefix = [0u8; 4];
         prefix.copy_from_slice(&self.read_buf[..4]);
         let len = u32::from_le_bytes(prefix) as usize;
+        if self.first && self.http {
+            match self.starts_http() {
+                Some(true) => {
+                    let buffered = std::mem::take(&mut self.read_buf).freeze();
+                    return match self.io.take() {
+                        Some(io) => Err(rpc_core::HttpConnection::new(io, buffered).into_error()),
+                        None => Ok(None),
+                    };
+                }
+                Some(false) => {}
+                None => return Ok(None),
+            }
+        }
         if self.first {
             match tls_record(&self.read_buf) {
                 TlsRecord::No => self.first = false,
@@ -163,8 +227,11 @@ where
             if self.eof {
                 return Poll::Ready(None);
             }
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(None);
+            };
             let mut buf = tokio::io::ReadBuf::new(&mut scratch);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            ready!(Pin::new(io).poll_read(cx, &mut buf))?;
             if buf.filled().is_empty() {
                 self.eof = true;
             }
@@ -185,7 +252,10 @@ where
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
-            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Err(handed_over()));
+            };
+            let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -212,6 +282,13 @@ where
         }
         Poll::Ready(Ok(()))
     }
+}
+
+fn handed_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection was handed to the HTTP gateway",
+    )
 }
 
 /// Whether the first bytes of a connection are a TLS record rather than a frame.
@@ -311,8 +388,11 @@ where
                 this.read_buf.reserve(this.read_chunk);
             }
             let room = this.read_buf.capacity() - this.read_buf.len();
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(Some(Err(handed_over())));
+            };
             let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
+                Pin::new(io),
                 cx,
                 &mut this.read_buf
             ))?;
@@ -368,12 +448,12 @@ where
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_queue(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        self.io()?.poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        self.io()?.poll_shutdown(cx)
     }
 }
 

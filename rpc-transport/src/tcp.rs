@@ -71,6 +71,7 @@ pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
     Ok(TcpListener {
         inner: tokio::net::TcpListener::bind(addr).await?,
         max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        http: false,
     })
 }
 
@@ -79,6 +80,7 @@ pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
 pub struct TcpListener {
     inner: tokio::net::TcpListener,
     max_frame_size: usize,
+    http: bool,
 }
 
 impl TcpListener {
@@ -91,6 +93,10 @@ impl TcpListener {
 impl rpc_core::Listener for TcpListener {
     fn set_max_frame_size(&mut self, bytes: usize) {
         self.max_frame_size = bytes;
+    }
+
+    fn set_http(&mut self, on: bool) {
+        self.http = on;
     }
 
     fn peer(&self, transport: &TcpTransport) -> rpc_core::Peer {
@@ -107,7 +113,9 @@ impl rpc_core::Listener for TcpListener {
     async fn accept(&mut self) -> Option<io::Result<TcpTransport>> {
         Some(self.inner.accept().await.and_then(|(stream, _peer)| {
             stream.set_nodelay(true)?;
-            Ok(Framed::new(stream).with_max_frame_size(self.max_frame_size))
+            Ok(Framed::new(stream)
+                .with_max_frame_size(self.max_frame_size)
+                .with_http(self.http))
         }))
     }
 }

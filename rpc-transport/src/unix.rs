@@ -111,6 +111,7 @@ pub async fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         path: path.to_path_buf(),
         identity,
         max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        http: false,
     })
 }
 
@@ -122,6 +123,8 @@ pub struct UnixListener {
     /// Device and inode of the socket file this listener made, to remove only that one.
     identity: Option<(u64, u64)>,
     max_frame_size: usize,
+    /// Hand HTTP connections back to the server (`set_http`).
+    http: bool,
 }
 
 impl UnixListener {
@@ -152,12 +155,18 @@ impl rpc_core::Listener for UnixListener {
         self.max_frame_size = bytes;
     }
 
+    fn set_http(&mut self, on: bool) {
+        self.http = on;
+    }
+
     type Transport = UnixTransport;
 
     async fn accept(&mut self) -> Option<io::Result<UnixTransport>> {
         Some(self.inner.accept().await.map(|(stream, _)| {
             tune(&stream);
-            Framed::new(stream).with_max_frame_size(self.max_frame_size)
+            Framed::new(stream)
+                .with_max_frame_size(self.max_frame_size)
+                .with_http(self.http)
         }))
     }
 }

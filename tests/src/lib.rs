@@ -27,6 +27,16 @@ pub struct Discovery;
 #[doc = include_str!("../../docs/etcd.md")]
 pub struct Etcd;
 
+/// The Rust blocks of `docs/http.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/http.md")]
+pub struct Http;
+
+/// The Rust blocks of `docs/schema.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/schema.md")]
+pub struct Schema;
+
 /// The Rust blocks of `docs/observability.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/observability.md")]

@@ -421,3 +421,36 @@ fn check_file_records_then_checks() {
     assert!(text.contains("RPC_SCHEMA_UPDATE=1"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_on_every_transport() {
+    use rpc_core::reflection::ReflectionClient;
+    for kind in KINDS {
+        let mut harness = Harness::start(kind, v2_server()).await;
+        let reflection = ReflectionClient::new(harness.connect().await);
+        assert_eq!(
+            guard(reflection.services()).await.unwrap(),
+            ["Shop", "rpc.Health", "rpc.Reflection"]
+        );
+        let shop = guard(reflection.describe("Shop".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shop, *v2::ShopClient::schema());
+        assert_eq!(
+            guard(reflection.describe("Nope".into())).await.unwrap(),
+            None
+        );
+        let own = guard(reflection.describe("rpc.Reflection".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let describe = own.method("describe").unwrap();
+        assert!(describe.idempotent);
+        assert!(
+            describe.result.schema.is_some(),
+            "{:?}",
+            describe.result.untraced
+        );
+    }
+}

@@ -1,22 +1,51 @@
-//! A Greeter server in its own process; pair it with the `client` example.
+//! A Greeter server in its own process; pair it with the `client` example, or call it with
+//! curl: it also serves JSON over HTTP on the same port.
 //!
 //! ```text
 //! cargo run -p rpc-examples --bin server -- 127.0.0.1:4000      # TCP
 //! cargo run -p rpc-examples --bin server -- /tmp/greeter.sock   # Unix socket
+//! cargo run -p rpc-examples --bin server -- 127.0.0.1:4000 --token s3cret
+//! curl -d '{"name": "Ada"}' http://127.0.0.1:4000/Greeter/hello
 //! ```
 //!
-//! It stops on Ctrl-C, letting calls in progress finish.
+//! With `--token T`, every call must carry the metadata (over HTTP: the header)
+//! `authorization: Bearer T`. It stops on Ctrl-C, letting calls in progress finish.
 
-use rpc_core::Server;
+use rpc_core::{CallInfo, RpcError, Server};
 use rpc_examples::{GreeterServer, Greetings};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Some(address) = std::env::args().nth(1) else {
-        eprintln!("usage: server <host:port | socket path>");
+    let mut args = std::env::args().skip(1);
+    let Some(address) = args.next() else {
+        eprintln!("usage: server <host:port | socket path> [--token TOKEN]");
         std::process::exit(2);
     };
-    let server = Server::new().add_service(GreeterServer::new(Greetings::default()));
+    let token = match (args.next().as_deref(), args.next()) {
+        (Some("--token"), Some(token)) => Some(token),
+        (None, _) => None,
+        _ => {
+            eprintln!("usage: server <host:port | socket path> [--token TOKEN]");
+            std::process::exit(2);
+        }
+    };
+    let mut server = Server::new()
+        .http(true)
+        .add_service(GreeterServer::new(Greetings::default()));
+    if let Some(token) = token {
+        let expected = format!("Bearer {token}");
+        server = server.authorize(move |call: &CallInfo<'_>| {
+            match call.metadata().get_str("authorization") {
+                Some(value) if value == expected => Ok(()),
+                Some(_) => Err(RpcError::permission_denied(
+                    "this token may not call the greeter",
+                )),
+                None => Err(RpcError::unauthenticated(
+                    "send `authorization: Bearer <token>`",
+                )),
+            }
+        });
+    }
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

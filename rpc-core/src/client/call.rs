@@ -124,6 +124,27 @@ impl<R> Call<R> {
                 codec::encode_value(args, builder.body_mut()).map(|()| builder)
             }
         });
+        Call::assemble(client, method, frame, decode)
+    }
+
+    /// A call whose request body is already encoded (the JSON gateway's).
+    pub(crate) fn from_body(
+        client: Client,
+        method: u32,
+        body: &[u8],
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> Call<R> {
+        let mut builder = FrameBuilder::new();
+        builder.body_mut().extend_from_slice(body);
+        Call::assemble(client, method, Ok(builder), decode)
+    }
+
+    fn assemble(
+        client: Client,
+        method: u32,
+        frame: Result<FrameBuilder, RpcError>,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> Call<R> {
         Call {
             client,
             method,

@@ -13,7 +13,7 @@ mod call;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 pub use builder::ClientBuilder;
@@ -129,6 +129,25 @@ impl Client {
         A: Serialize + ?Sized,
     {
         Call::new(self.clone(), method, args, decode)
+    }
+
+    /// Starts a call whose request body is already encoded; its result is the response body
+    /// as it came.
+    pub(crate) fn call_body(&self, method: u32, body: &[u8]) -> Call<Bytes> {
+        Call::from_body(self.clone(), method, body, |body| {
+            Ok(Bytes::copy_from_slice(body))
+        })
+    }
+
+    /// Like [`call_body`](Client::call_body), for a method returning a stream: its items'
+    /// bodies as they came.
+    pub(crate) fn call_body_streaming(&self, method: u32, body: &[u8]) -> Call<Streaming<Bytes>> {
+        Call::from_body(self.clone(), method, body, no_single_response).with_streams(
+            None,
+            Some(Box::new(|stream| {
+                Streaming::from_remote(stream, |item| Ok(Bytes::copy_from_slice(item)))
+            })),
+        )
     }
 
     /// Starts a call of a method returning `Streaming<O>`. Awaiting the call sends it and

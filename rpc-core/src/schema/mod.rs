@@ -55,6 +55,7 @@
 
 mod compat;
 mod file;
+pub mod json;
 mod render;
 mod trace;
 

@@ -5,6 +5,8 @@ mod call;
 mod connection;
 mod dispatch;
 mod handshake;
+#[cfg(feature = "http")]
+mod http;
 mod service;
 mod stats;
 
@@ -52,6 +54,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_buffered_bytes: usize,
     pub(crate) max_buffered_stream_bytes: usize,
     pub(crate) keepalive: Option<Keepalive>,
+    /// Serve HTTP connections with the JSON gateway.
+    pub(crate) http: bool,
 }
 
 /// A server: the services it hosts and its limits. Build it, then run one of
@@ -143,6 +147,7 @@ impl Server {
                     Duration::from_secs(60),
                     Duration::from_secs(20),
                 )),
+                http: false,
             },
             stats: ServerStats::default(),
             health: HealthReporter::default(),
@@ -192,6 +197,20 @@ impl Server {
     /// finish after the signal (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Server {
         self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Also serves JSON over HTTP/1.1 on the same listeners (default off; needs the `http`
+    /// feature). A connection whose first bytes are an HTTP request is served by the HTTP
+    /// gateway instead of being refused: `POST /<service>/<method>` with a JSON object of
+    /// the arguments by name calls the method; `GET /` lists the services and
+    /// `GET /<service>` gives one's [schema](crate::schema). Calls take the path binary
+    /// calls take (the `Authorize` hook, limits, deadlines, shutdown): headers become
+    /// metadata, and `rpc-timeout-ms` sets the deadline. See `docs/http.md` for statuses
+    /// and bodies. The in-process transport carries no HTTP.
+    #[cfg(feature = "http")]
+    pub fn http(mut self, on: bool) -> Server {
+        self.config.http = on;
         self
     }
 
@@ -285,6 +304,9 @@ impl Server {
     {
         let shared = Arc::new(self.into_shared());
         listener.set_max_frame_size(shared.config.max_frame_size);
+        if shared.config.http {
+            listener.set_http(true);
+        }
         async move {
             let shutdown = shared.shutdown.clone();
             let mut connections = JoinSet::new();
@@ -510,6 +532,15 @@ async fn serve_transport<T: Transport>(
             .await;
         }
         Ok(Some(Err(err))) => {
+            let err = match crate::transport::HttpConnection::take(err) {
+                #[cfg(feature = "http")]
+                Ok((io, buffered)) => {
+                    return http::serve(shared, io, buffered, shutdown, peer).await;
+                }
+                #[cfg(not(feature = "http"))]
+                Ok(_) => io::Error::other("an HTTP connection, and this server has no gateway"),
+                Err(err) => err,
+            };
             log::failed_before_hello(&err);
             return Err(err);
         }

@@ -121,6 +121,16 @@ fn bad_identity(whose: &str, err: rustls::Error) -> io::Error {
     ))
 }
 
+/// What a server offers in ALPN: this protocol, and HTTP/1.1 for the HTTP gateway (a
+/// client offering only HTTP gets `http/1.1`; the server serves it if the gateway is on,
+/// else refuses the connection as another protocol).
+fn server_alpn() -> Vec<Vec<u8>> {
+    vec![ALPN_PROTOCOL.to_vec(), HTTP_ALPN.to_vec()]
+}
+
+/// HTTP/1.1's ALPN protocol id.
+const HTTP_ALPN: &[u8] = b"http/1.1";
+
 /// A server configuration presenting `cert_chain` (PEM or DER: the server's certificate
 /// first, then any intermediates) with its private `key`; clients need no certificate.
 ///
@@ -140,7 +150,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certificates(cert_chain)?, private_key(key)?)
         .map_err(|err| bad_identity("server's", err))?;
-    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    config.alpn_protocols = server_alpn();
     Ok(config)
 }
 
@@ -170,7 +180,7 @@ pub fn server_config_mtls(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certificates(cert_chain)?, private_key(key)?)
         .map_err(|err| bad_identity("server's", err))?;
-    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    config.alpn_protocols = server_alpn();
     Ok(config)
 }
 

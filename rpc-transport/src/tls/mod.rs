@@ -324,6 +324,7 @@ pub async fn bind(
         acceptor: tokio_rustls::TlsAcceptor::from(config.into()),
         handshakes: JoinSet::new(),
         max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        http: false,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         max_handshakes: DEFAULT_MAX_HANDSHAKES,
     })
@@ -341,6 +342,8 @@ pub struct TlsListener {
     acceptor: tokio_rustls::TlsAcceptor,
     handshakes: JoinSet<Option<TlsStream>>,
     max_frame_size: usize,
+    /// Hand HTTP connections back to the server (`set_http`).
+    http: bool,
     handshake_timeout: Duration,
     max_handshakes: usize,
 }
@@ -441,6 +444,10 @@ impl rpc_core::Listener for TlsListener {
         self.max_frame_size = bytes;
     }
 
+    fn set_http(&mut self, on: bool) {
+        self.http = on;
+    }
+
     fn peer(&self, transport: &TlsTransport) -> rpc_core::Peer {
         let stream = transport.get_ref();
         let mut peer = rpc_core::Peer::new();
@@ -462,7 +469,9 @@ impl rpc_core::Listener for TlsListener {
                 biased;
                 Some(done) = self.handshakes.join_next() => match done {
                     Ok(Some(stream)) => {
-                        let transport = Framed::new(stream).with_max_frame_size(self.max_frame_size);
+                        let transport = Framed::new(stream)
+                            .with_max_frame_size(self.max_frame_size)
+                            .with_http(self.http);
                         return Some(Ok(transport));
                     }
                     Ok(None) => {}
