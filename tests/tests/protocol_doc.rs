@@ -151,6 +151,70 @@ async fn the_unary_dump_is_a_real_connection() {
     assert!(served.is_ok(), "the server failed: {served:?}");
 }
 
+/// The other direction: today's client, which sends its schema, against the server of the
+/// first release of version 1, played from the frames recorded from it (the unary dump).
+/// That server read the `Hello` as it reads any, so the client's `Hello` must still be one
+/// to it: the same method table, then one entry more, which it took for a method it lacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_schema_talks_to_a_server_of_the_first_release() {
+    let dump = Dump::parse("unary");
+    let (client_io, mut server_side) = tokio::io::duplex(1 << 16);
+    let client = tokio::spawn(async move {
+        let client = CalculatorClient::new(framed(client_io));
+        let sum = client.add(1, 2).timeout(Duration::from_secs(30)).await;
+        drop(client);
+        sum
+    });
+    let mut hello_seen = false;
+    for line in &dump.lines {
+        match line {
+            Line::Frame {
+                side: Some(Side::Client),
+                bytes,
+                ..
+            } => {
+                let got = guard("a frame from the client", read_frame(&mut server_side))
+                    .await
+                    .expect("read")
+                    .expect("a frame, not the end");
+                if hello_seen {
+                    assert_eq!(
+                        got, *bytes,
+                        "after the Hello, the frames are the recorded ones"
+                    );
+                    continue;
+                }
+                hello_seen = true;
+                let (
+                    Ok(WireMessage::Hello { methods: sent, .. }),
+                    Ok(WireMessage::Hello {
+                        methods: recorded, ..
+                    }),
+                ) = (__fuzz::decode(&got[4..]), __fuzz::decode(&bytes[4..]))
+                else {
+                    panic!("the client's first frame is not a version 1 Hello");
+                };
+                assert_eq!(
+                    sent[..recorded.len()],
+                    recorded[..],
+                    "the recorded method table, as it was"
+                );
+                assert_eq!(sent.len(), recorded.len() + 1, "one entry more: the schema");
+                assert!(sent[recorded.len()].0.starts_with("rpc.schema:"));
+            }
+            Line::Frame { bytes, .. } => server_side.write_all(bytes).await.expect("write"),
+            Line::End {
+                side: Side::Client, ..
+            } => {
+                let end = guard("the client's end", read_frame(&mut server_side)).await;
+                assert!(matches!(end, Ok(None)), "{end:?}");
+            }
+            Line::End { .. } => server_side.shutdown().await.expect("close"),
+        }
+    }
+    assert_eq!(guard("the call", client).await.unwrap(), Ok(3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_dump_is_a_real_connection() {
     assert_untraced();
