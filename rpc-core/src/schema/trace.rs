@@ -386,15 +386,9 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
-        let len = usize::from(self.state.cut == 0);
-        let mut items = vec![unknown(); len];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        })?;
+        let (value, mut items) = elements(self.state, usize::from(self.state.cut == 0), visitor);
         *self.out = Type::Seq(Box::new(items.pop().unwrap_or_else(unknown)));
-        Ok(value)
+        value
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -402,14 +396,9 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = vec![unknown(); len];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        })?;
+        let (value, items) = elements(self.state, len, visitor);
         *self.out = Type::Tuple(items);
-        Ok(value)
+        value
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
@@ -462,12 +451,7 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     ) -> Result<V::Value, TraceError> {
         let key = self.state.key(std::any::type_name::<V::Value>(), name);
         let recursive = self.state.enter(&key)?;
-        let mut items = vec![unknown(); len];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        });
+        let (value, items) = elements(self.state, len, visitor);
         self.state.leave(recursive);
         self.state.record_struct(key.clone(), Fields::Tuple(items));
         *self.out = Type::Named(key);
@@ -482,22 +466,10 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     ) -> Result<V::Value, TraceError> {
         let key = self.state.key(std::any::type_name::<V::Value>(), name);
         let recursive = self.state.enter(&key)?;
-        let mut items = vec![unknown(); fields.len()];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        });
+        let (value, items) = elements(self.state, fields.len(), visitor);
         self.state.leave(recursive);
-        let named = fields
-            .iter()
-            .zip(items)
-            .map(|(name, ty)| Field {
-                name: (*name).to_owned(),
-                ty,
-            })
-            .collect();
-        self.state.record_struct(key.clone(), Fields::Named(named));
+        self.state
+            .record_struct(key.clone(), Fields::Named(named(fields, items)));
         *self.out = Type::Named(key);
         value
     }
@@ -533,6 +505,33 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     fn is_human_readable(&self) -> bool {
         false
     }
+}
+
+/// Has `visitor` read `len` elements, each traced: the value and the elements' types.
+fn elements<'de, V: Visitor<'de>>(
+    state: &mut State,
+    len: usize,
+    visitor: V,
+) -> (Result<V::Value, TraceError>, Vec<Type>) {
+    let mut items = vec![unknown(); len];
+    let value = visitor.visit_seq(Elements {
+        state,
+        out: &mut items,
+        next: 0,
+    });
+    (value, items)
+}
+
+/// Named fields from their names and traced types.
+fn named(fields: &[&str], types: Vec<Type>) -> Vec<Field> {
+    fields
+        .iter()
+        .zip(types)
+        .map(|(name, ty)| Field {
+            name: (*name).to_owned(),
+            ty,
+        })
+        .collect()
 }
 
 /// The elements of a sequence, tuple or struct, each traced into its slot of `out`.
@@ -648,14 +647,9 @@ impl<'de> de::VariantAccess<'de> for Choice<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = vec![unknown(); len];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        })?;
+        let (value, items) = elements(self.state, len, visitor);
         *self.out = Fields::Tuple(items);
-        Ok(value)
+        value
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -663,23 +657,9 @@ impl<'de> de::VariantAccess<'de> for Choice<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = vec![unknown(); fields.len()];
-        let value = visitor.visit_seq(Elements {
-            state: self.state,
-            out: &mut items,
-            next: 0,
-        })?;
-        *self.out = Fields::Named(
-            fields
-                .iter()
-                .zip(items)
-                .map(|(name, ty)| Field {
-                    name: (*name).to_owned(),
-                    ty,
-                })
-                .collect(),
-        );
-        Ok(value)
+        let (value, items) = elements(self.state, fields.len(), visitor);
+        *self.out = Fields::Named(named(fields, items));
+        value
     }
 }
 
