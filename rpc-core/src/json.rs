@@ -128,6 +128,7 @@ impl JsonClient {
 
     /// A client over `client`, whose service `schema` describes: the methods are found by
     /// their position in the schema, which must be the client's method table's order.
+    #[cfg(feature = "http")]
     pub(crate) fn over(client: Client, schema: Arc<ServiceSchema>) -> JsonClient {
         JsonClient { client, schema }
     }

@@ -85,7 +85,7 @@ mod waker;
 
 pub use client::{Call, CallFuture, Client, ClientBuilder};
 pub use connect::Connect;
-pub use connection::DEFAULT_MAX_FRAME_SIZE;
+pub use connection::{DEFAULT_MAX_FRAME_SIZE, MIN_HELLO_LIMIT};
 pub use descriptor::{MethodInfo, ServiceDescriptor};
 pub use error::{ErrorKind, RpcError};
 pub use keepalive::Keepalive;

@@ -76,6 +76,9 @@ pub struct Framed<IO> {
     queued: usize,
     /// No frame has been received yet: the first bytes are checked for a TLS record.
     first: bool,
+    /// No frame has been taken yet: the next one is the `Hello`, allowed up to
+    /// `rpc_core::MIN_HELLO_LIMIT` even when the maximum frame size is smaller.
+    hello: bool,
     /// The peer sent something that is no frame: what it sends from then on is read and
     /// dropped, until it closes.
     poisoned: bool,
@@ -98,6 +101,7 @@ where
             staging: BytesMut::new(),
             queued: 0,
             first: true,
+            hello: true,
             poisoned: false,
         }
     }
@@ -197,10 +201,17 @@ where
                 }
             }
         }
-        if len > self.max_frame_size {
+        // The first frame is a client's `Hello`, which carries its schema: a server set to
+        // small frames still takes one of a service with many methods.
+        let limit = if self.hello {
+            self.max_frame_size.max(rpc_core::MIN_HELLO_LIMIT)
+        } else {
+            self.max_frame_size
+        };
+        if len > limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                oversized_message(len, self.max_frame_size, &self.read_buf),
+                oversized_message(len, limit, &self.read_buf),
             ));
         }
         if self.read_buf.len() < 4 + len {
@@ -209,6 +220,7 @@ where
             return Ok(None);
         }
         self.first = false;
+        self.hello = false;
         self.read_buf.advance(4);
         let frame = self.read_buf.split_to(len).freeze();
         if self.read_buf.is_empty() && self.read_buf.capacity() > READ_CHUNK {

@@ -454,3 +454,31 @@ async fn reflection_answers_on_every_transport() {
         );
     }
 }
+
+/// A server set to frames smaller than a client's `Hello` (which carries the schema) still
+/// reads that `Hello`: the first frame may be up to `MIN_HELLO_LIMIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_small_frames_reads_a_large_hello() {
+    let hello_json = v2::ShopClient::schema().to_json();
+    assert!(
+        hello_json.len() > 1024,
+        "the schema is {} bytes",
+        hello_json.len()
+    );
+    for kind in KINDS {
+        let server = Server::new()
+            .max_frame_size(1024)
+            .add_service(v2::ShopServer::new(v2::Impl));
+        let mut harness = Harness::start(kind, server).await;
+        let client = v2::ShopClient::new(harness.connect().await);
+        assert_eq!(guard(client.ping()).await.unwrap(), 2);
+        // Later frames are held to the limit.
+        let big = v2::Order {
+            id: 1,
+            qty: 1,
+            note: "x".repeat(2000),
+        };
+        let err = guard(client.place(big)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    }
+}

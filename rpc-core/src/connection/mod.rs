@@ -30,6 +30,11 @@ use crate::transport::Transport;
 /// The default limit on the size of one frame, sent or received: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 << 20;
 
+/// The least a connection's first frame (the client's `Hello`, which carries its schema)
+/// may be, whatever the maximum frame size: a server set to small frames still reads the
+/// `Hello` of a service with many methods.
+pub const MIN_HELLO_LIMIT: usize = 256 << 10;
+
 /// What every connection of a client is opened with.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionOptions {

@@ -178,6 +178,8 @@ impl Server {
     }
 
     /// The largest frame accepted from a client or sent to it, in bytes (default 8 MiB).
+    /// A connection's first frame, the client's `Hello` with its schema, may be up to
+    /// [`MIN_HELLO_LIMIT`](crate::MIN_HELLO_LIMIT) even when this is smaller.
     ///
     /// A larger request closes its connection with a `Protocol` error; a larger response
     /// fails that call with `Protocol`.
@@ -546,11 +548,11 @@ async fn serve_transport<T: Transport>(
         }
         Ok(Some(Ok(frame))) => frame,
     };
-    if frame.len() > shared.config.max_frame_size {
+    let hello_limit = shared.config.max_frame_size.max(crate::MIN_HELLO_LIMIT);
+    if frame.len() > hello_limit {
         let why = format!(
-            "the Hello is {} bytes, more than this server's limit of {} bytes",
+            "the Hello is {} bytes, more than this server's limit of {hello_limit} bytes",
             frame.len(),
-            shared.config.max_frame_size
         );
         return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
     }
