@@ -144,6 +144,14 @@ impl ServiceDescriptor {
         self.schema.map(|make| make().schema())
     }
 
+    /// The schema to show for the service (reflection, the HTTP gateway): its own, or for
+    /// a hand-written [`Service`](crate::Service) what the method table says.
+    pub(crate) fn described(&self) -> ServiceSchema {
+        self.schema()
+            .cloned()
+            .unwrap_or_else(|| ServiceSchema::from_descriptor(self))
+    }
+
     pub(crate) fn compiled_schema(&self) -> Option<&'static Compiled> {
         self.schema.map(|make| make())
     }

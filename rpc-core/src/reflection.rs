@@ -70,12 +70,7 @@ pub(crate) struct Hosted {
 impl Hosted {
     /// The schema of the hosted service `name`.
     pub(crate) fn schema(&self, name: &str) -> Option<ServiceSchema> {
-        let desc = self.services.iter().find(|d| d.name == name)?;
-        Some(
-            desc.schema()
-                .cloned()
-                .unwrap_or_else(|| ServiceSchema::from_descriptor(desc)),
-        )
+        Some(self.services.iter().find(|d| d.name == name)?.described())
     }
 }
 

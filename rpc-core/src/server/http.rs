@@ -121,12 +121,7 @@ impl Gateway {
     }
 
     fn schema(&self, service: &str) -> Option<ServiceSchema> {
-        let desc = self.shared.services.get(service)?.descriptor();
-        Some(
-            desc.schema()
-                .cloned()
-                .unwrap_or_else(|| ServiceSchema::from_descriptor(desc)),
-        )
+        Some(self.shared.services.get(service)?.descriptor().described())
     }
 
     async fn call(
@@ -218,10 +213,7 @@ impl Gateway {
         if let Some(client) = clients.get(desc.name) {
             return Some(client.clone());
         }
-        let schema = desc
-            .schema()
-            .cloned()
-            .unwrap_or_else(|| ServiceSchema::from_descriptor(desc));
+        let schema = desc.described();
         let (client_end, server_end) = crate::memory::pair();
         tokio::spawn(serve_transport(
             Arc::clone(&self.shared),
