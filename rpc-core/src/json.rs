@@ -86,8 +86,10 @@ pub struct CallOptions {
 /// Why a JSON call failed.
 #[derive(Debug)]
 pub enum JsonCallError {
-    /// The call cannot be made as asked: no such method, arguments that do not fit its
-    /// types. Nothing was sent.
+    /// The service has no method of that name. Nothing was sent.
+    NoSuchMethod(String),
+    /// The call cannot be made as asked: arguments that do not fit the method's types.
+    /// Nothing was sent.
     BadRequest(String),
     /// The method cannot be called with JSON: it takes a stream, or a type of it could not
     /// be traced. Nothing was sent.
@@ -99,6 +101,7 @@ pub enum JsonCallError {
 impl fmt::Display for JsonCallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            JsonCallError::NoSuchMethod(why) => f.write_str(why),
             JsonCallError::BadRequest(why) => write!(f, "bad request: {why}"),
             JsonCallError::Unsupported(why) => write!(f, "unsupported: {why}"),
             JsonCallError::Rpc(err) => write!(f, "{err}"),
@@ -153,7 +156,7 @@ impl JsonClient {
             .enumerate()
             .find(|(_, m)| m.name == method)
             .ok_or_else(|| {
-                JsonCallError::BadRequest(format!(
+                JsonCallError::NoSuchMethod(format!(
                     "the service `{}` has no method `{method}` (it has: {})",
                     self.schema.name,
                     self.schema

@@ -196,7 +196,7 @@ impl Gateway {
                 );
                 response
             }
-            Err(JsonCallError::BadRequest(why)) if why.contains("has no method") => not_found(why),
+            Err(JsonCallError::NoSuchMethod(why)) => not_found(why),
             Err(JsonCallError::BadRequest(why)) => bad_request(why),
             Err(JsonCallError::Unsupported(why)) => {
                 problem(StatusCode::NOT_IMPLEMENTED, "unsupported", why)
