@@ -179,9 +179,7 @@ pub(crate) const SCHEMA_ENTRY_FINGERPRINT: u64 = crate::descriptor::fnv1a(b"rpc.
 
 /// The client's `Hello` for `desc`: its method table, then its schema if it has one.
 pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
-    let schema = desc
-        .compiled_schema()
-        .map(|schema| format!("{SCHEMA_ENTRY}{}", schema.hello_json()));
+    let schema = desc.compiled_schema();
     Message::Hello {
         magic: MAGIC,
         version: VERSION,
@@ -193,8 +191,8 @@ pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
                 name: m.name,
                 fingerprint: m.fingerprint,
             })
-            .chain(schema.as_deref().map(|name| WireMethod {
-                name,
+            .chain(schema.map(|schema| WireMethod {
+                name: schema.hello_entry(),
                 fingerprint: SCHEMA_ENTRY_FINGERPRINT,
             }))
             .collect(),

@@ -348,7 +348,9 @@ mod hex {
 #[derive(Debug)]
 pub struct Compiled {
     schema: ServiceSchema,
-    hello: String,
+    /// The entry of `Hello`'s method table that carries the schema, made once rather than
+    /// on every connection: `rpc.schema:` and the JSON.
+    hello_entry: String,
 }
 
 impl Compiled {
@@ -360,8 +362,12 @@ impl Compiled {
             method.docs.clear();
         }
         // Strings, numbers, lists and maps with string keys: serializing cannot fail.
-        let hello = serde_json::to_string(&bare).unwrap_or_default();
-        Compiled { schema, hello }
+        let json = serde_json::to_string(&bare).unwrap_or_default();
+        let hello_entry = format!("{}{json}", crate::protocol::SCHEMA_ENTRY);
+        Compiled {
+            schema,
+            hello_entry,
+        }
     }
 
     /// The schema.
@@ -371,7 +377,12 @@ impl Compiled {
 
     /// The schema as the client's `Hello` carries it: JSON without the docs.
     pub(crate) fn hello_json(&self) -> &str {
-        &self.hello
+        &self.hello_entry[crate::protocol::SCHEMA_ENTRY.len()..]
+    }
+
+    /// The name of the `Hello` entry that carries the schema.
+    pub(crate) fn hello_entry(&self) -> &str {
+        &self.hello_entry
     }
 }
 
