@@ -178,9 +178,7 @@ impl JsonClient {
             .map_err(|err| JsonCallError::BadRequest(err.to_string()))?;
         let index = index as u32;
         if schema.result.streaming {
-            let mut call = self.client.call_body_streaming(index, &body);
-            call = apply(call, options);
-            let stream = call.await?;
+            let stream = apply(self.client.call_body_streaming(index, &body), options).await?;
             return Ok(JsonReply::Stream(JsonStream {
                 inner: stream,
                 schema: Arc::clone(&self.schema),
