@@ -303,6 +303,21 @@ fn trace_in(metadata: &Metadata) -> Option<TraceContext> {
 
 /// Runs `f` with `context` as the current one, restoring the previous one after (also if
 /// `f` panics); `context` gets back what `f` left current (normally itself).
+/// Replaces the metadata of the context being polled: middleware passing pairs on to the
+/// handler they wrap.
+pub(crate) fn set_metadata(metadata: Metadata) {
+    if !ACTIVE.with(Cell::get) {
+        return;
+    }
+    CURRENT.with(|current| {
+        let mut context = current.take();
+        if let Some(context) = &mut context {
+            context.metadata = metadata;
+        }
+        current.set(context);
+    });
+}
+
 #[inline]
 pub(crate) fn enter<R>(context: &mut Option<CallContext>, f: impl FnOnce() -> R) -> R {
     if context.is_none() && !ACTIVE.with(Cell::get) {

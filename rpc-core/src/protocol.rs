@@ -358,6 +358,11 @@ impl FrameBuilder {
         self.buf.len() - HEADROOM
     }
 
+    /// The body written so far.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.buf[HEADROOM..]
+    }
+
     /// Finishes a `Request` frame (without metadata).
     pub(crate) fn finish_request(self, id: u64, method: u32, timeout: Option<Duration>) -> Bytes {
         let mut head = Head::new();

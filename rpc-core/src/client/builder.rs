@@ -15,6 +15,7 @@ use crate::connect::Connect;
 use crate::connection::ConnectionOptions;
 use crate::descriptor::ServiceDescriptor;
 use crate::keepalive::Keepalive;
+use crate::middleware::{ClientCall, Layers, Middleware, Scope};
 use crate::transport::Transport;
 
 /// Builds a client with options; generated clients start one with `FooClient::builder()`.
@@ -71,6 +72,7 @@ pub struct ClientBuilder<C> {
     wait_for_ready: bool,
     accrual: FailureAccrual,
     options: ConnectionOptions,
+    layers: Layers<ClientCall>,
 }
 
 impl<C> fmt::Debug for ClientBuilder<C> {
@@ -123,6 +125,7 @@ impl<C> ClientBuilder<C> {
                 )),
                 ..ConnectionOptions::default()
             },
+            layers: Layers::default(),
         }
     }
 
@@ -205,9 +208,19 @@ impl<C> ClientBuilder<C> {
         self
     }
 
+    /// Adds a [`Middleware`] every call of the client runs through, after those added
+    /// before (see [`Client::layer`] and [`middleware`](crate::middleware)). Installed
+    /// around a balancing client, it sees each call once, whatever the retries, hedges and
+    /// endpoints below it: the place for a fallback answer when every endpoint is down.
+    pub fn layer(mut self, middleware: impl Middleware<ClientCall>) -> ClientBuilder<C> {
+        self.layers.push(Scope::All, middleware);
+        self
+    }
+
     /// One connection over `transport`, not remade when lost.
     pub fn transport<T: Transport>(self, transport: T) -> C {
-        (self.wrap)(Client::with_options(transport, self.desc, &self.options))
+        let client = Client::with_options(transport, self.desc, &self.options);
+        (self.wrap)(client.with_layers(self.layers))
     }
 
     /// One endpoint, reconnected whenever its connection is lost.
@@ -217,11 +230,11 @@ impl<C> ClientBuilder<C> {
 
     /// A fixed set of endpoints.
     pub fn balance<K: Connect>(self, endpoints: impl IntoIterator<Item = Endpoint<K>>) -> C {
-        let (pool, wrap) = self.into_pool();
+        let (pool, wrap, layers) = self.into_pool();
         for endpoint in endpoints {
             pool.insert(endpoint);
         }
-        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
+        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))).with_layers(layers))
     }
 
     /// Endpoints that come and go, from a discovery source: a stream of [`Change`](crate::balance::Change)s (a
@@ -255,12 +268,12 @@ impl<C> ClientBuilder<C> {
     /// # Ok(()) }
     /// ```
     pub fn discover(self, source: impl Discover) -> C {
-        let (pool, wrap) = self.into_pool();
+        let (pool, wrap, layers) = self.into_pool();
         pool.follow(source.into_changes());
-        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))))
+        wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))).with_layers(layers))
     }
 
-    fn into_pool(self) -> (Arc<Pool>, fn(Client) -> C) {
+    fn into_pool(self) -> (Arc<Pool>, fn(Client) -> C, Layers<ClientCall>) {
         let config = PoolConfig {
             strategy: self.strategy,
             retry_budget: self.retry_budget,
@@ -272,6 +285,6 @@ impl<C> ClientBuilder<C> {
             accrual: self.accrual,
             options: self.options,
         };
-        (Arc::new(Pool::new(self.desc, config)), self.wrap)
+        (Arc::new(Pool::new(self.desc, config)), self.wrap, self.layers)
     }
 }

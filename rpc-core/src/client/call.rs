@@ -12,7 +12,7 @@ use bytes::Bytes;
 use pin_project::pin_project;
 use serde::Serialize;
 
-use super::{Client, Inner};
+use super::{Client, ClientLayers, Inner};
 use crate::balance::{self, ManagedCall, Reply};
 use crate::boxed::BoxFuture;
 use crate::codec;
@@ -20,6 +20,8 @@ use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
 use crate::context::Metadata;
 use crate::deadline::{effective_timeout, Deadline};
 use crate::error::RpcError;
+use crate::middleware::reply::{self, Reply as Answer};
+use crate::middleware::ClientCall as Intercepted;
 use crate::observe::ClientCall;
 use crate::protocol::FrameBuilder;
 use crate::streaming::{ItemSource, RemoteStream};
@@ -232,6 +234,12 @@ enum State<R> {
         /// every call's future must stay small).
         output: Option<Box<(OutputMaker<R>, Option<Instant>)>>,
     },
+    /// Run through the client's middleware, which send it (or not) on the bare client.
+    Layered {
+        future: BoxFuture<Result<Answer, RpcError>>,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+        output: Option<OutputMaker<R>>,
+    },
     Finished,
 }
 
@@ -260,12 +268,17 @@ impl<R> Future for CallFuture<R> {
             if timeout.is_some() {
                 this.deadline.as_mut().set(timeout);
             }
-            let ready = match &call.client.inner {
-                Inner::Connection(handle) => {
+            let ready = match (&call.client.layers, &call.client.inner) {
+                (Some(layers), _) => {
+                    let layers = Arc::clone(layers);
+                    start_layered(&layers, call, timeout, &mut this)?;
+                    None
+                }
+                (None, Inner::Connection(handle)) => {
                     let handle = Arc::clone(handle);
                     start_on(handle, call, timeout, &mut this, cx)?
                 }
-                Inner::Pool(pool) => {
+                (None, Inner::Pool(pool)) => {
                     let pool = Arc::clone(pool);
                     start_managed(pool, call, timeout, &mut this)?;
                     None
@@ -309,6 +322,37 @@ impl<R> Future for CallFuture<R> {
                 Poll::Ready(Err(err)) => (Err(err), *decode),
                 Poll::Pending => match this.deadline.poll_expired(cx) {
                     // Dropping the pool's future (below) cancels the attempt in progress.
+                    Poll::Ready(err) => (Err(err), *decode),
+                    Poll::Pending => return Poll::Pending,
+                },
+            },
+            State::Layered {
+                future,
+                decode,
+                output,
+            } => match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(Answer(reply::Kind::Body(body)))) => (Ok(body), *decode),
+                Poll::Ready(Ok(Answer(reply::Kind::Stream(stream)))) => {
+                    // The stream's deadline and observation are the inner call's.
+                    let result = match output.take() {
+                        Some(make) => Ok(make(stream)),
+                        None => Err(RpcError::protocol(
+                            "the server answered a call with a stream it does not return",
+                        )),
+                    };
+                    *this.state = State::Finished;
+                    return Poll::Ready(result);
+                }
+                Poll::Ready(Ok(Answer(reply::Kind::Value(_)))) => {
+                    let err = RpcError::new(
+                        crate::ErrorKind::Internal,
+                        "a client middleware passed back a server-side result",
+                    );
+                    (Err(err), *decode)
+                }
+                Poll::Ready(Err(err)) => (Err(err), *decode),
+                Poll::Pending => match this.deadline.poll_expired(cx) {
+                    // Dropping the chain (below) cancels the call in progress.
                     Poll::Ready(err) => (Err(err), *decode),
                     Poll::Pending => return Poll::Pending,
                 },
@@ -429,10 +473,91 @@ impl<R> fmt::Debug for CallFuture<R> {
             State::Unsent(_) => "unsent",
             State::Waiting { .. } => "waiting",
             State::Managed { .. } => "managed",
+            State::Layered { .. } => "layered",
             State::Finished => "finished",
         };
         f.debug_struct("CallFuture")
             .field("state", &state)
             .finish_non_exhaustive()
     }
+}
+
+/// What the end of a client's middleware stack gets from the server: a response body or a
+/// stream.
+enum Raw {
+    Body(Bytes),
+    Stream(RemoteStream),
+}
+
+fn raw_body(body: &[u8]) -> Result<Raw, RpcError> {
+    Ok(Raw::Body(Bytes::copy_from_slice(body)))
+}
+
+/// Runs `call` through the client's middleware; the end of the chain sends it as a call of
+/// the same client without middleware.
+fn start_layered<R>(
+    layers: &ClientLayers,
+    call: Call<R>,
+    timeout: Option<Duration>,
+    this: &mut CallFutureProjection<'_, R>,
+) -> Result<(), RpcError> {
+    let Call {
+        client,
+        method,
+        frame,
+        decode,
+        metadata,
+        key,
+        streams,
+        ..
+    } = call;
+    let builder = frame?;
+    let desc = client.service();
+    let Some(info) = desc.methods.get(method as usize) else {
+        return Err(RpcError::new(
+            crate::ErrorKind::Internal,
+            format!("`{}` has no method {method}", desc.name),
+        ));
+    };
+    let (input, output) = match streams {
+        Some(streams) => (streams.input, streams.output),
+        None => (None, None),
+    };
+    let returns_stream = output.is_some();
+    let request = Intercepted {
+        service: desc,
+        method: info,
+        metadata,
+        deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
+        body: Bytes::copy_from_slice(builder.body()),
+    };
+    let bare = client.bare();
+    let future = layers.stack.run(
+        request,
+        Box::new(move |request: Intercepted| -> BoxFuture<Result<Answer, RpcError>> {
+            let mut sent = Call::assemble(bare, method, Ok(builder), raw_body);
+            sent.timeout = request.remaining();
+            // The deadline was settled before the middleware ran.
+            sent.inherit_deadline = false;
+            sent.metadata = request.metadata;
+            sent.key = key;
+            if input.is_some() || returns_stream {
+                let output: Option<OutputMaker<Raw>> =
+                    returns_stream.then(|| Box::new(Raw::Stream) as OutputMaker<Raw>);
+                sent = sent.with_streams(input, output);
+            }
+            Box::pin(async move {
+                Ok(match sent.await? {
+                    Raw::Body(body) => Answer::from_body(body),
+                    Raw::Stream(stream) => Answer(reply::Kind::Stream(stream)),
+                })
+            })
+        }),
+    );
+    *this.state = State::Layered {
+        future,
+        decode,
+        output,
+    };
+    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::balance::PoolHandle;
 use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::middleware::{ClientCall, Layers, Middleware, Scope, Stack};
 use crate::streaming::Streaming;
 use crate::transport::Transport;
 
@@ -58,6 +59,14 @@ fn no_single_response<R>(_: &[u8]) -> Result<R, RpcError> {
 #[derive(Clone)]
 pub struct Client {
     inner: Inner,
+    /// The client's middleware, if it has any (`None` keeps calls on the plain path).
+    layers: Option<Arc<ClientLayers>>,
+}
+
+/// A client's middleware: as configured, and the stack its calls run through.
+pub(crate) struct ClientLayers {
+    configured: Layers<ClientCall>,
+    stack: Stack<ClientCall>,
 }
 
 #[derive(Clone)]
@@ -85,12 +94,14 @@ impl Client {
     ) -> Client {
         Client {
             inner: Inner::Connection(Handle::open(transport, desc, options)),
+            layers: None,
         }
     }
 
     pub(crate) fn from_pool(pool: Arc<PoolHandle>) -> Client {
         Client {
             inner: Inner::Pool(pool),
+            layers: None,
         }
     }
 
@@ -98,6 +109,82 @@ impl Client {
     /// keepalive); generated clients have `FooClient::builder()`.
     pub fn builder(desc: &'static ServiceDescriptor) -> ClientBuilder<Client> {
         ClientBuilder::new(desc, std::convert::identity)
+    }
+
+    /// Adds a [`Middleware`] every call of this client (and of its clones made from now
+    /// on) runs through, after those added before; see [`middleware`](crate::middleware).
+    ///
+    /// ```
+    /// use rpc_core::middleware::{from_fn, ClientCall, Next};
+    /// use rpc_core::{Client, ServiceDescriptor};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # const DESC: ServiceDescriptor = ServiceDescriptor::new("Nothing", &[]);
+    /// # let (client_end, _server_end) = rpc_transport::memory::pair();
+    /// // Every call carries the tenant's name.
+    /// let client = Client::new(client_end, &DESC).layer(from_fn(
+    ///     |mut call: ClientCall, next: Next<ClientCall>| {
+    ///         call.metadata_mut().insert("tenant", "acme");
+    ///         next.run(call)
+    ///     },
+    /// ));
+    /// # let _ = client;
+    /// # }
+    /// ```
+    pub fn layer(self, middleware: impl Middleware<ClientCall>) -> Client {
+        self.layer_scoped(Scope::All, middleware)
+    }
+
+    /// Adds a [`Middleware`] that only the calls of the method named `method` run through.
+    ///
+    /// # Panics
+    /// If the service has no method of that name: a typo would otherwise leave the method
+    /// without its policy.
+    pub fn layer_for_method(self, method: &str, middleware: impl Middleware<ClientCall>) -> Client {
+        let desc = self.service();
+        let Some(info) = desc.methods.iter().find(|m| m.name == method) else {
+            let names: Vec<&str> = desc.methods.iter().map(|m| m.name).collect();
+            panic!(
+                "Client::layer_for_method: `{}` has no method `{method}`; its methods are {}",
+                desc.name,
+                names.join(", ")
+            );
+        };
+        self.layer_scoped(Scope::Method(desc.name, info.name), middleware)
+    }
+
+    pub(crate) fn layer_scoped(
+        mut self,
+        scope: Scope,
+        middleware: impl Middleware<ClientCall>,
+    ) -> Client {
+        let mut configured = self
+            .layers
+            .take()
+            .map(|layers| layers.configured.clone())
+            .unwrap_or_default();
+        configured.push(scope, middleware);
+        self.with_layers(configured)
+    }
+
+    /// The client with `layers` as its middleware (replacing any it had).
+    pub(crate) fn with_layers(mut self, layers: Layers<ClientCall>) -> Client {
+        self.layers = layers
+            .for_service(self.service().name)
+            .map(|stack| Arc::new(ClientLayers {
+                configured: layers,
+                stack,
+            }));
+        self
+    }
+
+    /// The same client without its middleware: what the end of its stack sends calls on.
+    fn bare(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            layers: None,
+        }
     }
 
     /// The service this client talks to.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use pin_project::pin_project;
 
-use super::dispatch::Handler;
+use super::dispatch::{Answer, Handler};
 use crate::context::{self, CallContext};
 use crate::deadline::Deadline;
 use crate::descriptor::MethodInfo;
@@ -21,6 +21,8 @@ use crate::waker;
 /// What became of a handler.
 pub(crate) enum Outcome<R> {
     Done(R),
+    /// A middleware answered, with this encoded result.
+    Encoded(bytes::Bytes),
     Failed(RpcError),
     /// The caller cancelled: nobody waits for a reply.
     Cancelled,
@@ -28,9 +30,11 @@ pub(crate) enum Outcome<R> {
 
 impl<R> Outcome<R> {
     /// The outcome of a handler that ran to its end or panicked.
-    pub(crate) fn of(result: std::thread::Result<R>, method: &MethodInfo) -> Outcome<R> {
+    pub(crate) fn of(result: std::thread::Result<Answer<R>>, method: &MethodInfo) -> Outcome<R> {
         match result {
-            Ok(response) => Outcome::Done(response),
+            Ok(Answer::Typed(response)) => Outcome::Done(response),
+            Ok(Answer::Encoded(body)) => Outcome::Encoded(body),
+            Ok(Answer::Failed(err)) => Outcome::Failed(err),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -91,7 +95,7 @@ pub(crate) struct Finished<R> {
     pub(crate) deadline: Option<Instant>,
 }
 
-impl<R> Future for InFlight<R> {
+impl<R: Send + 'static> Future for InFlight<R> {
     type Output = Finished<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Authorize;
 use super::call::{InFlight, Outcome};
-use super::dispatch::{Admitted, ConnectionLoad, Dispatcher, Handler, Incoming, Route};
+use super::dispatch::{Admitted, ConnectionLoad, Dispatcher, Handler, Incoming, Request, Route};
 use super::service::Service;
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
@@ -30,6 +30,7 @@ use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
+use crate::middleware::{ServerCall, Stack};
 use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::peer::Peer;
@@ -50,6 +51,8 @@ pub(crate) struct ConnectionContext {
     /// Who the client is, if the listener could tell anything.
     pub(crate) peer: Option<Arc<Peer>>,
     pub(crate) auth: Option<Arc<dyn Authorize>>,
+    /// The middleware this service's calls run through, if any.
+    pub(crate) layers: Option<Stack<ServerCall>>,
     /// The bound on this connection's buffered stream data, counted into the server's total.
     pub(crate) stream_window: Arc<ConnectionWindow>,
 }
@@ -90,6 +93,7 @@ pub(crate) async fn run<S: Service>(
             observe,
             context.peer,
             context.auth,
+            context.layers,
         ),
         transport,
         in_flight: FuturesUnordered::new(),
@@ -303,6 +307,7 @@ impl<S: Service> Connection<S> {
                         .collect()
                 };
                 let request = Incoming {
+                    frame: &frame,
                     id,
                     method,
                     timeout: timeout_us.map(Duration::from_micros),
@@ -389,16 +394,26 @@ impl<S: Service> Connection<S> {
             call.body_len,
             &mut context,
         );
-        let service = &self.dispatcher.service;
-        let request = call.request;
-        let (handler, first) = observed.in_span(|| {
-            context::enter(&mut context, || {
-                let mut handler: Handler<S::Response> =
-                    AssertUnwindSafe(service.call(request)).catch_unwind();
-                let first = Pin::new(&mut handler).poll(cx);
+        let (handler, first) = match call.request {
+            Request::Decoded(request) => {
+                let service = &self.dispatcher.service;
+                observed.in_span(|| {
+                    context::enter(&mut context, || {
+                        let mut handler = Handler::plain(service.call(request));
+                        let first = Pin::new(&mut handler).poll(cx);
+                        (handler, first)
+                    })
+                })
+            }
+            Request::Layered(deferred) => {
+                let mut handler =
+                    self.dispatcher
+                        .layered(call.method, deferred, &mut context, call.body_len);
+                let first = observed
+                    .in_span(|| context::enter(&mut context, || Pin::new(&mut handler).poll(cx)));
                 (handler, first)
-            })
-        });
+            }
+        };
         if let Poll::Ready(result) = first {
             let outcome = Outcome::of(result, call.method);
             self.finish_call(call.id, call.method, outcome, &mut observed, deadline);
@@ -456,7 +471,6 @@ impl<S: Service> Connection<S> {
         observed: &mut Observed,
         deadline: Option<Instant>,
     ) {
-        let desc = self.dispatcher.service.descriptor();
         let frame = match outcome {
             Outcome::Cancelled => {
                 self.streams
@@ -464,6 +478,17 @@ impl<S: Service> Connection<S> {
                 return;
             }
             Outcome::Failed(err) => error_reply(observed, id, &err),
+            Outcome::Encoded(_) if method.server_streaming => error_reply(
+                observed,
+                id,
+                &crate::middleware::reply::mismatched("a value", method.name),
+            ),
+            Outcome::Encoded(body) => {
+                let mut builder = FrameBuilder::in_arena(&mut self.arena);
+                builder.body_mut().extend_from_slice(&body);
+                builder.detach(&mut self.arena);
+                self.response_frame(id, method, builder, observed)
+            }
             Outcome::Done(response) if method.server_streaming => {
                 match self.start_stream(id, method, response, observed, deadline) {
                     Some(frame) => frame,
@@ -485,28 +510,37 @@ impl<S: Service> Connection<S> {
                 builder.detach(&mut self.arena);
                 match encoded {
                     Err(err) => error_reply(observed, id, &err),
-                    Ok(()) => {
-                        let body_len = builder.body_len();
-                        let frame = builder.finish_response(id);
-                        if frame.len() <= self.config.max_frame_size {
-                            observed.finish(observe::Outcome::Ok, body_len);
-                            frame
-                        } else {
-                            let err = RpcError::protocol(format!(
-                                "the result of `{}::{}` is {} bytes, more than the frame size \
-                                 limit of {} bytes; return large data in smaller pieces",
-                                desc.name,
-                                method.name,
-                                frame.len(),
-                                self.config.max_frame_size
-                            ));
-                            error_reply(observed, id, &err)
-                        }
-                    }
+                    Ok(()) => self.response_frame(id, method, builder, observed),
                 }
             }
         };
         self.queue(frame);
+    }
+
+    /// The response frame of a result encoded in `builder`, or the error reply when it is
+    /// too large to send.
+    fn response_frame(
+        &self,
+        id: u64,
+        method: &'static MethodInfo,
+        builder: FrameBuilder,
+        observed: &mut Observed,
+    ) -> Bytes {
+        let body_len = builder.body_len();
+        let frame = builder.finish_response(id);
+        if frame.len() <= self.config.max_frame_size {
+            observed.finish(observe::Outcome::Ok, body_len);
+            return frame;
+        }
+        let err = RpcError::protocol(format!(
+            "the result of `{}::{}` is {} bytes, more than the frame size limit of {} bytes; \
+             return large data in smaller pieces",
+            self.dispatcher.service.descriptor().name,
+            method.name,
+            frame.len(),
+            self.config.max_frame_size
+        ));
+        error_reply(observed, id, &err)
     }
 
     fn queue(&mut self, frame: Bytes) {

@@ -8,31 +8,114 @@
 //! shedding, other front ends) belong here, as further steps of [`Dispatcher::dispatch`],
 //! never in the I/O loop.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::CatchUnwind;
+use futures::FutureExt;
+use pin_project::pin_project;
 
 use super::auth::{self, Authorize};
 use super::service::{BoxFuture, Service};
 use super::ServerConfig;
-use crate::context::Metadata;
+use crate::context::{self, CallContext, Metadata};
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::health::HealthClient;
+use crate::middleware::reply::{self, Reply};
+use crate::middleware::{ServerCall, Stack};
 use crate::observe::ServerObserver;
 use crate::peer::Peer;
-use crate::streaming::StreamEngine;
+use crate::streaming::{RemoteStream, StreamEngine};
 
 /// How the client's method at some index maps onto this server: the method, or why not.
 pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
 
-/// A handler's future, with its panics caught.
-pub(crate) type Handler<R> = CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>;
+/// A handler's future, with its panics caught: the handler's own, or the chain of
+/// middleware around it.
+#[pin_project(project = HandlerProjection)]
+pub(crate) enum Handler<R> {
+    Plain(#[pin] CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>),
+    Layered(#[pin] CatchUnwind<AssertUnwindSafe<BoxFuture<Result<Reply, RpcError>>>>),
+}
+
+/// What a handler (and its middleware) gave.
+pub(crate) enum Answer<R> {
+    /// The handler's result.
+    Typed(R),
+    /// A middleware's answer, encoded.
+    Encoded(Bytes),
+    /// A middleware refused the call, or the handler's arguments did not decode.
+    Failed(RpcError),
+}
+
+impl<R: Send + 'static> Handler<R> {
+    pub(crate) fn plain(future: BoxFuture<R>) -> Handler<R> {
+        Handler::Plain(AssertUnwindSafe(future).catch_unwind())
+    }
+
+    fn layered(future: BoxFuture<Result<Reply, RpcError>>) -> Handler<R> {
+        Handler::Layered(AssertUnwindSafe(future).catch_unwind())
+    }
+}
+
+impl<R: Send + 'static> Future for Handler<R> {
+    type Output = std::thread::Result<Answer<R>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HandlerProjection::Plain(handler) => handler.poll(cx).map(|r| r.map(Answer::Typed)),
+            HandlerProjection::Layered(chain) => chain.poll(cx).map(|r| r.map(Answer::of)),
+        }
+    }
+}
+
+impl<R: Send + 'static> Answer<R> {
+    /// What the chain of middleware passed back out.
+    fn of(reply: Result<Reply, RpcError>) -> Answer<R> {
+        match reply.map(|reply| reply.0) {
+            Ok(reply::Kind::Value(value)) => match value.downcast::<R>() {
+                Ok(response) => Answer::Typed(*response),
+                // Only the endpoint makes `Value`s, with this `R`.
+                Err(_) => Answer::Failed(RpcError::new(
+                    ErrorKind::Internal,
+                    "a middleware passed back a result of another service",
+                )),
+            },
+            Ok(reply::Kind::Body(body)) => Answer::Encoded(body),
+            Ok(reply::Kind::Stream(_)) => Answer::Failed(RpcError::new(
+                ErrorKind::Internal,
+                "a middleware answered with a received stream, which a server cannot send",
+            )),
+            Err(err) => Answer::Failed(err),
+        }
+    }
+}
+
+/// The arguments of a call whose middleware decide whether they are ever decoded.
+pub(crate) struct Deferred {
+    stack: Stack<ServerCall>,
+    body: Bytes,
+    input: Option<RemoteStream>,
+}
+
+/// A request as the dispatcher passes it on.
+pub(crate) enum Request<Q> {
+    Decoded(Q),
+    /// To run through middleware, which decode it last.
+    Layered(Deferred),
+}
 
 /// One request as the connection read it.
 pub(crate) struct Incoming<'a> {
+    /// The frame the request came in, which `body` is part of.
+    pub(crate) frame: &'a Bytes,
     pub(crate) id: u64,
     /// The index in the client's method table.
     pub(crate) method: u32,
@@ -56,7 +139,7 @@ pub(crate) struct Admitted<Q> {
     /// The index in the client's method table.
     pub(crate) index: u32,
     pub(crate) method: &'static MethodInfo,
-    pub(crate) request: Q,
+    pub(crate) request: Request<Q>,
     pub(crate) metadata: Metadata,
     pub(crate) timeout: Option<Duration>,
     pub(crate) body_len: usize,
@@ -70,6 +153,7 @@ pub(crate) struct Dispatcher<S: Service> {
     pub(crate) observe: ServerObserver,
     peer: Option<Arc<Peer>>,
     auth: Option<Arc<dyn Authorize>>,
+    layers: Option<Stack<ServerCall>>,
 }
 
 impl<S: Service> Dispatcher<S> {
@@ -80,6 +164,7 @@ impl<S: Service> Dispatcher<S> {
         observe: ServerObserver,
         peer: Option<Arc<Peer>>,
         auth: Option<Arc<dyn Authorize>>,
+        layers: Option<Stack<ServerCall>>,
     ) -> Dispatcher<S> {
         Dispatcher {
             service,
@@ -88,6 +173,7 @@ impl<S: Service> Dispatcher<S> {
             observe,
             peer,
             auth,
+            layers,
         }
     }
 
@@ -126,7 +212,14 @@ impl<S: Service> Dispatcher<S> {
         self.admit(load)?;
         let method = self.route(request.method)?;
         self.authorize(method, &request.metadata)?;
-        let decoded = self.decode(request.id, method, request.body, streams)?;
+        let decoded = match &self.layers {
+            None => Request::Decoded(self.decode(request.id, method, request.body, streams)?),
+            Some(stack) => Request::Layered(Deferred {
+                stack: stack.clone(),
+                body: request.frame.slice_ref(request.body),
+                input: method.client_streaming.then(|| streams.receive(request.id)),
+            }),
+        };
         Ok(Admitted {
             id: request.id,
             index: request.method,
@@ -206,17 +299,7 @@ impl<S: Service> Dispatcher<S> {
         streams: &mut StreamEngine,
     ) -> Result<S::Request, RpcError> {
         let input = method.client_streaming.then(|| streams.receive(id));
-        // A user's `Deserialize` impl may panic too: that fails this call, not the connection.
-        let service = &self.service;
-        let request = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            service.decode_request(method.fingerprint, body, input)
-        }))
-        .unwrap_or_else(|_| {
-            Err(RpcError::protocol(format!(
-                "decoding the arguments of `{}` panicked",
-                method.name
-            )))
-        });
+        let request = decode_caught(&*self.service, method, body, input);
         if let Err(err) = &request {
             // The error response tells the client to stop sending it.
             streams.end_receiving(id, Err(err.clone()));
@@ -224,8 +307,64 @@ impl<S: Service> Dispatcher<S> {
         request
     }
 
+    /// The handler of a call with middleware: the chain of them around the service's
+    /// future. It needs a context (made `Some` here) for the middleware to pass metadata on
+    /// to the handler.
+    pub(crate) fn layered(
+        &self,
+        method: &'static MethodInfo,
+        deferred: Deferred,
+        context: &mut Option<CallContext>,
+        body_len: usize,
+    ) -> Handler<S::Response> {
+        let context = context.get_or_insert_with(CallContext::default);
+        let call = ServerCall {
+            service: self.service.descriptor().name,
+            method,
+            peer: self.peer.clone(),
+            metadata: context.metadata().clone(),
+            deadline: context.deadline(),
+            body_len,
+        };
+        let service = Arc::clone(&self.service);
+        let Deferred { stack, body, input } = deferred;
+        Handler::layered(stack.run(
+            call,
+            Box::new(move |call: ServerCall| -> BoxFuture<Result<Reply, RpcError>> {
+                // Runs inside the handler's poll, so within the call's context.
+                context::set_metadata(call.metadata);
+                match decode_caught(&*service, method, &body, input) {
+                    Ok(request) => {
+                        let handler = service.call(request);
+                        Box::pin(async move { Ok(Reply::value(handler.await)) })
+                    }
+                    Err(err) => Box::pin(std::future::ready(Err(err))),
+                }
+            }),
+        ))
+    }
+
     /// Who the client is, for the context of its calls.
     pub(crate) fn peer(&self) -> Option<&Arc<Peer>> {
         self.peer.as_ref()
     }
+}
+
+/// Decodes a request's arguments. A user's `Deserialize` impl may panic too: that fails
+/// this call, not the connection.
+fn decode_caught<S: Service>(
+    service: &S,
+    method: &'static MethodInfo,
+    body: &[u8],
+    input: Option<RemoteStream>,
+) -> Result<S::Request, RpcError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        service.decode_request(method.fingerprint, body, input)
+    }))
+    .unwrap_or_else(|_| {
+        Err(RpcError::protocol(format!(
+            "decoding the arguments of `{}` panicked",
+            method.name
+        )))
+    })
 }

@@ -34,6 +34,7 @@ use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
 use crate::log;
 use crate::observe::ServerMetrics;
+use crate::middleware::{Layers, Middleware, Scope, ServerCall, Stack};
 use crate::outgoing::{close_with, CLOSE_TIMEOUT};
 use crate::peer::Peer;
 use crate::protocol;
@@ -105,6 +106,7 @@ pub(crate) struct ServerConfig {
 pub struct Server {
     services: HashMap<&'static str, Arc<dyn HostedService>>,
     auth: Option<Arc<dyn Authorize>>,
+    layers: Layers<ServerCall>,
     config: ServerConfig,
     stats: ServerStats,
     health: HealthReporter,
@@ -124,6 +126,7 @@ impl fmt::Debug for Server {
             .field("services", &services)
             .field("config", &self.config)
             .field("authorize", &self.auth.is_some())
+            .field("middleware", &self.layers)
             .finish()
     }
 }
@@ -134,6 +137,7 @@ impl Server {
         Server {
             services: HashMap::new(),
             auth: None,
+            layers: Layers::default(),
             config: ServerConfig {
                 max_frame_size: crate::DEFAULT_MAX_FRAME_SIZE,
                 max_concurrent_requests: 1024,
@@ -243,6 +247,52 @@ impl Server {
     /// before any handler runs (replacing an earlier one).
     pub fn authorize(mut self, auth: impl Authorize) -> Server {
         self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// Adds a [`Middleware`] every call to every hosted service runs through (the health
+    /// check and reflection too: look at [`ServerCall::service`] to let them pass).
+    /// Middleware run in the order they are added, after the [`authorize`](Server::authorize)
+    /// hook and before the call's arguments are decoded; see [`middleware`](crate::middleware).
+    pub fn layer(mut self, middleware: impl Middleware<ServerCall>) -> Server {
+        self.layers.push(Scope::All, middleware);
+        self
+    }
+
+    /// Adds a [`Middleware`] that only the calls to the service `service` describes run
+    /// through (`FooClient::DESCRIPTOR`), in order with those added by
+    /// [`layer`](Server::layer).
+    pub fn layer_for(
+        mut self,
+        service: &'static ServiceDescriptor,
+        middleware: impl Middleware<ServerCall>,
+    ) -> Server {
+        self.layers.push(Scope::Service(service.name), middleware);
+        self
+    }
+
+    /// Adds a [`Middleware`] that only the calls of one method run through: `method` is its
+    /// name in the trait of the service `service` describes (`FooClient::DESCRIPTOR`).
+    ///
+    /// # Panics
+    /// If the service has no method of that name: a typo would otherwise leave the method
+    /// without its policy.
+    pub fn layer_for_method(
+        mut self,
+        service: &'static ServiceDescriptor,
+        method: &str,
+        middleware: impl Middleware<ServerCall>,
+    ) -> Server {
+        let Some(info) = service.methods.iter().find(|m| m.name == method) else {
+            let names: Vec<&str> = service.methods.iter().map(|m| m.name).collect();
+            panic!(
+                "Server::layer_for_method: `{}` has no method `{method}`; its methods are {}",
+                service.name,
+                names.join(", ")
+            );
+        };
+        self.layers
+            .push(Scope::Method(service.name, info.name), middleware);
         self
     }
 
@@ -434,8 +484,13 @@ impl Server {
                 Arc::new(HealthServer::new(check)),
             );
         }
+        let layers = services
+            .keys()
+            .filter_map(|&name| Some((name, self.layers.for_service(name)?)))
+            .collect();
         Shared {
             auth: self.auth,
+            layers,
             per_ip: Arc::default(),
             shutdown,
             metrics: ServerMetrics::new(services.values().map(|service| service.descriptor())),
@@ -456,6 +511,8 @@ struct Shared {
     config: Arc<ServerConfig>,
     stats: ServerStats,
     auth: Option<Arc<dyn Authorize>>,
+    /// The middleware of each service that has some.
+    layers: HashMap<&'static str, Stack<ServerCall>>,
     per_ip: Arc<PerIp>,
 }
 
@@ -573,6 +630,7 @@ async fn serve_transport<T: Transport>(
                 metrics: shared.metrics.service(name),
                 peer: (!peer.is_unknown()).then(|| Arc::new(peer)),
                 auth: shared.auth.clone(),
+                layers: shared.layers.get(name).cloned(),
                 stream_window: ConnectionWindow::new(
                     shared.config.max_buffered_stream_bytes,
                     Some(shared.stats.stream_bytes()),
