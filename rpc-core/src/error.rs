@@ -1,6 +1,8 @@
 //! The one error type for everything the framework itself can fail at.
 
 use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 /// What kind of failure an [`RpcError`] is.
 ///
@@ -33,6 +35,11 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The server knows who the caller is and does not allow it this call (or connection).
     PermissionDenied,
+    /// The caller went over a rate limit. [`RpcError::retry_after`] says when the limit
+    /// lets the next call through; a balancing client neither counts it against the
+    /// endpoint nor retries it at once. Servers of earlier versions never send it; to
+    /// clients of earlier versions it reads as `Overloaded`.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -55,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal error",
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::RateLimited => "rate limited",
         }
     }
 
@@ -68,6 +76,18 @@ impl ErrorKind {
             ErrorKind::Internal => 6,
             ErrorKind::Unauthenticated => 7,
             ErrorKind::PermissionDenied => 8,
+            // Earlier clients know no code 9: they get `Overloaded`, and the precise kind
+            // travels in the error's detail (see `protocol::ErrorDetail`).
+            ErrorKind::RateLimited => 3,
+        }
+    }
+
+    /// The kind's code in an error's detail, which names kinds that travel as another
+    /// code for the sake of earlier peers.
+    pub(crate) fn detail_code(self) -> u8 {
+        match self {
+            ErrorKind::RateLimited => 9,
+            kind => kind.to_wire(),
         }
     }
 
@@ -81,6 +101,7 @@ impl ErrorKind {
             6 => ErrorKind::Internal,
             7 => ErrorKind::Unauthenticated,
             8 => ErrorKind::PermissionDenied,
+            9 => ErrorKind::RateLimited,
             _ => ErrorKind::Protocol,
         }
     }
@@ -109,6 +130,8 @@ impl fmt::Display for ErrorKind {
 #[derive(Clone, PartialEq, Eq)]
 pub struct RpcError {
     kind: ErrorKind,
+    /// When to try again, in milliseconds (fits beside `kind`: the error stays 24 bytes).
+    retry_after_ms: Option<NonZeroU32>,
     message: Box<str>,
 }
 
@@ -117,8 +140,30 @@ impl RpcError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
         RpcError {
             kind,
+            retry_after_ms: None,
             message: message.into().into_boxed_str(),
         }
+    }
+
+    /// A [`RateLimited`](ErrorKind::RateLimited) error telling the caller to wait
+    /// `retry_after` before the next call (rounded up to whole milliseconds).
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> RpcError {
+        RpcError::new(ErrorKind::RateLimited, message).with_retry_after(retry_after)
+    }
+
+    /// Says when the caller may try again, for errors that know (see
+    /// [`retry_after`](RpcError::retry_after)).
+    pub fn with_retry_after(mut self, retry_after: Duration) -> RpcError {
+        let ms = retry_after.as_nanos().div_ceil(1_000_000).clamp(1, u128::from(u32::MAX));
+        self.retry_after_ms = NonZeroU32::new(u32::try_from(ms).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// How long the server asked the caller to wait before trying again, if it said: set
+    /// on [`RateLimited`](ErrorKind::RateLimited) errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms
+            .map(|ms| Duration::from_millis(u64::from(ms.get())))
     }
 
     /// What kind of failure this is.
@@ -173,6 +218,7 @@ impl fmt::Debug for RpcError {
         f.debug_struct("RpcError")
             .field("kind", &self.kind)
             .field("message", &&*self.message)
+            .field("retry_after", &self.retry_after())
             .finish()
     }
 }
@@ -212,6 +258,9 @@ mod tests {
         ] {
             assert_eq!(ErrorKind::from_wire(kind.to_wire()), kind);
         }
+        // Sent as `Overloaded` to every client; the precise kind is the detail's.
+        assert_eq!(ErrorKind::RateLimited.to_wire(), 3);
+        assert_eq!(ErrorKind::from_wire(9), ErrorKind::RateLimited);
         assert_eq!(ErrorKind::from_wire(200), ErrorKind::Protocol);
     }
 

@@ -332,5 +332,6 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Internal => "internal",
         ErrorKind::Unauthenticated => "unauthenticated",
         ErrorKind::PermissionDenied => "permission_denied",
+        ErrorKind::RateLimited => "rate_limited",
     }
 }

@@ -70,6 +70,7 @@ mod keepalive;
 mod listeners;
 mod lock;
 mod log;
+pub mod governance;
 pub mod middleware;
 #[doc(hidden)]
 pub mod memory;

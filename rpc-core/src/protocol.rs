@@ -239,15 +239,64 @@ pub(crate) fn stream_end_frame(id: u64, outcome: Result<(), &RpcError>) -> Bytes
 
 /// An error `Response` frame.
 pub(crate) fn error_response_frame(id: u64, err: &RpcError) -> Bytes {
+    let detail = ErrorDetail::of(err);
     Message::Response {
         id,
         status: Status::Error {
             kind: err.kind().to_wire(),
             message: err.message(),
         },
-        body: &[],
+        body: detail.as_ref().map_or(&[], |detail| &detail[..]),
     }
     .to_frame()
+}
+
+/// What an error response says beyond its kind and message, in its body (which is empty
+/// otherwise, and which clients of earlier versions ignore): `01`, the precise kind's code,
+/// and the milliseconds to wait before retrying (`u32`, little-endian; 0 for "not said").
+pub(crate) struct ErrorDetail;
+
+impl ErrorDetail {
+    const VERSION: u8 = 1;
+    const LEN: usize = 6;
+
+    /// The detail `err` needs, if it needs one.
+    pub(crate) fn of(err: &RpcError) -> Option<[u8; ErrorDetail::LEN]> {
+        let precise = err.kind().detail_code();
+        if precise == err.kind().to_wire() && err.retry_after().is_none() {
+            return None;
+        }
+        let ms = err
+            .retry_after()
+            .map_or(0, |after| u32::try_from(after.as_millis()).unwrap_or(u32::MAX));
+        let mut detail = [0; ErrorDetail::LEN];
+        detail[0] = ErrorDetail::VERSION;
+        detail[1] = precise;
+        detail[2..].copy_from_slice(&ms.to_le_bytes());
+        Some(detail)
+    }
+
+    /// `err` as the detail in `body` makes it precise; a body this version does not
+    /// understand changes nothing.
+    pub(crate) fn apply(err: RpcError, body: &[u8]) -> RpcError {
+        let [ErrorDetail::VERSION, precise, ms @ ..] = body else {
+            return err;
+        };
+        let Ok(ms) = <[u8; 4]>::try_from(ms) else {
+            return err;
+        };
+        let kind = ErrorKind::from_wire(*precise);
+        let mut precise = if kind != ErrorKind::Protocol || *precise == ErrorKind::Protocol.to_wire() {
+            RpcError::new(kind, err.message())
+        } else {
+            err
+        };
+        let ms = u32::from_le_bytes(ms);
+        if ms > 0 {
+            precise = precise.with_retry_after(std::time::Duration::from_millis(u64::from(ms)));
+        }
+        precise
+    }
 }
 
 /// The two messages of every call, `Request` (without metadata) and `Response` (success),

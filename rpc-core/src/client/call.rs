@@ -181,6 +181,12 @@ impl<R> Call<R> {
         self
     }
 
+    /// How important the call is, for servers that shed load by priority (see
+    /// [`Priority`](crate::governance::Priority)): sent as the `rpc-priority` metadata pair.
+    pub fn priority(self, priority: crate::governance::Priority) -> Call<R> {
+        self.metadata(crate::governance::Priority::METADATA_KEY, priority.as_str())
+    }
+
     /// The key a consistent-hashing balancer routes this call by: calls with equal keys go
     /// to the same endpoint while the set of endpoints stays the same. Other strategies, and
     /// clients with one connection, ignore it.

@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::observe::Observed;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
-use crate::protocol::{self, Message, Status};
+use crate::protocol::{ErrorDetail, self, Message, Status};
 use crate::streaming::Notice;
 use crate::transport::Transport;
 use crate::waker;
@@ -250,7 +250,10 @@ impl<T: Transport> Driver<T> {
                 } else {
                     let outcome = match status {
                         Status::Ok => Ok(frame.slice_ref(body)),
-                        status => status.into_result().map(|()| Bytes::new()),
+                        status => status
+                            .into_result()
+                            .map(|()| Bytes::new())
+                            .map_err(|err| ErrorDetail::apply(err, body)),
                     };
                     self.shared.complete(id, outcome);
                 }

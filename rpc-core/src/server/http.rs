@@ -201,7 +201,17 @@ impl Gateway {
             Err(JsonCallError::Unsupported(why)) => {
                 problem(StatusCode::NOT_IMPLEMENTED, "unsupported", why)
             }
-            Err(JsonCallError::Rpc(err)) => reply_json(status_of(err.kind()), &error_body(&err)),
+            Err(JsonCallError::Rpc(err)) => {
+                let mut response = reply_json(status_of(err.kind()), &error_body(&err));
+                if let Some(after) = err.retry_after() {
+                    // Whole seconds, rounded up: what `Retry-After` can say.
+                    let seconds = after.as_millis().div_ceil(1000).max(1);
+                    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                        response.headers_mut().insert(hyper::header::RETRY_AFTER, value);
+                    }
+                }
+                response
+            }
         }
     }
 
@@ -280,12 +290,17 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Incompatible | ErrorKind::Protocol => StatusCode::BAD_REQUEST,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 fn error_body(err: &RpcError) -> Value {
-    json!({ "error": { "kind": kind_name(err.kind()), "message": err.message() } })
+    let mut error = json!({ "kind": kind_name(err.kind()), "message": err.message() });
+    if let Some(after) = err.retry_after() {
+        error["retry_after_ms"] = json!(after.as_millis());
+    }
+    json!({ "error": error })
 }
 
 fn reply_json(status: StatusCode, value: &Value) -> Response<Body> {
