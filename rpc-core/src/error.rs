@@ -154,7 +154,10 @@ impl RpcError {
     /// Says when the caller may try again, for errors that know (see
     /// [`retry_after`](RpcError::retry_after)).
     pub fn with_retry_after(mut self, retry_after: Duration) -> RpcError {
-        let ms = retry_after.as_nanos().div_ceil(1_000_000).clamp(1, u128::from(u32::MAX));
+        let ms = retry_after
+            .as_nanos()
+            .div_ceil(1_000_000)
+            .clamp(1, u128::from(u32::MAX));
         self.retry_after_ms = NonZeroU32::new(u32::try_from(ms).unwrap_or(u32::MAX));
         self
     }

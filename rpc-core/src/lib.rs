@@ -64,16 +64,16 @@ pub mod context;
 mod deadline;
 mod descriptor;
 mod error;
+pub mod governance;
 pub mod health;
 pub mod json;
 mod keepalive;
 mod listeners;
 mod lock;
 mod log;
-pub mod governance;
-pub mod middleware;
 #[doc(hidden)]
 pub mod memory;
+pub mod middleware;
 pub mod observe;
 mod outgoing;
 mod peer;

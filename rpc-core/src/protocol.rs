@@ -266,9 +266,9 @@ impl ErrorDetail {
         if precise == err.kind().to_wire() && err.retry_after().is_none() {
             return None;
         }
-        let ms = err
-            .retry_after()
-            .map_or(0, |after| u32::try_from(after.as_millis()).unwrap_or(u32::MAX));
+        let ms = err.retry_after().map_or(0, |after| {
+            u32::try_from(after.as_millis()).unwrap_or(u32::MAX)
+        });
         let mut detail = [0; ErrorDetail::LEN];
         detail[0] = ErrorDetail::VERSION;
         detail[1] = precise;
@@ -286,11 +286,12 @@ impl ErrorDetail {
             return err;
         };
         let kind = ErrorKind::from_wire(*precise);
-        let mut precise = if kind != ErrorKind::Protocol || *precise == ErrorKind::Protocol.to_wire() {
-            RpcError::new(kind, err.message())
-        } else {
-            err
-        };
+        let mut precise =
+            if kind != ErrorKind::Protocol || *precise == ErrorKind::Protocol.to_wire() {
+                RpcError::new(kind, err.message())
+            } else {
+                err
+            };
         let ms = u32::from_le_bytes(ms);
         if ms > 0 {
             precise = precise.with_retry_after(std::time::Duration::from_millis(u64::from(ms)));

@@ -285,6 +285,10 @@ impl<C> ClientBuilder<C> {
             accrual: self.accrual,
             options: self.options,
         };
-        (Arc::new(Pool::new(self.desc, config)), self.wrap, self.layers)
+        (
+            Arc::new(Pool::new(self.desc, config)),
+            self.wrap,
+            self.layers,
+        )
     }
 }

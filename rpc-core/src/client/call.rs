@@ -540,25 +540,27 @@ fn start_layered<R>(
     let bare = client.bare();
     let future = layers.stack.run(
         request,
-        Box::new(move |request: Intercepted| -> BoxFuture<Result<Answer, RpcError>> {
-            let mut sent = Call::assemble(bare, method, Ok(builder), raw_body);
-            sent.timeout = request.remaining();
-            // The deadline was settled before the middleware ran.
-            sent.inherit_deadline = false;
-            sent.metadata = request.metadata;
-            sent.key = key;
-            if input.is_some() || returns_stream {
-                let output: Option<OutputMaker<Raw>> =
-                    returns_stream.then(|| Box::new(Raw::Stream) as OutputMaker<Raw>);
-                sent = sent.with_streams(input, output);
-            }
-            Box::pin(async move {
-                Ok(match sent.await? {
-                    Raw::Body(body) => Answer::from_body(body),
-                    Raw::Stream(stream) => Answer(reply::Kind::Stream(stream)),
+        Box::new(
+            move |request: Intercepted| -> BoxFuture<Result<Answer, RpcError>> {
+                let mut sent = Call::assemble(bare, method, Ok(builder), raw_body);
+                sent.timeout = request.remaining();
+                // The deadline was settled before the middleware ran.
+                sent.inherit_deadline = false;
+                sent.metadata = request.metadata;
+                sent.key = key;
+                if input.is_some() || returns_stream {
+                    let output: Option<OutputMaker<Raw>> =
+                        returns_stream.then(|| Box::new(Raw::Stream) as OutputMaker<Raw>);
+                    sent = sent.with_streams(input, output);
+                }
+                Box::pin(async move {
+                    Ok(match sent.await? {
+                        Raw::Body(body) => Answer::from_body(body),
+                        Raw::Stream(stream) => Answer(reply::Kind::Stream(stream)),
+                    })
                 })
-            })
-        }),
+            },
+        ),
     );
     *this.state = State::Layered {
         future,

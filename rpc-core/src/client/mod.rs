@@ -170,12 +170,12 @@ impl Client {
 
     /// The client with `layers` as its middleware (replacing any it had).
     pub(crate) fn with_layers(mut self, layers: Layers<ClientCall>) -> Client {
-        self.layers = layers
-            .for_service(self.service().name)
-            .map(|stack| Arc::new(ClientLayers {
+        self.layers = layers.for_service(self.service().name).map(|stack| {
+            Arc::new(ClientLayers {
                 configured: layers,
                 stack,
-            }));
+            })
+        });
         self
     }
 

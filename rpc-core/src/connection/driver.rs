@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::observe::Observed;
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
-use crate::protocol::{ErrorDetail, self, Message, Status};
+use crate::protocol::{self, ErrorDetail, Message, Status};
 use crate::streaming::Notice;
 use crate::transport::Transport;
 use crate::waker;

@@ -98,11 +98,7 @@ use crate::error::RpcError;
 pub trait Middleware<C: MiddlewareCall>: Send + Sync + 'static {
     /// Handles one call: refuse it (`Err`), answer it ([`Reply::encode`]), or pass it on
     /// with [`next.run(call)`](Next::run) and return (or change) what that gives.
-    fn call(
-        &self,
-        call: C,
-        next: Next<C>,
-    ) -> impl Future<Output = Result<Reply, RpcError>> + Send;
+    fn call(&self, call: C, next: Next<C>) -> impl Future<Output = Result<Reply, RpcError>> + Send;
 }
 
 /// A middleware made from a closure; see [`from_fn`].

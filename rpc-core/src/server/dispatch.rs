@@ -330,17 +330,19 @@ impl<S: Service> Dispatcher<S> {
         let Deferred { stack, body, input } = deferred;
         Handler::layered(stack.run(
             call,
-            Box::new(move |call: ServerCall| -> BoxFuture<Result<Reply, RpcError>> {
-                // Runs inside the handler's poll, so within the call's context.
-                context::set_metadata(call.metadata);
-                match decode_caught(&*service, method, &body, input) {
-                    Ok(request) => {
-                        let handler = service.call(request);
-                        Box::pin(async move { Ok(Reply::value(handler.await)) })
+            Box::new(
+                move |call: ServerCall| -> BoxFuture<Result<Reply, RpcError>> {
+                    // Runs inside the handler's poll, so within the call's context.
+                    context::set_metadata(call.metadata);
+                    match decode_caught(&*service, method, &body, input) {
+                        Ok(request) => {
+                            let handler = service.call(request);
+                            Box::pin(async move { Ok(Reply::value(handler.await)) })
+                        }
+                        Err(err) => Box::pin(std::future::ready(Err(err))),
                     }
-                    Err(err) => Box::pin(std::future::ready(Err(err))),
-                }
-            }),
+                },
+            ),
         ))
     }
 

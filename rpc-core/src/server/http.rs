@@ -207,7 +207,9 @@ impl Gateway {
                     // Whole seconds, rounded up: what `Retry-After` can say.
                     let seconds = after.as_millis().div_ceil(1000).max(1);
                     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                        response.headers_mut().insert(hyper::header::RETRY_AFTER, value);
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::RETRY_AFTER, value);
                     }
                 }
                 response
