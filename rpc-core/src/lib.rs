@@ -82,6 +82,8 @@ pub mod reflection;
 pub mod schema;
 mod server;
 mod streaming;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod transport;
 mod waker;
 

@@ -496,3 +496,38 @@ async fn a_call_that_would_miss_its_deadline_is_refused_at_once() {
         Ok(100)
     );
 }
+
+/// Tower's layers wrap calls through `CallService`: here tower's own concurrency limit
+/// holds a second call back until the first is done.
+#[tokio::test]
+async fn tower_layers_wrap_calls() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+
+    for kind in KINDS {
+        let (lab, mut events) = lab();
+        let release = Arc::clone(&lab.release);
+        let (client, _harness) =
+            lab_client(kind, Server::new().add_service(LabServer::new(lab))).await;
+        let mut first = ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service(rpc_core::tower::CallService);
+        let mut second = first.clone();
+
+        let held = ServiceExt::<rpc_core::Call<u64>>::ready(&mut first)
+            .await
+            .expect("ready")
+            .call(client.block(1));
+        let held = tokio::spawn(held);
+        assert_eq!(next_event(&mut events).await, Event::Started(1));
+        let mut waiting = std::pin::pin!(ServiceExt::<rpc_core::Call<i64>>::ready(&mut second));
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "the limit's one permit is taken"
+        );
+
+        release.notify_waiters();
+        assert_eq!(guard(held).await.expect("join"), Ok(1));
+        let ready = guard(waiting).await.expect("ready");
+        assert_eq!(guard(ready.call(client.add(1, 2))).await, Ok(3), "{kind:?}");
+    }
+}
