@@ -660,6 +660,38 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_error_reads_as_overloaded_to_earlier_clients() {
+        let err = RpcError::rate_limited("slow down", std::time::Duration::from_millis(250));
+        let frame = error_response_frame(5, &err);
+        let Ok(Message::Response { status, body, .. }) = Message::decode(&frame) else {
+            panic!("not a response");
+        };
+        assert_eq!(body, [1, 9, 250, 0, 0, 0]);
+        // What a client of an earlier version makes of it: the status alone.
+        let earlier = status.clone().into_result().unwrap_err();
+        assert_eq!(earlier.kind(), ErrorKind::Overloaded);
+        let now = ErrorDetail::apply(earlier.clone(), body);
+        assert_eq!(now.kind(), ErrorKind::RateLimited);
+        assert_eq!(now.message(), "slow down");
+        assert_eq!(
+            now.retry_after(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        // A detail of another version or length changes nothing.
+        assert_eq!(
+            ErrorDetail::apply(earlier.clone(), &[2, 9, 0, 0, 0, 0]),
+            earlier
+        );
+        assert_eq!(ErrorDetail::apply(earlier.clone(), &[1, 9]), earlier);
+        // Errors with nothing more to say keep an empty body.
+        let plain = error_response_frame(5, &RpcError::protocol("bad"));
+        let Ok(Message::Response { body, .. }) = Message::decode(&plain) else {
+            panic!("not a response");
+        };
+        assert!(body.is_empty());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for frame in [
             &b""[..],

@@ -27,6 +27,11 @@ pub struct Discovery;
 #[doc = include_str!("../../docs/etcd.md")]
 pub struct Etcd;
 
+/// The Rust blocks of `docs/governance.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/governance.md")]
+pub struct Governance;
+
 /// The Rust blocks of `docs/http.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/http.md")]
