@@ -40,6 +40,7 @@ mod backoff;
 mod breaker;
 mod budget;
 mod discover;
+mod hedge;
 mod pool;
 mod run;
 mod stats;
@@ -49,6 +50,7 @@ pub use backoff::Backoff;
 pub use breaker::FailureAccrual;
 pub use budget::RetryBudget;
 pub use discover::{Discover, StaticChanges, StaticList};
+pub use hedge::{Hedge, HedgeError};
 pub use stats::{ClientStats, EndpointState, EndpointStats};
 pub use strategy::{
     ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
