@@ -8,7 +8,9 @@
 //! connected ones; sets aside endpoints whose calls keep failing ([`FailureAccrual`]); and
 //! retries calls of methods marked `#[rpc(idempotent)]` that failed with `Disconnected` or
 //! `Overloaded`, on another endpoint when there is one, within the call's deadline and a
-//! [`RetryBudget`]. A method not so marked is never sent twice.
+//! [`RetryBudget`]. A method not so marked is never sent twice. A client told to [`Hedge`]
+//! also sends a call of such a method that is slow to answer to a second endpoint, within
+//! the same budget, and takes the first answer.
 //!
 //! The endpoints are a fixed list ([`ClientBuilder::balance`](crate::ClientBuilder::balance))
 //! or come and go as a [`Discover`] source says
