@@ -276,7 +276,7 @@ over_kinds! {
     /// stuck request is cancelled on the wire (the connection stays open, so only `Cancel`
     /// can drop its handler).
     async fn slow_endpoint_is_hedged_and_the_loser_cancelled(kind) {
-        let hedge = Hedge::after(Duration::from_millis(5)).expect("valid");
+        let hedge = Hedge::after(Duration::from_millis(5));
         let mut s = setup(kind, 1, hedge, RetryBudget::default()).await;
         let answer = s.client.get(7).timeout(CALL_TIMEOUT).await.expect("the hedge answers");
         assert_eq!(answer, FAST);
@@ -296,7 +296,7 @@ over_kinds! {
     /// stuck requests are cancelled once the fast one answers.
     async fn several_hedges_within_max_attempts(kind) {
         let hedge = Hedge::after(Duration::from_millis(5))
-            .and_then(|h| h.max_attempts(3))
+            .max_attempts(3)
             .expect("valid");
         let mut s = setup(kind, 2, hedge, RetryBudget::default()).await;
         let answer = s.client.get(7).timeout(CALL_TIMEOUT).await.expect("the hedge answers");
@@ -341,7 +341,7 @@ over_kinds! {
     /// Methods not marked idempotent, and streaming methods, are never hedged: the call
     /// stays on the slow endpoint until its deadline (50 times the hedging delay).
     async fn non_idempotent_and_streaming_methods_are_not_hedged(kind) {
-        let hedge = Hedge::after(Duration::from_millis(5)).expect("valid");
+        let hedge = Hedge::after(Duration::from_millis(5));
         let mut s = setup(kind, 1, hedge, RetryBudget::default()).await;
         let wait = Duration::from_millis(250);
         let err = s.client.put(1).timeout(wait).await.expect_err("stuck until the deadline");
@@ -366,7 +366,7 @@ over_kinds! {
     /// With the retry budget spent (here: none at all), no hedge is sent: the call stays on
     /// the slow endpoint, and the refusal is counted.
     async fn empty_budget_sends_no_hedge(kind) {
-        let hedge = Hedge::after(Duration::ZERO).expect("valid");
+        let hedge = Hedge::after(Duration::ZERO);
         let mut s = setup(kind, 1, hedge, RetryBudget::none()).await;
         let client = s.client.clone();
         let call = tokio::spawn(async move { client.get(1).timeout(HANG_GUARD).await });
@@ -397,7 +397,7 @@ fn bad_configurations_are_errors() {
     }
     assert_eq!(
         Hedge::after(Duration::from_millis(3))
-            .and_then(|h| h.max_attempts(5))
+            .max_attempts(5)
             .map(|h| h.get_max_attempts()),
         Ok(5)
     );

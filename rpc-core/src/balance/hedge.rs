@@ -24,7 +24,7 @@ use std::time::Duration;
 ///
 /// # fn main() -> Result<(), HedgeError> {
 /// // A second request after 20 ms.
-/// let fixed = Hedge::after(Duration::from_millis(20))?;
+/// let fixed = Hedge::after(Duration::from_millis(20));
 /// // After the 95th percentile of the method's recent latencies, once 50 calls answered,
 /// // and never before 2 ms; up to two extra requests per call.
 /// let adaptive = Hedge::percentile(0.95)?
@@ -76,12 +76,13 @@ const DEFAULT_FLOOR: Duration = Duration::from_millis(1);
 
 impl Hedge {
     /// Hedges a call still unanswered `delay` after it was sent. A zero delay sends both
-    /// requests at once (within the budget).
-    pub fn after(delay: Duration) -> Result<Hedge, HedgeError> {
-        Ok(Hedge {
+    /// requests at once (within the budget). Any delay is valid, so this one constructor
+    /// cannot fail.
+    pub fn after(delay: Duration) -> Hedge {
+        Hedge {
             delay: Delay::Fixed(delay),
             max_attempts: 2,
-        })
+        }
     }
 
     /// Hedges a call still unanswered after the `quantile` (0.95 for the 95th percentile)
@@ -275,7 +276,7 @@ mod tests {
                 "{err}"
             );
         }
-        let hedge = Hedge::after(Duration::from_millis(5)).expect("valid");
+        let hedge = Hedge::after(Duration::from_millis(5));
         assert!(hedge.max_attempts(0).is_err());
         assert!(hedge.max_attempts(1).is_err());
         assert_eq!(hedge.max_attempts(4).map(|h| h.get_max_attempts()), Ok(4));
