@@ -13,12 +13,21 @@
 //! idle: resident memory per connection, client and server ends together), `stream` (one
 //! server-streaming call: items/s for 200,000 16-byte items, variant `16B`, and MB/s for
 //! 2,048 items of 64 KiB, variant `64KiB`, with the peak resident memory).
+//!
+//! One more workload is run only when asked for (`--workload hedge`), as it is not part of
+//! the specification: `hedge` (TCP only: three servers behind one balancing client, one of
+//! them 10 ms slower on one call in ten; one caller, sequential idempotent calls: p50 and
+//! p99 without hedging, variant `off`, and hedging at the 95th percentile of recent
+//! latencies, variant `p95`, with the hedges sent and won).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rpc_core::balance::{Endpoint, EndpointState, Hedge};
 use rpc_core::{service, Server, Streaming, Transport};
 
 /// The benchmark service of the specification.
@@ -48,9 +57,47 @@ impl Bench for BenchImpl {
     }
 }
 
+/// The service of the `hedge` workload.
+#[service]
+pub trait Tail {
+    /// Returns `key`; on a slow server, one call in ten takes 10 ms longer. Only reads:
+    /// safe to send twice, so a hedging client may.
+    #[rpc(idempotent)]
+    async fn get(&self, key: u64) -> u64;
+}
+
+#[derive(Clone)]
+struct TailImpl {
+    slow: bool,
+    calls: Arc<AtomicU64>,
+}
+
+impl Tail for TailImpl {
+    async fn get(&self, key: u64) -> u64 {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        // A fixed pseudo-random tenth of the calls (splitmix64 of the call's number), so
+        // the slow calls do not line up with any balancing pattern.
+        if self.slow && splitmix64(n) % 10 == 0 {
+            tokio::time::sleep(TAIL_EXTRA).await;
+        }
+        key
+    }
+}
+
+/// How much longer the slow server's slow calls take.
+const TAIL_EXTRA: Duration = Duration::from_millis(10);
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 const USAGE: &str =
-    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns,stream]
+    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns,stream,hedge]
   --quick      10x fewer calls and 1 s windows: a smoke test, not numbers
+  --workload   the default is every workload but `hedge`, which runs only when named
   --json       one JSON object per result on stdout (the table goes to stderr)
   TOKIO_WORKER_THREADS sets the number of runtime worker threads.";
 
@@ -68,15 +115,17 @@ enum Workload {
     Bulk,
     Conns,
     Stream,
+    Hedge,
 }
 
 const KINDS: [(&str, Kind); 3] = [("tcp", Kind::Tcp), ("unix", Kind::Unix), ("mem", Kind::Mem)];
-const WORKLOADS: [(&str, Workload); 5] = [
+const WORKLOADS: [(&str, Workload); 6] = [
     ("seq", Workload::Seq),
     ("conc", Workload::Conc),
     ("bulk", Workload::Bulk),
     ("conns", Workload::Conns),
     ("stream", Workload::Stream),
+    ("hedge", Workload::Hedge),
 ];
 
 struct Opts {
@@ -94,6 +143,8 @@ struct Opts {
     conns: usize,
     stream_small: u32,
     stream_chunks: u32,
+    hedge_warmup: u64,
+    hedge_calls: u64,
 }
 
 fn list<T: Copy>(value: &str, names: &[(&str, T)]) -> Result<Vec<T>, String> {
@@ -115,7 +166,11 @@ fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
         json: false,
         kinds: KINDS.map(|(_, k)| k).to_vec(),
-        workloads: WORKLOADS.map(|(_, w)| w).to_vec(),
+        workloads: WORKLOADS
+            .map(|(_, w)| w)
+            .into_iter()
+            .filter(|&w| w != Workload::Hedge)
+            .collect(),
         seq_warmup: if quick { 200 } else { 2_000 },
         seq_calls: if quick { 2_000 } else { 20_000 },
         conc_tasks: 64,
@@ -127,6 +182,8 @@ fn parse_args() -> Result<Opts, String> {
         conns: if quick { 500 } else { 5_000 },
         stream_small: if quick { 20_000 } else { 200_000 },
         stream_chunks: if quick { 205 } else { 2_048 },
+        hedge_warmup: if quick { 100 } else { 500 },
+        hedge_calls: if quick { 2_000 } else { 20_000 },
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -158,6 +215,8 @@ struct Row {
     secs: f64,
     peak_rss_mib: Option<f64>,
     rss_kib_per_conn: Option<f64>,
+    /// Hedges sent, and those that answered first (`hedge` workload).
+    hedges: Option<(u64, u64)>,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -194,15 +253,19 @@ impl Row {
         if let Some(per_conn) = self.rss_kib_per_conn {
             let _ = write!(out, ",\"rss_kib_per_conn\":{}", round(per_conn, 2));
         }
+        if let Some((sent, won)) = self.hedges {
+            let _ = write!(out, ",\"hedges\":{sent},\"hedges_won\":{won}");
+        }
         out.push('}');
         out
     }
 
     fn table(&self) -> String {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
-        let extra = match (self.peak_rss_mib, self.rss_kib_per_conn) {
-            (Some(p), _) => format!("peak RSS {p:.1} MiB"),
-            (_, Some(k)) => format!("{k:.2} KiB/conn"),
+        let extra = match (self.peak_rss_mib, self.rss_kib_per_conn, self.hedges) {
+            (Some(p), _, _) => format!("peak RSS {p:.1} MiB"),
+            (_, Some(k), _) => format!("{k:.2} KiB/conn"),
+            (_, _, Some((sent, won))) => format!("{sent} hedges, {won} won"),
             _ => String::new(),
         };
         let workload = match self.variant {
@@ -422,6 +485,74 @@ async fn conns(n: usize) -> Result<Row, Failure> {
     })
 }
 
+/// Three TCP servers of `Tail`, one of them slow one call in ten, behind one balancing
+/// client (hedging at the 95th percentile when `hedge`); one caller making sequential calls:
+/// p50 and p99.
+async fn tail(o: &Opts, hedge: bool) -> Result<Row, Failure> {
+    let mut endpoints = Vec::new();
+    for (name, slow) in [("a", false), ("b", false), ("slow", true)] {
+        let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let service = TailImpl {
+            slow,
+            calls: Arc::default(),
+        };
+        tokio::spawn(
+            Server::new()
+                .add_service(TailServer::new(service))
+                .serve(listener),
+        );
+        endpoints.push(Endpoint::new(name, rpc_transport::tcp::connector(addr)));
+    }
+    let mut builder = TailClient::builder();
+    if hedge {
+        builder = builder.hedge(Hedge::percentile(0.95)?);
+    }
+    let client = builder.balance(endpoints);
+    let connected = Instant::now() + Duration::from_secs(10);
+    while !client
+        .client()
+        .stats()
+        .is_some_and(|s| s.endpoints.iter().all(|e| e.state == EndpointState::Ready))
+    {
+        if Instant::now() > connected {
+            return Err("the hedge workload's servers did not become reachable".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Warm-up calls also give the hedging client the latencies its delay comes from.
+    for i in 0..o.hedge_warmup {
+        client.get(i).await?;
+    }
+    let before = client.client().stats().ok_or("not a balancing client")?;
+    let mut lat_ns = Vec::with_capacity(o.hedge_calls as usize);
+    let start = Instant::now();
+    for i in 0..o.hedge_calls {
+        let t = Instant::now();
+        let back = client.get(i).await?;
+        lat_ns.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(back, i);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = client.client().stats().ok_or("not a balancing client")?;
+    lat_ns.sort_unstable();
+    Ok(Row {
+        workload: "hedge",
+        variant: Some(if hedge { "p95" } else { "off" }),
+        transport: "tcp",
+        calls_per_s: Some(round(o.hedge_calls as f64 / secs, 1)),
+        p50_us: percentile_us(&lat_ns, 0.50),
+        p99_us: percentile_us(&lat_ns, 0.99),
+        calls: o.hedge_calls,
+        secs,
+        hedges: Some((
+            after.hedges - before.hedges,
+            after.hedges_won - before.hedges_won,
+        )),
+        ..Row::default()
+    })
+}
+
 /// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`).
 fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -461,6 +592,16 @@ async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
             }
             continue;
         }
+        if workload == Workload::Hedge {
+            if opts.kinds.contains(&Kind::Tcp) {
+                for hedge in [false, true] {
+                    let row = tail(&opts, hedge).await?;
+                    emit(&opts, &row);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            continue;
+        }
         for &kind in &opts.kinds {
             let name = KINDS
                 .iter()
@@ -480,7 +621,7 @@ async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
                     let big = stream(&client, "64KiB", opts.stream_chunks, 64 << 10).await?;
                     vec![small, big]
                 }
-                Workload::Conns => unreachable!(),
+                Workload::Conns | Workload::Hedge => unreachable!(),
             };
             for mut row in rows {
                 row.transport = name;

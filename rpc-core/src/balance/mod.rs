@@ -8,7 +8,9 @@
 //! connected ones; sets aside endpoints whose calls keep failing ([`FailureAccrual`]); and
 //! retries calls of methods marked `#[rpc(idempotent)]` that failed with `Disconnected` or
 //! `Overloaded`, on another endpoint when there is one, within the call's deadline and a
-//! [`RetryBudget`]. A method not so marked is never sent twice.
+//! [`RetryBudget`]. A method not so marked is never sent twice. A client told to [`Hedge`]
+//! also sends a call of such a method that is slow to answer to a second endpoint, within
+//! the same budget, and takes the first answer.
 //!
 //! The endpoints are a fixed list ([`ClientBuilder::balance`](crate::ClientBuilder::balance))
 //! or come and go as a [`Discover`] source says
@@ -40,6 +42,7 @@ mod backoff;
 mod breaker;
 mod budget;
 mod discover;
+mod hedge;
 mod pool;
 mod run;
 mod stats;
@@ -49,6 +52,7 @@ pub use backoff::Backoff;
 pub use breaker::FailureAccrual;
 pub use budget::RetryBudget;
 pub use discover::{Discover, StaticChanges, StaticList};
+pub use hedge::{Hedge, HedgeError};
 pub use stats::{ClientStats, EndpointState, EndpointStats};
 pub use strategy::{
     ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,

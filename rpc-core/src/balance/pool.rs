@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 use super::backoff::Backoff;
 use super::breaker::{Breaker, FailureAccrual};
 use super::budget::{Budget, RetryBudget};
+use super::hedge::{Hedge, Hedging};
 use super::stats::{ClientStats, EndpointState, EndpointStats};
 use super::strategy::{Endpoints, Rng, Strategy};
 use super::{Change, Endpoint};
@@ -37,6 +38,8 @@ pub(crate) struct PoolConfig {
     pub(crate) wait_for_ready: bool,
     pub(crate) accrual: FailureAccrual,
     pub(crate) options: ConnectionOptions,
+    /// Hedging of idempotent calls; `None` (the default) for none.
+    pub(crate) hedge: Option<Hedge>,
 }
 
 /// Where one endpoint's connection stands.
@@ -135,6 +138,8 @@ pub(crate) struct Pool {
     pub(crate) desc: &'static ServiceDescriptor,
     pub(crate) config: PoolConfig,
     pub(crate) budget: Budget,
+    /// Built from `config.hedge`, with the per-method latencies it tracks.
+    pub(crate) hedging: Option<Arc<Hedging>>,
     members: RwLock<Arc<Members>>,
     tasks: Mutex<HashMap<String, AbortHandle>>,
     discovery: Mutex<Option<AbortHandle>>,
@@ -148,6 +153,9 @@ pub(crate) struct Pool {
     pub(crate) calls: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) retries_refused: AtomicU64,
+    pub(crate) hedges: AtomicU64,
+    pub(crate) hedges_won: AtomicU64,
+    pub(crate) hedges_refused: AtomicU64,
 }
 
 /// What choosing an endpoint came to.
@@ -164,6 +172,9 @@ impl Pool {
         Pool {
             desc,
             budget: Budget::new(config.retry_budget),
+            hedging: config
+                .hedge
+                .map(|policy| Arc::new(Hedging::new(policy, desc))),
             config,
             members: RwLock::new(Arc::default()),
             tasks: Mutex::new(HashMap::new()),
@@ -175,6 +186,9 @@ impl Pool {
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+            hedges_won: AtomicU64::new(0),
+            hedges_refused: AtomicU64::new(0),
         }
     }
 
@@ -266,6 +280,26 @@ impl Pool {
 
     /// Chooses an endpoint for a call, avoiding those in `tried` if it can.
     pub(crate) fn pick(&self, key: Option<u64>, tried: &[Arc<Member>]) -> Pick {
+        self.choose(key, tried, false)
+    }
+
+    /// Chooses a connected endpoint not in `tried` and not ejected, without waiting: where a
+    /// hedge goes. A hedge to an endpoint already working on the call would be no hedge, and
+    /// one to an endpoint whose calls keep failing little better, so `None` then.
+    pub(crate) fn pick_fresh(
+        &self,
+        key: Option<u64>,
+        tried: &[Arc<Member>],
+    ) -> Option<(Arc<Member>, Arc<Handle>)> {
+        match self.choose(key, tried, true) {
+            Pick::Ready(member, handle) => Some((member, handle)),
+            Pick::Wait | Pick::Fail(_) => None,
+        }
+    }
+
+    /// [`pick`](Pool::pick), or with `fresh_only` only an endpoint neither in `tried` nor
+    /// ejected.
+    fn choose(&self, key: Option<u64>, tried: &[Arc<Member>], fresh_only: bool) -> Pick {
         let members = self.members();
         let list = &members.list;
         if list.is_empty() {
@@ -301,6 +335,7 @@ impl Pool {
             &|s| ready(s),
         ];
         let mut usable = vec![false; list.len()];
+        let tiers = if fresh_only { &tiers[..1] } else { &tiers[..] };
         for tier in tiers {
             for (flag, snap) in usable.iter_mut().zip(&snaps) {
                 *flag = tier(snap);
@@ -388,6 +423,9 @@ impl Pool {
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             retries_refused: self.retries_refused.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
+            hedges_won: self.hedges_won.load(Ordering::Relaxed),
+            hedges_refused: self.hedges_refused.load(Ordering::Relaxed),
             endpoints: members
                 .list
                 .iter()

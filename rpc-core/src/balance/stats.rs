@@ -10,6 +10,13 @@ pub struct ClientStats {
     pub retries: u64,
     /// Retries not made because the retry budget was spent.
     pub retries_refused: u64,
+    /// Hedges sent: extra requests for calls still unanswered after the hedging delay (see
+    /// [`Hedge`](super::Hedge)).
+    pub hedges: u64,
+    /// Calls a hedge answered first (the earlier request was cancelled).
+    pub hedges_won: u64,
+    /// Hedges not sent because the retry budget was spent.
+    pub hedges_refused: u64,
     /// Every endpoint, in no particular order.
     pub endpoints: Vec<EndpointStats>,
 }

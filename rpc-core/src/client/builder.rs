@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::Client;
 use crate::balance::{
-    Backoff, Discover, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
+    Backoff, Discover, Endpoint, FailureAccrual, Hedge, LeastLoaded, Pool, PoolConfig, PoolHandle,
     RetryBudget, Strategy,
 };
 use crate::connect::Connect;
@@ -73,6 +73,7 @@ pub struct ClientBuilder<C> {
     accrual: FailureAccrual,
     options: ConnectionOptions,
     layers: Layers<ClientCall>,
+    hedge: Option<Hedge>,
 }
 
 impl<C> fmt::Debug for ClientBuilder<C> {
@@ -86,6 +87,7 @@ impl<C> fmt::Debug for ClientBuilder<C> {
             .field("connect_timeout", &self.connect_timeout)
             .field("wait_for_ready", &self.wait_for_ready)
             .field("failure_accrual", &self.accrual)
+            .field("hedge", &self.hedge)
             .field("keepalive", &self.options.keepalive)
             .field("metadata", &self.options.metadata)
             .field("max_frame_size", &self.options.max_frame_size)
@@ -126,6 +128,7 @@ impl<C> ClientBuilder<C> {
                 ..ConnectionOptions::default()
             },
             layers: Layers::default(),
+            hedge: None,
         }
     }
 
@@ -145,6 +148,40 @@ impl<C> ClientBuilder<C> {
     /// retries).
     pub fn max_attempts(mut self, attempts: u32) -> ClientBuilder<C> {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Hedges calls of idempotent methods (see [`Hedge`]): a call still unanswered after
+    /// the hedge's delay is also sent to another endpoint, the first answer wins and the
+    /// other request is cancelled. Each hedge spends the [retry budget](Self::retry_budget)
+    /// as a retry does. Off by default; methods not marked `#[rpc(idempotent)]`, and
+    /// streaming ones, are never hedged.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rpc_core::balance::{Endpoint, Hedge};
+    /// use rpc_core::service;
+    ///
+    /// #[service]
+    /// pub trait Store {
+    ///     #[rpc(idempotent)]
+    ///     async fn get(&self, key: String) -> Option<String>;
+    /// }
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = StoreClient::builder()
+    ///     // A second request once the call took longer than 95% of recent `get`s.
+    ///     .hedge(Hedge::percentile(0.95)?.floor(Duration::from_millis(2)))
+    ///     .balance(["10.0.0.1:4000", "10.0.0.2:4000", "10.0.0.3:4000"].map(|addr| {
+    ///         Endpoint::new(addr, rpc_transport::tcp::connector(addr))
+    ///     }));
+    /// let value = client.get("k".into()).await?;
+    /// let stats = client.client().stats().expect("a balancing client");
+    /// println!("{value:?}; {} hedges, {} won", stats.hedges, stats.hedges_won);
+    /// # Ok(()) }
+    /// ```
+    pub fn hedge(mut self, hedge: Hedge) -> ClientBuilder<C> {
+        self.hedge = Some(hedge);
         self
     }
 
@@ -284,6 +321,7 @@ impl<C> ClientBuilder<C> {
             wait_for_ready: self.wait_for_ready,
             accrual: self.accrual,
             options: self.options,
+            hedge: self.hedge,
         };
         (
             Arc::new(Pool::new(self.desc, config)),
