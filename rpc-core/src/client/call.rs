@@ -274,19 +274,19 @@ impl<R> Future for CallFuture<R> {
             if timeout.is_some() {
                 this.deadline.as_mut().set(timeout);
             }
-            let ready = match (&call.client.layers, &call.client.inner) {
-                (Some(layers), _) => {
-                    let layers = Arc::clone(layers);
-                    start_layered(&layers, call, timeout, &mut this)?;
-                    None
-                }
-                (None, Inner::Connection(handle)) => {
+            let ready = match &call.client.inner {
+                Inner::Connection(handle) => {
                     let handle = Arc::clone(handle);
                     start_on(handle, call, timeout, &mut this, cx)?
                 }
-                (None, Inner::Pool(pool)) => {
+                Inner::Pool(pool) => {
                     let pool = Arc::clone(pool);
                     start_managed(pool, call, timeout, &mut this)?;
+                    None
+                }
+                Inner::Layered(layers) => {
+                    let layers = Arc::clone(layers);
+                    start_layered(&layers, call, timeout, &mut this)?;
                     None
                 }
             };
@@ -537,7 +537,7 @@ fn start_layered<R>(
         deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
         body: Bytes::copy_from_slice(builder.body()),
     };
-    let bare = client.bare();
+    let bare = layers.bare.clone();
     let future = layers.stack.run(
         request,
         Box::new(

@@ -59,12 +59,12 @@ fn no_single_response<R>(_: &[u8]) -> Result<R, RpcError> {
 #[derive(Clone)]
 pub struct Client {
     inner: Inner,
-    /// The client's middleware, if it has any (`None` keeps calls on the plain path).
-    layers: Option<Arc<ClientLayers>>,
 }
 
-/// A client's middleware: as configured, and the stack its calls run through.
+/// A client's middleware: as configured, the stack its calls run through, and the client
+/// without them that the end of the stack sends calls on.
 pub(crate) struct ClientLayers {
+    bare: Client,
     configured: Layers<ClientCall>,
     stack: Stack<ClientCall>,
 }
@@ -75,6 +75,9 @@ pub(crate) enum Inner {
     Connection(Arc<Handle>),
     /// Connections made and remade by the client itself, to one endpoint or several.
     Pool(Arc<PoolHandle>),
+    /// One of the above, with middleware around its calls (a variant rather than a field,
+    /// so that a plain client stays one pointer to clone).
+    Layered(Arc<ClientLayers>),
 }
 
 impl Client {
@@ -94,14 +97,12 @@ impl Client {
     ) -> Client {
         Client {
             inner: Inner::Connection(Handle::open(transport, desc, options)),
-            layers: None,
         }
     }
 
     pub(crate) fn from_pool(pool: Arc<PoolHandle>) -> Client {
         Client {
             inner: Inner::Pool(pool),
-            layers: None,
         }
     }
 
@@ -155,35 +156,38 @@ impl Client {
     }
 
     pub(crate) fn layer_scoped(
-        mut self,
+        self,
         scope: Scope,
         middleware: impl Middleware<ClientCall>,
     ) -> Client {
-        let mut configured = self
-            .layers
-            .take()
-            .map(|layers| layers.configured.clone())
-            .unwrap_or_default();
+        let mut configured = match &self.inner {
+            Inner::Layered(layers) => layers.configured.clone(),
+            Inner::Connection(_) | Inner::Pool(_) => Layers::default(),
+        };
         configured.push(scope, middleware);
         self.with_layers(configured)
     }
 
     /// The client with `layers` as its middleware (replacing any it had).
-    pub(crate) fn with_layers(mut self, layers: Layers<ClientCall>) -> Client {
-        self.layers = layers.for_service(self.service().name).map(|stack| {
-            Arc::new(ClientLayers {
-                configured: layers,
-                stack,
-            })
-        });
-        self
+    pub(crate) fn with_layers(self, layers: Layers<ClientCall>) -> Client {
+        let bare = self.bare();
+        match layers.for_service(bare.service().name) {
+            Some(stack) => Client {
+                inner: Inner::Layered(Arc::new(ClientLayers {
+                    bare,
+                    configured: layers,
+                    stack,
+                })),
+            },
+            None => bare,
+        }
     }
 
     /// The same client without its middleware: what the end of its stack sends calls on.
     fn bare(&self) -> Client {
-        Client {
-            inner: self.inner.clone(),
-            layers: None,
+        match &self.inner {
+            Inner::Layered(layers) => layers.bare.clone(),
+            Inner::Connection(_) | Inner::Pool(_) => self.clone(),
         }
     }
 
@@ -192,6 +196,7 @@ impl Client {
         match &self.inner {
             Inner::Connection(handle) => handle.shared.desc,
             Inner::Pool(pool) => pool.desc(),
+            Inner::Layered(layers) => layers.bare.service(),
         }
     }
 
@@ -201,6 +206,7 @@ impl Client {
         match &self.inner {
             Inner::Connection(_) => None,
             Inner::Pool(pool) => Some(pool.stats()),
+            Inner::Layered(layers) => layers.bare.stats(),
         }
     }
 
@@ -305,9 +311,13 @@ impl fmt::Debug for Client {
             .field("service", &self.service().name)
             .field(
                 "kind",
-                &match self.inner {
+                &match &self.inner {
                     Inner::Connection(_) => "connection",
                     Inner::Pool(_) => "pool",
+                    Inner::Layered(layers) => match layers.bare.inner {
+                        Inner::Pool(_) => "pool with middleware",
+                        _ => "connection with middleware",
+                    },
                 },
             )
             .finish_non_exhaustive()

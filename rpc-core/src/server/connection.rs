@@ -21,7 +21,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Authorize;
 use super::call::{InFlight, Outcome};
-use super::dispatch::{Admitted, ConnectionLoad, Dispatcher, Handler, Incoming, Request, Route};
+use super::dispatch::{
+    Admitted, Answer, ConnectionLoad, Deferred, Dispatcher, Handler, Incoming, Request, Route,
+};
 use super::service::Service;
 use super::ServerConfig;
 use crate::context::{self, CallContext, Metadata};
@@ -405,14 +407,14 @@ impl<S: Service> Connection<S> {
                     })
                 })
             }
-            Request::Layered(deferred) => {
-                let mut handler =
-                    self.dispatcher
-                        .layered(call.method, deferred, &mut context, call.body_len);
-                let first = observed
-                    .in_span(|| context::enter(&mut context, || Pin::new(&mut handler).poll(cx)));
-                (handler, first)
-            }
+            Request::Layered(deferred) => self.start_layered(
+                call.method,
+                deferred,
+                &mut context,
+                &mut observed,
+                call.body_len,
+                cx,
+            ),
         };
         if let Poll::Ready(result) = first {
             let outcome = Outcome::of(result, call.method);
@@ -430,6 +432,27 @@ impl<S: Service> Connection<S> {
             waker: None,
             observed,
         });
+    }
+
+    /// The handler of a call with middleware, polled once. Out of line: the plain path does
+    /// not need it.
+    #[inline(never)]
+    fn start_layered(
+        &mut self,
+        method: &'static MethodInfo,
+        deferred: Box<Deferred>,
+        context: &mut Option<CallContext>,
+        observed: &mut Observed,
+        body_len: usize,
+        cx: &mut Context<'_>,
+    ) -> (
+        Handler<S::Response>,
+        Poll<std::thread::Result<Answer<S::Response>>>,
+    ) {
+        let mut handler = self.dispatcher.layered(method, deferred, context, body_len);
+        let first =
+            observed.in_span(|| context::enter(context, || Pin::new(&mut handler).poll(cx)));
+        (handler, first)
     }
 
     /// Starts sending the stream a handler returned, under the call's deadline; the call
@@ -519,6 +542,7 @@ impl<S: Service> Connection<S> {
 
     /// The response frame of a result encoded in `builder`, or the error reply when it is
     /// too large to send.
+    #[inline(always)]
     fn response_frame(
         &self,
         id: u64,

@@ -71,9 +71,19 @@ impl<R: Send + 'static> Future for Handler<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             HandlerProjection::Plain(handler) => handler.poll(cx).map(|r| r.map(Answer::Typed)),
-            HandlerProjection::Layered(chain) => chain.poll(cx).map(|r| r.map(Answer::of)),
+            HandlerProjection::Layered(chain) => poll_layered(chain, cx),
         }
     }
+}
+
+/// Polls a chain of middleware. Out of line, so that the plain handler's poll stays small
+/// enough to be inlined where the connection polls its calls.
+#[inline(never)]
+fn poll_layered<R: Send + 'static>(
+    chain: Pin<&mut CatchUnwind<AssertUnwindSafe<BoxFuture<Result<Reply, RpcError>>>>>,
+    cx: &mut Context<'_>,
+) -> Poll<std::thread::Result<Answer<R>>> {
+    chain.poll(cx).map(|r| r.map(Answer::of))
 }
 
 impl<R: Send + 'static> Answer<R> {
@@ -108,8 +118,9 @@ pub(crate) struct Deferred {
 /// A request as the dispatcher passes it on.
 pub(crate) enum Request<Q> {
     Decoded(Q),
-    /// To run through middleware, which decode it last.
-    Layered(Deferred),
+    /// To run through middleware, which decode it last (boxed: the plain request, moved
+    /// on every call, stays small).
+    Layered(Box<Deferred>),
 }
 
 /// One request as the connection read it.
@@ -214,11 +225,7 @@ impl<S: Service> Dispatcher<S> {
         self.authorize(method, &request.metadata)?;
         let decoded = match &self.layers {
             None => Request::Decoded(self.decode(request.id, method, request.body, streams)?),
-            Some(stack) => Request::Layered(Deferred {
-                stack: stack.clone(),
-                body: request.frame.slice_ref(request.body),
-                input: method.client_streaming.then(|| streams.receive(request.id)),
-            }),
+            Some(stack) => defer(stack, &request, method, streams),
         };
         Ok(Admitted {
             id: request.id,
@@ -310,10 +317,11 @@ impl<S: Service> Dispatcher<S> {
     /// The handler of a call with middleware: the chain of them around the service's
     /// future. It needs a context (made `Some` here) for the middleware to pass metadata on
     /// to the handler.
+    #[inline(never)]
     pub(crate) fn layered(
         &self,
         method: &'static MethodInfo,
-        deferred: Deferred,
+        deferred: Box<Deferred>,
         context: &mut Option<CallContext>,
         body_len: usize,
     ) -> Handler<S::Response> {
@@ -327,7 +335,7 @@ impl<S: Service> Dispatcher<S> {
             body_len,
         };
         let service = Arc::clone(&self.service);
-        let Deferred { stack, body, input } = deferred;
+        let Deferred { stack, body, input } = *deferred;
         Handler::layered(stack.run(
             call,
             Box::new(
@@ -352,8 +360,25 @@ impl<S: Service> Dispatcher<S> {
     }
 }
 
+/// A request left for its middleware. Out of line: services without middleware never come
+/// here.
+#[inline(never)]
+fn defer<Q>(
+    stack: &Stack<ServerCall>,
+    request: &Incoming<'_>,
+    method: &'static MethodInfo,
+    streams: &mut StreamEngine,
+) -> Request<Q> {
+    Request::Layered(Box::new(Deferred {
+        stack: stack.clone(),
+        body: request.frame.slice_ref(request.body),
+        input: method.client_streaming.then(|| streams.receive(request.id)),
+    }))
+}
+
 /// Decodes a request's arguments. A user's `Deserialize` impl may panic too: that fails
 /// this call, not the connection.
+#[inline]
 fn decode_caught<S: Service>(
     service: &S,
     method: &'static MethodInfo,
