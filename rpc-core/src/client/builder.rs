@@ -76,6 +76,9 @@ pub struct ClientBuilder<C> {
     hedge: Option<Hedge>,
 }
 
+/// A builder taken apart to make a pool: the pool, how to wrap its client, the middleware.
+type PoolParts<C> = (Arc<Pool>, fn(Client) -> C, Layers<ClientCall>);
+
 impl<C> fmt::Debug for ClientBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
@@ -310,7 +313,7 @@ impl<C> ClientBuilder<C> {
         wrap(Client::from_pool(Arc::new(PoolHandle::new(pool))).with_layers(layers))
     }
 
-    fn into_pool(self) -> (Arc<Pool>, fn(Client) -> C, Layers<ClientCall>) {
+    fn into_pool(self) -> PoolParts<C> {
         let config = PoolConfig {
             strategy: self.strategy,
             retry_budget: self.retry_budget,

@@ -59,6 +59,9 @@ pub(crate) struct ConnectionContext {
     pub(crate) stream_window: Arc<ConnectionWindow>,
 }
 
+/// A call's handler, and what its first poll gave.
+type FirstPoll<R> = (Handler<R>, Poll<std::thread::Result<Answer<R>>>);
+
 /// Why a connection ends.
 enum End {
     /// The client closed the connection or said goodbye.
@@ -409,7 +412,7 @@ impl<S: Service> Connection<S> {
             }
             Request::Layered(deferred) => self.start_layered(
                 call.method,
-                deferred,
+                *deferred,
                 &mut context,
                 &mut observed,
                 call.body_len,
@@ -440,15 +443,12 @@ impl<S: Service> Connection<S> {
     fn start_layered(
         &mut self,
         method: &'static MethodInfo,
-        deferred: Box<Deferred>,
+        deferred: Deferred,
         context: &mut Option<CallContext>,
         observed: &mut Observed,
         body_len: usize,
         cx: &mut Context<'_>,
-    ) -> (
-        Handler<S::Response>,
-        Poll<std::thread::Result<Answer<S::Response>>>,
-    ) {
+    ) -> FirstPoll<S::Response> {
         let mut handler = self.dispatcher.layered(method, deferred, context, body_len);
         let first =
             observed.in_span(|| context::enter(context, || Pin::new(&mut handler).poll(cx)));

@@ -41,8 +41,11 @@ pub(crate) type Route = Result<&'static MethodInfo, Arc<str>>;
 #[pin_project(project = HandlerProjection)]
 pub(crate) enum Handler<R> {
     Plain(#[pin] CatchUnwind<AssertUnwindSafe<BoxFuture<R>>>),
-    Layered(#[pin] CatchUnwind<AssertUnwindSafe<BoxFuture<Result<Reply, RpcError>>>>),
+    Layered(#[pin] Chain),
 }
+
+/// A call's chain of middleware, with its panics caught.
+type Chain = CatchUnwind<AssertUnwindSafe<BoxFuture<Result<Reply, RpcError>>>>;
 
 /// What a handler (and its middleware) gave.
 pub(crate) enum Answer<R> {
@@ -80,7 +83,7 @@ impl<R: Send + 'static> Future for Handler<R> {
 /// enough to be inlined where the connection polls its calls.
 #[inline(never)]
 fn poll_layered<R: Send + 'static>(
-    chain: Pin<&mut CatchUnwind<AssertUnwindSafe<BoxFuture<Result<Reply, RpcError>>>>>,
+    chain: Pin<&mut Chain>,
     cx: &mut Context<'_>,
 ) -> Poll<std::thread::Result<Answer<R>>> {
     chain.poll(cx).map(|r| r.map(Answer::of))
@@ -321,7 +324,7 @@ impl<S: Service> Dispatcher<S> {
     pub(crate) fn layered(
         &self,
         method: &'static MethodInfo,
-        deferred: Box<Deferred>,
+        deferred: Deferred,
         context: &mut Option<CallContext>,
         body_len: usize,
     ) -> Handler<S::Response> {
@@ -335,7 +338,7 @@ impl<S: Service> Dispatcher<S> {
             body_len,
         };
         let service = Arc::clone(&self.service);
-        let Deferred { stack, body, input } = *deferred;
+        let Deferred { stack, body, input } = deferred;
         Handler::layered(stack.run(
             call,
             Box::new(
