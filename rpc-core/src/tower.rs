@@ -15,8 +15,8 @@
 //!
 //! ```
 //! use rpc_core::tower::CallService;
-//! use rpc_core::{service, Server};
-//! use tower_service::Service as _;
+//! use rpc_core::{service, Call, Server};
+//! use tower_service::Service;
 //!
 //! #[service]
 //! pub trait Calc {
@@ -34,7 +34,7 @@
 //! let calc = CalcClient::new(client_end);
 //!
 //! let mut service = CallService;
-//! std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+//! std::future::poll_fn(|cx| Service::<Call<i64>>::poll_ready(&mut service, cx)).await?;
 //! assert_eq!(service.call(calc.add(1, 2)).await?, 3);
 //! # Ok(()) }
 //! ```
