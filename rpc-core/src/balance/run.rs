@@ -39,8 +39,8 @@ pub(crate) struct ManagedCall {
 
 /// What a call through a pool came to.
 pub(crate) enum Reply {
-    /// The response body.
-    Body(Bytes),
+    /// The response body, opened by the caller.
+    Body(crate::compress::Body),
     /// The stream that answers it.
     Stream(RemoteStream),
 }
@@ -90,9 +90,11 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
             (None, None) => unreachable!("the body is kept once the first frame is built"),
         };
         let id = handle.shared.next_id();
-        let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+        let (frame, plain) = handle.request(id, builder, call.method, timeout, &call.metadata);
         if body.is_none() {
-            body = Some(frame.slice(frame.len() - body_len..));
+            // Kept to send again: the plain body (a compressed frame does not end with it,
+            // and the next connection may not compress).
+            body = Some(plain.unwrap_or_else(|| frame.slice(frame.len() - body_len..)));
         }
         let load = member.track();
         let sent = connection::send(

@@ -11,6 +11,7 @@ use crate::balance::{
     Backoff, Discover, Endpoint, FailureAccrual, LeastLoaded, Pool, PoolConfig, PoolHandle,
     RetryBudget, Strategy,
 };
+use crate::compress::Compression;
 use crate::connect::Connect;
 use crate::connection::ConnectionOptions;
 use crate::descriptor::ServiceDescriptor;
@@ -91,6 +92,7 @@ impl<C> fmt::Debug for ClientBuilder<C> {
                 "max_buffered_stream_bytes",
                 &self.options.max_buffered_stream_bytes,
             )
+            .field("compression", &self.options.compression)
             .finish_non_exhaustive()
     }
 }
@@ -202,6 +204,14 @@ impl<C> ClientBuilder<C> {
     /// it; an item past it from a server that does not cuts its stream with `Overloaded`.
     pub fn max_buffered_stream_bytes(mut self, bytes: usize) -> ClientBuilder<C> {
         self.options.max_buffered_stream_bytes = bytes;
+        self
+    }
+
+    /// Offers the servers `compression`'s codecs on every connection (off, `None`, by
+    /// default): a server that accepts one compresses large messages both ways; one that
+    /// has none of them, or predates compression, is talked to uncompressed.
+    pub fn compression(mut self, compression: Option<Compression>) -> ClientBuilder<C> {
+        self.options.compression = compression;
         self
     }
 

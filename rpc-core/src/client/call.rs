@@ -16,6 +16,7 @@ use super::{Client, Inner};
 use crate::balance::{self, ManagedCall, Reply};
 use crate::boxed::BoxFuture;
 use crate::codec;
+use crate::compress::Body;
 use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
 use crate::context::Metadata;
 use crate::deadline::{effective_timeout, Deadline};
@@ -317,7 +318,8 @@ impl<R> Future for CallFuture<R> {
                 panic!("CallFuture polled after it completed")
             }
         };
-        let (result, bytes) = match response {
+        // A compressed response is opened here, in the caller's task, not the I/O task's.
+        let (result, bytes) = match response.and_then(Body::open) {
             Ok(body) => (decode(&body), body.len()),
             Err(err) => (Err(err), 0),
         };
@@ -347,7 +349,7 @@ fn start_on<R>(
         builder.body_len(),
         &mut call.metadata,
     );
-    let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+    let (frame, _) = handle.request(id, builder, call.method, timeout, &call.metadata);
     let (parts, output) = Streams::split(call.streams);
     match this
         .observed
