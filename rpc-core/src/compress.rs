@@ -119,7 +119,10 @@ impl Compression {
     /// A builder: every codec compiled in (zstd first), level 3, threshold 1 KiB.
     pub fn builder() -> CompressionBuilder {
         CompressionBuilder {
-            codecs: Codec::ALL.into_iter().filter(|c| c.is_available()).collect(),
+            codecs: Codec::ALL
+                .into_iter()
+                .filter(|c| c.is_available())
+                .collect(),
             level: DEFAULT_LEVEL,
             threshold: DEFAULT_THRESHOLD,
         }
@@ -360,8 +363,14 @@ fn take_varint(buf: &mut &[u8]) -> Option<u64> {
     let (&first, rest) = buf.split_first()?;
     let (value, used) = match first {
         0..=250 => (u64::from(first), 0),
-        251 => (u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)), 2),
-        252 => (u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)), 4),
+        251 => (
+            u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
+            2,
+        ),
+        252 => (
+            u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
+            4,
+        ),
         253 => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
         _ => return None,
     };

@@ -321,9 +321,7 @@ impl WireMessage {
                 metadata: metadata.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
                 body,
             },
-            WireMessage::PackedResponse { id, body } => {
-                Message::PackedResponse { id: *id, body }
-            }
+            WireMessage::PackedResponse { id, body } => Message::PackedResponse { id: *id, body },
             WireMessage::PackedStreamItem { id, body } => {
                 Message::PackedStreamItem { id: *id, body }
             }
@@ -423,6 +421,29 @@ pub fn goodbye_frame(kind: ErrorKind, message: &str) -> Bytes {
 /// The client's `Hello` for a service.
 pub fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
     protocol::hello_frame(desc, None)
+}
+
+/// The client's `Hello` for a service, offering the comma-separated `codecs` (names, as
+/// the offer entry carries them).
+pub fn hello_frame_offering(desc: &ServiceDescriptor, codecs: &str) -> Bytes {
+    let entry = format!("{}{codecs}", crate::compress::OFFER_ENTRY);
+    protocol::hello_frame(desc, Some(&entry))
+}
+
+/// The server's announcement, answering a client's offer with `codec` (or none).
+pub fn announcement_frame(codec: Option<crate::compress::Codec>) -> Bytes {
+    crate::streaming::StreamEngine::announcement_with(codec)
+}
+
+/// A `PackedResponse` frame as the server builds it around a packed body.
+pub fn packed_response_frame(id: u64, packed: &[u8]) -> Bytes {
+    FrameBuilder::with_body(packed).finish_packed_response(id)
+}
+
+/// A packed body decompressed as the runtime does it, its body field allowed `room` bytes
+/// (the frame size limit less the message's head).
+pub fn unpack(packed: &[u8], room: usize) -> Result<Vec<u8>, String> {
+    crate::compress::unpack(packed, room).map_err(|err| err.message().to_string())
 }
 
 /// `data` compressed by `codec` as the runtime compresses bodies (without the packed

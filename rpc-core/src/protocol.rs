@@ -750,9 +750,15 @@ mod tests {
         let body = &[2u8, 0xfb, 0x10, 0x27, 9, 9][..];
         let build = || FrameBuilder::with_body(body);
         let expected = Message::PackedResponse { id: 300, body };
-        assert_eq!(&build().finish_packed_response(300)[..], &encode(&expected)[..]);
+        assert_eq!(
+            &build().finish_packed_response(300)[..],
+            &encode(&expected)[..]
+        );
         let expected = Message::PackedStreamItem { id: 1, body };
-        assert_eq!(&build().finish_packed_stream_item(1)[..], &encode(&expected)[..]);
+        assert_eq!(
+            &build().finish_packed_stream_item(1)[..],
+            &encode(&expected)[..]
+        );
         let none = Metadata::new();
         let some: Metadata = [("k", "v")].into_iter().collect();
         for (first, timeout) in [(&none, None), (&some, Some(Duration::from_secs(1)))] {

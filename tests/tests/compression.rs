@@ -200,10 +200,22 @@ async fn each_codec_compresses_large_messages_both_ways_in_memory() {
         assert_eq!(answered(&seen), u32::from(codec_byte(codec)), "{codec}");
         let client_sent = sent_by(&seen, true);
         let server_sent = sent_by(&seen, false);
-        assert!(client_sent.contains(&"PackedRequest"), "{codec}: {client_sent:?}");
-        assert!(client_sent.contains(&"PackedStreamItem"), "{codec}: {client_sent:?}");
-        assert!(server_sent.contains(&"PackedResponse"), "{codec}: {server_sent:?}");
-        assert!(server_sent.contains(&"PackedStreamItem"), "{codec}: {server_sent:?}");
+        assert!(
+            client_sent.contains(&"PackedRequest"),
+            "{codec}: {client_sent:?}"
+        );
+        assert!(
+            client_sent.contains(&"PackedStreamItem"),
+            "{codec}: {client_sent:?}"
+        );
+        assert!(
+            server_sent.contains(&"PackedResponse"),
+            "{codec}: {server_sent:?}"
+        );
+        assert!(
+            server_sent.contains(&"PackedStreamItem"),
+            "{codec}: {server_sent:?}"
+        );
         // The 100-byte items went as they are, the others compressed.
         for side in [&client_sent, &server_sent] {
             let plain = side.iter().filter(|n| **n == "StreamItem").count();
@@ -276,8 +288,11 @@ async fn the_server_picks_its_own_preference_among_the_offered_codecs() {
         .unwrap();
     let connector = server(Some(server_prefers));
     let (end, seen) = relayed(&connector).await;
-    let client =
-        StoreClient::from_client(Client::with_compression(end, &StoreClient::DESCRIPTOR, client_prefers));
+    let client = StoreClient::from_client(Client::with_compression(
+        end,
+        &StoreClient::DESCRIPTOR,
+        client_prefers,
+    ));
     assert_eq!(client.echo(text(5000)).await.unwrap(), text(5000));
     assert_eq!(answered(&seen), u32::from(codec_byte(Codec::Lz4)));
 }
@@ -294,8 +309,11 @@ async fn small_messages_stay_uncompressed() {
         .unwrap();
     let connector = server(Some(compression.clone()));
     let (end, seen) = relayed(&connector).await;
-    let client =
-        StoreClient::from_client(Client::with_compression(end, &StoreClient::DESCRIPTOR, compression));
+    let client = StoreClient::from_client(Client::with_compression(
+        end,
+        &StoreClient::DESCRIPTOR,
+        compression,
+    ));
     for _ in 0..3 {
         assert_eq!(client.echo(text(4000)).await.unwrap(), text(4000));
     }
@@ -320,8 +338,11 @@ async fn incompressible_data_goes_as_it_is() {
     };
     let connector = server(Some(only(codec)));
     let (end, seen) = relayed(&connector).await;
-    let client =
-        StoreClient::from_client(Client::with_compression(end, &StoreClient::DESCRIPTOR, only(codec)));
+    let client = StoreClient::from_client(Client::with_compression(
+        end,
+        &StoreClient::DESCRIPTOR,
+        only(codec),
+    ));
     client.echo(vec![]).await.unwrap();
     // Bytes from a simple generator with a long period: no codec shrinks them.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -348,8 +369,11 @@ async fn one_side_without_compression_means_none() {
     // A client that offers, a server that has none.
     let connector = server(None);
     let (end, seen) = relayed(&connector).await;
-    let client =
-        StoreClient::from_client(Client::with_compression(end, &StoreClient::DESCRIPTOR, only(codec)));
+    let client = StoreClient::from_client(Client::with_compression(
+        end,
+        &StoreClient::DESCRIPTOR,
+        only(codec),
+    ));
     guard("offering client, plain server", exercise(&client)).await;
     assert_eq!(answered(&seen), 0);
     // A server that has compression, a client that offers none.
@@ -675,7 +699,10 @@ fn bad_configurations_are_refused_with_a_reason() {
             .level(99)
             .build()
             .unwrap_err();
-        assert!(err.to_string().contains("zstd level 99 is out of range"), "{err}");
+        assert!(
+            err.to_string().contains("zstd level 99 is out of range"),
+            "{err}"
+        );
         // LZ4 has no level: any is accepted without zstd.
         if Codec::Lz4.is_available() {
             assert!(Compression::builder()
@@ -709,6 +736,9 @@ fn bad_configurations_are_refused_with_a_reason() {
             .threshold(1)
             .build()
             .unwrap();
-        assert_eq!((ok.codecs(), ok.level(), ok.threshold()), (&[codec][..], 1, 1));
+        assert_eq!(
+            (ok.codecs(), ok.level(), ok.threshold()),
+            (&[codec][..], 1, 1)
+        );
     }
 }

@@ -109,8 +109,14 @@ impl Handle {
             // A request too large for the frame size limit is not compressed: `send` fails
             // it as it would without compression, so the limit is exactly as strict.
             if packer.wants(builder.body_len())
-                && FrameBuilder::request_len(id, method, timeout, ours, metadata, builder.body_len())
-                    <= self.shared.max_frame_size
+                && FrameBuilder::request_len(
+                    id,
+                    method,
+                    timeout,
+                    ours,
+                    metadata,
+                    builder.body_len(),
+                ) <= self.shared.max_frame_size
             {
                 if let Some(packed) = packer.pack(builder.body()) {
                     let frame =
@@ -119,7 +125,10 @@ impl Handle {
                 }
             }
         }
-        (builder.finish_request_with(id, method, timeout, ours, metadata), None)
+        (
+            builder.finish_request_with(id, method, timeout, ours, metadata),
+            None,
+        )
     }
 }
 

@@ -24,6 +24,7 @@ use super::call::{InFlight, Outcome};
 use super::dispatch::{Admitted, ConnectionLoad, Dispatcher, Handler, Incoming, Route};
 use super::service::Service;
 use super::ServerConfig;
+use crate::compress::{Body, Codec, Packer, INLINE_PACK_LIMIT};
 use crate::context::{self, CallContext, Metadata};
 use crate::deadline::Deadline;
 use crate::descriptor::MethodInfo;
@@ -33,7 +34,6 @@ use crate::log;
 use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::peer::Peer;
-use crate::compress::{Body, Codec, Packer, INLINE_PACK_LIMIT};
 use crate::protocol::{self, FrameBuilder, Message};
 use crate::streaming::{ConnectionWindow, StreamEngine};
 use crate::transport::Transport;
@@ -326,7 +326,11 @@ impl<S: Service> Connection<S> {
                 // Opened here, on the connection's task, as the arguments are decoded here
                 // too (see `Dispatcher::decode`); what it may cost is bounded by the frame
                 // size limit. A body that does not open fails its call, not the connection.
-                let room = Body::packed(frame.slice_ref(body), frame.len(), self.config.max_frame_size);
+                let room = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.config.max_frame_size,
+                );
                 match room.open() {
                     Ok(plain) => {
                         self.on_request(id, method, timeout_us, &metadata, &plain[..], &frame, cx);
@@ -346,7 +350,11 @@ impl<S: Service> Connection<S> {
                 Ok(())
             }
             Message::PackedStreamItem { id, body } => {
-                let body = Body::packed(frame.slice_ref(body), frame.len(), self.config.max_frame_size);
+                let body = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.config.max_frame_size,
+                );
                 self.streams.on_item(id, body, &mut self.unsent);
                 Ok(())
             }

@@ -11,11 +11,11 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{Streaming, WINDOW};
+use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::deadline::Deadline;
 use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
-use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::protocol::FrameBuilder;
 use std::future::Future;
 use tokio::task::JoinHandle;
@@ -41,7 +41,12 @@ pub(crate) struct ItemFrame {
 impl ItemFrame {
     /// The frame of item `builder` of stream `id`, compressed by `packer` if it is worth
     /// it and fits the frame size limit `max_frame_size` uncompressed.
-    fn build(builder: FrameBuilder, id: u64, packer: Option<Packer>, max_frame_size: usize) -> ItemFrame {
+    fn build(
+        builder: FrameBuilder,
+        id: u64,
+        packer: Option<Packer>,
+        max_frame_size: usize,
+    ) -> ItemFrame {
         let plain = FrameBuilder::stream_item_len(id, builder.body_len());
         if let Some(packer) = packer.filter(|p| p.wants(builder.body_len())) {
             if plain <= max_frame_size {
