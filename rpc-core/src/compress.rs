@@ -460,6 +460,10 @@ pub(crate) fn unpack(packed: &[u8], room: usize) -> Result<Vec<u8>, RpcError> {
     Ok(out)
 }
 
+/// More than an LZ4 block can expand: each further byte of a match's length adds 255.
+#[cfg(feature = "lz4")]
+const LZ4_MAX_RATIO: usize = 256;
+
 /// Decompresses `data` into at most `size` bytes: more is an error, not a larger buffer.
 fn decompress(codec: Codec, data: &[u8], size: usize) -> Result<Vec<u8>, RpcError> {
     let failed = |err: &dyn fmt::Display| {
@@ -469,9 +473,26 @@ fn decompress(codec: Codec, data: &[u8], size: usize) -> Result<Vec<u8>, RpcErro
     };
     match codec {
         #[cfg(feature = "zstd")]
-        Codec::Zstd => zstd::bulk::decompress(data, size).map_err(|err| failed(&err)),
+        Codec::Zstd => {
+            // A zstd frame states its size in its header (ours always do): one that says
+            // otherwise than the claim is refused before any buffer is made for it.
+            if let Ok(Some(stated)) = zstd::zstd_safe::get_frame_content_size(data) {
+                if stated != size as u64 {
+                    return Err(failed(&format!("its zstd frame says {stated} bytes")));
+                }
+            }
+            zstd::bulk::decompress(data, size).map_err(|err| failed(&err))
+        }
         #[cfg(feature = "lz4")]
         Codec::Lz4 => {
+            // An LZ4 block expands at most about 255 times (a match's length grows by 255
+            // per byte): a larger claim is a lie, refused before a buffer is made for it.
+            if size > data.len().saturating_mul(LZ4_MAX_RATIO).saturating_add(64) {
+                return Err(failed(&format!(
+                    "an LZ4 block of {} bytes cannot expand that far",
+                    data.len()
+                )));
+            }
             let mut out = vec![0; size];
             let written =
                 lz4_flex::block::decompress_into(data, &mut out).map_err(|err| failed(&err))?;

@@ -326,12 +326,12 @@ impl<S: Service> Connection<S> {
                 // Opened here, on the connection's task, as the arguments are decoded here
                 // too (see `Dispatcher::decode`); what it may cost is bounded by the frame
                 // size limit. A body that does not open fails its call, not the connection.
-                let room = Body::packed(
+                let packed = Body::packed(
                     frame.slice_ref(body),
                     frame.len(),
                     self.config.max_frame_size,
                 );
-                match room.open() {
+                match packed.open() {
                     Ok(plain) => {
                         self.on_request(id, method, timeout_us, &metadata, &plain[..], &frame, cx);
                     }
