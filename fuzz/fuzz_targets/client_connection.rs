@@ -221,6 +221,12 @@ impl Heard {
                 "the client answered a Ping it was never sent"
             ),
             WireMessage::Response { .. } => panic!("the client sent a Response"),
+            // This client offers no compression: it must never send a compressed message.
+            WireMessage::PackedRequest { .. }
+            | WireMessage::PackedResponse { .. }
+            | WireMessage::PackedStreamItem { .. } => {
+                panic!("the client sent a {} without compression", message.name())
+            }
             WireMessage::Hello { .. } | WireMessage::Goodbye { .. } | WireMessage::Ping { .. } => {}
         }
     }

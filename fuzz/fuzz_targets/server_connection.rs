@@ -397,6 +397,12 @@ fn check_replies(replies: &[Bytes], asked: &Asked) {
             WireMessage::Hello { .. } | WireMessage::Request { .. } => {
                 panic!("the server sent a {}", message.name())
             }
+            // The fuzzed client offers no compression.
+            WireMessage::PackedRequest { .. }
+            | WireMessage::PackedResponse { .. }
+            | WireMessage::PackedStreamItem { .. } => {
+                panic!("the server sent a {} to a client that offered no compression", message.name())
+            }
         }
     }
 }

@@ -98,6 +98,33 @@ pub enum WireMessage {
         /// Echoed in the `Pong`.
         nonce: u64,
     },
+    /// A call whose body is packed (compressed).
+    PackedRequest {
+        /// The call's id.
+        id: u64,
+        /// Index into the client's method table.
+        method: u32,
+        /// Time remaining, in microseconds.
+        timeout_us: Option<u64>,
+        /// Metadata pairs, in order.
+        metadata: Vec<(String, Vec<u8>)>,
+        /// The packed body: codec byte, uncompressed length (varint), compressed bytes.
+        body: Vec<u8>,
+    },
+    /// A successful answer whose body is packed.
+    PackedResponse {
+        /// The call's id.
+        id: u64,
+        /// The packed body.
+        body: Vec<u8>,
+    },
+    /// One stream item whose body is packed.
+    PackedStreamItem {
+        /// The call's id.
+        id: u64,
+        /// The packed body.
+        body: Vec<u8>,
+    },
     /// The answer to `Ping`.
     Pong {
         /// The `Ping`'s nonce.
@@ -198,6 +225,30 @@ impl WireMessage {
             },
             Message::Ping { nonce } => WireMessage::Ping { nonce: *nonce },
             Message::Pong { nonce } => WireMessage::Pong { nonce: *nonce },
+            Message::PackedRequest {
+                id,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            } => WireMessage::PackedRequest {
+                id: *id,
+                method: *method,
+                timeout_us: *timeout_us,
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+                    .collect(),
+                body: body.to_vec(),
+            },
+            Message::PackedResponse { id, body } => WireMessage::PackedResponse {
+                id: *id,
+                body: body.to_vec(),
+            },
+            Message::PackedStreamItem { id, body } => WireMessage::PackedStreamItem {
+                id: *id,
+                body: body.to_vec(),
+            },
         }
     }
 
@@ -257,6 +308,23 @@ impl WireMessage {
             },
             WireMessage::Ping { nonce } => Message::Ping { nonce: *nonce },
             WireMessage::Pong { nonce } => Message::Pong { nonce: *nonce },
+            WireMessage::PackedRequest {
+                id,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            } => Message::PackedRequest {
+                id: *id,
+                method: *method,
+                timeout_us: *timeout_us,
+                metadata: metadata.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
+                body,
+            },
+            WireMessage::PackedResponse { id, body } => Message::PackedResponse { id: *id, body },
+            WireMessage::PackedStreamItem { id, body } => {
+                Message::PackedStreamItem { id: *id, body }
+            }
         };
         message.to_frame()
     }
@@ -274,6 +342,9 @@ impl WireMessage {
             WireMessage::Credit { .. } => "Credit",
             WireMessage::Ping { .. } => "Ping",
             WireMessage::Pong { .. } => "Pong",
+            WireMessage::PackedRequest { .. } => "PackedRequest",
+            WireMessage::PackedResponse { .. } => "PackedResponse",
+            WireMessage::PackedStreamItem { .. } => "PackedStreamItem",
         }
     }
 }
@@ -349,7 +420,41 @@ pub fn goodbye_frame(kind: ErrorKind, message: &str) -> Bytes {
 
 /// The client's `Hello` for a service.
 pub fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
-    protocol::hello_frame(desc)
+    protocol::hello_frame(desc, None)
+}
+
+/// The client's `Hello` for a service, offering the comma-separated `codecs` (names, as
+/// the offer entry carries them).
+pub fn hello_frame_offering(desc: &ServiceDescriptor, codecs: &str) -> Bytes {
+    let entry = format!("{}{codecs}", crate::compress::OFFER_ENTRY);
+    protocol::hello_frame(desc, Some(&entry))
+}
+
+/// The server's announcement, answering a client's offer with `codec` (or none).
+pub fn announcement_frame(codec: Option<crate::compress::Codec>) -> Bytes {
+    crate::streaming::StreamEngine::announcement_with(codec)
+}
+
+/// A `PackedResponse` frame as the server builds it around a packed body.
+pub fn packed_response_frame(id: u64, packed: &[u8]) -> Bytes {
+    FrameBuilder::with_body(packed).finish_packed_response(id)
+}
+
+/// A packed body decompressed as the runtime does it, its body field allowed `room` bytes
+/// (the frame size limit less the message's head).
+pub fn unpack(packed: &[u8], room: usize) -> Result<Vec<u8>, String> {
+    crate::compress::unpack(packed, room).map_err(|err| err.message().to_string())
+}
+
+/// `data` compressed by `codec` as the runtime compresses bodies (without the packed
+/// body's codec byte and length); `None` if the codec is not compiled in.
+pub fn compress(codec: crate::compress::Codec, data: &[u8]) -> Option<Vec<u8>> {
+    crate::compress::Compression::builder()
+        .codecs([codec])
+        .build()
+        .ok()?
+        .packer(codec)
+        .compress(data)
 }
 
 /// The error kind a wire code stands for (unknown codes are `Protocol`).

@@ -58,6 +58,7 @@ mod client;
 // (bincode is pinned and must not be part of the API). Generated code reaches the codec
 // through `__private`, the fuzz targets and property tests through `__fuzz::codec`.
 mod codec;
+pub mod compress;
 mod connect;
 mod connection;
 pub mod context;
@@ -88,6 +89,7 @@ mod transport;
 mod waker;
 
 pub use client::{Call, CallFuture, Client, ClientBuilder};
+pub use compress::Compression;
 pub use connect::Connect;
 pub use connection::{DEFAULT_MAX_FRAME_SIZE, MIN_HELLO_LIMIT};
 pub use descriptor::{MethodInfo, ServiceDescriptor};

@@ -32,6 +32,9 @@ const ARENA_CHUNK: usize = 16 << 10;
 const TAG_REQUEST: u32 = 1;
 const TAG_RESPONSE: u32 = 2;
 const TAG_STREAM_ITEM: u32 = 5;
+const TAG_PACKED_REQUEST: u32 = 10;
+const TAG_PACKED_RESPONSE: u32 = 11;
+const TAG_PACKED_STREAM_ITEM: u32 = 12;
 
 /// One method of the client's table in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
@@ -106,6 +109,21 @@ pub(crate) enum Message<'a> {
     Ping { nonce: u64 },
     /// The answer to `Ping`.
     Pong { nonce: u64 },
+    /// `Request` with a packed (compressed) body: sent only once the server said which
+    /// codec it accepts (see `crate::compress`), so a peer that knows no compression never
+    /// receives one.
+    PackedRequest {
+        id: u64,
+        method: u32,
+        timeout_us: Option<u64>,
+        metadata: Vec<(&'a str, &'a [u8])>,
+        body: &'a [u8],
+    },
+    /// A successful `Response` with a packed body (errors are never compressed): only to a
+    /// client that offered the codec.
+    PackedResponse { id: u64, body: &'a [u8] },
+    /// `StreamItem` with a packed body, under the same rule.
+    PackedStreamItem { id: u64, body: &'a [u8] },
 }
 
 impl<'a> Message<'a> {
@@ -154,6 +172,9 @@ impl<'a> Message<'a> {
             Message::Credit { .. } => "Credit",
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
+            Message::PackedRequest { .. } => "PackedRequest",
+            Message::PackedResponse { .. } => "PackedResponse",
+            Message::PackedStreamItem { .. } => "PackedStreamItem",
         }
     }
 }
@@ -177,8 +198,10 @@ pub(crate) const SCHEMA_ENTRY: &str = "rpc.schema:";
 /// The fingerprint of that entry: FNV-1a 64 of `rpc.schema`.
 pub(crate) const SCHEMA_ENTRY_FINGERPRINT: u64 = crate::descriptor::fnv1a(b"rpc.schema");
 
-/// The client's `Hello` for `desc`: its method table, then its schema if it has one.
-pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
+/// The client's `Hello` for `desc`: its method table, then its codec offer if it has one
+/// (`offer`, see `crate::compress`), then its schema if it has one. The schema stays last,
+/// where a server that predates the offer looks for it.
+pub(crate) fn hello_frame(desc: &ServiceDescriptor, offer: Option<&str>) -> Bytes {
     let schema = desc.compiled_schema();
     Message::Hello {
         magic: MAGIC,
@@ -191,6 +214,10 @@ pub(crate) fn hello_frame(desc: &ServiceDescriptor) -> Bytes {
                 name: m.name,
                 fingerprint: m.fingerprint,
             })
+            .chain(offer.map(|offer| WireMethod {
+                name: offer,
+                fingerprint: crate::compress::OFFER_ENTRY_FINGERPRINT,
+            }))
             .chain(schema.map(|schema| WireMethod {
                 name: schema.hello_entry(),
                 fingerprint: SCHEMA_ENTRY_FINGERPRINT,
@@ -413,10 +440,27 @@ impl FrameBuilder {
         &self.buf[HEADROOM..]
     }
 
+    /// The body, as bytes of its own (no copy).
+    pub(crate) fn into_body(self) -> Bytes {
+        let mut buf = self.buf;
+        buf.advance(HEADROOM);
+        buf.freeze()
+    }
+
     /// Finishes a `Request` frame (without metadata).
     pub(crate) fn finish_request(self, id: u64, method: u32, timeout: Option<Duration>) -> Bytes {
+        self.finish_request_tagged(TAG_REQUEST, id, method, timeout)
+    }
+
+    fn finish_request_tagged(
+        self,
+        tag: u32,
+        id: u64,
+        method: u32,
+        timeout: Option<Duration>,
+    ) -> Bytes {
         let mut head = Head::new();
-        head.varint(u64::from(TAG_REQUEST))
+        head.varint(u64::from(tag))
             .varint(id)
             .varint(u64::from(method));
         match timeout {
@@ -446,13 +490,78 @@ impl FrameBuilder {
         if first.is_empty() && second.is_empty() {
             self.finish_request(id, method, timeout)
         } else {
-            self.finish_request_with_metadata(id, method, timeout, first, second)
+            self.finish_request_with_metadata(false, id, method, timeout, first, second)
         }
+    }
+
+    /// [`finish_request_with`](FrameBuilder::finish_request_with) for a packed body: a
+    /// `PackedRequest` frame.
+    pub(crate) fn finish_packed_request_with(
+        self,
+        id: u64,
+        method: u32,
+        timeout: Option<Duration>,
+        first: &Metadata,
+        second: &Metadata,
+    ) -> Bytes {
+        if first.is_empty() && second.is_empty() {
+            self.finish_request_tagged(TAG_PACKED_REQUEST, id, method, timeout)
+        } else {
+            self.finish_request_with_metadata(true, id, method, timeout, first, second)
+        }
+    }
+
+    /// The length of the `Request` frame [`finish_request_with`] would make of a body of
+    /// `body_len` bytes: the size a packed request is checked against, as if unpacked.
+    ///
+    /// [`finish_request_with`]: FrameBuilder::finish_request_with
+    pub(crate) fn request_len(
+        id: u64,
+        method: u32,
+        timeout: Option<Duration>,
+        first: &Metadata,
+        second: &Metadata,
+        body_len: usize,
+    ) -> usize {
+        use crate::compress::varint_len;
+        let timeout = match timeout {
+            None => 1,
+            Some(t) => 1 + varint_len(u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+        };
+        let pairs = first.iter().chain(second.iter());
+        let metadata = varint_len((first.len() + second.len()) as u64)
+            + pairs
+                .map(|(key, value)| {
+                    varint_len(key.len() as u64)
+                        + key.len()
+                        + varint_len(value.len() as u64)
+                        + value.len()
+                })
+                .sum::<usize>();
+        1 + varint_len(id)
+            + varint_len(u64::from(method))
+            + timeout
+            + metadata
+            + varint_len(body_len as u64)
+            + body_len
+    }
+
+    /// The length of the successful `Response` frame of a body of `body_len` bytes.
+    pub(crate) fn response_len(id: u64, body_len: usize) -> usize {
+        use crate::compress::varint_len;
+        1 + varint_len(id) + 1 + varint_len(body_len as u64) + body_len
+    }
+
+    /// The length of the `StreamItem` frame of a body of `body_len` bytes.
+    pub(crate) fn stream_item_len(id: u64, body_len: usize) -> usize {
+        use crate::compress::varint_len;
+        1 + varint_len(id) + varint_len(body_len as u64) + body_len
     }
 
     #[cold]
     fn finish_request_with_metadata(
         self,
+        packed: bool,
         id: u64,
         method: u32,
         timeout: Option<Duration>,
@@ -464,12 +573,24 @@ impl FrameBuilder {
             .chain(second.iter())
             .map(|(key, value)| (key, &value[..]))
             .collect();
-        let message = Message::Request {
-            id,
-            method,
-            timeout_us: timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
-            metadata,
-            body: &self.buf[HEADROOM..],
+        let timeout_us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+        let body = &self.buf[HEADROOM..];
+        let message = if packed {
+            Message::PackedRequest {
+                id,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            }
+        } else {
+            Message::Request {
+                id,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            }
         };
         let mut buf = BytesMut::with_capacity(self.buf.len() + 64);
         if bincode::encode_into_std_write(&message, &mut BufWrite(&mut buf), CONFIG).is_err() {
@@ -488,8 +609,23 @@ impl FrameBuilder {
 
     /// Finishes a `StreamItem` frame of stream `id`.
     pub(crate) fn finish_stream_item(self, id: u64) -> Bytes {
+        self.finish_item_tagged(TAG_STREAM_ITEM, id)
+    }
+
+    /// Finishes a `PackedStreamItem` frame of stream `id` (the body is packed).
+    pub(crate) fn finish_packed_stream_item(self, id: u64) -> Bytes {
+        self.finish_item_tagged(TAG_PACKED_STREAM_ITEM, id)
+    }
+
+    /// Finishes a `PackedResponse` frame (the body is packed).
+    pub(crate) fn finish_packed_response(self, id: u64) -> Bytes {
+        self.finish_item_tagged(TAG_PACKED_RESPONSE, id)
+    }
+
+    /// A message of two fields, `id` and the body.
+    fn finish_item_tagged(self, tag: u32, id: u64) -> Bytes {
         let mut head = Head::new();
-        head.varint(u64::from(TAG_STREAM_ITEM))
+        head.varint(u64::from(tag))
             .varint(id)
             .varint(self.body_len() as u64);
         self.finish(&head)
@@ -689,6 +825,51 @@ mod tests {
             panic!("not a response");
         };
         assert!(body.is_empty());
+    }
+
+    #[test]
+    fn packed_frames_match_the_derived_encoding_and_plain_lengths_are_exact() {
+        let body = &[2u8, 0xfb, 0x10, 0x27, 9, 9][..];
+        let build = || FrameBuilder::with_body(body);
+        let expected = Message::PackedResponse { id: 300, body };
+        assert_eq!(
+            &build().finish_packed_response(300)[..],
+            &encode(&expected)[..]
+        );
+        let expected = Message::PackedStreamItem { id: 1, body };
+        assert_eq!(
+            &build().finish_packed_stream_item(1)[..],
+            &encode(&expected)[..]
+        );
+        let none = Metadata::new();
+        let some: Metadata = [("k", "v")].into_iter().collect();
+        for (first, timeout) in [(&none, None), (&some, Some(Duration::from_secs(1)))] {
+            let frame = build().finish_packed_request_with(5, 2, timeout, first, &none);
+            let expected = Message::PackedRequest {
+                id: 5,
+                method: 2,
+                timeout_us: timeout.map(|t| t.as_micros() as u64),
+                metadata: first.iter().map(|(k, v)| (k, &v[..])).collect(),
+                body,
+            };
+            assert_eq!(&frame[..], &encode(&expected)[..]);
+            assert_eq!(Message::decode(&frame).unwrap(), expected);
+            // The length the plain request would have.
+            for len in [0, 250, 251, 70_000] {
+                let plain = FrameBuilder::with_body(&vec![0; len])
+                    .finish_request_with(5, 2, timeout, first, &none);
+                assert_eq!(
+                    FrameBuilder::request_len(5, 2, timeout, first, &none, len),
+                    plain.len()
+                );
+            }
+        }
+        for len in [0, 250, 251, 70_000] {
+            let plain = FrameBuilder::with_body(&vec![0; len]).finish_response(u64::MAX);
+            assert_eq!(FrameBuilder::response_len(u64::MAX, len), plain.len());
+            let plain = FrameBuilder::with_body(&vec![0; len]).finish_stream_item(9);
+            assert_eq!(FrameBuilder::stream_item_len(9, len), plain.len());
+        }
     }
 
     #[test]

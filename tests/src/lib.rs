@@ -17,6 +17,11 @@ pub struct Architecture;
 #[doc = include_str!("../../docs/clients.md")]
 pub struct Clients;
 
+/// The Rust blocks of `docs/compression.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/compression.md")]
+pub struct Compression;
+
 /// The Rust blocks of `docs/discovery.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/discovery.md")]

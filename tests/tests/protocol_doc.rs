@@ -304,22 +304,46 @@ fn the_single_messages_are_the_runtime_frames() {
         __fuzz::goodbye_frame(ErrorKind::Disconnected, "the server is shutting down"),
         __fuzz::hello_frame(&HEALTH_WITHOUT_SCHEMA),
     ];
+    check_single_messages(&dump, "messages", expected);
+}
+
+/// The compression section's frames: an offer, an answer and a packed response.
+#[test]
+fn the_compression_messages_are_the_runtime_frames() {
+    let dump = Dump::parse("compression");
+    let body = [
+        2, 0x20, 0x1f, 0x61, 1, 0, 7, 0x50, 0x61, 0x61, 0x61, 0x61, 0x61,
+    ];
+    let expected: Vec<Bytes> = vec![
+        __fuzz::hello_frame_offering(&HEALTH_WITHOUT_SCHEMA, "zstd,lz4"),
+        __fuzz::announcement_frame(Some(rpc_core::compress::Codec::Lz4)),
+        __fuzz::packed_response_frame(1, &body),
+    ];
+    check_single_messages(&dump, "compression", expected);
+    // The body is what the document says it is (when this build has lz4).
+    if rpc_core::compress::Codec::Lz4.is_available() {
+        assert_eq!(__fuzz::unpack(&body, 1 << 20), Ok(vec![b'a'; 32]));
+    }
+}
+
+/// Each frame of `dump` is the one in `expected`, and decodes back to it.
+fn check_single_messages(dump: &Dump, name: &str, expected: Vec<Bytes>) {
     assert_eq!(
         dump.lines.len(),
         expected.len(),
-        "{DOC_PATH}, dump `messages`: {} frames, the test expects {}",
+        "{DOC_PATH}, dump `{name}`: {} frames, the test expects {}",
         dump.lines.len(),
         expected.len()
     );
     for (line, expected) in dump.lines.iter().zip(expected) {
         let Line::Frame { line, bytes, .. } = line else {
-            panic!("{DOC_PATH}, dump `messages`: only frames, no end of stream");
+            panic!("{DOC_PATH}, dump `{name}`: only frames, no end of stream");
         };
         let mut framed = (expected.len() as u32).to_le_bytes().to_vec();
         framed.extend_from_slice(&expected);
         if *bytes != framed {
             panic!(
-                "{DOC_PATH}, line {line} (dump `messages`): the frame differs from what the \
+                "{DOC_PATH}, line {line} (dump `{name}`): the frame differs from what the \
                  runtime builds\n  document: {}\n  runtime:  {}",
                 describe(bytes),
                 describe(&framed)

@@ -5,6 +5,7 @@
 //! cargo run --release -p rpc-examples --bin bench                     # everything, a table
 //! cargo run --release -p rpc-examples --bin bench -- --quick --json   # smoke test, JSON lines
 //! cargo run --release -p rpc-examples --bin bench -- --transport tcp --workload seq,conc
+//! cargo run --release -p rpc-examples --features zstd,lz4 --bin bench -- --transport tcp --workload bulkz
 //! ```
 //!
 //! Workloads: `seq` (one caller, sequential `add`: calls/s, p50, p99), `conc` (64 tasks
@@ -12,7 +13,11 @@
 //! resident memory), `conns` (TCP only: 5,000 connections that each made one call and then
 //! idle: resident memory per connection, client and server ends together), `stream` (one
 //! server-streaming call: items/s for 200,000 16-byte items, variant `16B`, and MB/s for
-//! 2,048 items of 64 KiB, variant `64KiB`, with the peak resident memory).
+//! 2,048 items of 64 KiB, variant `64KiB`, with the peak resident memory), `bulkz` (`bulk`
+//! with a compressible 1 MiB text payload, once uncompressed, variant `text/none`, and once
+//! per codec compiled in, `text/zstd` and `text/lz4` (features `zstd`, `lz4`): MB/s of
+//! payload, and `wire_bytes`, the bytes both ways counted at the client's transport during
+//! the measured calls, with `wire_ratio`, those bytes over the payload's both ways).
 //!
 //! One more workload is run only when asked for (`--workload hedge`), as it is not part of
 //! the specification: `hedge` (TCP only: three servers behind one balancing client, one of
@@ -22,12 +27,16 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Sink, Stream, StreamExt};
 use rpc_core::balance::{Endpoint, EndpointState, Hedge};
+use rpc_core::compress::{Codec, Compression};
 use rpc_core::{service, Server, Streaming, Transport};
 
 /// The benchmark service of the specification.
@@ -95,7 +104,7 @@ fn splitmix64(x: u64) -> u64 {
 }
 
 const USAGE: &str =
-    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,conns,stream,hedge]
+    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,bulkz,conns,stream,hedge]
   --quick      10x fewer calls and 1 s windows: a smoke test, not numbers
   --workload   the default is every workload but `hedge`, which runs only when named
   --json       one JSON object per result on stdout (the table goes to stderr)
@@ -113,16 +122,18 @@ enum Workload {
     Seq,
     Conc,
     Bulk,
+    BulkText,
     Conns,
     Stream,
     Hedge,
 }
 
 const KINDS: [(&str, Kind); 3] = [("tcp", Kind::Tcp), ("unix", Kind::Unix), ("mem", Kind::Mem)];
-const WORKLOADS: [(&str, Workload); 6] = [
+const WORKLOADS: [(&str, Workload); 7] = [
     ("seq", Workload::Seq),
     ("conc", Workload::Conc),
     ("bulk", Workload::Bulk),
+    ("bulkz", Workload::BulkText),
     ("conns", Workload::Conns),
     ("stream", Workload::Stream),
     ("hedge", Workload::Hedge),
@@ -217,6 +228,10 @@ struct Row {
     rss_kib_per_conn: Option<f64>,
     /// Hedges sent, and those that answered first (`hedge` workload).
     hedges: Option<(u64, u64)>,
+    /// Bytes counted at the client's transport (both ways, length prefixes included).
+    wire_bytes: Option<u64>,
+    /// `wire_bytes` over the payload bytes that crossed (both ways).
+    wire_ratio: Option<f64>,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -256,16 +271,32 @@ impl Row {
         if let Some((sent, won)) = self.hedges {
             let _ = write!(out, ",\"hedges\":{sent},\"hedges_won\":{won}");
         }
+        if let Some(wire) = self.wire_bytes {
+            let _ = write!(out, ",\"wire_bytes\":{wire}");
+        }
+        if let Some(ratio) = self.wire_ratio {
+            let _ = write!(out, ",\"wire_ratio\":{}", round(ratio, 4));
+        }
         out.push('}');
         out
     }
 
     fn table(&self) -> String {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
-        let extra = match (self.peak_rss_mib, self.rss_kib_per_conn, self.hedges) {
-            (Some(p), _, _) => format!("peak RSS {p:.1} MiB"),
-            (_, Some(k), _) => format!("{k:.2} KiB/conn"),
-            (_, _, Some((sent, won))) => format!("{sent} hedges, {won} won"),
+        let extra = match (
+            self.peak_rss_mib,
+            self.rss_kib_per_conn,
+            self.wire_ratio,
+            self.hedges,
+        ) {
+            (_, _, Some(r), _) => format!(
+                "wire {:.1} MB ({:.1}% of payload)",
+                self.wire_bytes.unwrap_or(0) as f64 / 1e6,
+                r * 100.0
+            ),
+            (Some(p), _, _, _) => format!("peak RSS {p:.1} MiB"),
+            (_, Some(k), _, _) => format!("{k:.2} KiB/conn"),
+            (_, _, _, Some((sent, won))) => format!("{sent} hedges, {won} won"),
             _ => String::new(),
         };
         let workload = match self.variant {
@@ -294,26 +325,95 @@ fn socket_path(dir: &Path) -> PathBuf {
 
 /// Starts a fresh server on a transport of `kind` and connects a client to it.
 async fn connect(kind: Kind, dir: &Path) -> std::io::Result<BenchClient> {
-    let server = || Server::new().add_service(BenchServer::new(BenchImpl));
-    Ok(match kind {
+    Ok(connect_with(kind, dir, None).await?.0)
+}
+
+/// [`connect`], both ends compressing with `compression` if given, the client's transport
+/// counting the bytes that cross it.
+async fn connect_with(
+    kind: Kind,
+    dir: &Path,
+    compression: Option<Compression>,
+) -> std::io::Result<(BenchClient, Arc<AtomicU64>)> {
+    let server = || {
+        Server::new()
+            .add_service(BenchServer::new(BenchImpl))
+            .compression(compression.clone())
+    };
+    let counted = Arc::new(AtomicU64::new(0));
+    let client = |transport| {
+        let transport = Counting {
+            inner: transport,
+            bytes: Arc::clone(&counted),
+        };
+        match &compression {
+            Some(compression) => BenchClient::from_client(rpc_core::Client::with_compression(
+                transport,
+                &BenchClient::DESCRIPTOR,
+                compression.clone(),
+            )),
+            None => BenchClient::new(transport),
+        }
+    };
+    let client = match kind {
         Kind::Mem => {
             let (client_end, server_end) = rpc_transport::memory::pair();
             tokio::spawn(server().serve_connection(server_end));
-            BenchClient::new(client_end)
+            client(Box::new(client_end) as Box<dyn Transport>)
         }
         Kind::Tcp => {
             let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             tokio::spawn(server().serve(listener));
-            BenchClient::new(rpc_transport::tcp::connect(addr).await?)
+            client(Box::new(rpc_transport::tcp::connect(addr).await?))
         }
         Kind::Unix => {
             let path = socket_path(dir);
             let listener = rpc_transport::unix::bind(&path).await?;
             tokio::spawn(server().serve(listener));
-            BenchClient::new(rpc_transport::unix::connect(&path).await?)
+            client(Box::new(rpc_transport::unix::connect(&path).await?))
         }
-    })
+    };
+    Ok((client, counted))
+}
+
+/// A transport that counts the bytes of the frames it sends and receives, with their
+/// 4-byte length prefixes: what crosses the wire (for the in-memory transport, what would).
+struct Counting<T> {
+    inner: T,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<T: Transport> Stream for Counting<T> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &item {
+            self.bytes
+                .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+        }
+        item
+    }
+}
+
+impl<T: Transport> Sink<Bytes> for Counting<T> {
+    type Error = std::io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> std::io::Result<()> {
+        self.bytes
+            .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+        Pin::new(&mut self.inner).start_send(frame)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
@@ -388,6 +488,56 @@ async fn bulk(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
     for _ in 0..o.bulk_warmup {
         client.echo(payload.clone()).await?;
     }
+    bulk_of(client, o, payload).await
+}
+
+/// A compressible payload: log-like lines of text, a counter in each, so that no two
+/// lines are the same (a codec finds repeats within lines and across them, not one run).
+fn text_payload(size: usize) -> Vec<u8> {
+    let mut text = String::with_capacity(size + 100);
+    let mut i = 0u64;
+    while text.len() < size {
+        let _ = writeln!(
+            text,
+            "2026-01-01T00:00:{:02}.{:06}Z INFO request id={i} method=echo status=ok bytes={}",
+            i % 60,
+            (i * 7919) % 1_000_000,
+            (i * 31) % 65_536
+        );
+        i += 1;
+    }
+    text.truncate(size);
+    text.into_bytes()
+}
+
+/// `bulk` with a compressible payload, compressed with `codec` (or not): MB/s and the
+/// bytes on the wire.
+async fn bulk_text(kind: Kind, dir: &Path, o: &Opts, codec: Option<Codec>) -> Result<Row, Failure> {
+    let compression = codec
+        .map(|codec| Compression::builder().codecs([codec]).build())
+        .transpose()?;
+    let (client, counted) = connect_with(kind, dir, compression).await?;
+    let payload = text_payload(o.bulk_size);
+    // The warm-up also settles the handshake, so every measured call is compressed.
+    for _ in 0..o.bulk_warmup.max(1) {
+        client.echo(payload.clone()).await?;
+    }
+    let before = counted.load(Ordering::Relaxed);
+    let mut row = bulk_of(&client, o, payload).await?;
+    let wire = counted.load(Ordering::Relaxed) - before;
+    row.workload = "bulk";
+    row.variant = Some(match codec {
+        None => "text/none",
+        Some(Codec::Zstd) => "text/zstd",
+        Some(_) => "text/lz4",
+    });
+    row.wire_bytes = Some(wire);
+    row.wire_ratio = Some(wire as f64 / (2.0 * o.bulk_size as f64 * o.bulk_calls as f64));
+    Ok(row)
+}
+
+/// The measured part of `bulk`: `o.bulk_calls` sequential echoes of `payload`.
+async fn bulk_of(client: &BenchClient, o: &Opts, payload: Vec<u8>) -> Result<Row, Failure> {
     let mut lat_ns = Vec::with_capacity(o.bulk_calls as usize);
     let start = Instant::now();
     for _ in 0..o.bulk_calls {
@@ -614,6 +764,19 @@ async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
                 Workload::Bulk => {
                     reset_peak_rss();
                     vec![bulk(&client, &opts).await?]
+                }
+                Workload::BulkText => {
+                    let mut rows = vec![bulk_text(kind, &dir, &opts, None).await?];
+                    for codec in [Codec::Zstd, Codec::Lz4] {
+                        if codec.is_available() {
+                            rows.push(bulk_text(kind, &dir, &opts, Some(codec)).await?);
+                        } else {
+                            eprintln!(
+                                "bench: bulk/text/{codec} skipped: build with --features {codec}"
+                            );
+                        }
+                    }
+                    rows
                 }
                 Workload::Stream => {
                     let small = stream(&client, "16B", opts.stream_small, 16).await?;

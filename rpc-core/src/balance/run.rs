@@ -44,8 +44,8 @@ pub(crate) struct ManagedCall {
 
 /// What a call through a pool came to.
 pub(crate) enum Reply {
-    /// The response body.
-    Body(Bytes),
+    /// The response body, opened by the caller.
+    Body(crate::compress::Body),
     /// The stream that answers it.
     Stream(RemoteStream),
 }
@@ -105,9 +105,11 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
             (None, None) => unreachable!("the body is kept once the first frame is built"),
         };
         let id = handle.shared.next_id();
-        let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+        let (frame, plain) = handle.request(id, builder, call.method, timeout, &call.metadata);
         if body.is_none() {
-            body = Some(frame.slice(frame.len() - body_len..));
+            // Kept to send again: the plain body (a compressed frame does not end with it,
+            // and the next connection may not compress).
+            body = Some(plain.unwrap_or_else(|| frame.slice(frame.len() - body_len..)));
         }
         let load = member.track();
         let sent = connection::send(
@@ -270,9 +272,11 @@ impl Request {
             // still a correct request should it ever be reached.
             (None, None) => FrameBuilder::new(),
         };
-        let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+        let (frame, plain) = handle.request(id, builder, call.method, timeout, &call.metadata);
         if self.body.is_none() {
-            self.body = Some(frame.slice(frame.len() - self.body_len..));
+            // Kept to send again: the plain body (a compressed frame does not end with it,
+            // and another connection may not compress).
+            self.body = Some(plain.unwrap_or_else(|| frame.slice(frame.len() - self.body_len..)));
         }
         frame
     }
@@ -387,7 +391,7 @@ async fn send_first(
 /// What woke a hedged call.
 enum Event {
     /// The request at this index of the requests in flight was answered.
-    Answered(usize, Result<Bytes, RpcError>),
+    Answered(usize, Result<crate::compress::Body, RpcError>),
     /// The hedging delay passed.
     Hedge,
 }

@@ -11,6 +11,7 @@ use crate::balance::{
     Backoff, Discover, Endpoint, FailureAccrual, Hedge, LeastLoaded, Pool, PoolConfig, PoolHandle,
     RetryBudget, Strategy,
 };
+use crate::compress::Compression;
 use crate::connect::Connect;
 use crate::connection::ConnectionOptions;
 use crate::descriptor::ServiceDescriptor;
@@ -98,6 +99,7 @@ impl<C> fmt::Debug for ClientBuilder<C> {
                 "max_buffered_stream_bytes",
                 &self.options.max_buffered_stream_bytes,
             )
+            .field("compression", &self.options.compression)
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +256,14 @@ impl<C> ClientBuilder<C> {
     /// endpoints below it: the place for a fallback answer when every endpoint is down.
     pub fn layer(mut self, middleware: impl Middleware<ClientCall>) -> ClientBuilder<C> {
         self.layers.push(Scope::All, middleware);
+        self
+    }
+
+    /// Offers the servers `compression`'s codecs on every connection (off, `None`, by
+    /// default): a server that accepts one compresses large messages both ways; one that
+    /// has none of them, or predates compression, is talked to uncompressed.
+    pub fn compression(mut self, compression: Option<Compression>) -> ClientBuilder<C> {
+        self.options.compression = compression;
         self
     }
 

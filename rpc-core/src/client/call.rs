@@ -16,6 +16,7 @@ use super::{Client, ClientLayers, Inner};
 use crate::balance::{self, ManagedCall, Reply};
 use crate::boxed::BoxFuture;
 use crate::codec;
+use crate::compress::Body;
 use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
 use crate::context::Metadata;
 use crate::deadline::{effective_timeout, Deadline};
@@ -337,7 +338,9 @@ impl<R> Future for CallFuture<R> {
                 decode,
                 output,
             } => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(Answer(reply::Kind::Body(body)))) => (Ok(body), *decode),
+                Poll::Ready(Ok(Answer(reply::Kind::Body(body)))) => {
+                    (Ok(Body::Plain(body)), *decode)
+                }
                 Poll::Ready(Ok(Answer(reply::Kind::Stream(stream)))) => {
                     // The stream's deadline and observation are the inner call's.
                     let result = match output.take() {
@@ -367,7 +370,8 @@ impl<R> Future for CallFuture<R> {
                 panic!("CallFuture polled after it completed")
             }
         };
-        let (result, bytes) = match response {
+        // A compressed response is opened here, in the caller's task, not the I/O task's.
+        let (result, bytes) = match response.and_then(Body::open) {
             Ok(body) => (decode(&body), body.len()),
             Err(err) => (Err(err), 0),
         };
@@ -397,7 +401,7 @@ fn start_on<R>(
         builder.body_len(),
         &mut call.metadata,
     );
-    let frame = handle.request(id, builder, call.method, timeout, &call.metadata);
+    let (frame, _) = handle.request(id, builder, call.method, timeout, &call.metadata);
     let (parts, output) = Streams::split(call.streams);
     match this
         .observed

@@ -20,6 +20,7 @@ pub use builder::ClientBuilder;
 pub use call::{Call, CallFuture};
 
 use crate::balance::PoolHandle;
+use crate::compress::Compression;
 use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
@@ -88,6 +89,24 @@ impl Client {
     /// runtime (it panics otherwise, as `tokio::spawn` does).
     pub fn new<T: Transport>(transport: T, desc: &'static ServiceDescriptor) -> Client {
         Client::with_options(transport, desc, &ConnectionOptions::default())
+    }
+
+    /// [`Client::new`], offering the server `compression`'s codecs: if it accepts one,
+    /// large messages both ways are compressed (see [`Compression`]). A server that has
+    /// none of them, or predates compression, is talked to uncompressed.
+    ///
+    /// Generated clients take the result with `FooClient::from_client`; a client built
+    /// with [`ClientBuilder::compression`] does the same for every connection it makes.
+    pub fn with_compression<T: Transport>(
+        transport: T,
+        desc: &'static ServiceDescriptor,
+        compression: Compression,
+    ) -> Client {
+        let options = ConnectionOptions {
+            compression: Some(compression),
+            ..ConnectionOptions::default()
+        };
+        Client::with_options(transport, desc, &options)
     }
 
     pub(crate) fn with_options<T: Transport>(

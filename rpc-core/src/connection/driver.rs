@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::pending::{ClientStreams, Shared, StreamOp};
+use crate::compress::{Body, Codec};
 use crate::error::{ErrorKind, RpcError};
 use crate::keepalive::KeepaliveTimer;
 use crate::observe::Observed;
@@ -225,13 +226,16 @@ impl<T: Transport> Driver<T> {
             // A server of this version says first that it grants credit whenever a
             // consumer waits; one of the first revision says anything else first.
             self.heard = true;
-            let announced = matches!(
-                message,
+            let announced = match message {
                 Message::Credit {
                     id: protocol::CONNECTION_ID,
-                    ..
+                    items,
+                } => {
+                    self.accept_codec(items)?;
+                    true
                 }
-            );
+                _ => false,
+            };
             self.streams.first_frame(announced);
         }
         match message {
@@ -249,14 +253,43 @@ impl<T: Transport> Driver<T> {
                     self.streams.end_receiving(id, outcome);
                 } else {
                     let outcome = match status {
-                        Status::Ok => Ok(frame.slice_ref(body)),
+                        Status::Ok => Ok(Body::Plain(frame.slice_ref(body))),
                         status => status
                             .into_result()
-                            .map(|()| Bytes::new())
+                            .map(|()| Body::Plain(Bytes::new()))
                             .map_err(|err| ErrorDetail::apply(err, body)),
                     };
                     self.shared.complete(id, outcome);
                 }
+                Ok(())
+            }
+            Message::PackedResponse { id, body } => {
+                // Routed as it is: the caller decompresses it, in its own task.
+                let body = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.shared.max_frame_size,
+                );
+                self.streams.stop_sending(id);
+                if self.streams.is_receiving(id) {
+                    self.streams.end_receiving(
+                        id,
+                        Err(RpcError::protocol(
+                            "the server answered a streaming call with a single response",
+                        )),
+                    );
+                } else {
+                    self.shared.complete(id, Ok(body));
+                }
+                Ok(())
+            }
+            Message::PackedStreamItem { id, body } => {
+                let body = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.shared.max_frame_size,
+                );
+                self.streams.on_item(id, body, &mut self.unsent);
                 Ok(())
             }
             Message::Goodbye { kind, message } => {
@@ -278,7 +311,7 @@ impl<T: Transport> Driver<T> {
             Message::Pong { .. } => Ok(()),
             Message::StreamItem { id, body } => {
                 self.streams
-                    .on_item(id, frame.slice_ref(body), &mut self.unsent);
+                    .on_item(id, Body::Plain(frame.slice_ref(body)), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {
@@ -298,6 +331,36 @@ impl<T: Transport> Driver<T> {
             other => Err(RpcError::protocol(format!(
                 "the server sent a {} message, which a client never expects",
                 other.name()
+            ))),
+        }
+    }
+}
+
+impl<T> Driver<T> {
+    /// The server's announcement carries, in `items`, the codec it picked from this
+    /// client's offer (0: none; a server that predates compression always sends 0). From
+    /// now on requests and stream items may go compressed.
+    fn accept_codec(&mut self, items: u32) -> Result<(), RpcError> {
+        // A client that offered nothing reads the announcement as version 1 always did,
+        // whatever its `items`.
+        if items == 0 || self.shared.compression.is_none() {
+            return Ok(());
+        }
+        let offered = self.shared.compression.as_ref().and_then(|compression| {
+            let codec = u8::try_from(items).ok().and_then(Codec::from_wire)?;
+            compression
+                .codecs()
+                .contains(&codec)
+                .then(|| compression.packer(codec))
+        });
+        match offered {
+            Some(packer) => {
+                let _ = self.shared.packer.set(packer);
+                self.streams.set_packer(packer);
+                Ok(())
+            }
+            None => Err(RpcError::protocol(format!(
+                "the server picked compression codec {items}, which this client did not offer"
             ))),
         }
     }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 pub(crate) use pending::Shared;
 
+use crate::compress::{Body, Compression};
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
@@ -46,6 +47,8 @@ pub(crate) struct ConnectionOptions {
     /// Metric handles to share (a balancing client's, for all its connections); `None`
     /// makes the connection its own.
     pub(crate) metrics: Option<MethodTable>,
+    /// The codecs to offer the server; `None`: no compression.
+    pub(crate) compression: Option<Compression>,
 }
 
 impl Default for ConnectionOptions {
@@ -56,6 +59,7 @@ impl Default for ConnectionOptions {
             keepalive: None,
             metadata: Metadata::new(),
             metrics: None,
+            compression: None,
         }
     }
 }
@@ -87,7 +91,11 @@ impl Handle {
     }
 
     /// The request frame of call `id`: the encoded arguments in `builder`, with the
-    /// connection's metadata before the call's own.
+    /// connection's metadata before the call's own; compressed if the server accepted a
+    /// codec and the body is large enough. Then the plain body, when the frame does not end
+    /// with it (it is compressed), for a balancing client to send again.
+    ///
+    /// This runs in the caller's task, so compressing here holds up no other call.
     pub(crate) fn request(
         &self,
         id: u64,
@@ -95,8 +103,32 @@ impl Handle {
         method: u32,
         timeout: Option<Duration>,
         metadata: &Metadata,
-    ) -> Bytes {
-        builder.finish_request_with(id, method, timeout, &self.shared.metadata, metadata)
+    ) -> (Bytes, Option<Bytes>) {
+        let ours = &self.shared.metadata;
+        if let Some(packer) = self.shared.packer.get() {
+            // A request too large for the frame size limit is not compressed: `send` fails
+            // it as it would without compression, so the limit is exactly as strict.
+            if packer.wants(builder.body_len())
+                && FrameBuilder::request_len(
+                    id,
+                    method,
+                    timeout,
+                    ours,
+                    metadata,
+                    builder.body_len(),
+                ) <= self.shared.max_frame_size
+            {
+                if let Some(packed) = packer.pack(builder.body()) {
+                    let frame =
+                        packed.finish_packed_request_with(id, method, timeout, ours, metadata);
+                    return (frame, Some(builder.into_body()));
+                }
+            }
+        }
+        (
+            builder.finish_request_with(id, method, timeout, ours, metadata),
+            None,
+        )
     }
 }
 
@@ -161,7 +193,7 @@ pub(crate) struct ConnectionCall {
 impl ConnectionCall {
     /// The response body, or why there is none.
     #[inline]
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, RpcError>> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Body, RpcError>> {
         let outcome = self.handle.shared.poll_response(self.id, cx);
         if outcome.is_ready() {
             self.done = true;
@@ -185,7 +217,7 @@ impl Drop for ConnectionCall {
 }
 
 impl Future for ConnectionCall {
-    type Output = Result<Bytes, RpcError>;
+    type Output = Result<Body, RpcError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         ConnectionCall::poll(&mut self, cx)

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+
+use crate::compress::{Body, Compression, Packer};
 use tokio::sync::Notify;
 
 use super::ConnectionOptions;
@@ -32,8 +34,8 @@ const SHARDS: usize = 16;
 pub(crate) enum Slot {
     /// Sent (or queued); the caller's waker, to wake when the response arrives.
     Waiting(Option<Waker>),
-    /// The response body, or why there will be none.
-    Done(Result<Bytes, RpcError>),
+    /// The response body (opened by the caller), or why there will be none.
+    Done(Result<Body, RpcError>),
 }
 
 /// Request ids are this connection's own counter: spread, never chosen by a peer, so they
@@ -92,6 +94,12 @@ pub(crate) struct Shared {
     pub(crate) metadata: Metadata,
     /// Metric handles for the calls made on this connection.
     pub(crate) metrics: MethodTable,
+    /// The codecs this client offered, if any.
+    pub(crate) compression: Option<Compression>,
+    /// How requests are compressed, once the server's answer named a codec: set once by
+    /// the I/O task, read by callers as they build their frames (requests built before
+    /// go uncompressed, which any server reads).
+    pub(crate) packer: OnceLock<Packer>,
     /// Makes the inboxes of the streams that answer calls.
     inboxes: InboxMaker,
     /// Woken once the connection is gone (see [`Shared::closed`]).
@@ -122,12 +130,24 @@ impl Shared {
                 .metrics
                 .clone()
                 .unwrap_or_else(|| MethodTable::client(desc)),
+            compression: options.compression.clone(),
+            packer: OnceLock::new(),
             inboxes: engine.inbox_maker(),
             closed_notify: Notify::new(),
             next_id: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
             outbox: Mutex::new(Outbox {
-                frames: vec![protocol::hello_frame(desc), StreamEngine::announcement()],
+                frames: vec![
+                    protocol::hello_frame(
+                        desc,
+                        options
+                            .compression
+                            .as_ref()
+                            .map(Compression::offer_entry)
+                            .as_deref(),
+                    ),
+                    StreamEngine::announcement(),
+                ],
                 ..Outbox::default()
             }),
             closed: OnceLock::new(),
@@ -220,7 +240,7 @@ impl Shared {
         &self,
         id: u64,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Bytes, RpcError>> {
+    ) -> Poll<Result<Body, RpcError>> {
         let mut calls = self.calls(id);
         match calls.get_mut(&id) {
             Some(Slot::Waiting(waker)) => {
@@ -261,7 +281,7 @@ impl Shared {
 
     /// Delivers the outcome of call `id`, if its caller still waits for it. `false` if no
     /// caller waits for a response of that id.
-    pub(crate) fn complete(&self, id: u64, outcome: Result<Bytes, RpcError>) -> bool {
+    pub(crate) fn complete(&self, id: u64, outcome: Result<Body, RpcError>) -> bool {
         let mut calls = self.calls(id);
         let waker = match calls.get_mut(&id) {
             Some(slot @ Slot::Waiting(_)) => match std::mem::replace(slot, Slot::Done(outcome)) {

@@ -26,6 +26,7 @@ use super::dispatch::{
 };
 use super::service::Service;
 use super::ServerConfig;
+use crate::compress::{Body, Codec, Packer, INLINE_PACK_LIMIT};
 use crate::context::{self, CallContext, Metadata};
 use crate::deadline::Deadline;
 use crate::descriptor::MethodInfo;
@@ -57,10 +58,16 @@ pub(crate) struct ConnectionContext {
     pub(crate) layers: Option<Stack<ServerCall>>,
     /// The bound on this connection's buffered stream data, counted into the server's total.
     pub(crate) stream_window: Arc<ConnectionWindow>,
+    /// The compression codec agreed in the handshake, if any.
+    pub(crate) codec: Option<Codec>,
 }
 
 /// A call's handler, and what its first poll gave.
 type FirstPoll<R> = (Handler<R>, Poll<std::thread::Result<Answer<R>>>);
+
+/// A large response being compressed on the blocking pool: its frame, its call's
+/// observation and the length of its (uncompressed) body, once done.
+type PackJob = Pin<Box<dyn Future<Output = (Bytes, Observed, usize)> + Send>>;
 
 /// Why a connection ends.
 enum End {
@@ -88,8 +95,17 @@ pub(crate) async fn run<S: Service>(
             .map(|peer| Arc::from(peer.to_string())),
     );
     let mut unsent = Outgoing::default();
-    // This side grants credit as its consumers drain: the client may pace by bytes.
-    unsent.push(StreamEngine::announcement());
+    // This side grants credit as its consumers drain: the client may pace by bytes. The
+    // same frame answers the client's codec offer.
+    unsent.push(StreamEngine::announcement_with(context.codec));
+    let packer = context.codec.and_then(|codec| {
+        let compression = context.config.compression.as_ref()?;
+        Some(compression.packer(codec))
+    });
+    let mut streams = StreamEngine::server(context.stream_window, context.config.max_frame_size);
+    if let Some(packer) = packer {
+        streams.set_packer(packer);
+    }
     let mut conn = Connection {
         dispatcher: Dispatcher::new(
             service,
@@ -102,6 +118,8 @@ pub(crate) async fn run<S: Service>(
         ),
         transport,
         in_flight: FuturesUnordered::new(),
+        packing: FuturesUnordered::new(),
+        packer,
         unsent,
         arena: BytesMut::new(),
         draining: false,
@@ -109,7 +127,7 @@ pub(crate) async fn run<S: Service>(
         shutdown_waker: None,
         shutdown: context.shutdown,
         keepalive: context.config.keepalive.map(KeepaliveTimer::new),
-        streams: StreamEngine::server(context.stream_window, context.config.max_frame_size),
+        streams,
         config: context.config,
     };
     let end = poll_fn(|cx| conn.poll(cx)).await;
@@ -146,6 +164,10 @@ struct Connection<S: Service> {
     dispatcher: Dispatcher<S>,
     transport: Box<dyn Transport>,
     in_flight: FuturesUnordered<InFlight<S::Response>>,
+    /// Large responses being compressed off this task.
+    packing: FuturesUnordered<PackJob>,
+    /// How responses are compressed, if the client and this server agreed on a codec.
+    packer: Option<Packer>,
     /// Encoded frames the transport has not accepted yet.
     unsent: Outgoing,
     /// Spare buffer space that response frames are built in (see `FrameBuilder::in_arena`).
@@ -218,6 +240,12 @@ impl<S: Service> Connection<S> {
                 done.deadline,
             );
         }
+        while let Poll::Ready(Some((frame, mut observed, body_len))) =
+            self.packing.poll_next_unpin(cx)
+        {
+            observed.finish(observe::Outcome::Ok, body_len);
+            self.queue(frame);
+        }
         self.streams
             .poll(cx, &mut self.unsent, self.config.max_buffered_bytes);
 
@@ -241,6 +269,7 @@ impl<S: Service> Connection<S> {
 
         if self.draining
             && self.in_flight.is_empty()
+            && self.packing.is_empty()
             && !self.streams.is_sending()
             && self.unsent.is_done()
         {
@@ -296,6 +325,31 @@ impl<S: Service> Connection<S> {
             )
         })?;
         match message {
+            Message::PackedRequest {
+                id,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            } => {
+                // Opened here, on the connection's task, as the arguments are decoded here
+                // too (see `Dispatcher::decode`); what it may cost is bounded by the frame
+                // size limit. A body that does not open fails its call, not the connection.
+                let packed = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.config.max_frame_size,
+                );
+                match packed.open() {
+                    Ok(plain) => {
+                        self.on_request(
+                            id, method, timeout_us, &metadata, &plain, &plain, &frame, cx,
+                        );
+                    }
+                    Err(err) => self.queue(protocol::error_response_frame(id, &err)),
+                }
+                Ok(())
+            }
             Message::Request {
                 id,
                 method,
@@ -303,30 +357,16 @@ impl<S: Service> Connection<S> {
                 metadata,
                 body,
             } => {
-                let metadata = if metadata.is_empty() {
-                    Metadata::new()
-                } else {
-                    metadata
-                        .iter()
-                        .map(|&(key, value)| (key, frame.slice_ref(value)))
-                        .collect()
-                };
-                let request = Incoming {
-                    frame: &frame,
-                    id,
-                    method,
-                    timeout: timeout_us.map(Duration::from_micros),
-                    metadata,
-                    body,
-                };
-                let load = ConnectionLoad {
-                    calls: self.in_flight.len() + self.streams.sending(),
-                    draining: self.draining,
-                };
-                match self.dispatcher.dispatch(request, load, &mut self.streams) {
-                    Ok(call) => self.start(call, cx),
-                    Err(err) => self.queue(protocol::error_response_frame(id, &err)),
-                }
+                self.on_request(id, method, timeout_us, &metadata, body, &frame, &frame, cx);
+                Ok(())
+            }
+            Message::PackedStreamItem { id, body } => {
+                let body = Body::packed(
+                    frame.slice_ref(body),
+                    frame.len(),
+                    self.config.max_frame_size,
+                );
+                self.streams.on_item(id, body, &mut self.unsent);
                 Ok(())
             }
             Message::Cancel { id } => {
@@ -349,7 +389,7 @@ impl<S: Service> Connection<S> {
             }
             Message::StreamItem { id, body } => {
                 self.streams
-                    .on_item(id, frame.slice_ref(body), &mut self.unsent);
+                    .on_item(id, Body::Plain(frame.slice_ref(body)), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {
@@ -379,6 +419,47 @@ impl<S: Service> Connection<S> {
                     other.name()
                 ),
             )),
+        }
+    }
+
+    /// Handles one request (its body uncompressed): dispatches it, and starts the call or
+    /// answers its refusal.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn on_request(
+        &mut self,
+        id: u64,
+        method: u32,
+        timeout_us: Option<u64>,
+        metadata: &[(&str, &[u8])],
+        body: &[u8],
+        body_owner: &Bytes,
+        frame: &Bytes,
+        cx: &mut Context<'_>,
+    ) {
+        let metadata = if metadata.is_empty() {
+            Metadata::new()
+        } else {
+            metadata
+                .iter()
+                .map(|&(key, value)| (key, frame.slice_ref(value)))
+                .collect()
+        };
+        let request = Incoming {
+            body_owner,
+            id,
+            method,
+            timeout: timeout_us.map(Duration::from_micros),
+            metadata,
+            body,
+        };
+        let load = ConnectionLoad {
+            calls: self.in_flight.len() + self.packing.len() + self.streams.sending(),
+            draining: self.draining,
+        };
+        match self.dispatcher.dispatch(request, load, &mut self.streams) {
+            Ok(call) => self.start(call, cx),
+            Err(err) => self.queue(protocol::error_response_frame(id, &err)),
         }
     }
 
@@ -510,7 +591,10 @@ impl<S: Service> Connection<S> {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
                 builder.body_mut().extend_from_slice(&body);
                 builder.detach(&mut self.arena);
-                self.response_frame(id, method, builder, observed)
+                match self.response_frame(id, method, builder, observed) {
+                    Some(frame) => frame,
+                    None => return,
+                }
             }
             Outcome::Done(response) if method.server_streaming => {
                 match self.start_stream(id, method, response, observed, deadline) {
@@ -533,42 +617,95 @@ impl<S: Service> Connection<S> {
                 builder.detach(&mut self.arena);
                 match encoded {
                     Err(err) => error_reply(observed, id, &err),
-                    Ok(()) => self.response_frame(id, method, builder, observed),
+                    Ok(()) => match self.response_frame(id, method, builder, observed) {
+                        Some(frame) => frame,
+                        None => return,
+                    },
                 }
             }
         };
         self.queue(frame);
     }
 
-    /// The response frame of a result encoded in `builder`, or the error reply when it is
-    /// too large to send.
+    /// The response frame of a result encoded in `builder` (compressed if the connection
+    /// agreed to), or the error reply when it is too large to send; `None` when it is being
+    /// compressed off this task and will be queued when done.
     #[inline(always)]
     fn response_frame(
-        &self,
+        &mut self,
         id: u64,
         method: &'static MethodInfo,
         builder: FrameBuilder,
         observed: &mut Observed,
-    ) -> Bytes {
+    ) -> Option<Bytes> {
         let body_len = builder.body_len();
-        let frame = builder.finish_response(id);
-        if frame.len() <= self.config.max_frame_size {
-            observed.finish(observe::Outcome::Ok, body_len);
-            return frame;
+        // The limit applies to the frame as it would be uncompressed.
+        let plain_len = FrameBuilder::response_len(id, body_len);
+        if plain_len > self.config.max_frame_size {
+            let err = RpcError::protocol(format!(
+                "the result of `{}::{}` is {} bytes, more than the frame size limit of {} \
+                 bytes; return large data in smaller pieces",
+                self.dispatcher.service.descriptor().name,
+                method.name,
+                plain_len,
+                self.config.max_frame_size
+            ));
+            return Some(error_reply(observed, id, &err));
         }
-        let err = RpcError::protocol(format!(
-            "the result of `{}::{}` is {} bytes, more than the frame size limit of {} bytes; \
-             return large data in smaller pieces",
-            self.dispatcher.service.descriptor().name,
-            method.name,
-            frame.len(),
-            self.config.max_frame_size
-        ));
-        error_reply(observed, id, &err)
+        match self.packer.filter(|p| p.wants(body_len)) {
+            None => {
+                observed.finish(observe::Outcome::Ok, body_len);
+                Some(builder.finish_response(id))
+            }
+            Some(packer) if body_len <= INLINE_PACK_LIMIT => {
+                observed.finish(observe::Outcome::Ok, body_len);
+                Some(pack_response(packer, builder, id))
+            }
+            Some(packer) => {
+                self.pack_off_task(packer, builder, id, observed);
+                None
+            }
+        }
     }
 
     fn queue(&mut self, frame: Bytes) {
         self.unsent.push(frame);
+    }
+
+    /// Compresses a large response on tokio's blocking pool rather than on this task, which
+    /// does the I/O of every call of the connection: compressing megabytes takes
+    /// milliseconds, during which the others would wait. (Compressing inside the handler's
+    /// future instead would need the encoded result there, which generated handlers do not
+    /// have; the blocking pool keeps this in one place.) The reply is queued when done,
+    /// behind whatever was queued meanwhile: responses are not ordered anyway.
+    #[cold]
+    fn pack_off_task(
+        &mut self,
+        packer: Packer,
+        builder: FrameBuilder,
+        id: u64,
+        observed: &mut Observed,
+    ) {
+        let observed = std::mem::replace(observed, Observed::off());
+        let body_len = builder.body_len();
+        let job = tokio::task::spawn_blocking(move || pack_response(packer, builder, id));
+        self.packing.push(Box::pin(async move {
+            let frame = job.await.unwrap_or_else(|_| {
+                protocol::error_response_frame(
+                    id,
+                    &RpcError::new(ErrorKind::Internal, "compressing the result failed"),
+                )
+            });
+            (frame, observed, body_len)
+        }));
+    }
+}
+
+/// The response frame of `builder`'s body, compressed if that makes it smaller.
+fn pack_response(packer: Packer, builder: FrameBuilder, id: u64) -> Bytes {
+    match packer.pack(builder.body()) {
+        Some(packed) => packed.finish_packed_response(id),
+        None => builder.finish_response(id),
     }
 }
 

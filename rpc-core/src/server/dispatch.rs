@@ -128,8 +128,8 @@ pub(crate) enum Request<Q> {
 
 /// One request as the connection read it.
 pub(crate) struct Incoming<'a> {
-    /// The frame the request came in, which `body` is part of.
-    pub(crate) frame: &'a Bytes,
+    /// The buffer `body` is part of (the frame, or the body a compressed frame opened to).
+    pub(crate) body_owner: &'a Bytes,
     pub(crate) id: u64,
     /// The index in the client's method table.
     pub(crate) method: u32,
@@ -374,7 +374,7 @@ fn defer<Q>(
 ) -> Request<Q> {
     Request::Layered(Box::new(Deferred {
         stack: stack.clone(),
-        body: request.frame.slice_ref(request.body),
+        body: request.body_owner.slice_ref(request.body),
         input: method.client_streaming.then(|| streams.receive(request.id)),
     }))
 }

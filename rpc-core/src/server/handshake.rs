@@ -5,16 +5,28 @@ use std::sync::Arc;
 
 use super::dispatch::Route;
 use super::service::HostedService;
+use crate::compress::{self, Codec, Compression};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::{self, Message, WireMethod, MAGIC, VERSION};
 use crate::schema::{Compiled, ServiceSchema};
 
-/// Checks the first frame of a connection and picks the service it asks for.
+/// What an accepted `Hello` gives the connection.
+pub(crate) struct Accepted {
+    pub(crate) service: Arc<dyn HostedService>,
+    pub(crate) routes: Vec<Route>,
+    /// The codec picked from the client's offer, if it made one and this server has one of
+    /// its codecs.
+    pub(crate) codec: Option<Codec>,
+}
+
+/// Checks the first frame of a connection and picks the service it asks for, and the
+/// compression codec if the client offered some that `compression` has.
 pub(crate) fn accept(
     frame: &[u8],
     services: &HashMap<&'static str, Arc<dyn HostedService>>,
-) -> Result<(Arc<dyn HostedService>, Vec<Route>), RpcError> {
+    compression: Option<&Compression>,
+) -> Result<Accepted, RpcError> {
     let message = Message::decode(frame).map_err(|err| {
         RpcError::protocol(format!(
             "expected a Hello as the first message, but got {}",
@@ -72,6 +84,10 @@ pub(crate) fn accept(
     let ours = desc.compiled_schema();
     let (methods, theirs) = protocol::split_schema_entry(&methods);
     let has_entry = theirs.is_some();
+    // The offer comes right before the schema entry (which stays last for servers that
+    // predate the offer).
+    let (methods, offer) = compress::split_offer(methods);
+    let codec = offer.and_then(|offer| compression?.pick(offer));
     // The common case, a client of the same build: the same text, nothing to compare.
     let same_build =
         matches!((ours, theirs), (Some(ours), Some(theirs)) if ours.hello_json() == theirs);
@@ -83,11 +99,20 @@ pub(crate) fn accept(
         .iter()
         .map(|wanted| route(desc, ours, theirs.as_ref(), same_build, wanted))
         .collect();
-    if has_entry {
+    if offer.is_some() {
         // Its index is taken: a request naming it is answered like one of an unknown method.
+        routes.push(Err(Arc::from(
+            "the client's compression offer is not a method",
+        )));
+    }
+    if has_entry {
         routes.push(Err(Arc::from("the client's schema entry is not a method")));
     }
-    Ok((Arc::clone(hosted), routes))
+    Ok(Accepted {
+        service: Arc::clone(hosted),
+        routes,
+        codec,
+    })
 }
 
 /// Where the client's method `wanted` goes on this service: by schema when both sides have

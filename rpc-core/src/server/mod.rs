@@ -28,6 +28,7 @@ pub(crate) use service::HostedService;
 pub use service::{BoxFuture, Service};
 pub use stats::ServerStats;
 
+use crate::compress::Compression;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::ErrorKind;
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
@@ -57,6 +58,9 @@ pub(crate) struct ServerConfig {
     pub(crate) keepalive: Option<Keepalive>,
     /// Serve HTTP connections with the JSON gateway.
     pub(crate) http: bool,
+    /// The codecs this server accepts from clients that offer them; `None`: it never
+    /// compresses.
+    pub(crate) compression: Option<Compression>,
 }
 
 /// A server: the services it hosts and its limits. Build it, then run one of
@@ -77,6 +81,7 @@ pub(crate) struct ServerConfig {
 /// | [`max_buffered_bytes`](Server::max_buffered_bytes) (per connection) | 16 MiB |
 /// | [`max_buffered_stream_bytes`](Server::max_buffered_stream_bytes) (per connection) | 32 MiB |
 /// | [`keepalive`](Server::keepalive) | ping after 60 s of silence, 20 s to answer |
+/// | [`compression`](Server::compression) | off |
 ///
 /// Every server also hosts the [health check](crate::health) (`rpc.Health`).
 ///
@@ -152,6 +157,7 @@ impl Server {
                     Duration::from_secs(20),
                 )),
                 http: false,
+                compression: None,
             },
             stats: ServerStats::default(),
             health: HealthReporter::default(),
@@ -323,6 +329,29 @@ impl Server {
     /// with no FIN would stay open for good). `None` turns it off.
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Server {
         self.config.keepalive = keepalive;
+        self
+    }
+
+    /// Compresses the messages of connections whose client offers a codec this server has
+    /// (see [`Compression`]): the server picks its own most preferred codec of the client's
+    /// offer and says so in its first frame. Off by default (`None`); clients that offer
+    /// nothing, or predate compression, are served uncompressed either way.
+    ///
+    /// ```
+    /// use rpc_core::compress::Compression;
+    /// use rpc_core::Server;
+    ///
+    /// # fn main() -> Result<(), rpc_core::compress::CompressionError> {
+    /// # if !rpc_core::compress::Codec::Lz4.is_available() { return Ok(()); }
+    /// let compression = Compression::builder()
+    ///     .codecs([rpc_core::compress::Codec::Lz4])
+    ///     .build()?;
+    /// let server = Server::new().compression(Some(compression));
+    /// # drop(server);
+    /// # Ok(()) }
+    /// ```
+    pub fn compression(mut self, compression: Option<Compression>) -> Server {
+        self.config.compression = compression;
         self
     }
 
@@ -613,8 +642,12 @@ async fn serve_transport<T: Transport>(
         );
         return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
     }
-    match handshake::accept(&frame, &shared.services) {
-        Ok((service, routes)) => {
+    match handshake::accept(&frame, &shared.services, shared.config.compression.as_ref()) {
+        Ok(handshake::Accepted {
+            service,
+            routes,
+            codec,
+        }) => {
             let name = service.descriptor().name;
             let verdict = match &shared.auth {
                 Some(auth) => auth::check_connection(&**auth, &peer, name),
@@ -635,6 +668,7 @@ async fn serve_transport<T: Transport>(
                     shared.config.max_buffered_stream_bytes,
                     Some(shared.stats.stream_bytes()),
                 ),
+                codec,
             };
             service.serve(Box::new(transport), routes, context).await
         }

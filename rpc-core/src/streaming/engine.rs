@@ -144,9 +144,16 @@ impl StreamEngine {
     /// The frame that tells the peer this side grants credit whenever a consumer waits (so
     /// the peer may pace by bytes); the first frame each side sends after `Hello`.
     pub(crate) fn announcement() -> Bytes {
+        StreamEngine::announcement_with(None)
+    }
+
+    /// The server's announcement, which also answers the client's codec offer: `items` is
+    /// the codec picked, 0 for none (what a peer that predates compression sends, and
+    /// ignores: a `Credit` with this id is the announcement whatever its `items`).
+    pub(crate) fn announcement_with(codec: Option<crate::compress::Codec>) -> Bytes {
         Message::Credit {
             id: CONNECTION_ID,
-            items: 0,
+            items: codec.map_or(0, |codec| u32::from(codec.to_wire())),
         }
         .to_frame()
     }
@@ -244,7 +251,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     }
 
     /// A `StreamItem` of call `id` with `body` (a slice of its frame) arrived.
-    pub(crate) fn on_item(&mut self, id: u64, body: Bytes, unsent: &mut Outgoing) {
+    pub(crate) fn on_item(&mut self, id: u64, body: crate::compress::Body, unsent: &mut Outgoing) {
         let Some(inbox) = self.inboxes.get(&id) else {
             // A stream already over (cancelled, failed): items in flight are dropped.
             return;
@@ -372,5 +379,10 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
             inbox.end(Err(err.clone()));
         }
         self.pumps = Pumps::new(self.pumps.max_frame_size);
+    }
+
+    /// The connection agreed on a codec: stream items from now on may go compressed.
+    pub(crate) fn set_packer(&mut self, packer: crate::compress::Packer) {
+        self.pumps.packer = Some(packer);
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::compress::Body;
+
 use super::engine::ConnectionWindow;
 use super::WINDOW;
 use crate::deadline::Deadline;
@@ -104,7 +106,7 @@ pub(crate) struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Body>,
     /// Bytes of `items`, counted in the connection's window until taken.
     held: usize,
     /// How the stream ended, once it has.
@@ -125,7 +127,7 @@ impl Inbox {
     }
 
     /// An item arrived. On `Err` the stream is failed: the sender must be told to stop.
-    pub(crate) fn push(&self, item: Bytes) -> Result<(), Refused> {
+    pub(crate) fn push(&self, item: Body) -> Result<(), Refused> {
         let waker = {
             let mut state = lock(&self.state);
             if state.end.is_some() {
@@ -145,7 +147,10 @@ impl Inbox {
                 }
                 return Err(Refused::OverCredit);
             }
-            if !self.window.admit(item.len()) {
+            // Counted as received: a compressed item is held compressed until its consumer
+            // takes (and opens) it.
+            let len = item.wire_len();
+            if !self.window.admit(len) {
                 // The items already here are still delivered; the error comes after them.
                 state.end = Some(Err(self.window.full_error()));
                 let waker = state.consumer.take();
@@ -155,7 +160,7 @@ impl Inbox {
                 }
                 return Err(Refused::OverWindow);
             }
-            state.held += item.len();
+            state.held += len;
             state.items.push_back(item);
             state.consumer.take()
         };
@@ -179,13 +184,13 @@ impl Inbox {
         }
     }
 
-    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RpcError>>> {
+    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Body, RpcError>>> {
         let mut credit = None;
         let result = {
             let mut state = lock(&self.state);
             if let Some(item) = state.items.pop_front() {
-                state.held -= item.len();
-                self.window.release(item.len());
+                state.held -= item.wire_len();
+                self.window.release(item.wire_len());
                 state.taken += 1;
                 if state.taken >= CREDIT_BATCH && state.end.is_none() {
                     credit = Some(std::mem::take(&mut state.taken));
@@ -301,7 +306,12 @@ impl RemoteStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, RpcError>>> {
-        let item = self.inbox.poll_item(cx);
+        // A compressed item is opened here, by its consumer, not by the connection's I/O
+        // task; one that does not open is an error item, as one that does not decode is.
+        let item = self
+            .inbox
+            .poll_item(cx)
+            .map(|item| item.map(|item| item.and_then(Body::open)));
         match &item {
             Poll::Ready(Some(Ok(body))) => {
                 if let Some(watch) = self.watch.as_deref_mut() {

@@ -158,6 +158,7 @@ impl<T> Streaming<T> {
         ItemSource(Box::new(Encoding {
             stream: self,
             encode,
+            packing: None,
         }))
     }
 }

@@ -11,11 +11,14 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{Streaming, WINDOW};
+use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::deadline::Deadline;
 use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
+use std::future::Future;
+use tokio::task::JoinHandle;
 
 /// A stream being sent, as frames; used by generated code.
 pub struct ItemSource(pub(super) Box<dyn Source>);
@@ -26,10 +29,49 @@ impl fmt::Debug for ItemSource {
     }
 }
 
-/// One encoded item: its `StreamItem` frame and the length of its body.
+/// One encoded item: its `StreamItem` (or `PackedStreamItem`) frame, the length of its
+/// body as sent, and the length its frame has uncompressed (what the frame size limit
+/// applies to).
 pub(crate) struct ItemFrame {
     pub(crate) frame: Bytes,
     pub(crate) body: usize,
+    pub(crate) plain: usize,
+}
+
+impl ItemFrame {
+    /// The frame of item `builder` of stream `id`, compressed by `packer` if it is worth
+    /// it and fits the frame size limit `max_frame_size` uncompressed.
+    fn build(
+        builder: FrameBuilder,
+        id: u64,
+        packer: Option<Packer>,
+        max_frame_size: usize,
+    ) -> ItemFrame {
+        let plain = FrameBuilder::stream_item_len(id, builder.body_len());
+        if let Some(packer) = packer.filter(|p| p.wants(builder.body_len())) {
+            if plain <= max_frame_size {
+                if let Some(packed) = packer.pack(builder.body()) {
+                    return ItemFrame {
+                        body: packed.body_len(),
+                        frame: packed.finish_packed_stream_item(id),
+                        plain,
+                    };
+                }
+            }
+        }
+        ItemFrame {
+            body: builder.body_len(),
+            frame: builder.finish_stream_item(id),
+            plain,
+        }
+    }
+}
+
+/// How the items of a connection's streams are compressed, given to each [`Source`].
+#[derive(Clone, Copy)]
+pub(crate) struct Packing {
+    pub(crate) packer: Option<Packer>,
+    pub(crate) max_frame_size: usize,
 }
 
 pub(super) trait Source: Send {
@@ -38,6 +80,7 @@ pub(super) trait Source: Send {
     fn poll_frame(
         &mut self,
         id: u64,
+        packing: Packing,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ItemFrame, RpcError>>>;
 }
@@ -46,14 +89,25 @@ pub(super) trait Source: Send {
 pub(crate) struct Encoding<T> {
     pub(super) stream: Streaming<T>,
     pub(super) encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+    /// A large item being compressed on the blocking pool (see `INLINE_PACK_LIMIT`): the
+    /// stream's next frame, which comes before any later item.
+    pub(super) packing: Option<JoinHandle<ItemFrame>>,
 }
 
 impl<T> Source for Encoding<T> {
     fn poll_frame(
         &mut self,
         id: u64,
+        packing: Packing,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ItemFrame, RpcError>>> {
+        if let Some(job) = &mut self.packing {
+            let done = std::task::ready!(Pin::new(job).poll(cx));
+            self.packing = None;
+            return Poll::Ready(Some(done.map_err(|_| {
+                RpcError::new(ErrorKind::Internal, "compressing a stream item failed")
+            })));
+        }
         match self.stream.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(item))) => {
                 let mut builder = FrameBuilder::new();
@@ -66,13 +120,31 @@ impl<T> Source for Encoding<T> {
                         "encoding a stream item panicked",
                     ))
                 });
-                Poll::Ready(Some(encoded.map(|()| {
-                    let body = builder.body_len();
-                    ItemFrame {
-                        frame: builder.finish_stream_item(id),
-                        body,
-                    }
-                })))
+                if let Err(err) = encoded {
+                    return Poll::Ready(Some(Err(err)));
+                }
+                let Packing {
+                    packer,
+                    max_frame_size,
+                } = packing;
+                let large = packer.is_some_and(|p| p.wants(builder.body_len()))
+                    && builder.body_len() > INLINE_PACK_LIMIT;
+                if !large {
+                    return Poll::Ready(Some(Ok(ItemFrame::build(
+                        builder,
+                        id,
+                        packer,
+                        max_frame_size,
+                    ))));
+                }
+                // This runs on the connection's I/O task: a large item is compressed on the
+                // blocking pool instead, and this stream waits for it (its later items
+                // cannot overtake it), while the connection's other calls go on.
+                let job = tokio::task::spawn_blocking(move || {
+                    ItemFrame::build(builder, id, packer, max_frame_size)
+                });
+                self.packing = Some(job);
+                self.poll_frame(id, packing, cx)
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -139,6 +211,8 @@ pub(crate) struct Pumps {
     /// The largest frame this side sends: a larger item fails its stream, not the
     /// connection.
     pub(super) max_frame_size: usize,
+    /// How items are compressed, once the connection agreed on a codec.
+    pub(super) packer: Option<Packer>,
 }
 
 impl Pumps {
@@ -148,6 +222,7 @@ impl Pumps {
             unacked_bytes: 0,
             paced: false,
             max_frame_size,
+            packer: None,
         }
     }
 
@@ -230,6 +305,10 @@ impl Pumps {
     fn poll_streams(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) -> bool {
         let mut waiting = false;
         let (paced, max_frame_size) = (self.paced, self.max_frame_size);
+        let packing = Packing {
+            packer: self.packer,
+            max_frame_size,
+        };
         let mut sent = self.unacked_bytes;
         self.list.retain_mut(|pump| {
             if let Some(deadline) = &mut pump.deadline {
@@ -243,7 +322,7 @@ impl Pumps {
             while pump.credit > 0 && burst > 0 && unsent.bytes() < limit {
                 let item = match pump.held.take() {
                     Some(item) => item,
-                    None => match pump.source.0.poll_frame(pump.id, cx) {
+                    None => match pump.source.0.poll_frame(pump.id, packing, cx) {
                         Poll::Ready(Some(Ok(item))) => item,
                         Poll::Ready(Some(Err(err))) => {
                             sent -= pump.unacked_bytes;
@@ -258,8 +337,9 @@ impl Pumps {
                         Poll::Pending => break,
                     },
                 };
-                if item.frame.len() > max_frame_size {
-                    let err = item_too_large(item.frame.len(), max_frame_size);
+                // Uncompressed size: compression does not loosen the limit.
+                if item.plain > max_frame_size {
+                    let err = item_too_large(item.plain, max_frame_size);
                     sent -= pump.unacked_bytes;
                     unsent.push(pump.end(Err(&err)));
                     return false;
