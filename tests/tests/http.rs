@@ -223,3 +223,44 @@ async fn shutdown_lets_an_http_call_in_progress_finish() {
     assert_eq!((body.trim(), status), ("1", 200));
     guard(server).await.unwrap().unwrap();
 }
+
+/// Server middleware apply to calls over HTTP too: a rate limit per tenant answers `429`
+/// with `Retry-After`, and a refusal by an asynchronous check its own status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_govern_http_calls_too() {
+    use rpc_core::governance::{KeyBy, RateLimit};
+    use rpc_core::middleware::authorize_with;
+    use rpc_core::RpcError;
+
+    let limit = RateLimit::builder()
+        .rate(1, std::time::Duration::from_secs(3600))
+        .key_by(KeyBy::Metadata("x-tenant"))
+        .build()
+        .unwrap();
+    let auth = authorize_with(|call: &rpc_core::middleware::ServerCall| {
+        let tenant = call.metadata().get_str("x-tenant").map(str::to_owned);
+        async move {
+            match tenant {
+                Some(_) => Ok(()),
+                None => Err(RpcError::unauthenticated("send x-tenant")),
+            }
+        }
+    });
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(probe_server().layer(auth).layer(limit).serve(listener));
+    let url = format!("http://{addr}/Probe/header");
+    let (body, status) = curl(&["-d", r#"{"key": "x"}"#, &url]).await;
+    assert_eq!(status, 401, "{body}");
+    let (body, status) = curl(&["-H", "x-tenant: acme", "-d", r#"{"key": "x"}"#, &url]).await;
+    assert_eq!((body.trim(), status), ("null", 200));
+    let (body, status) = curl(&["-i", "-H", "x-tenant: acme", "-d", r#"{"key": "x"}"#, &url]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("retry-after: "),
+        "{body}"
+    );
+    assert!(body.contains(r#""kind":"rate_limited""#), "{body}");
+    assert!(body.contains(r#""retry_after_ms":"#), "{body}");
+    server.abort();
+}
