@@ -384,40 +384,53 @@ fn take_varint(buf: &mut &[u8]) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     Plain(Bytes),
-    Packed {
-        data: Bytes,
-        /// The most bytes the body field may take once unpacked (its length's varint
-        /// included): what the receiver's frame size limit leaves beside the rest of the
-        /// message, whose head is the same packed or not.
-        room: usize,
-    },
+    /// Boxed, so that a body is no larger than the plain `Bytes` every call carries.
+    Packed(Box<Packed>),
+}
+
+/// A compressed body as received.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    data: Bytes,
+    /// The most bytes the body field may take once unpacked (its length's varint
+    /// included): what the receiver's frame size limit leaves beside the rest of the
+    /// message, whose head is the same packed or not.
+    room: usize,
 }
 
 impl Body {
     /// The packed body `data` of a frame of `frame_len` bytes, received under a frame size
-    /// limit of `limit`.
+    /// limit of `limit` bytes.
     pub(crate) fn packed(data: Bytes, frame_len: usize, limit: usize) -> Body {
         let head = frame_len.saturating_sub(data.len() + varint_len(data.len() as u64));
-        Body::Packed {
+        Body::Packed(Box::new(Packed {
             data,
             room: limit.saturating_sub(head),
-        }
+        }))
     }
 
     /// Its size on the wire.
     pub(crate) fn wire_len(&self) -> usize {
         match self {
-            Body::Plain(bytes) | Body::Packed { data: bytes, .. } => bytes.len(),
+            Body::Plain(bytes) => bytes.len(),
+            Body::Packed(packed) => packed.data.len(),
         }
     }
 
     /// The body as the sender encoded it: decompressed if it was packed.
+    #[inline]
     pub(crate) fn open(self) -> Result<Bytes, RpcError> {
         match self {
             Body::Plain(bytes) => Ok(bytes),
-            Body::Packed { data, room } => unpack(&data, room).map(Bytes::from),
+            Body::Packed(packed) => open_packed(&packed.data, packed.room),
         }
     }
+}
+
+/// Out of line: plain bodies, the common case, must not pay for the code of this one.
+#[inline(never)]
+fn open_packed(data: &[u8], room: usize) -> Result<Bytes, RpcError> {
+    unpack(data, room).map(Bytes::from)
 }
 
 /// Decompresses a packed body whose unpacked body field may take at most `room` bytes.

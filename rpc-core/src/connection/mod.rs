@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 pub(crate) use pending::Shared;
 
-use crate::compress::{Body, Compression};
+use crate::compress::{Body, Compression, Packer};
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
@@ -104,25 +104,40 @@ impl Handle {
         timeout: Option<Duration>,
         metadata: &Metadata,
     ) -> (Bytes, Option<Bytes>) {
-        let ours = &self.shared.metadata;
         if let Some(packer) = self.shared.packer.get() {
-            // A request too large for the frame size limit is not compressed: `send` fails
-            // it as it would without compression, so the limit is exactly as strict.
-            if packer.wants(builder.body_len())
-                && FrameBuilder::request_len(
-                    id,
-                    method,
-                    timeout,
-                    ours,
-                    metadata,
-                    builder.body_len(),
-                ) <= self.shared.max_frame_size
-            {
-                if let Some(packed) = packer.pack(builder.body()) {
-                    let frame =
-                        packed.finish_packed_request_with(id, method, timeout, ours, metadata);
-                    return (frame, Some(builder.into_body()));
-                }
+            if packer.wants(builder.body_len()) {
+                return self.packed_request(packer, id, builder, method, timeout, metadata);
+            }
+        }
+        let ours = &self.shared.metadata;
+        (
+            builder.finish_request_with(id, method, timeout, ours, metadata),
+            None,
+        )
+    }
+
+    /// A request whose body is worth compressing: its packed frame and its plain body
+    /// (kept to send again on a connection that may not compress), or the plain frame if
+    /// packing does not pay. Out of line: most requests are small.
+    #[inline(never)]
+    fn packed_request(
+        &self,
+        packer: &Packer,
+        id: u64,
+        builder: FrameBuilder,
+        method: u32,
+        timeout: Option<Duration>,
+        metadata: &Metadata,
+    ) -> (Bytes, Option<Bytes>) {
+        let ours = &self.shared.metadata;
+        // A request too large for the frame size limit is not compressed: `send` fails it
+        // as it would without compression, so the limit is exactly as strict.
+        let plain_len =
+            FrameBuilder::request_len(id, method, timeout, ours, metadata, builder.body_len());
+        if plain_len <= self.shared.max_frame_size {
+            if let Some(packed) = packer.pack(builder.body()) {
+                let frame = packed.finish_packed_request_with(id, method, timeout, ours, metadata);
+                return (frame, Some(builder.into_body()));
             }
         }
         (

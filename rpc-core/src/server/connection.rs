@@ -240,9 +240,13 @@ impl<S: Service> Connection<S> {
                 done.deadline,
             );
         }
-        while let Poll::Ready(Some((frame, mut observed, body_len))) =
-            self.packing.poll_next_unpin(cx)
-        {
+        // Checked first: polling an empty set still registers the waker, on every turn.
+        while !self.packing.is_empty() {
+            let Poll::Ready(Some((frame, mut observed, body_len))) =
+                self.packing.poll_next_unpin(cx)
+            else {
+                break;
+            };
             observed.finish(observe::Outcome::Ok, body_len);
             self.queue(frame);
         }
@@ -425,7 +429,7 @@ impl<S: Service> Connection<S> {
     /// Handles one request (its body uncompressed): dispatches it, and starts the call or
     /// answers its refusal.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn on_request(
         &mut self,
         id: u64,
@@ -639,33 +643,59 @@ impl<S: Service> Connection<S> {
         observed: &mut Observed,
     ) -> Option<Bytes> {
         let body_len = builder.body_len();
+        if let Some(packer) = self.packer.filter(|p| p.wants(body_len)) {
+            return self.packed_response_frame(packer, id, method, builder, observed);
+        }
+        let frame = builder.finish_response(id);
+        if frame.len() <= self.config.max_frame_size {
+            observed.finish(observe::Outcome::Ok, body_len);
+            return Some(frame);
+        }
+        Some(self.too_large(id, method, frame.len(), observed))
+    }
+
+    /// [`response_frame`](Connection::response_frame) for a body worth compressing. Out of
+    /// line: most responses are small.
+    #[inline(never)]
+    fn packed_response_frame(
+        &mut self,
+        packer: Packer,
+        id: u64,
+        method: &'static MethodInfo,
+        builder: FrameBuilder,
+        observed: &mut Observed,
+    ) -> Option<Bytes> {
+        let body_len = builder.body_len();
         // The limit applies to the frame as it would be uncompressed.
         let plain_len = FrameBuilder::response_len(id, body_len);
         if plain_len > self.config.max_frame_size {
-            let err = RpcError::protocol(format!(
-                "the result of `{}::{}` is {} bytes, more than the frame size limit of {} \
-                 bytes; return large data in smaller pieces",
-                self.dispatcher.service.descriptor().name,
-                method.name,
-                plain_len,
-                self.config.max_frame_size
-            ));
-            return Some(error_reply(observed, id, &err));
+            return Some(self.too_large(id, method, plain_len, observed));
         }
-        match self.packer.filter(|p| p.wants(body_len)) {
-            None => {
-                observed.finish(observe::Outcome::Ok, body_len);
-                Some(builder.finish_response(id))
-            }
-            Some(packer) if body_len <= INLINE_PACK_LIMIT => {
-                observed.finish(observe::Outcome::Ok, body_len);
-                Some(pack_response(packer, builder, id))
-            }
-            Some(packer) => {
-                self.pack_off_task(packer, builder, id, observed);
-                None
-            }
+        if body_len <= INLINE_PACK_LIMIT {
+            observed.finish(observe::Outcome::Ok, body_len);
+            return Some(pack_response(packer, builder, id));
         }
+        self.pack_off_task(packer, builder, id, observed);
+        None
+    }
+
+    /// The error reply of a result whose frame would be `len` bytes, over the limit.
+    #[cold]
+    fn too_large(
+        &self,
+        id: u64,
+        method: &'static MethodInfo,
+        len: usize,
+        observed: &mut Observed,
+    ) -> Bytes {
+        let err = RpcError::protocol(format!(
+            "the result of `{}::{}` is {len} bytes, more than the frame size limit of {} \
+             bytes; return large data in smaller pieces",
+            self.dispatcher.service.descriptor().name,
+            method.name,
+            self.config.max_frame_size
+        ));
+        error_reply(observed, id, &err)
     }
 
     fn queue(&mut self, frame: Bytes) {
