@@ -399,10 +399,13 @@ pub(crate) struct Packed {
 }
 
 impl Body {
-    /// The packed body `data` of a frame of `frame_len` bytes, received under a frame size
-    /// limit of `limit` bytes.
-    pub(crate) fn packed(data: Bytes, frame_len: usize, limit: usize) -> Body {
-        let head = frame_len.saturating_sub(data.len() + varint_len(data.len() as u64));
+    /// The packed body `body`, part of `frame`, received under a frame size limit of
+    /// `limit` bytes.
+    pub(crate) fn packed(frame: &Bytes, body: &[u8], limit: usize) -> Body {
+        let data = frame.slice_ref(body);
+        let head = frame
+            .len()
+            .saturating_sub(data.len() + varint_len(data.len() as u64));
         Body::Packed(Box::new(Packed {
             data,
             room: limit.saturating_sub(head),
@@ -527,15 +530,7 @@ fn decompress(codec: Codec, data: &[u8], size: usize) -> Result<Vec<u8>, RpcErro
 pub(crate) fn split_offer<'m, 'a>(
     methods: &'m [crate::protocol::WireMethod<'a>],
 ) -> (&'m [crate::protocol::WireMethod<'a>], Option<&'a str>) {
-    match methods.split_last() {
-        Some((last, rest)) if last.fingerprint == OFFER_ENTRY_FINGERPRINT => {
-            match last.name.strip_prefix(OFFER_ENTRY) {
-                Some(list) => (rest, Some(list)),
-                None => (methods, None),
-            }
-        }
-        _ => (methods, None),
-    }
+    crate::protocol::split_entry(methods, OFFER_ENTRY, OFFER_ENTRY_FINGERPRINT)
 }
 
 #[cfg(test)]

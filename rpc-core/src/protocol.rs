@@ -232,10 +232,20 @@ pub(crate) fn hello_frame(desc: &ServiceDescriptor, offer: Option<&str>) -> Byte
 pub(crate) fn split_schema_entry<'m, 'a>(
     methods: &'m [WireMethod<'a>],
 ) -> (&'m [WireMethod<'a>], Option<&'a str>) {
+    split_entry(methods, SCHEMA_ENTRY, SCHEMA_ENTRY_FINGERPRINT)
+}
+
+/// A `Hello`'s method table without its last entry when that is the extension `prefix`
+/// (with `fingerprint`), and the text after the prefix.
+pub(crate) fn split_entry<'m, 'a>(
+    methods: &'m [WireMethod<'a>],
+    prefix: &str,
+    fingerprint: u64,
+) -> (&'m [WireMethod<'a>], Option<&'a str>) {
     match methods.split_last() {
-        Some((last, rest)) if last.fingerprint == SCHEMA_ENTRY_FINGERPRINT => {
-            match last.name.strip_prefix(SCHEMA_ENTRY) {
-                Some(json) => (rest, Some(json)),
+        Some((last, rest)) if last.fingerprint == fingerprint => {
+            match last.name.strip_prefix(prefix) {
+                Some(text) => (rest, Some(text)),
                 None => (methods, None),
             }
         }

@@ -170,30 +170,7 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
             && !streamed
             && matches!(err.kind(), ErrorKind::Disconnected | ErrorKind::Overloaded);
         attempts += 1;
-        if !retryable {
-            return Err(err);
-        }
-        if attempts >= pool.config.max_attempts {
-            return Err(RpcError::new(
-                err.kind(),
-                format!(
-                    "{} (gave up after {attempts} attempts, the client's max_attempts)",
-                    err.message()
-                ),
-            ));
-        }
-        if !pool.budget.withdraw() {
-            pool.retries_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(RpcError::new(
-                err.kind(),
-                format!(
-                    "{} (not retried: the client's retry budget is spent, as most recent calls \
-                     needed retries)",
-                    err.message()
-                ),
-            ));
-        }
-        pool.retries.fetch_add(1, Ordering::Relaxed);
+        let err = retry_or_give_up(pool, err, retryable, attempts)?;
         let again = tried.iter().any(|t| Arc::ptr_eq(t, &member));
         tried.push(member);
         if again || err.kind() == ErrorKind::Overloaded {
@@ -202,6 +179,42 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Whether a call whose `attempts`-th attempt failed with `err` is sent again: `Ok` gives
+/// the error back and counts the retry, `Err` is the error to give up with (not retryable,
+/// `max_attempts` reached, or the retry budget spent).
+fn retry_or_give_up(
+    pool: &Pool,
+    err: RpcError,
+    retryable: bool,
+    attempts: u32,
+) -> Result<RpcError, RpcError> {
+    if !retryable {
+        return Err(err);
+    }
+    if attempts >= pool.config.max_attempts {
+        return Err(RpcError::new(
+            err.kind(),
+            format!(
+                "{} (gave up after {attempts} failed attempts, the client's max_attempts)",
+                err.message()
+            ),
+        ));
+    }
+    if !pool.budget.withdraw() {
+        pool.retries_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(RpcError::new(
+            err.kind(),
+            format!(
+                "{} (not retried: the client's retry budget is spent, as most recent calls \
+                 needed retries or hedges)",
+                err.message()
+            ),
+        ));
+    }
+    pool.retries.fetch_add(1, Ordering::Relaxed);
+    Ok(err)
 }
 
 /// What a failed attempt says about its endpoint.
@@ -511,30 +524,8 @@ async fn hedged(pool: &Pool, hedging: &Hedging, call: ManagedCall) -> Result<Rep
             // Another request of the call may still answer.
             continue;
         }
-        if !matches!(err.kind(), ErrorKind::Disconnected | ErrorKind::Overloaded) {
-            return Err(err);
-        }
-        if failures >= pool.config.max_attempts {
-            return Err(RpcError::new(
-                err.kind(),
-                format!(
-                    "{} (gave up after {failures} failed attempts, the client's max_attempts)",
-                    err.message()
-                ),
-            ));
-        }
-        if !pool.budget.withdraw() {
-            pool.retries_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(RpcError::new(
-                err.kind(),
-                format!(
-                    "{} (not retried: the client's retry budget is spent, as most recent calls \
-                     needed retries or hedges)",
-                    err.message()
-                ),
-            ));
-        }
-        pool.retries.fetch_add(1, Ordering::Relaxed);
+        let retryable = matches!(err.kind(), ErrorKind::Disconnected | ErrorKind::Overloaded);
+        let err = retry_or_give_up(pool, err, retryable, failures)?;
         let again = tried
             .iter()
             .filter(|t| Arc::ptr_eq(t, &attempt.member))

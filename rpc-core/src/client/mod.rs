@@ -162,16 +162,8 @@ impl Client {
     /// If the service has no method of that name: a typo would otherwise leave the method
     /// without its policy.
     pub fn layer_for_method(self, method: &str, middleware: impl Middleware<ClientCall>) -> Client {
-        let desc = self.service();
-        let Some(info) = desc.methods.iter().find(|m| m.name == method) else {
-            let names: Vec<&str> = desc.methods.iter().map(|m| m.name).collect();
-            panic!(
-                "Client::layer_for_method: `{}` has no method `{method}`; its methods are {}",
-                desc.name,
-                names.join(", ")
-            );
-        };
-        self.layer_scoped(Scope::Method(desc.name, info.name), middleware)
+        let scope = Scope::method("Client::layer_for_method", self.service(), method);
+        self.layer_scoped(scope, middleware)
     }
 
     pub(crate) fn layer_scoped(

@@ -265,11 +265,7 @@ impl<T: Transport> Driver<T> {
             }
             Message::PackedResponse { id, body } => {
                 // Routed as it is: the caller decompresses it, in its own task.
-                let body = Body::packed(
-                    frame.slice_ref(body),
-                    frame.len(),
-                    self.shared.max_frame_size,
-                );
+                let body = Body::packed(&frame, body, self.shared.max_frame_size);
                 self.streams.stop_sending(id);
                 if self.streams.is_receiving(id) {
                     self.streams.end_receiving(
@@ -284,11 +280,7 @@ impl<T: Transport> Driver<T> {
                 Ok(())
             }
             Message::PackedStreamItem { id, body } => {
-                let body = Body::packed(
-                    frame.slice_ref(body),
-                    frame.len(),
-                    self.shared.max_frame_size,
-                );
+                let body = Body::packed(&frame, body, self.shared.max_frame_size);
                 self.streams.on_item(id, body, &mut self.unsent);
                 Ok(())
             }

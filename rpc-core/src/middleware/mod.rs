@@ -69,6 +69,7 @@ pub use call::{ClientCall, ServerCall};
 pub use reply::Reply;
 
 use crate::boxed::BoxFuture;
+use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 
 /// Policy that runs around each call; see the [module docs](self).
@@ -166,6 +167,26 @@ pub(crate) enum Scope {
 }
 
 impl Scope {
+    /// The scope of the method named `method` of `service`, for `what` (the builder method
+    /// being called).
+    ///
+    /// # Panics
+    /// If the service has no such method: a typo would otherwise leave the method without
+    /// its policy.
+    pub(crate) fn method(what: &str, service: &'static ServiceDescriptor, method: &str) -> Scope {
+        match service.methods.iter().find(|m| m.name == method) {
+            Some(info) => Scope::Method(service.name, info.name),
+            None => {
+                let names: Vec<&str> = service.methods.iter().map(|m| m.name).collect();
+                panic!(
+                    "{what}: `{}` has no method `{method}`; its methods are {}",
+                    service.name,
+                    names.join(", ")
+                );
+            }
+        }
+    }
+
     fn covers_service(&self, service: &str) -> bool {
         match self {
             Scope::All => true,

@@ -339,11 +339,7 @@ impl<S: Service> Connection<S> {
                 // Opened here, on the connection's task, as the arguments are decoded here
                 // too (see `Dispatcher::decode`); what it may cost is bounded by the frame
                 // size limit. A body that does not open fails its call, not the connection.
-                let packed = Body::packed(
-                    frame.slice_ref(body),
-                    frame.len(),
-                    self.config.max_frame_size,
-                );
+                let packed = Body::packed(&frame, body, self.config.max_frame_size);
                 match packed.open() {
                     Ok(plain) => {
                         self.on_request(
@@ -365,11 +361,7 @@ impl<S: Service> Connection<S> {
                 Ok(())
             }
             Message::PackedStreamItem { id, body } => {
-                let body = Body::packed(
-                    frame.slice_ref(body),
-                    frame.len(),
-                    self.config.max_frame_size,
-                );
+                let body = Body::packed(&frame, body, self.config.max_frame_size);
                 self.streams.on_item(id, body, &mut self.unsent);
                 Ok(())
             }

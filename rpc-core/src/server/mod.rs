@@ -289,16 +289,8 @@ impl Server {
         method: &str,
         middleware: impl Middleware<ServerCall>,
     ) -> Server {
-        let Some(info) = service.methods.iter().find(|m| m.name == method) else {
-            let names: Vec<&str> = service.methods.iter().map(|m| m.name).collect();
-            panic!(
-                "Server::layer_for_method: `{}` has no method `{method}`; its methods are {}",
-                service.name,
-                names.join(", ")
-            );
-        };
-        self.layers
-            .push(Scope::Method(service.name, info.name), middleware);
+        let scope = Scope::method("Server::layer_for_method", service, method);
+        self.layers.push(scope, middleware);
         self
     }
 
