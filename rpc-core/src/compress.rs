@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::RpcError;
 use crate::protocol::FrameBuilder;
+use crate::varint;
 
 /// A compression codec.
 ///
@@ -329,53 +330,11 @@ impl Packer {
     }
 }
 
-/// A bincode varint (the protocol's integer encoding), written by hand.
+/// A varint appended to `out`.
 fn put_varint(out: &mut BytesMut, value: u64) {
-    if value < 251 {
-        out.extend_from_slice(&[value as u8]);
-    } else if value <= u64::from(u16::MAX) {
-        out.extend_from_slice(&[251]);
-        out.extend_from_slice(&(value as u16).to_le_bytes());
-    } else if value <= u64::from(u32::MAX) {
-        out.extend_from_slice(&[252]);
-        out.extend_from_slice(&(value as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&[253]);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-/// How many bytes [`put_varint`] writes for `value`.
-pub(crate) fn varint_len(value: u64) -> usize {
-    if value < 251 {
-        1
-    } else if value <= u64::from(u16::MAX) {
-        3
-    } else if value <= u64::from(u32::MAX) {
-        5
-    } else {
-        9
-    }
-}
-
-/// Reads a bincode varint (any of its forms) from the front of `buf`.
-fn take_varint(buf: &mut &[u8]) -> Option<u64> {
-    let (&first, rest) = buf.split_first()?;
-    let (value, used) = match first {
-        0..=250 => (u64::from(first), 0),
-        251 => (
-            u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
-            2,
-        ),
-        252 => (
-            u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
-            4,
-        ),
-        253 => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
-        _ => return None,
-    };
-    *buf = &rest[used..];
-    Some(value)
+    let mut bytes = [0; 9];
+    let len = varint::write(&mut bytes, 0, value);
+    out.extend_from_slice(&bytes[..len]);
 }
 
 /// A body as received: as it was sent, or packed and not yet opened. Packed bodies are
@@ -405,7 +364,7 @@ impl Body {
         let data = frame.slice_ref(body);
         let head = frame
             .len()
-            .saturating_sub(data.len() + varint_len(data.len() as u64));
+            .saturating_sub(data.len() + varint::len(data.len() as u64));
         Body::Packed(Box::new(Packed {
             data,
             room: limit.saturating_sub(head),
@@ -452,12 +411,12 @@ pub(crate) fn unpack(packed: &[u8], room: usize) -> Result<Vec<u8>, RpcError> {
                 "a compressed body uses codec {codec_byte}, which this side does not have"
             ))
         })?;
-    let size = take_varint(&mut rest).ok_or_else(|| {
+    let size = varint::read(&mut rest, u64::MAX).ok_or_else(|| {
         RpcError::protocol("a compressed body's uncompressed length is malformed")
     })?;
     let fits = usize::try_from(size)
         .ok()
-        .and_then(|size| size.checked_add(varint_len(size as u64)))
+        .and_then(|size| size.checked_add(varint::len(size as u64)))
         .is_some_and(|field| field <= room);
     if !fits {
         return Err(RpcError::protocol(format!(
@@ -542,9 +501,9 @@ mod tests {
         for value in [0, 250, 251, 65_535, 65_536, u64::from(u32::MAX), u64::MAX] {
             let mut out = BytesMut::new();
             put_varint(&mut out, value);
-            assert_eq!(out.len(), varint_len(value));
+            assert_eq!(out.len(), varint::len(value));
             let mut slice = &out[..];
-            assert_eq!(take_varint(&mut slice), Some(value));
+            assert_eq!(varint::read(&mut slice, u64::MAX), Some(value));
             assert!(slice.is_empty());
         }
     }
@@ -578,14 +537,14 @@ mod tests {
             assert!(data.len() < body.len() / 10);
             assert_eq!(unpack(data, 200_000).unwrap(), body);
             // Exactly the room needed, and one byte less.
-            let field = body.len() + varint_len(body.len() as u64);
+            let field = body.len() + varint::len(body.len() as u64);
             assert!(unpack(data, field).is_ok());
             assert!(unpack(data, field - 1).is_err());
             // A body that claims less than it holds cannot expand beyond the claim.
             let mut lying = BytesMut::new();
             lying.extend_from_slice(&[codec.to_wire()]);
             put_varint(&mut lying, 1000);
-            lying.extend_from_slice(&data[1 + varint_len(body.len() as u64)..]);
+            lying.extend_from_slice(&data[1 + varint::len(body.len() as u64)..]);
             assert!(unpack(&lying, 200_000).is_err(), "{codec}");
         }
     }

@@ -86,6 +86,7 @@ mod streaming;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod transport;
+mod varint;
 mod waker;
 
 pub use client::{Call, CallFuture, Client, ClientBuilder};

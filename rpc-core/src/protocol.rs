@@ -18,6 +18,7 @@ use crate::codec::{with_limit_for, CONFIG};
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
+use crate::varint;
 
 /// First bytes of every `Hello` after the message tag: says "this is our protocol".
 pub(crate) const MAGIC: [u8; 4] = *b"tRPC";
@@ -344,25 +345,7 @@ impl ErrorDetail {
 mod fast {
     use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE};
 
-    /// A bincode varint of at most `max` (`u32::MAX` or `u64::MAX`).
-    fn varint(buf: &mut &[u8], max: u64) -> Option<u64> {
-        let (&first, rest) = buf.split_first()?;
-        let (value, used) = match first {
-            0..=250 => (u64::from(first), 0),
-            251 => (
-                u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
-                2,
-            ),
-            252 => (
-                u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
-                4,
-            ),
-            253 if max == u64::MAX => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
-            _ => return None,
-        };
-        *buf = &rest[used..];
-        Some(value)
-    }
+    use crate::varint::read as varint;
 
     /// The body: a length, then exactly that many bytes to the end of the frame.
     fn body<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
@@ -533,39 +516,36 @@ impl FrameBuilder {
         second: &Metadata,
         body_len: usize,
     ) -> usize {
-        use crate::compress::varint_len;
         let timeout = match timeout {
             None => 1,
-            Some(t) => 1 + varint_len(u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+            Some(t) => 1 + varint::len(u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
         };
         let pairs = first.iter().chain(second.iter());
-        let metadata = varint_len((first.len() + second.len()) as u64)
+        let metadata = varint::len((first.len() + second.len()) as u64)
             + pairs
                 .map(|(key, value)| {
-                    varint_len(key.len() as u64)
+                    varint::len(key.len() as u64)
                         + key.len()
-                        + varint_len(value.len() as u64)
+                        + varint::len(value.len() as u64)
                         + value.len()
                 })
                 .sum::<usize>();
-        1 + varint_len(id)
-            + varint_len(u64::from(method))
+        1 + varint::len(id)
+            + varint::len(u64::from(method))
             + timeout
             + metadata
-            + varint_len(body_len as u64)
+            + varint::len(body_len as u64)
             + body_len
     }
 
     /// The length of the successful `Response` frame of a body of `body_len` bytes.
     pub(crate) fn response_len(id: u64, body_len: usize) -> usize {
-        use crate::compress::varint_len;
-        1 + varint_len(id) + 1 + varint_len(body_len as u64) + body_len
+        1 + varint::len(id) + 1 + varint::len(body_len as u64) + body_len
     }
 
     /// The length of the `StreamItem` frame of a body of `body_len` bytes.
     pub(crate) fn stream_item_len(id: u64, body_len: usize) -> usize {
-        use crate::compress::varint_len;
-        1 + varint_len(id) + varint_len(body_len as u64) + body_len
+        1 + varint::len(id) + varint::len(body_len as u64) + body_len
     }
 
     #[cold]
@@ -685,23 +665,7 @@ impl Head {
 
     /// An unsigned integer (any width) as a bincode varint.
     fn varint(&mut self, value: u64) -> &mut Head {
-        let at = self.len;
-        self.len += if value < 251 {
-            self.bytes[at] = value as u8;
-            1
-        } else if value <= u64::from(u16::MAX) {
-            self.bytes[at] = 251;
-            self.bytes[at + 1..at + 3].copy_from_slice(&(value as u16).to_le_bytes());
-            3
-        } else if value <= u64::from(u32::MAX) {
-            self.bytes[at] = 252;
-            self.bytes[at + 1..at + 5].copy_from_slice(&(value as u32).to_le_bytes());
-            5
-        } else {
-            self.bytes[at] = 253;
-            self.bytes[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
-            9
-        };
+        self.len += varint::write(&mut self.bytes, self.len, value);
         self
     }
 }
