@@ -27,6 +27,7 @@ use bytes::Bytes;
 use futures::task::ArcWake;
 use futures::{Sink, Stream};
 use libfuzzer_sys::fuzz_target;
+use rpc_core::Frame;
 use rpc_transport::framing::Framed;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -269,14 +270,23 @@ fn run(data: &[u8]) -> Result<()> {
         assert_eq!(framed.get_ref().fed, wire.len(), "the rest was not read");
     }
 
-    // The frames go back out as the bytes they came from.
+    // The frames go back out as the bytes they came from, each sent in two parts (cut in
+    // the middle, so that large ones are written from their own buffers).
     for frame in got {
-        ready(&mut framed, "poll_ready", |f, cx| f.poll_ready(cx)).expect("poll_ready");
+        ready(&mut framed, "poll_ready", |f, cx| {
+            Sink::<Frame>::poll_ready(f, cx)
+        })
+        .expect("poll_ready");
+        let mut parts = Frame::new(frame.slice(..frame.len() / 2));
+        parts.push(frame.slice(frame.len() / 2..));
         Pin::new(&mut framed)
-            .start_send(frame)
+            .start_send(parts)
             .expect("a frame within the limit is sent");
     }
-    ready(&mut framed, "poll_flush", |f, cx| f.poll_flush(cx)).expect("flush");
+    ready(&mut framed, "poll_flush", |f, cx| {
+        Sink::<Frame>::poll_flush(f, cx)
+    })
+    .expect("flush");
     assert_eq!(
         framed.get_ref().written,
         wire[..consumed],

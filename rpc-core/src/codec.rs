@@ -17,7 +17,7 @@
 
 use bincode::config::{Configuration, LittleEndian, Varint};
 use bincode::error::{DecodeError, EncodeError};
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -119,18 +119,26 @@ impl bincode::enc::write::Writer for BufWriter<'_> {
 }
 
 /// Decodes a method's arguments or result; the error names the type and what to check.
-pub fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
-    decode_serde(body).map_err(|err| {
-        RpcError::new(
-            ErrorKind::Protocol,
-            format!(
-                "a message body of {} bytes does not decode as `{}`: {err}; client and server \
-                 may have been built with different definitions of that type",
-                body.len(),
-                std::any::type_name::<T>()
-            ),
-        )
-    })
+///
+/// It takes any bytes (`&[u8]`, `&Bytes`), so that it is also the decoder of a call's
+/// result (`fn(&Bytes) -> Result<T, RpcError>`).
+pub fn decode_value<T: DeserializeOwned>(
+    body: &(impl AsRef<[u8]> + ?Sized),
+) -> Result<T, RpcError> {
+    let body = body.as_ref();
+    decode_serde(body).map_err(|err| decode_error(body.len(), std::any::type_name::<T>(), err))
+}
+
+/// The error of a message body of `len` bytes that does not decode as `ty`.
+#[cold]
+fn decode_error(len: usize, ty: &str, err: DecodeError) -> RpcError {
+    RpcError::new(
+        ErrorKind::Protocol,
+        format!(
+            "a message body of {len} bytes does not decode as `{ty}`: {err}; client and server \
+             may have been built with different definitions of that type"
+        ),
+    )
 }
 
 /// Encodes a method's arguments or result into `buf`.
@@ -144,6 +152,204 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T, buf: &mut BytesMut) -> Res
             ),
         )
     })
+}
+
+/// Byte buffers at least this large are sent as parts of their own (not copied into the
+/// frame); smaller ones are copied, which costs less than another part to write.
+pub(crate) const SPLICE_MIN: usize = 4 << 10;
+
+/// A message body being encoded, for code that `#[service]` generates: values encoded in
+/// place, and byte buffers (`Bytes`, large `Vec<u8>`s) written as bincode writes bytes (a
+/// varint length, then the bytes) but handed over as parts of the frame instead of copied.
+/// Bincode encodes a tuple as its elements one after another, so encoding arguments one by
+/// one gives the same bytes as encoding their tuple.
+pub struct BodyWriter<'a> {
+    frame: &'a mut crate::protocol::FrameBuilder,
+}
+
+impl<'a> BodyWriter<'a> {
+    pub(crate) fn new(frame: &'a mut crate::protocol::FrameBuilder) -> BodyWriter<'a> {
+        BodyWriter { frame }
+    }
+
+    /// The buffer the body is written into (after any spliced buffer).
+    pub fn buf(&mut self) -> &mut BytesMut {
+        self.frame.body_mut()
+    }
+
+    /// Encodes a serde value.
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), RpcError> {
+        encode_value(value, self.frame.body_mut())
+    }
+
+    /// Writes a byte buffer, without copying it if it is large.
+    pub fn bytes(&mut self, bytes: Bytes) {
+        self.length(bytes.len());
+        self.bytes_raw(bytes);
+    }
+
+    /// Appends `bytes` as they are (an encoded body), without copying them if they are large.
+    pub(crate) fn bytes_raw(&mut self, bytes: Bytes) {
+        if bytes.len() >= SPLICE_MIN {
+            self.frame.splice(bytes);
+        } else {
+            self.frame.body_mut().extend_from_slice(&bytes);
+        }
+    }
+
+    /// Writes a byte vector, without copying it if it is large.
+    pub fn byte_vec(&mut self, bytes: Vec<u8>) {
+        if bytes.len() >= SPLICE_MIN {
+            self.bytes(Bytes::from(bytes));
+        } else {
+            self.length(bytes.len());
+            self.frame.body_mut().extend_from_slice(&bytes);
+        }
+    }
+
+    /// The length in front of bytes: a varint `u64`, as bincode writes a `usize`.
+    fn length(&mut self, len: usize) {
+        let mut buf = [0; 10];
+        let n = crate::varint::write(&mut buf, 0, len as u64);
+        self.frame.body_mut().extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Encodes a stream item with serde (the encoder `#[service]` gives streams of most types).
+pub fn encode_item<T: Serialize>(item: T, body: &mut BodyWriter<'_>) -> Result<(), RpcError> {
+    body.value(&item)
+}
+
+/// Encodes a `Bytes` stream item: a large one is a part of the frame of its own.
+pub fn encode_bytes_item(item: Bytes, body: &mut BodyWriter<'_>) -> Result<(), RpcError> {
+    body.bytes(item);
+    Ok(())
+}
+
+/// Encodes a `Vec<u8>` stream item: a large one is a part of the frame of its own.
+pub fn encode_byte_vec_item(item: Vec<u8>, body: &mut BodyWriter<'_>) -> Result<(), RpcError> {
+    body.byte_vec(item);
+    Ok(())
+}
+
+/// What a request body is encoded from, for code that `#[service]` generates: a reference
+/// to the arguments' tuple (encoded by serde), or [`WriteArgs`], which writes them one by
+/// one (and hands byte buffers over without copying them).
+pub trait EncodeArgs {
+    /// Writes the body.
+    fn encode_args(self, body: &mut BodyWriter<'_>) -> Result<(), RpcError>;
+}
+
+impl<T: Serialize + ?Sized> EncodeArgs for &T {
+    #[inline]
+    fn encode_args(self, body: &mut BodyWriter<'_>) -> Result<(), RpcError> {
+        body.value(self)
+    }
+}
+
+/// Arguments written one by one by a closure; see [`EncodeArgs`].
+pub struct WriteArgs<F>(pub F);
+
+impl<F> EncodeArgs for WriteArgs<F>
+where
+    F: FnOnce(&mut BodyWriter<'_>) -> Result<(), RpcError>,
+{
+    fn encode_args(self, body: &mut BodyWriter<'_>) -> Result<(), RpcError> {
+        (self.0)(body)
+    }
+}
+
+/// A message body being decoded value by value, for code that `#[service]` generates: byte
+/// buffers are taken out of the received frame without copying (`Bytes`), or with one copy
+/// (`Vec<u8>`). The counterpart of [`BodyWriter`].
+pub struct BodyReader<'a> {
+    rest: &'a [u8],
+    /// The buffer `rest` lies in.
+    frame: &'a Bytes,
+    len: usize,
+    ty: &'static str,
+}
+
+impl<'a> BodyReader<'a> {
+    /// Reads `body`, which lies in `frame`, as a value of type `ty` (for error messages).
+    pub fn new(body: &'a [u8], frame: &'a Bytes, ty: &'static str) -> BodyReader<'a> {
+        BodyReader {
+            rest: body,
+            frame,
+            len: body.len(),
+            ty,
+        }
+    }
+
+    /// Decodes the next serde value.
+    pub fn value<T: DeserializeOwned>(&mut self) -> Result<T, RpcError> {
+        let seed = bounded::Seed::<T> {
+            limit: self.rest.len(),
+            value: std::marker::PhantomData,
+        };
+        match bincode::serde::seed_decode_from_slice(seed, self.rest, CONFIG) {
+            Ok((value, used)) => {
+                self.rest = &self.rest[used..];
+                Ok(value)
+            }
+            Err(err) => Err(self.error(err)),
+        }
+    }
+
+    /// Takes the next byte buffer, without copying it.
+    pub fn bytes(&mut self) -> Result<Bytes, RpcError> {
+        let bytes = self.slice()?;
+        Ok(if bytes.is_empty() {
+            Bytes::new()
+        } else {
+            self.frame.slice_ref(bytes)
+        })
+    }
+
+    /// Takes the next byte vector (one copy).
+    pub fn byte_vec(&mut self) -> Result<Vec<u8>, RpcError> {
+        self.slice().map(<[u8]>::to_vec)
+    }
+
+    /// Checks that nothing is left.
+    pub fn finish(self) -> Result<(), RpcError> {
+        if self.rest.is_empty() {
+            return Ok(());
+        }
+        let trailing = self.rest.len();
+        Err(self.error(DecodeError::OtherString(format!(
+            "{trailing} trailing bytes after the value"
+        ))))
+    }
+
+    fn slice(&mut self) -> Result<&'a [u8], RpcError> {
+        let mut rest = self.rest;
+        let len = crate::varint::read(&mut rest, u64::MAX)
+            .and_then(|len| usize::try_from(len).ok())
+            .filter(|&len| len <= rest.len());
+        match len {
+            Some(len) => {
+                let (bytes, rest) = rest.split_at(len);
+                self.rest = rest;
+                Ok(bytes)
+            }
+            None => Err(self.error(DecodeError::OtherString(
+                "a byte array's length is missing or longer than the message".to_string(),
+            ))),
+        }
+    }
+
+    fn error(&self, err: DecodeError) -> RpcError {
+        decode_error(self.len, self.ty, err)
+    }
+}
+
+/// Decodes a `Bytes` result or stream item out of the buffer it arrived in: no copy.
+pub fn decode_bytes(body: &Bytes) -> Result<Bytes, RpcError> {
+    let mut reader = BodyReader::new(body, body, "Bytes");
+    let bytes = reader.bytes()?;
+    reader.finish()?;
+    Ok(bytes)
 }
 
 /// Serializes a byte vector through serde's bytes path: one length and one block copy,
@@ -206,7 +412,7 @@ pub fn encode_byte_vec(value: &Vec<u8>, buf: &mut BytesMut) -> Result<(), RpcErr
 }
 
 /// Decodes a `Vec<u8>` result through the bytes path.
-pub fn decode_byte_vec(body: &[u8]) -> Result<Vec<u8>, RpcError> {
+pub fn decode_byte_vec(body: &(impl AsRef<[u8]> + ?Sized)) -> Result<Vec<u8>, RpcError> {
     decode_value::<ByteBuf>(body).map(ByteBuf::into_inner)
 }
 

@@ -532,7 +532,7 @@ mod tests {
                 .build()
                 .unwrap()
                 .packer(codec);
-            let packed = packer.pack(&body).unwrap();
+            let mut packed = packer.pack(&body).unwrap();
             let data = packed.body();
             assert!(data.len() < body.len() / 10);
             assert_eq!(unpack(data, 200_000).unwrap(), body);

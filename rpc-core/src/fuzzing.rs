@@ -384,23 +384,23 @@ pub fn request_frame(
     metadata: &Metadata,
     body: &[u8],
 ) -> Bytes {
-    FrameBuilder::with_body(body).finish_request_with(
-        id,
-        method,
-        timeout,
-        metadata,
-        &Metadata::new(),
-    )
+    FrameBuilder::with_body(body)
+        .finish_request_with(id, method, timeout, metadata, &Metadata::new())
+        .into_bytes()
 }
 
 /// A successful `Response` frame as the server builds it.
 pub fn response_frame(id: u64, body: &[u8]) -> Bytes {
-    FrameBuilder::with_body(body).finish_response(id)
+    FrameBuilder::with_body(body)
+        .finish_response(id)
+        .into_bytes()
 }
 
 /// A `StreamItem` frame as either side builds it.
 pub fn stream_item_frame(id: u64, body: &[u8]) -> Bytes {
-    FrameBuilder::with_body(body).finish_stream_item(id)
+    FrameBuilder::with_body(body)
+        .finish_stream_item(id)
+        .into_bytes()
 }
 
 /// An error `Response` frame as the server builds it.
@@ -437,7 +437,9 @@ pub fn announcement_frame(codec: Option<crate::compress::Codec>) -> Bytes {
 
 /// A `PackedResponse` frame as the server builds it around a packed body.
 pub fn packed_response_frame(id: u64, packed: &[u8]) -> Bytes {
-    FrameBuilder::with_body(packed).finish_packed_response(id)
+    FrameBuilder::with_body(packed)
+        .finish_packed_response(id)
+        .into_bytes()
 }
 
 /// A packed body decompressed as the runtime does it, its body field allowed `room` bytes

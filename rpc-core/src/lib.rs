@@ -65,6 +65,7 @@ pub mod context;
 mod deadline;
 mod descriptor;
 mod error;
+mod frame;
 pub mod governance;
 pub mod health;
 pub mod json;
@@ -100,7 +101,7 @@ pub use listeners::{BoxTransport, Listeners};
 pub use peer::{Identity, Peer};
 pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerStats, Service};
 pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
-pub use transport::{HttpConnection, Listener, RawIo, Transport};
+pub use transport::{Frame, HttpConnection, IntoParts, Listener, RawIo, Transport, WholeFrames};
 
 // The macro's whole reference: the macro itself has no docs of its own, so that this page
 // reads as one text (rustdoc puts a re-export's docs before the item's).
@@ -119,10 +120,13 @@ pub mod __fuzz;
 pub mod __private {
     pub use crate::boxed::BoxFuture;
     pub use crate::codec::{
-        decode_byte_vec, decode_value, encode_byte_vec, encode_value, AsBytes, ByteBuf,
+        decode_byte_vec, decode_bytes, decode_value, encode_byte_vec, encode_byte_vec_item,
+        encode_bytes_item, encode_item, encode_value, AsBytes, BodyReader, BodyWriter, ByteBuf,
+        EncodeArgs, WriteArgs,
     };
     pub use crate::descriptor::method_index;
     pub use crate::streaming::{ItemSource, RemoteStream};
+    pub use bytes::Bytes;
     pub use bytes::BytesMut;
     pub use serde;
 
@@ -135,11 +139,11 @@ pub mod __private {
     pub fn call<A, R>(
         client: &Client,
         method: u32,
-        args: &A,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        args: A,
+        decode: fn(&bytes::Bytes) -> Result<R, RpcError>,
     ) -> Call<R>
     where
-        A: serde::Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
     {
         client.call(method, args, decode)
     }
@@ -148,11 +152,11 @@ pub mod __private {
     pub fn call_streaming<A, O>(
         client: &Client,
         method: u32,
-        args: &A,
-        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+        args: A,
+        decode_item: fn(&bytes::Bytes) -> Result<O, RpcError>,
     ) -> Call<Streaming<O>>
     where
-        A: serde::Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         O: 'static,
     {
         client.call_streaming(method, args, decode_item)
@@ -162,13 +166,13 @@ pub mod __private {
     pub fn call_with_stream<A, I, R>(
         client: &Client,
         method: u32,
-        args: &A,
+        args: A,
         input: Streaming<I>,
-        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        encode_item: fn(I, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
+        decode: fn(&bytes::Bytes) -> Result<R, RpcError>,
     ) -> Call<R>
     where
-        A: serde::Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         I: 'static,
     {
         client.call_with_stream(method, args, input, encode_item, decode)
@@ -179,13 +183,13 @@ pub mod __private {
     pub fn call_bidi<A, I, O>(
         client: &Client,
         method: u32,
-        args: &A,
+        args: A,
         input: Streaming<I>,
-        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
-        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+        encode_item: fn(I, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
+        decode_item: fn(&bytes::Bytes) -> Result<O, RpcError>,
     ) -> Call<Streaming<O>>
     where
-        A: serde::Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         I: 'static,
         O: 'static,
     {
@@ -195,7 +199,7 @@ pub mod __private {
     /// The argument stream a server's handler reads, fed by the connection.
     pub fn stream_from_remote<T>(
         stream: RemoteStream,
-        decode: fn(&[u8]) -> Result<T, RpcError>,
+        decode: fn(&bytes::Bytes) -> Result<T, RpcError>,
     ) -> Streaming<T> {
         Streaming::from_remote(stream, decode)
     }
@@ -203,7 +207,7 @@ pub mod __private {
     /// What sends the items of a handler's result stream as frames.
     pub fn stream_into_source<T: 'static>(
         stream: Streaming<T>,
-        encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+        encode: fn(T, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
     ) -> ItemSource {
         stream.into_source(encode)
     }
@@ -306,7 +310,7 @@ pub mod __private {
         ) -> Result<Bytes, RpcError> {
             let mut builder = FrameBuilder::new();
             crate::codec::encode_value(args, builder.body_mut())?;
-            Ok(builder.finish_request(id, method, None))
+            Ok(builder.finish_request(id, method, None).into_bytes())
         }
 
         /// The server's side: the frame parsed and its body decoded.

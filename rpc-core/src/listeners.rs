@@ -11,7 +11,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{Sink, Stream, StreamExt};
 
 use crate::peer::Peer;
-use crate::transport::{Listener, Transport};
+use crate::transport::{Frame, Listener, Transport};
 
 /// Any number of [`Listener`]s, of any types, served as one by
 /// [`Server::serve`](crate::Server::serve) or
@@ -179,14 +179,14 @@ impl Stream for BoxTransport {
     }
 }
 
-impl Sink<Bytes> for BoxTransport {
+impl Sink<Frame> for BoxTransport {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_ready(cx)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> io::Result<()> {
         Pin::new(&mut *self.inner).start_send(frame)
     }
 
@@ -196,5 +196,26 @@ impl Sink<Bytes> for BoxTransport {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_close(cx)
+    }
+}
+
+/// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
+impl Sink<Bytes> for BoxTransport {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_ready(self, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        Sink::<Frame>::start_send(self, Frame::new(frame))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_flush(self, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_close(self, cx)
     }
 }

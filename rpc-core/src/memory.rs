@@ -11,6 +11,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use futures::{Sink, Stream};
 
+use crate::frame::Frame;
+
 /// Frames one direction of a pair may have queued before the sender waits.
 const CAPACITY: usize = 256;
 
@@ -108,7 +110,7 @@ impl Stream for MemoryTransport {
     }
 }
 
-impl Sink<Bytes> for MemoryTransport {
+impl Sink<Frame> for MemoryTransport {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -123,7 +125,10 @@ impl Sink<Bytes> for MemoryTransport {
         Poll::Pending
     }
 
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+    fn start_send(self: Pin<&mut Self>, frame: Frame) -> io::Result<()> {
+        // A frame of parts becomes one buffer here, where the receiver would otherwise have
+        // to: it decodes a message from one contiguous slice.
+        let frame = frame.into_bytes();
         let mut pipe = self.outgoing.lock();
         if pipe.receiver_gone || pipe.sender_gone {
             return Err(gone());
@@ -147,6 +152,27 @@ impl Sink<Bytes> for MemoryTransport {
         drop(pipe);
         wake(receiver);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
+impl Sink<Bytes> for MemoryTransport {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_ready(self, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        Sink::<Frame>::start_send(self, Frame::new(frame))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_flush(self, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Sink::<Frame>::poll_close(self, cx)
     }
 }
 

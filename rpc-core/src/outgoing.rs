@@ -6,8 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{Sink, SinkExt};
+
+use crate::frame::Frame;
 
 use crate::transport::Transport;
 
@@ -19,12 +20,12 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// all within `within`; errors only mean the peer is already gone.
 pub(crate) async fn close_with<T: Transport + ?Sized>(
     transport: &mut T,
-    last: impl IntoIterator<Item = Bytes>,
+    last: impl IntoIterator<Item = impl Into<Frame>>,
     within: Duration,
 ) {
     let _ = tokio::time::timeout(within, async {
         for frame in last {
-            transport.feed(frame).await?;
+            transport.feed(frame.into()).await?;
         }
         transport.close().await
     })
@@ -34,7 +35,7 @@ pub(crate) async fn close_with<T: Transport + ?Sized>(
 /// Frames not yet accepted by the transport, and whether what it accepted is flushed.
 #[derive(Default)]
 pub(crate) struct Outgoing {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     /// Bytes in `frames`.
     bytes: usize,
     /// The transport accepted frames since its last completed flush.
@@ -42,12 +43,15 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(crate) fn push(&mut self, frame: Bytes) {
+    #[inline]
+    pub(crate) fn push(&mut self, frame: impl Into<Frame>) {
+        let frame = frame.into();
         self.bytes += frame.len();
         self.frames.push_back(frame);
     }
 
-    pub(crate) fn extend(&mut self, frames: impl IntoIterator<Item = Bytes>) {
+    #[inline]
+    pub(crate) fn extend(&mut self, frames: impl IntoIterator<Item = impl Into<Frame>>) {
         for frame in frames {
             self.push(frame);
         }
@@ -73,12 +77,13 @@ impl Outgoing {
     }
 
     /// The frames still waiting, for a last write when closing.
-    pub(crate) fn take(&mut self) -> VecDeque<Bytes> {
+    pub(crate) fn take(&mut self) -> VecDeque<Frame> {
         self.bytes = 0;
         std::mem::take(&mut self.frames)
     }
 
     /// Hands every frame the transport will take and flushes them as one batch.
+    #[inline]
     pub(crate) fn poll_send<T: Transport + ?Sized>(
         &mut self,
         mut transport: Pin<&mut T>,

@@ -18,6 +18,7 @@ use crate::codec::{with_limit_for, CONFIG};
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
+use crate::frame::Frame;
 use crate::varint;
 
 /// First bytes of every `Hello` after the message tag: says "this is our protocol".
@@ -395,15 +396,28 @@ mod fast {
 }
 
 /// A frame under construction: [`HEADROOM`] bytes for the head, then the body.
+///
+/// A body may have large byte buffers spliced into it ([`splice`](FrameBuilder::splice)):
+/// they stay in their own allocations and become parts of the finished [`Frame`], so they
+/// are written to the transport without being copied into the frame.
 pub(crate) struct FrameBuilder {
     buf: BytesMut,
+    /// Buffers to insert at offsets of `buf`, in order. Boxed: most frames have none, and
+    /// a builder is moved along with every call (a `Vec` inline made it larger than what
+    /// the compiler moves without a `memcpy` call).
+    #[allow(clippy::box_collection)]
+    splices: Option<Box<Vec<(usize, Bytes)>>>,
 }
 
 impl FrameBuilder {
     pub(crate) fn new() -> FrameBuilder {
         let mut buf = BytesMut::with_capacity(HEADROOM + 64);
         buf.resize(HEADROOM, 0);
-        FrameBuilder { buf }
+        FrameBuilder::of(buf)
+    }
+
+    fn of(buf: BytesMut) -> FrameBuilder {
+        FrameBuilder { buf, splices: None }
     }
 
     /// A builder writing into the spare capacity of `arena` (which must be empty), so that
@@ -416,7 +430,7 @@ impl FrameBuilder {
         }
         let mut buf = std::mem::take(arena);
         buf.resize(HEADROOM, 0);
-        FrameBuilder { buf }
+        FrameBuilder::of(buf)
     }
 
     /// Where the body is written.
@@ -424,24 +438,72 @@ impl FrameBuilder {
         &mut self.buf
     }
 
-    pub(crate) fn body_len(&self) -> usize {
-        self.buf.len() - HEADROOM
+    /// Where the body is written, splices included.
+    pub(crate) fn writer(&mut self) -> crate::codec::BodyWriter<'_> {
+        crate::codec::BodyWriter::new(self)
     }
 
-    /// The body written so far.
-    pub(crate) fn body(&self) -> &[u8] {
+    /// Inserts `part` at the end of the body written so far, as a part of its own.
+    pub(crate) fn splice(&mut self, part: Bytes) {
+        let at = self.buf.len();
+        self.splices.get_or_insert_default().push((at, part));
+    }
+
+    #[inline]
+    pub(crate) fn body_len(&self) -> usize {
+        self.buf.len() - HEADROOM + self.spliced()
+    }
+
+    /// The bytes of the spliced buffers.
+    #[inline]
+    fn spliced(&self) -> usize {
+        self.splices
+            .iter()
+            .flat_map(|splices| splices.iter())
+            .map(|(_, part)| part.len())
+            .sum()
+    }
+
+    /// Copies spliced buffers into the body, for the rare paths that need it in one piece
+    /// (compression, middleware, a request with metadata).
+    pub(crate) fn flatten(&mut self) {
+        let spliced = self.spliced();
+        let Some(splices) = self.splices.take() else {
+            return;
+        };
+        let mut joined = BytesMut::with_capacity(self.buf.len() + spliced);
+        let mut copied = 0;
+        for (at, part) in *splices {
+            joined.extend_from_slice(&self.buf[copied..at]);
+            joined.extend_from_slice(&part);
+            copied = at;
+        }
+        joined.extend_from_slice(&self.buf[copied..]);
+        self.buf = joined;
+    }
+
+    /// The body written so far, in one piece (spliced buffers are copied in first).
+    pub(crate) fn body(&mut self) -> &[u8] {
+        self.flatten();
         &self.buf[HEADROOM..]
     }
 
-    /// The body, as bytes of its own (no copy).
-    pub(crate) fn into_body(self) -> Bytes {
+    /// A copy of the body in one piece (a middleware's view of a request).
+    pub(crate) fn body_copy(&mut self) -> Bytes {
+        self.flatten();
+        Bytes::copy_from_slice(&self.buf[HEADROOM..])
+    }
+
+    /// The body, as bytes of its own (no copy unless buffers were spliced into it).
+    pub(crate) fn into_body(mut self) -> Bytes {
+        self.flatten();
         let mut buf = self.buf;
         buf.advance(HEADROOM);
         buf.freeze()
     }
 
     /// Finishes a `Request` frame (without metadata).
-    pub(crate) fn finish_request(self, id: u64, method: u32, timeout: Option<Duration>) -> Bytes {
+    pub(crate) fn finish_request(self, id: u64, method: u32, timeout: Option<Duration>) -> Frame {
         self.finish_request_tagged(TAG_REQUEST, id, method, timeout)
     }
 
@@ -451,7 +513,7 @@ impl FrameBuilder {
         id: u64,
         method: u32,
         timeout: Option<Duration>,
-    ) -> Bytes {
+    ) -> Frame {
         let mut head = Head::new();
         head.varint(u64::from(tag))
             .varint(id)
@@ -479,7 +541,7 @@ impl FrameBuilder {
         timeout: Option<Duration>,
         first: &Metadata,
         second: &Metadata,
-    ) -> Bytes {
+    ) -> Frame {
         if first.is_empty() && second.is_empty() {
             self.finish_request(id, method, timeout)
         } else {
@@ -496,7 +558,7 @@ impl FrameBuilder {
         timeout: Option<Duration>,
         first: &Metadata,
         second: &Metadata,
-    ) -> Bytes {
+    ) -> Frame {
         if first.is_empty() && second.is_empty() {
             self.finish_request_tagged(TAG_PACKED_REQUEST, id, method, timeout)
         } else {
@@ -550,21 +612,23 @@ impl FrameBuilder {
 
     #[cold]
     fn finish_request_with_metadata(
-        self,
+        mut self,
         packed: bool,
         id: u64,
         method: u32,
         timeout: Option<Duration>,
         first: &Metadata,
         second: &Metadata,
-    ) -> Bytes {
+    ) -> Frame {
         let metadata = first
             .iter()
             .chain(second.iter())
             .map(|(key, value)| (key, &value[..]))
             .collect();
         let timeout_us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
-        let body = &self.buf[HEADROOM..];
+        // The head is the message with an empty body, whose length (a 0) is replaced by the
+        // real one: the body itself, spliced buffers and all, is not copied.
+        let body: &[u8] = &[];
         let message = if packed {
             Message::PackedRequest {
                 id,
@@ -582,38 +646,58 @@ impl FrameBuilder {
                 body,
             }
         };
-        let mut buf = BytesMut::with_capacity(self.buf.len() + 64);
-        if bincode::encode_into_std_write(&message, &mut BufWrite(&mut buf), CONFIG).is_err() {
+        let mut head = BytesMut::with_capacity(HEADROOM + 64);
+        if bincode::encode_into_std_write(&message, &mut BufWrite(&mut head), CONFIG).is_err() {
             unreachable!("encoding a protocol message into memory failed");
         }
-        buf.freeze()
+        head.truncate(head.len() - 1);
+        let mut len = [0; 10];
+        let n = varint::write(&mut len, 0, self.body_len() as u64);
+        head.extend_from_slice(&len[..n]);
+        self.buf.advance(HEADROOM);
+        self.into_frame(head.freeze(), HEADROOM)
     }
 
-    /// A builder holding a copy of `body`, to send an encoded body again.
+    /// A builder around `body`, to send an encoded body again: its large parts are spliced
+    /// in again, the rest copied.
+    pub(crate) fn with_body_parts(body: &Frame) -> FrameBuilder {
+        let mut builder = FrameBuilder::new();
+        for part in body.parts() {
+            if part.len() >= crate::codec::SPLICE_MIN {
+                builder.splice(part.clone());
+            } else {
+                builder.buf.extend_from_slice(part);
+            }
+        }
+        builder
+    }
+
+    /// A builder holding a copy of `body` (the fuzz targets' frames).
+    #[cfg(any(test, feature = "__internal-hooks"))]
     pub(crate) fn with_body(body: &[u8]) -> FrameBuilder {
         let mut buf = BytesMut::with_capacity(HEADROOM + body.len());
         buf.resize(HEADROOM, 0);
         buf.extend_from_slice(body);
-        FrameBuilder { buf }
+        FrameBuilder::of(buf)
     }
 
     /// Finishes a `StreamItem` frame of stream `id`.
-    pub(crate) fn finish_stream_item(self, id: u64) -> Bytes {
+    pub(crate) fn finish_stream_item(self, id: u64) -> Frame {
         self.finish_item_tagged(TAG_STREAM_ITEM, id)
     }
 
     /// Finishes a `PackedStreamItem` frame of stream `id` (the body is packed).
-    pub(crate) fn finish_packed_stream_item(self, id: u64) -> Bytes {
+    pub(crate) fn finish_packed_stream_item(self, id: u64) -> Frame {
         self.finish_item_tagged(TAG_PACKED_STREAM_ITEM, id)
     }
 
     /// Finishes a `PackedResponse` frame (the body is packed).
-    pub(crate) fn finish_packed_response(self, id: u64) -> Bytes {
+    pub(crate) fn finish_packed_response(self, id: u64) -> Frame {
         self.finish_item_tagged(TAG_PACKED_RESPONSE, id)
     }
 
     /// A message of two fields, `id` and the body.
-    fn finish_item_tagged(self, tag: u32, id: u64) -> Bytes {
+    fn finish_item_tagged(self, tag: u32, id: u64) -> Frame {
         let mut head = Head::new();
         head.varint(u64::from(tag))
             .varint(id)
@@ -622,7 +706,7 @@ impl FrameBuilder {
     }
 
     /// Finishes a successful `Response` frame.
-    pub(crate) fn finish_response(self, id: u64) -> Bytes {
+    pub(crate) fn finish_response(self, id: u64) -> Frame {
         let mut head = Head::new();
         // The tag, the id, `Status::Ok` (variant 0), the body's length.
         head.varint(u64::from(TAG_RESPONSE))
@@ -640,11 +724,30 @@ impl FrameBuilder {
 
     /// Writes the message's head (its fields before the body, ending with the body's length,
     /// exactly as the derived encoding of [`Message`] writes them) right before the body.
-    fn finish(mut self, head: &Head) -> Bytes {
+    fn finish(mut self, head: &Head) -> Frame {
         let start = HEADROOM - head.len;
         self.buf[start..HEADROOM].copy_from_slice(&head.bytes[..head.len]);
         self.buf.advance(start);
-        self.buf.freeze()
+        self.into_frame(Bytes::new(), start)
+    }
+
+    /// `first`, then what is left of the buffer (which starts at offset `start` of the
+    /// original) with the spliced buffers in their places.
+    fn into_frame(self, first: Bytes, start: usize) -> Frame {
+        let mut rest = self.buf.freeze();
+        let mut frame = Frame::new(first);
+        let Some(splices) = self.splices else {
+            frame.push(rest);
+            return frame;
+        };
+        let mut taken = start;
+        for (at, part) in *splices {
+            frame.push(rest.split_to(at - taken));
+            frame.push(part);
+            taken = at;
+        }
+        frame.push(rest);
+        frame
     }
 }
 
@@ -709,7 +812,7 @@ mod tests {
         ] {
             let mut b = FrameBuilder::new();
             b.body_mut().extend_from_slice(b"\x02\x04");
-            let frame = b.finish_request(id, 3, timeout);
+            let frame = b.finish_request(id, 3, timeout).into_bytes();
             let expected = Message::Request {
                 id,
                 method: 3,
@@ -723,12 +826,43 @@ mod tests {
     }
 
     #[test]
+    fn spliced_buffers_are_parts_of_their_own_and_the_bytes_are_the_same() {
+        let big = Bytes::from(vec![7u8; 10_000]);
+        let small = Bytes::from_static(b"tiny");
+        let tagged: Metadata = [("tenant", "a")].into_iter().collect();
+        for metadata in [Metadata::new(), tagged] {
+            let mut spliced = FrameBuilder::new();
+            let mut body = spliced.writer();
+            body.value(&5u32).unwrap();
+            body.bytes(big.clone());
+            body.bytes(small.clone());
+            body.byte_vec(vec![1u8; 5000]);
+            body.value("tail").unwrap();
+            let mut copied = FrameBuilder::new();
+            let tuple = (5u32, &big, &small, &Bytes::from(vec![1u8; 5000]), "tail");
+            crate::codec::encode_value(&tuple, copied.body_mut()).unwrap();
+            assert_eq!(spliced.body_len(), copied.body_len());
+            let none = Metadata::new();
+            let frame = spliced.finish_request_with(3, 1, None, &metadata, &none);
+            assert!(
+                frame.parts().any(|part| part.as_ptr() == big.as_ptr()),
+                "the large buffer is a part as it is"
+            );
+            assert_eq!(frame.parts().count(), 5 + usize::from(!metadata.is_empty()));
+            let whole = copied.finish_request_with(3, 1, None, &metadata, &none);
+            assert_eq!(frame.into_bytes(), whole.into_bytes());
+        }
+    }
+
+    #[test]
     fn request_frames_with_metadata_decode_with_both_lists_in_order() {
         let client: Metadata = [("tenant", "a")].into_iter().collect();
         let call: Metadata = [("token", &b"\xff\x00"[..])].into_iter().collect();
         let mut b = FrameBuilder::new();
         b.body_mut().extend_from_slice(b"\x05");
-        let frame = b.finish_request_with(9, 1, Some(Duration::from_micros(7)), &client, &call);
+        let frame = b
+            .finish_request_with(9, 1, Some(Duration::from_micros(7)), &client, &call)
+            .into_bytes();
         let expected = Message::Request {
             id: 9,
             method: 1,
@@ -740,12 +874,16 @@ mod tests {
         // Without metadata it is the hand-built frame.
         let mut b = FrameBuilder::new();
         b.body_mut().extend_from_slice(b"\x05");
-        let plain = b.finish_request_with(9, 1, None, &Metadata::new(), &Metadata::new());
+        let plain = b
+            .finish_request_with(9, 1, None, &Metadata::new(), &Metadata::new())
+            .into_bytes();
         let mut b = FrameBuilder::new();
         b.body_mut().extend_from_slice(b"\x05");
-        assert_eq!(plain, b.finish_request(9, 1, None));
+        assert_eq!(plain, b.finish_request(9, 1, None).into_bytes());
         // A body kept from a sent frame can be framed again.
-        let again = FrameBuilder::with_body(&frame[frame.len() - 1..]).finish_request(10, 1, None);
+        let again = FrameBuilder::with_body(&frame[frame.len() - 1..])
+            .finish_request(10, 1, None)
+            .into_bytes();
         assert!(matches!(
             Message::decode(&again),
             Ok(Message::Request {
@@ -760,7 +898,7 @@ mod tests {
     fn response_frames_match_the_derived_encoding() {
         let mut b = FrameBuilder::new();
         b.body_mut().extend_from_slice(&[7; 300]);
-        let frame = b.finish_response(42);
+        let frame = b.finish_response(42).into_bytes();
         let expected = Message::Response {
             id: 42,
             status: Status::Ok,
@@ -807,18 +945,20 @@ mod tests {
         let build = || FrameBuilder::with_body(body);
         let expected = Message::PackedResponse { id: 300, body };
         assert_eq!(
-            &build().finish_packed_response(300)[..],
+            &build().finish_packed_response(300).into_bytes()[..],
             &encode(&expected)[..]
         );
         let expected = Message::PackedStreamItem { id: 1, body };
         assert_eq!(
-            &build().finish_packed_stream_item(1)[..],
+            &build().finish_packed_stream_item(1).into_bytes()[..],
             &encode(&expected)[..]
         );
         let none = Metadata::new();
         let some: Metadata = [("k", "v")].into_iter().collect();
         for (first, timeout) in [(&none, None), (&some, Some(Duration::from_secs(1)))] {
-            let frame = build().finish_packed_request_with(5, 2, timeout, first, &none);
+            let frame = build()
+                .finish_packed_request_with(5, 2, timeout, first, &none)
+                .into_bytes();
             let expected = Message::PackedRequest {
                 id: 5,
                 method: 2,
@@ -831,7 +971,8 @@ mod tests {
             // The length the plain request would have.
             for len in [0, 250, 251, 70_000] {
                 let plain = FrameBuilder::with_body(&vec![0; len])
-                    .finish_request_with(5, 2, timeout, first, &none);
+                    .finish_request_with(5, 2, timeout, first, &none)
+                    .into_bytes();
                 assert_eq!(
                     FrameBuilder::request_len(5, 2, timeout, first, &none, len),
                     plain.len()
@@ -839,9 +980,13 @@ mod tests {
             }
         }
         for len in [0, 250, 251, 70_000] {
-            let plain = FrameBuilder::with_body(&vec![0; len]).finish_response(u64::MAX);
+            let plain = FrameBuilder::with_body(&vec![0; len])
+                .finish_response(u64::MAX)
+                .into_bytes();
             assert_eq!(FrameBuilder::response_len(u64::MAX, len), plain.len());
-            let plain = FrameBuilder::with_body(&vec![0; len]).finish_stream_item(9);
+            let plain = FrameBuilder::with_body(&vec![0; len])
+                .finish_stream_item(9)
+                .into_bytes();
             assert_eq!(FrameBuilder::stream_item_len(9, len), plain.len());
         }
     }
@@ -892,7 +1037,10 @@ mod proptests {
         ) {
             let mut b = FrameBuilder::new();
             b.body_mut().extend_from_slice(&body);
-            let mut frame = b.finish_request(id, 1, Some(Duration::from_millis(5))).to_vec();
+            let mut frame = b
+                .finish_request(id, 1, Some(Duration::from_millis(5)))
+                .into_bytes()
+                .to_vec();
             for (at, value) in flips {
                 let at = at % frame.len();
                 frame[at] = value;
@@ -924,8 +1072,8 @@ mod proptests {
                 b
             };
             for frame in [
-                build().finish_request(id, method, timeout_us.map(Duration::from_micros)),
-                build().finish_response(id),
+                build().finish_request(id, method, timeout_us.map(Duration::from_micros)).into_bytes(),
+                build().finish_response(id).into_bytes(),
             ] {
                 prop_assert!(fast::decode(&frame).is_some());
                 prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());
@@ -941,7 +1089,7 @@ mod proptests {
         ) {
             let mut b = FrameBuilder::new();
             b.body_mut().extend_from_slice(&body);
-            let frame = b.finish_request(id, method, timeout_us.map(Duration::from_micros));
+            let frame = b.finish_request(id, method, timeout_us.map(Duration::from_micros)).into_bytes();
             let expected = Message::Request { id, method, timeout_us, metadata: vec![], body: &body };
             prop_assert_eq!(Message::decode(&frame).unwrap(), expected);
         }

@@ -1,23 +1,30 @@
-//! What the core needs from I/O: a duplex of whole frames, and a source of them.
+//! What the core needs from I/O: a duplex of frames, and a source of them.
 //!
-//! The core never sees sockets. Anything that moves whole frames both ways is a
+//! The core never sees sockets. Anything that moves frames both ways is a
 //! [`Transport`]: the length-prefixed framer in `rpc-transport` over TCP or Unix sockets,
 //! the in-memory channels used in tests, or a user's own (TLS, QUIC, a fault injector).
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::{Sink, Stream};
 
+pub use crate::frame::{Frame, IntoParts};
 use crate::peer::Peer;
 
-/// A duplex of whole frames: a [`Stream`] of received frames and a [`Sink`] of frames to send.
+/// A duplex of frames: a [`Stream`] of received frames and a [`Sink`] of [`Frame`]s to send.
 ///
 /// Each item is one complete frame (one protocol message); the transport does the framing.
-/// The stream ends (`None`) when the peer closed the connection cleanly; an `Err` item means
-/// the connection broke or the peer sent something that cannot be a frame (e.g. one larger
-/// than the transport's limit), after which the connection is closed.
+/// A received frame is one [`Bytes`]; a frame to send may be made of parts ([`Frame`]),
+/// which the transport writes back to back (a byte stream can hand a large part to
+/// `writev` from its own buffer; a transport of whole messages joins them with
+/// [`Frame::into_bytes`], or wraps itself in [`WholeFrames`]). The stream ends (`None`)
+/// when the peer closed the connection cleanly; an `Err` item means the connection broke or
+/// the peer sent something that cannot be a frame (e.g. one larger than the transport's
+/// limit), after which the connection is closed.
 ///
 /// Frames handed to the sink may be queued: a transport should send everything queued on
 /// `poll_flush`, in as few writes as it can. It is implemented for every type with the right
@@ -30,13 +37,91 @@ use crate::peer::Peer;
 /// assert_transport::<rpc_transport::memory::MemoryTransport>();
 /// ```
 pub trait Transport:
-    Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+    Stream<Item = io::Result<Bytes>> + Sink<Frame, Error = io::Error> + Send + Unpin + 'static
 {
 }
 
 impl<T> Transport for T where
-    T: Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+    T: Stream<Item = io::Result<Bytes>> + Sink<Frame, Error = io::Error> + Send + Unpin + 'static
 {
+}
+
+/// A duplex of whole [`Bytes`] frames made into a [`Transport`]: each [`Frame`] of several
+/// parts is joined into one buffer (a copy) before it is handed on.
+///
+/// For transports that carry whole messages anyway (a message queue, WebSocket messages, a
+/// test double written before frames had parts):
+///
+/// ```
+/// use std::io;
+/// use bytes::Bytes;
+/// use futures::{Sink, Stream};
+/// use rpc_core::{Transport, WholeFrames};
+///
+/// fn wrap<T>(whole: T) -> impl Transport
+/// where
+///     T: Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static,
+/// {
+///     WholeFrames::new(whole)
+/// }
+/// ```
+#[derive(Debug)]
+pub struct WholeFrames<T> {
+    inner: T,
+}
+
+impl<T> WholeFrames<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> WholeFrames<T> {
+        WholeFrames { inner }
+    }
+
+    /// The wrapped transport.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The wrapped transport.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// The wrapped transport, unwrapped.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: Stream + Unpin> Stream for WholeFrames<T> {
+    type Item = T::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<T: Sink<Bytes> + Unpin> Sink<Frame> for WholeFrames<T> {
+    type Error = T::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), T::Error>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), T::Error> {
+        Pin::new(&mut self.inner).start_send(frame.into_bytes())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), T::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), T::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 /// A source of new connections for [`Server::serve`](crate::Server::serve).

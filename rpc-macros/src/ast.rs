@@ -254,6 +254,40 @@ pub fn upper_camel_case(name: &str) -> String {
     out
 }
 
+/// Whether `ty` is written as `bytes::Bytes`: `Bytes`, `bytes::Bytes` or `::bytes::Bytes`.
+///
+/// Those travel without copies: sent as a part of the frame of its own, received as a slice
+/// of the buffer the frame arrived in. The encoding is bincode's bytes either way (a length,
+/// then the bytes), the same as `Vec<u8>`'s; a type alias of `Bytes` works, just with copies.
+pub fn is_bytes(ty: &Type) -> bool {
+    let Type::Path(path) = ty else {
+        return false;
+    };
+    if path.qself.is_some() {
+        return false;
+    }
+    let segments: Vec<_> = path.path.segments.iter().collect();
+    let names: Vec<String> = segments.iter().map(|s| s.ident.to_string()).collect();
+    let plain = segments.iter().all(|s| s.arguments.is_none());
+    plain
+        && match names
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["Bytes"] => path.path.leading_colon.is_none(),
+            ["bytes", "Bytes"] => true,
+            _ => false,
+        }
+}
+
+/// Whether `ty` is a byte buffer that `#[service]` writes and reads without serde: `Bytes`
+/// or `Vec<u8>`.
+pub fn is_byte_buffer(ty: &Type) -> bool {
+    is_bytes(ty) || is_byte_vec(ty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,7 +478,7 @@ pub fn is_byte_vec(ty: &Type) -> bool {
 
 #[cfg(test)]
 mod wire_type_tests {
-    use super::{is_byte_vec, stream_item};
+    use super::{is_byte_vec, is_bytes, stream_item};
     use quote::ToTokens;
 
     #[test]
@@ -478,6 +512,18 @@ mod wire_type_tests {
 
     #[test]
     fn recognises_byte_vectors_as_written() {
+        for yes in ["Bytes", "bytes::Bytes", "::bytes::Bytes"] {
+            assert!(is_bytes(&syn::parse_str(yes).unwrap()), "{yes}");
+        }
+        for no in [
+            "::Bytes",
+            "my::Bytes",
+            "Bytes<u8>",
+            "BytesMut",
+            "Vec<Bytes>",
+        ] {
+            assert!(!is_bytes(&syn::parse_str(no).unwrap()), "{no}");
+        }
         for yes in ["Vec<u8>", "std::vec::Vec<u8>", "::alloc::vec::Vec<u8>"] {
             assert!(is_byte_vec(&syn::parse_str(yes).unwrap()), "{yes}");
         }

@@ -484,8 +484,8 @@ mod tests {
                 "},&(every,limit),::rpc_core::__private::decode_value::<u64>)",
                 // The server hands the stream to the connection, never encodes it.
                 "fnresponse_stream(&self,__rpc_response:FilesResponse,)->::core::result::Result<::rpc_core::__private::ItemSource,FilesResponse>{match__rpc_response{",
-                "FilesResponse::Download(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
-                "FilesResponse::Ticks(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_value),),",
+                "FilesResponse::Download(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec_item),),",
+                "FilesResponse::Ticks(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_item),),",
                 "__rpc_response=>::core::result::Result::Err(__rpc_response),}}",
                 "FilesResponse::Download(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",
                 "FilesResponse::Size(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf),",
@@ -527,9 +527,9 @@ mod tests {
                 "::rpc_core::MethodInfo::new(\"upload\",0xeb85_ab0a_42ef_4fa9_u64).client_streaming(),",
                 // The client takes the stream and leaves it out of the body.
                 "pubfnupload(&self,name:String,chunks:::rpc_core::Streaming<Vec<u8>>)->::rpc_core::Call<u64>{::rpc_core::__private::call_with_stream(&self.client,",
-                "},&(name,),chunks,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_value::<u64>)",
+                "},&(name,),chunks,::rpc_core::__private::encode_byte_vec_item,::rpc_core::__private::decode_value::<u64>)",
                 "pubfncount(&self,items:::rpc_core::Streaming<String>)->::rpc_core::Call<()>{::rpc_core::__private::call_with_stream(&self.client,",
-                "},&(),items,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<()>)",
+                "},&(),items,::rpc_core::__private::encode_item::<String>,::rpc_core::__private::decode_value::<()>)",
                 // The server decodes the body, then takes the stream of items.
                 "let(name,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
                  letchunks=::rpc_core::__private::stream_from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_byte_vec,);\
@@ -568,11 +568,11 @@ mod tests {
                 "fnchat(&self,room:String,messages:Streaming<String>)->impl::core::future::Future<Output=Streaming<String>>+::core::marker::Send;",
                 "::rpc_core::MethodInfo::new(\"chat\",0x5514_6b64_7716_d668_u64).client_streaming().server_streaming(),",
                 "pubfnchat(&self,room:String,messages:::rpc_core::Streaming<String>)->::rpc_core::Call<::rpc_core::Streaming<String>>{::rpc_core::__private::call_bidi(&self.client,",
-                "},&(room,),messages,::rpc_core::__private::encode_value::<String>,::rpc_core::__private::decode_value::<String>)",
-                "},&(),bytes,::rpc_core::__private::encode_byte_vec,::rpc_core::__private::decode_byte_vec)",
+                "},&(room,),messages,::rpc_core::__private::encode_item::<String>,::rpc_core::__private::decode_value::<String>)",
+                "},&(),bytes,::rpc_core::__private::encode_byte_vec_item,::rpc_core::__private::decode_byte_vec)",
                 "letmessages=::rpc_core::__private::stream_from_remote(::core::option::Option::ok_or_else(__rpc_input,::rpc_core::__private::missing_stream,)?,::rpc_core::__private::decode_value::<String>,);",
                 "ChatResponse::Chat(<SasChat>::chat(&*__rpc_inner,room,messages).await)",
-                "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec),),",
+                "ChatResponse::Echo(__rpc_value)=>::core::result::Result::Ok(::rpc_core::__private::stream_into_source(__rpc_value,::rpc_core::__private::encode_byte_vec_item),),",
                 // Every method streams its result: the catch-all is unreachable, and allowed.
                 "#[allow(unreachable_patterns)]fnresponse_stream(",
                 "ChatResponse::Chat(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),",

@@ -1,7 +1,8 @@
 //! Transports for the rpc framework.
 //!
-//! Every transport is an [`rpc_core::Transport`]: a duplex of whole frames. They are
-//! interchangeable: a client and server written against one work over any other.
+//! Every transport is an [`rpc_core::Transport`]: a duplex of frames (a frame to send may be
+//! made of parts, see [`rpc_core::Frame`]). They are interchangeable: a client and server
+//! written against one work over any other.
 //!
 //! | module | connect | listen |
 //! | --- | --- | --- |

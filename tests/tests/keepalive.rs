@@ -89,15 +89,15 @@ impl<T: Transport> Stream for Counted<T> {
     }
 }
 
-impl<T: Transport> Sink<Bytes> for Counted<T> {
+impl<T: Transport> Sink<rpc_core::Frame> for Counted<T> {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_ready(cx)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        let t = tag(&frame);
+    fn start_send(mut self: Pin<&mut Self>, frame: rpc_core::Frame) -> io::Result<()> {
+        let t = frame.parts().next().map_or(0, |head| tag(head));
         self.tally.send_modify(|tally| tally.sent[t] += 1);
         Pin::new(&mut self.inner).start_send(frame)
     }
@@ -329,15 +329,17 @@ async fn a_slow_call_outlives_many_keepalive_rounds_on_both_sides() {
 
 /// Says `Hello` for `Lab` on a raw transport and starts `block(tag)` as request 1.
 async fn hello_and_block(raw: &mut common::AnyTransport, tag: u64) {
-    raw.send(wire::encode(&wire::hello(&LabClient::DESCRIPTOR)))
-        .await
-        .unwrap();
-    raw.send(wire::encode(&wire::request(
+    raw.send(rpc_core::Frame::from(wire::encode(&wire::hello(
+        &LabClient::DESCRIPTOR,
+    ))))
+    .await
+    .unwrap();
+    raw.send(rpc_core::Frame::from(wire::encode(&wire::request(
         1,
         common::lab_method("block"),
         None,
         wire::body(&(tag,)),
-    )))
+    ))))
     .await
     .unwrap();
 }
@@ -419,9 +421,11 @@ async fn a_raw_client_that_answers_pings_is_kept() {
         let stats = server.stats();
         let mut harness = Harness::start(kind, server.keepalive(Some(chatty()))).await;
         let mut raw = harness.connect().await;
-        raw.send(wire::encode(&wire::hello(&LabClient::DESCRIPTOR)))
-            .await
-            .unwrap();
+        raw.send(rpc_core::Frame::from(wire::encode(&wire::hello(
+            &LabClient::DESCRIPTOR,
+        ))))
+        .await
+        .unwrap();
         // Answer pings, and nothing else, until well past the keepalive's timeout.
         let mut nonces = Vec::new();
         while nonces.len() < 2 {
@@ -432,7 +436,9 @@ async fn a_raw_client_that_answers_pings_is_kept() {
             match decode(&frame) {
                 Frame::Ping { nonce } => {
                     nonces.push(nonce);
-                    raw.send(encode(&Frame::Pong { nonce })).await.unwrap();
+                    raw.send(rpc_core::Frame::from(encode(&Frame::Pong { nonce })))
+                        .await
+                        .unwrap();
                 }
                 other => panic!("{kind:?}: unexpected {other:?}"),
             }
@@ -443,17 +449,20 @@ async fn a_raw_client_that_answers_pings_is_kept() {
         assert_eq!(stats.open_connections(), 1, "{kind:?}");
         // The connection still serves calls.
         let add = common::lab_method("add");
-        raw.send(wire::encode(&wire::request(
+        raw.send(rpc_core::Frame::from(wire::encode(&wire::request(
             7,
             add,
             None,
             wire::body(&(20i64, 22i64)),
-        )))
+        ))))
         .await
         .unwrap();
         loop {
             match decode(&guard(next_frame(&mut raw)).await.unwrap().unwrap()) {
-                Frame::Ping { nonce } => raw.send(encode(&Frame::Pong { nonce })).await.unwrap(),
+                Frame::Ping { nonce } => raw
+                    .send(rpc_core::Frame::from(encode(&Frame::Pong { nonce })))
+                    .await
+                    .unwrap(),
                 Frame::Response {
                     id: 7,
                     status: Status::Ok,
@@ -509,7 +518,7 @@ async fn a_client_answers_each_ping_with_its_nonce() {
         };
         for nonce in [0, 12_345, u64::MAX] {
             server_end
-                .send(encode(&Frame::Ping { nonce }))
+                .send(rpc_core::Frame::from(encode(&Frame::Ping { nonce })))
                 .await
                 .unwrap();
             let pong = decode(&guard(next_frame(&mut server_end)).await.unwrap().unwrap());
@@ -517,11 +526,11 @@ async fn a_client_answers_each_ping_with_its_nonce() {
         }
         // Pings do not disturb the call waiting for its response.
         server_end
-            .send(encode(&Frame::Response {
+            .send(rpc_core::Frame::from(encode(&Frame::Response {
                 id,
                 status: Status::Ok,
                 body: wire::body(&2i64),
-            }))
+            })))
             .await
             .unwrap();
         assert_eq!(guard(call).await.unwrap().unwrap(), 2, "{kind:?}");
@@ -546,7 +555,7 @@ async fn after_a_pong_the_next_ping_comes_one_interval_of_silence_later() {
             Frame::Ping { nonce } => {
                 let at = tokio::time::Instant::now();
                 server_end
-                    .send(encode(&Frame::Pong { nonce }))
+                    .send(rpc_core::Frame::from(encode(&Frame::Pong { nonce })))
                     .await
                     .unwrap();
                 pings.push(at);

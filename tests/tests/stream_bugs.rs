@@ -358,7 +358,7 @@ impl futures::Stream for Holdable {
     }
 }
 
-impl futures::Sink<bytes::Bytes> for Holdable {
+impl futures::Sink<rpc_core::Frame> for Holdable {
     type Error = std::io::Error;
 
     fn poll_ready(
@@ -368,7 +368,10 @@ impl futures::Sink<bytes::Bytes> for Holdable {
         std::pin::Pin::new(&mut self.inner).poll_ready(cx)
     }
 
-    fn start_send(mut self: std::pin::Pin<&mut Self>, frame: bytes::Bytes) -> std::io::Result<()> {
+    fn start_send(
+        mut self: std::pin::Pin<&mut Self>,
+        frame: rpc_core::Frame,
+    ) -> std::io::Result<()> {
         std::pin::Pin::new(&mut self.inner).start_send(frame)
     }
 

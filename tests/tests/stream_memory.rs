@@ -123,7 +123,7 @@ fn item_frame(id: u64) -> Bytes {
 fn split_peer(
     transport: AnyTransport,
 ) -> (
-    SplitSink<AnyTransport, Bytes>,
+    SplitSink<AnyTransport, rpc_core::Frame>,
     mpsc::UnboundedReceiver<Wire>,
 ) {
     let (sink, mut frames): (_, SplitStream<AnyTransport>) = transport.split();
@@ -189,14 +189,16 @@ async fn a_hostile_client_cannot_make_the_server_buffer_past(limit: usize, serve
     let mut harness = Harness::start(Kind::Tcp, server).await;
     let (mut sink, mut received) = split_peer(harness.connect().await);
 
-    sink.feed(wire::encode(&wire::hello(&BuffersClient::DESCRIPTOR)))
-        .await
-        .expect("send Hello");
+    sink.feed(rpc_core::Frame::from(wire::encode(&wire::hello(
+        &BuffersClient::DESCRIPTOR,
+    ))))
+    .await
+    .expect("send Hello");
     // A generous deadline: nothing here may expire.
     let timeout_us = Some(600_000_000);
     for id in 1..=STREAMS {
         let request = wire::request(id, method("hold"), timeout_us, wire::body(&(id,)));
-        sink.feed(wire::encode(&request))
+        sink.feed(rpc_core::Frame::from(wire::encode(&request)))
             .await
             .expect("send a request");
     }
@@ -208,19 +210,25 @@ async fn a_hostile_client_cannot_make_the_server_buffer_past(limit: usize, serve
         let frame = item_frame(id);
         // Within the stream's credit: only a bound on the connection stops these.
         for _ in 0..STREAM_WINDOW {
-            guard(sink.send(frame.clone())).await.expect("send an item");
+            guard(sink.send(rpc_core::Frame::from(frame.clone())))
+                .await
+                .expect("send an item");
         }
     }
-    guard(sink.send(wire::encode(&Wire::Ping { nonce: 1 })))
-        .await
-        .expect("send a Ping");
+    guard(sink.send(rpc_core::Frame::from(wire::encode(&Wire::Ping {
+        nonce: 1,
+    }))))
+    .await
+    .expect("send a Ping");
     let mut cancelled = cancels_until_pong(&mut received, 1).await;
     let buffered = stats.buffered_stream_bytes();
     // One more round trip: a `Cancel` the server decided on before the first `Ping` but
     // queued after its `Pong` (in the same pass) is out before the second `Pong`.
-    guard(sink.send(wire::encode(&Wire::Ping { nonce: 2 })))
-        .await
-        .expect("send a Ping");
+    guard(sink.send(rpc_core::Frame::from(wire::encode(&Wire::Ping {
+        nonce: 2,
+    }))))
+    .await
+    .expect("send a Ping");
     cancelled.extend(cancels_until_pong(&mut received, 2).await);
 
     assert!(
@@ -281,13 +289,17 @@ async fn hostile_server(
                 requested.insert(id);
                 let frame = item_frame(id);
                 for _ in 0..STREAM_WINDOW {
-                    sink.feed(frame.clone()).await.expect("send an item");
+                    sink.feed(rpc_core::Frame::from(frame.clone()))
+                        .await
+                        .expect("send an item");
                 }
                 let end = Wire::StreamEnd {
                     id,
                     status: Status::Ok,
                 };
-                sink.feed(wire::encode(&end)).await.expect("send the end");
+                sink.feed(rpc_core::Frame::from(wire::encode(&end)))
+                    .await
+                    .expect("send the end");
                 sink.flush().await.expect("flush");
             }
             Some(Wire::Cancel { id }) => {
@@ -297,9 +309,11 @@ async fn hostile_server(
             other => panic!("expected requests, got {other:?}"),
         }
     }
-    sink.send(wire::encode(&Wire::Ping { nonce: 1 }))
-        .await
-        .expect("send a Ping");
+    sink.send(rpc_core::Frame::from(wire::encode(&Wire::Ping {
+        nonce: 1,
+    })))
+    .await
+    .expect("send a Ping");
     cancelled.extend(cancels_until_pong(&mut received, 1).await);
     done.send(()).expect("the test waits for the server");
     // A cancel may come after the `Pong`: it is not the client's answer to anything.

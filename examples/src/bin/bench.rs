@@ -397,13 +397,13 @@ impl<T: Transport> Stream for Counting<T> {
     }
 }
 
-impl<T: Transport> Sink<Bytes> for Counting<T> {
+impl<T: Transport> Sink<rpc_core::Frame> for Counting<T> {
     type Error = std::io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_ready(cx)
     }
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> std::io::Result<()> {
+    fn start_send(mut self: Pin<&mut Self>, frame: rpc_core::Frame) -> std::io::Result<()> {
         self.bytes
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         Pin::new(&mut self.inner).start_send(frame)

@@ -19,6 +19,7 @@ use crate::boxed::BoxFuture;
 use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
 use crate::context::Metadata;
 use crate::error::{ErrorKind, RpcError};
+use crate::frame::Frame;
 use crate::observe;
 use crate::protocol::FrameBuilder;
 use crate::streaming::{RemoteStream, StreamEnded};
@@ -82,7 +83,7 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
     let body_len = call.builder.body_len();
     let mut builder = Some(call.builder);
     // The encoded arguments, kept to send again once the first frame is gone.
-    let mut body: Option<Bytes> = None;
+    let mut body: Option<Frame> = None;
     let mut tried: Vec<Arc<Member>> = Vec::new();
     let mut attempts = 0u32;
     let mut stale = 0u32;
@@ -101,15 +102,13 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
         };
         let builder = match (builder.take(), &body) {
             (Some(builder), _) => builder,
-            (None, Some(body)) => FrameBuilder::with_body(body),
+            (None, Some(body)) => FrameBuilder::with_body_parts(body),
             (None, None) => unreachable!("the body is kept once the first frame is built"),
         };
         let id = handle.shared.next_id();
         let (frame, plain) = handle.request(id, builder, call.method, timeout, &call.metadata);
         if body.is_none() {
-            // Kept to send again: the plain body (a compressed frame does not end with it,
-            // and the next connection may not compress).
-            body = Some(plain.unwrap_or_else(|| frame.slice(frame.len() - body_len..)));
+            body = Some(resend_body(&frame, plain, body_len));
         }
         let load = member.track();
         let sent = connection::send(
@@ -262,11 +261,21 @@ fn time_left(deadline: Option<(Instant, Duration)>) -> Result<Option<Duration>, 
     }
 }
 
+/// The encoded arguments of a request, kept to send again: the plain body (a compressed
+/// frame does not end with it, and another connection may not compress), or the end of the
+/// frame, sharing its buffers.
+fn resend_body(frame: &Frame, plain: Option<Bytes>, body_len: usize) -> Frame {
+    match plain {
+        Some(plain) => Frame::new(plain),
+        None => frame.suffix(body_len),
+    }
+}
+
 /// The request frames of a hedged call: the first is built from the call's builder, the
 /// others around the encoded arguments, kept from the first.
 struct Request {
     builder: Option<FrameBuilder>,
-    body: Option<Bytes>,
+    body: Option<Frame>,
     body_len: usize,
 }
 
@@ -277,19 +286,17 @@ impl Request {
         id: u64,
         call: &HedgedCall,
         timeout: Option<Duration>,
-    ) -> Bytes {
+    ) -> Frame {
         let builder = match (self.builder.take(), &self.body) {
             (Some(builder), _) => builder,
-            (None, Some(body)) => FrameBuilder::with_body(body),
+            (None, Some(body)) => FrameBuilder::with_body_parts(body),
             // Unreachable: the body is kept when the first frame is built; an empty body is
             // still a correct request should it ever be reached.
             (None, None) => FrameBuilder::new(),
         };
         let (frame, plain) = handle.request(id, builder, call.method, timeout, &call.metadata);
         if self.body.is_none() {
-            // Kept to send again: the plain body (a compressed frame does not end with it,
-            // and another connection may not compress).
-            self.body = Some(plain.unwrap_or_else(|| frame.slice(frame.len() - self.body_len..)));
+            self.body = Some(resend_body(&frame, plain, self.body_len));
         }
         frame
     }

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::codec::EncodeArgs;
 use bytes::Bytes;
 use pin_project::pin_project;
-use serde::Serialize;
 
 use super::{Client, ClientLayers, Inner};
 use crate::balance::{self, ManagedCall, Reply};
 use crate::boxed::BoxFuture;
-use crate::codec;
 use crate::compress::Body;
 use crate::connection::{self, ConnectionCall, Handle, Sent, StreamParts};
 use crate::context::Metadata;
@@ -60,7 +59,7 @@ pub struct Call<R> {
     method: u32,
     frame: Result<FrameBuilder, RpcError>,
     timeout: Option<Duration>,
-    decode: fn(&[u8]) -> Result<R, RpcError>,
+    decode: fn(&Bytes) -> Result<R, RpcError>,
     metadata: Metadata,
     inherit_deadline: bool,
     key: Option<u64>,
@@ -106,17 +105,17 @@ impl<R> Call<R> {
         self
     }
 
-    pub(crate) fn new<A: Serialize + ?Sized>(
+    pub(crate) fn new<A: EncodeArgs>(
         client: Client,
         method: u32,
-        args: &A,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        args: A,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     ) -> Call<R> {
         // Request frames of one thread are carved from one buffer: no allocation per call.
         let frame = ARENA.with(|arena| match arena.try_borrow_mut() {
             Ok(mut arena) => {
                 let mut builder = FrameBuilder::in_arena(&mut arena);
-                let encoded = codec::encode_value(args, builder.body_mut());
+                let encoded = args.encode_args(&mut builder.writer());
                 builder.detach(&mut arena);
                 encoded.map(|()| builder)
             }
@@ -124,7 +123,7 @@ impl<R> Call<R> {
             // a buffer of its own.
             Err(_) => {
                 let mut builder = FrameBuilder::new();
-                codec::encode_value(args, builder.body_mut()).map(|()| builder)
+                args.encode_args(&mut builder.writer()).map(|()| builder)
             }
         });
         Call::assemble(client, method, frame, decode)
@@ -135,7 +134,7 @@ impl<R> Call<R> {
         client: Client,
         method: u32,
         body: &[u8],
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     ) -> Call<R> {
         let mut builder = FrameBuilder::new();
         builder.body_mut().extend_from_slice(body);
@@ -146,7 +145,7 @@ impl<R> Call<R> {
         client: Client,
         method: u32,
         frame: Result<FrameBuilder, RpcError>,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     ) -> Call<R> {
         Call {
             client,
@@ -231,12 +230,12 @@ enum State<R> {
     /// On a connection the caller gave (`Client::new`).
     Waiting {
         call: ConnectionCall,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     },
     /// Run by the client's pool: endpoint choice, reconnection, retries.
     Managed {
         future: BoxFuture<Result<Reply, RpcError>>,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
         /// Makes the result of a method returning a stream (boxed: rare, and the state of
         /// every call's future must stay small).
         output: Option<Box<(OutputMaker<R>, Option<Instant>)>>,
@@ -244,7 +243,7 @@ enum State<R> {
     /// Run through the client's middleware, which send it (or not) on the bare client.
     Layered {
         future: BoxFuture<Result<Answer, RpcError>>,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
         output: Option<OutputMaker<R>>,
     },
     Finished,
@@ -499,8 +498,8 @@ enum Raw {
     Stream(RemoteStream),
 }
 
-fn raw_body(body: &[u8]) -> Result<Raw, RpcError> {
-    Ok(Raw::Body(Bytes::copy_from_slice(body)))
+fn raw_body(body: &Bytes) -> Result<Raw, RpcError> {
+    Ok(Raw::Body(body.clone()))
 }
 
 /// Runs `call` through the client's middleware; the end of the chain sends it as a call of
@@ -521,7 +520,7 @@ fn start_layered<R>(
         streams,
         ..
     } = call;
-    let builder = frame?;
+    let mut builder = frame?;
     let desc = client.service();
     let Some(info) = desc.methods.get(method as usize) else {
         return Err(RpcError::new(
@@ -539,7 +538,7 @@ fn start_layered<R>(
         method: info,
         metadata,
         deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
-        body: Bytes::copy_from_slice(builder.body()),
+        body: builder.body_copy(),
     };
     let bare = layers.bare.clone();
     let future = layers.stack.run(

@@ -13,8 +13,7 @@ mod call;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use serde::Serialize;
+use bytes::Bytes;
 
 pub use builder::ClientBuilder;
 pub use call::{Call, CallFuture};
@@ -29,7 +28,7 @@ use crate::streaming::Streaming;
 use crate::transport::Transport;
 
 /// The decoder of a call answered by a stream, which never gets one response.
-fn no_single_response<R>(_: &[u8]) -> Result<R, RpcError> {
+fn no_single_response<R>(_: &Bytes) -> Result<R, RpcError> {
     Err(RpcError::protocol(
         "the server answered a streaming call with a single response",
     ))
@@ -226,11 +225,11 @@ impl Client {
     pub(crate) fn call<A, R>(
         &self,
         method: u32,
-        args: &A,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        args: A,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     ) -> Call<R>
     where
-        A: Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
     {
         Call::new(self.clone(), method, args, decode)
     }
@@ -238,9 +237,7 @@ impl Client {
     /// Starts a call whose request body is already encoded; its result is the response body
     /// as it came.
     pub(crate) fn call_body(&self, method: u32, body: &[u8]) -> Call<Bytes> {
-        Call::from_body(self.clone(), method, body, |body| {
-            Ok(Bytes::copy_from_slice(body))
-        })
+        Call::from_body(self.clone(), method, body, |body| Ok(body.clone()))
     }
 
     /// Like [`call_body`](Client::call_body), for a method returning a stream: its items'
@@ -249,7 +246,7 @@ impl Client {
         Call::from_body(self.clone(), method, body, no_single_response).with_streams(
             None,
             Some(Box::new(|stream| {
-                Streaming::from_remote(stream, |item| Ok(Bytes::copy_from_slice(item)))
+                Streaming::from_remote(stream, |item| Ok(item.clone()))
             })),
         )
     }
@@ -259,11 +256,11 @@ impl Client {
     pub(crate) fn call_streaming<A, O>(
         &self,
         method: u32,
-        args: &A,
-        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+        args: A,
+        decode_item: fn(&Bytes) -> Result<O, RpcError>,
     ) -> Call<Streaming<O>>
     where
-        A: Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         O: 'static,
     {
         Call::new(self.clone(), method, args, no_single_response).with_streams(
@@ -279,13 +276,13 @@ impl Client {
     pub(crate) fn call_with_stream<A, I, R>(
         &self,
         method: u32,
-        args: &A,
+        args: A,
         input: Streaming<I>,
-        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
-        decode: fn(&[u8]) -> Result<R, RpcError>,
+        encode_item: fn(I, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
+        decode: fn(&Bytes) -> Result<R, RpcError>,
     ) -> Call<R>
     where
-        A: Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         I: 'static,
     {
         Call::new(self.clone(), method, args, decode)
@@ -297,13 +294,13 @@ impl Client {
     pub(crate) fn call_bidi<A, I, O>(
         &self,
         method: u32,
-        args: &A,
+        args: A,
         input: Streaming<I>,
-        encode_item: fn(&I, &mut BytesMut) -> Result<(), RpcError>,
-        decode_item: fn(&[u8]) -> Result<O, RpcError>,
+        encode_item: fn(I, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
+        decode_item: fn(&Bytes) -> Result<O, RpcError>,
     ) -> Call<Streaming<O>>
     where
-        A: Serialize + ?Sized,
+        A: crate::codec::EncodeArgs,
         I: 'static,
         O: 'static,
     {

@@ -22,6 +22,7 @@ use crate::compress::{Body, Compression, Packer};
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
+use crate::frame::Frame;
 use crate::keepalive::Keepalive;
 use crate::observe::MethodTable;
 use crate::protocol::FrameBuilder;
@@ -103,7 +104,7 @@ impl Handle {
         method: u32,
         timeout: Option<Duration>,
         metadata: &Metadata,
-    ) -> (Bytes, Option<Bytes>) {
+    ) -> (Frame, Option<Bytes>) {
         if let Some(packer) = self.shared.packer.get() {
             if packer.wants(builder.body_len()) {
                 return self.packed_request(packer, id, builder, method, timeout, metadata);
@@ -124,11 +125,11 @@ impl Handle {
         &self,
         packer: &Packer,
         id: u64,
-        builder: FrameBuilder,
+        mut builder: FrameBuilder,
         method: u32,
         timeout: Option<Duration>,
         metadata: &Metadata,
-    ) -> (Bytes, Option<Bytes>) {
+    ) -> (Frame, Option<Bytes>) {
         let ours = &self.shared.metadata;
         // A request too large for the frame size limit is not compressed: `send` fails it
         // as it would without compression, so the limit is exactly as strict.
@@ -175,7 +176,7 @@ pub(crate) enum Sent {
 pub(crate) fn send(
     handle: Arc<Handle>,
     id: u64,
-    frame: Bytes,
+    frame: Frame,
     streams: Option<StreamParts>,
     waker: &Waker,
 ) -> Result<Sent, RpcError> {

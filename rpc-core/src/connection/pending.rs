@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-
 use crate::compress::{Body, Compression, Packer};
 use tokio::sync::Notify;
 
@@ -21,6 +19,7 @@ use super::ConnectionOptions;
 use crate::context::Metadata;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
+use crate::frame::Frame;
 use crate::keepalive::Keepalive;
 use crate::lock::lock;
 use crate::observe::MethodTable;
@@ -66,7 +65,7 @@ pub(crate) type ClientStreams = StreamEngine<BuildHasherDefault<IdHasher>>;
 /// Frames waiting for the I/O task, and how to wake it.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    pub(crate) frames: Vec<Bytes>,
+    pub(crate) frames: Vec<Frame>,
     /// The I/O task's waker, to wake when `frames` gets one.
     pub(crate) driver: Option<Waker>,
     /// Every handle is gone: the I/O task finishes its queue and closes.
@@ -138,15 +137,15 @@ impl Shared {
             shards: std::array::from_fn(|_| Mutex::new(Calls::default())),
             outbox: Mutex::new(Outbox {
                 frames: vec![
-                    protocol::hello_frame(
+                    Frame::from(protocol::hello_frame(
                         desc,
                         options
                             .compression
                             .as_ref()
                             .map(Compression::offer_entry)
                             .as_deref(),
-                    ),
-                    StreamEngine::announcement(),
+                    )),
+                    StreamEngine::announcement().into(),
                 ],
                 ..Outbox::default()
             }),
@@ -182,7 +181,7 @@ impl Shared {
     /// `Err` if the connection is gone. Checked under the outbox's lock, which `close`
     /// takes after setting `closed`: what is queued is either seen by `close` or refused.
     #[inline]
-    fn queue(&self, frame: Bytes, ops: Option<[Option<StreamOp>; 2]>) -> Result<(), RpcError> {
+    fn queue(&self, frame: Frame, ops: Option<[Option<StreamOp>; 2]>) -> Result<(), RpcError> {
         let driver = {
             let mut outbox = self.outbox();
             if let Some(err) = self.closed.get() {
@@ -207,7 +206,7 @@ impl Shared {
     pub(crate) fn start(
         &self,
         id: u64,
-        frame: Bytes,
+        frame: Frame,
         waker: Option<&Waker>,
         input: Option<ItemSource>,
         output: Option<Arc<Inbox>>,
@@ -261,7 +260,7 @@ impl Shared {
         let was_waiting = matches!(self.calls(id).remove(&id), Some(Slot::Waiting(_)));
         if was_waiting {
             let _ = self.queue(
-                Message::Cancel { id }.to_frame(),
+                Message::Cancel { id }.to_frame().into(),
                 Some([Some(StreamOp::StopSending(id)), None]),
             );
         }

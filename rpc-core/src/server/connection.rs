@@ -31,6 +31,7 @@ use crate::context::{self, CallContext, Metadata};
 use crate::deadline::Deadline;
 use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
+use crate::frame::Frame;
 use crate::keepalive::KeepaliveTimer;
 use crate::log;
 use crate::middleware::{ServerCall, Stack};
@@ -67,7 +68,7 @@ type FirstPoll<R> = (Handler<R>, Poll<std::thread::Result<Answer<R>>>);
 
 /// A large response being compressed on the blocking pool: its frame, its call's
 /// observation and the length of its (uncompressed) body, once done.
-type PackJob = Pin<Box<dyn Future<Output = (Bytes, Observed, usize)> + Send>>;
+type PackJob = Pin<Box<dyn Future<Output = (Frame, Observed, usize)> + Send>>;
 
 /// Why a connection ends.
 enum End {
@@ -148,7 +149,7 @@ pub(crate) async fn run<S: Service>(
                 log::closing_connection(kind, &message);
             }
             let goodbye = protocol::goodbye_frame(kind, &message);
-            let last = conn.unsent.take().into_iter().chain([goodbye]);
+            let last = conn.unsent.take().into_iter().chain([goodbye.into()]);
             close_with(&mut transport, last, CLOSE_TIMEOUT).await;
             super::linger(&mut transport).await;
             match kind {
@@ -543,7 +544,7 @@ impl<S: Service> Connection<S> {
         response: S::Response,
         observed: &mut Observed,
         deadline: Option<Instant>,
-    ) -> Option<Bytes> {
+    ) -> Option<Frame> {
         match self.dispatcher.service.response_stream(response) {
             Ok(source) => {
                 let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -585,7 +586,7 @@ impl<S: Service> Connection<S> {
             ),
             Outcome::Encoded(body) => {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
-                builder.body_mut().extend_from_slice(&body);
+                builder.writer().bytes_raw(body);
                 builder.detach(&mut self.arena);
                 match self.response_frame(id, method, builder, observed) {
                     Some(frame) => frame,
@@ -602,7 +603,7 @@ impl<S: Service> Connection<S> {
                 let mut builder = FrameBuilder::in_arena(&mut self.arena);
                 let service = &self.dispatcher.service;
                 let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    service.encode_response(&response, builder.body_mut())
+                    service.encode_response_owned(response, &mut builder.writer())
                 }))
                 .unwrap_or_else(|_| {
                     Err(RpcError::new(
@@ -633,7 +634,7 @@ impl<S: Service> Connection<S> {
         method: &'static MethodInfo,
         builder: FrameBuilder,
         observed: &mut Observed,
-    ) -> Option<Bytes> {
+    ) -> Option<Frame> {
         let body_len = builder.body_len();
         if let Some(packer) = self.packer.filter(|p| p.wants(body_len)) {
             return self.packed_response_frame(packer, id, method, builder, observed);
@@ -656,7 +657,7 @@ impl<S: Service> Connection<S> {
         method: &'static MethodInfo,
         builder: FrameBuilder,
         observed: &mut Observed,
-    ) -> Option<Bytes> {
+    ) -> Option<Frame> {
         let body_len = builder.body_len();
         // The limit applies to the frame as it would be uncompressed.
         let plain_len = FrameBuilder::response_len(id, body_len);
@@ -679,7 +680,7 @@ impl<S: Service> Connection<S> {
         method: &'static MethodInfo,
         len: usize,
         observed: &mut Observed,
-    ) -> Bytes {
+    ) -> Frame {
         let err = RpcError::protocol(format!(
             "the result of `{}::{}` is {len} bytes, more than the frame size limit of {} \
              bytes; return large data in smaller pieces",
@@ -690,7 +691,7 @@ impl<S: Service> Connection<S> {
         error_reply(observed, id, &err)
     }
 
-    fn queue(&mut self, frame: Bytes) {
+    fn queue(&mut self, frame: impl Into<Frame>) {
         self.unsent.push(frame);
     }
 
@@ -717,6 +718,7 @@ impl<S: Service> Connection<S> {
                     id,
                     &RpcError::new(ErrorKind::Internal, "compressing the result failed"),
                 )
+                .into()
             });
             (frame, observed, body_len)
         }));
@@ -724,7 +726,7 @@ impl<S: Service> Connection<S> {
 }
 
 /// The response frame of `builder`'s body, compressed if that makes it smaller.
-fn pack_response(packer: Packer, builder: FrameBuilder, id: u64) -> Bytes {
+fn pack_response(packer: Packer, mut builder: FrameBuilder, id: u64) -> Frame {
     match packer.pack(builder.body()) {
         Some(packed) => packed.finish_packed_response(id),
         None => builder.finish_response(id),
@@ -732,7 +734,7 @@ fn pack_response(packer: Packer, builder: FrameBuilder, id: u64) -> Bytes {
 }
 
 /// The reply to a call that failed with `err`, recorded as the call's outcome.
-fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Bytes {
+fn error_reply(observed: &mut Observed, id: u64, err: &RpcError) -> Frame {
     observed.finish(observe::Outcome::Failed(err.kind()), 0);
-    protocol::error_response_frame(id, err)
+    protocol::error_response_frame(id, err).into()
 }

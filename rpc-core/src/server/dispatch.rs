@@ -227,7 +227,13 @@ impl<S: Service> Dispatcher<S> {
         let method = self.route(request.method)?;
         self.authorize(method, &request.metadata)?;
         let decoded = match &self.layers {
-            None => Request::Decoded(self.decode(request.id, method, request.body, streams)?),
+            None => Request::Decoded(self.decode(
+                request.id,
+                method,
+                request.body,
+                request.body_owner,
+                streams,
+            )?),
             Some(stack) => defer(stack, &request, method, streams),
         };
         Ok(Admitted {
@@ -306,10 +312,11 @@ impl<S: Service> Dispatcher<S> {
         id: u64,
         method: &'static MethodInfo,
         body: &[u8],
+        frame: &Bytes,
         streams: &mut StreamEngine,
     ) -> Result<S::Request, RpcError> {
         let input = method.client_streaming.then(|| streams.receive(id));
-        let request = decode_caught(&*self.service, method, body, input);
+        let request = decode_caught(&*self.service, method, body, frame, input);
         if let Err(err) = &request {
             // The error response tells the client to stop sending it.
             streams.end_receiving(id, Err(err.clone()));
@@ -345,7 +352,7 @@ impl<S: Service> Dispatcher<S> {
                 move |call: ServerCall| -> BoxFuture<Result<Reply, RpcError>> {
                     // Runs inside the handler's poll, so within the call's context.
                     context::set_metadata(call.metadata);
-                    match decode_caught(&*service, method, &body, input) {
+                    match decode_caught(&*service, method, &body, &body, input) {
                         Ok(request) => {
                             let handler = service.call(request);
                             Box::pin(async move { Ok(Reply::value(handler.await)) })
@@ -386,10 +393,11 @@ fn decode_caught<S: Service>(
     service: &S,
     method: &'static MethodInfo,
     body: &[u8],
+    frame: &Bytes,
     input: Option<RemoteStream>,
 ) -> Result<S::Request, RpcError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        service.decode_request(method.fingerprint, body, input)
+        service.decode_request_in(method.fingerprint, body, frame, input)
     }))
     .unwrap_or_else(|_| {
         Err(RpcError::protocol(format!(

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::connection::{self, ConnectionContext};
 use super::dispatch::Route;
+use crate::codec::BodyWriter;
 use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::streaming::{ItemSource, RemoteStream};
@@ -38,6 +39,22 @@ pub trait Service: Send + Sync + 'static {
         input: Option<RemoteStream>,
     ) -> Result<Self::Request, RpcError>;
 
+    /// [`decode_request`](Service::decode_request) of a body that lies in `frame`, the
+    /// buffer it was received in: `#[service]` implements it for services with `Bytes`
+    /// arguments, which it takes out of `frame` without copying them. The default calls
+    /// `decode_request`.
+    #[doc(hidden)]
+    fn decode_request_in(
+        &self,
+        fingerprint: u64,
+        body: &[u8],
+        frame: &Bytes,
+        input: Option<RemoteStream>,
+    ) -> Result<Self::Request, RpcError> {
+        let _ = frame;
+        self.decode_request(fingerprint, body, input)
+    }
+
     /// Runs the method the request names.
     fn call(&self, request: Self::Request) -> BoxFuture<Self::Response>;
 
@@ -53,6 +70,18 @@ pub trait Service: Send + Sync + 'static {
         response: &Self::Response,
         buf: &mut BytesMut,
     ) -> Result<(), RpcError>;
+
+    /// [`encode_response`](Service::encode_response), taking the result: `#[service]`
+    /// implements it for services returning `Bytes` or `Vec<u8>`, whose buffers it hands to
+    /// the transport instead of copying them. The default calls `encode_response`.
+    #[doc(hidden)]
+    fn encode_response_owned(
+        &self,
+        response: Self::Response,
+        body: &mut BodyWriter<'_>,
+    ) -> Result<(), RpcError> {
+        self.encode_response(&response, body.buf())
+    }
 }
 
 /// A hosted service with its types erased, so one server can host several.

@@ -19,7 +19,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::error::RpcError;
@@ -72,7 +72,7 @@ enum Inner<T> {
     Local(Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>),
     Remote {
         stream: RemoteStream,
-        decode: fn(&[u8]) -> Result<T, RpcError>,
+        decode: fn(&Bytes) -> Result<T, RpcError>,
     },
     Done,
 }
@@ -140,7 +140,7 @@ impl<T> Streaming<T> {
     /// A stream fed by the connection.
     pub(crate) fn from_remote(
         stream: RemoteStream,
-        decode: fn(&[u8]) -> Result<T, RpcError>,
+        decode: fn(&Bytes) -> Result<T, RpcError>,
     ) -> Self {
         Streaming {
             inner: Inner::Remote { stream, decode },
@@ -150,7 +150,7 @@ impl<T> Streaming<T> {
     /// What sends this stream's items as frames.
     pub(crate) fn into_source(
         self,
-        encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+        encode: fn(T, &mut crate::codec::BodyWriter<'_>) -> Result<(), RpcError>,
     ) -> ItemSource
     where
         T: 'static,

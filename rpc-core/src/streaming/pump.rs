@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+use crate::codec::BodyWriter;
 use futures::StreamExt;
 
 use super::{Streaming, WINDOW};
@@ -33,7 +35,7 @@ impl fmt::Debug for ItemSource {
 /// body as sent, and the length its frame has uncompressed (what the frame size limit
 /// applies to).
 pub(crate) struct ItemFrame {
-    pub(crate) frame: Bytes,
+    pub(crate) frame: crate::frame::Frame,
     pub(crate) body: usize,
     pub(crate) plain: usize,
 }
@@ -42,7 +44,7 @@ impl ItemFrame {
     /// The frame of item `builder` of stream `id`, compressed by `packer` if it is worth
     /// it and fits the frame size limit `max_frame_size` uncompressed.
     fn build(
-        builder: FrameBuilder,
+        mut builder: FrameBuilder,
         id: u64,
         packer: Option<Packer>,
         max_frame_size: usize,
@@ -88,7 +90,7 @@ pub(super) trait Source: Send {
 /// A `Streaming<T>` with the function that encodes its items.
 pub(crate) struct Encoding<T> {
     pub(super) stream: Streaming<T>,
-    pub(super) encode: fn(&T, &mut BytesMut) -> Result<(), RpcError>,
+    pub(super) encode: fn(T, &mut BodyWriter<'_>) -> Result<(), RpcError>,
     /// A large item being compressed on the blocking pool (see `INLINE_PACK_LIMIT`): the
     /// stream's next frame, which comes before any later item.
     pub(super) packing: Option<JoinHandle<ItemFrame>>,
@@ -112,7 +114,7 @@ impl<T> Source for Encoding<T> {
             Poll::Ready(Some(Ok(item))) => {
                 let mut builder = FrameBuilder::new();
                 let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (self.encode)(&item, builder.body_mut())
+                    (self.encode)(item, &mut builder.writer())
                 }))
                 .unwrap_or_else(|_| {
                     Err(RpcError::new(

@@ -216,27 +216,46 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
 /// Byte vectors take serde's bytes path (see `ast::is_byte_vec`).
 fn body_args(method: &Method) -> TokenStream {
     let args: Vec<_> = method.body_args().collect();
-    let elements: Vec<_> = args
-        .iter()
-        .map(|arg| {
-            let ident = &arg.ident;
-            if crate::ast::is_byte_vec(&arg.ty) {
-                quote!(::rpc_core::__private::AsBytes(&#ident))
-            } else {
-                quote!(#ident)
-            }
-        })
-        .collect();
+    if args.iter().any(|arg| crate::ast::is_byte_buffer(&arg.ty)) {
+        return written_args(method);
+    }
+    let elements: Vec<_> = args.iter().map(|arg| &arg.ident).collect();
     match (args.as_slice(), elements.as_slice()) {
         ([one], [element]) => quote_spanned!(one.ty.span()=> &(#element,)),
         _ => quote_spanned!(method.ident.span()=> &(#(#elements),*)),
     }
 }
 
+/// The arguments of a method with a byte buffer among them, written one by one (bincode
+/// encodes a tuple as its elements in order): a `Bytes`, or a large `Vec<u8>`, becomes a
+/// part of the request frame of its own instead of being copied into it.
+fn written_args(method: &Method) -> TokenStream {
+    let writes = method.body_args().map(|arg| {
+        let ident = &arg.ident;
+        if crate::ast::is_bytes(&arg.ty) {
+            quote_spanned!(arg.ty.span()=> __rpc_body.bytes(#ident);)
+        } else if crate::ast::is_byte_vec(&arg.ty) {
+            quote_spanned!(arg.ty.span()=> __rpc_body.byte_vec(#ident);)
+        } else {
+            quote_spanned!(arg.ty.span()=> __rpc_body.value(&#ident)?;)
+        }
+    });
+    quote! {
+        ::rpc_core::__private::WriteArgs(
+            move |__rpc_body: &mut ::rpc_core::__private::BodyWriter<'_>| {
+                #(#writes)*
+                ::core::result::Result::Ok(())
+            },
+        )
+    }
+}
+
 /// The decoder of a result or of the items of a `Streaming<O>` result, of type
 /// `fn(&[u8]) -> Result<T, RpcError>`, spanned at `span` (where an unfit type is blamed).
 fn decoder(ty: &syn::Type, span: Span) -> TokenStream {
-    if crate::ast::is_byte_vec(ty) {
+    if crate::ast::is_bytes(ty) {
+        quote_spanned!(span=> ::rpc_core::__private::decode_bytes)
+    } else if crate::ast::is_byte_vec(ty) {
         quote_spanned!(span=> ::rpc_core::__private::decode_byte_vec)
     } else {
         quote_spanned!(span=> ::rpc_core::__private::decode_value::<#ty>)
@@ -244,12 +263,14 @@ fn decoder(ty: &syn::Type, span: Span) -> TokenStream {
 }
 
 /// The encoder of the items of the `Streaming<I>` argument `stream`, of type
-/// `fn(&I, &mut BytesMut) -> Result<(), RpcError>`, spanned at the item type.
+/// `fn(I, &mut BodyWriter) -> Result<(), RpcError>`, spanned at the item type.
 fn encoder(stream: &Arg) -> TokenStream {
     let item = stream.wire_type();
-    if crate::ast::is_byte_vec(item) {
-        quote_spanned!(item.span()=> ::rpc_core::__private::encode_byte_vec)
+    if crate::ast::is_bytes(item) {
+        quote_spanned!(item.span()=> ::rpc_core::__private::encode_bytes_item)
+    } else if crate::ast::is_byte_vec(item) {
+        quote_spanned!(item.span()=> ::rpc_core::__private::encode_byte_vec_item)
     } else {
-        quote_spanned!(item.span()=> ::rpc_core::__private::encode_value::<#item>)
+        quote_spanned!(item.span()=> ::rpc_core::__private::encode_item::<#item>)
     }
 }

@@ -245,6 +245,117 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         }
     });
 
+    // decode_request_in / encode_response_owned: only for methods with byte buffers, which
+    // are read out of the received frame and handed to the transport as they are; the rest
+    // go through decode_request and encode_response.
+    let frame = local("frame");
+    let reader = local("reader");
+    let buffer_decode_arms: Vec<_> = service
+        .methods
+        .iter()
+        .filter(|method| {
+            method
+                .body_args()
+                .any(|arg| crate::ast::is_byte_buffer(&arg.ty))
+        })
+        .map(|method| {
+            let cfgs = method.cfg_attrs();
+            let fp = fingerprint_lit(method);
+            let variant = &method.variant;
+            let reads = method.body_args().map(|arg| {
+                let ident = &arg.ident;
+                let ty = &arg.ty;
+                if crate::ast::is_bytes(ty) {
+                    quote!(let #ident = #reader.bytes()?;)
+                } else if crate::ast::is_byte_vec(ty) {
+                    quote!(let #ident = #reader.byte_vec()?;)
+                } else {
+                    quote!(let #ident = #reader.value::<#ty>()?;)
+                }
+            });
+            let stream = method.stream_arg().map(|arg| {
+                let ident = &arg.ident;
+                let decode_item = item_decoder(arg.wire_type());
+                quote_spanned! {arg.ty.span()=>
+                    let #ident = ::rpc_core::__private::stream_from_remote(
+                        ::core::option::Option::ok_or_else(
+                            #input,
+                            ::rpc_core::__private::missing_stream,
+                        )?,
+                        #decode_item,
+                    );
+                }
+            });
+            let fields = method.args.iter().map(|arg| &arg.ident);
+            let what = format!("the arguments of `{}`", method.ident);
+            quote! {
+                #(#cfgs)*
+                #fp => {
+                    let mut #reader = ::rpc_core::__private::BodyReader::new(#body, #frame, #what);
+                    #(#reads)*
+                    #reader.finish()?;
+                    #stream
+                    ::core::result::Result::Ok(#request::#variant { #(#fields),* })
+                }
+            }
+        })
+        .collect();
+    let decode_request_in = (!buffer_decode_arms.is_empty()).then(|| {
+        quote! {
+            fn decode_request_in(
+                &self,
+                #fingerprint: u64,
+                #body: &[u8],
+                #frame: &::rpc_core::__private::Bytes,
+                #input: ::core::option::Option<::rpc_core::__private::RemoteStream>,
+            ) -> ::core::result::Result<#request, ::rpc_core::RpcError> {
+                match #fingerprint {
+                    #(#buffer_decode_arms)*
+                    _ => ::rpc_core::Service::decode_request(self, #fingerprint, #body, #input),
+                }
+            }
+        }
+    });
+    let buffer_encode_arms: Vec<_> = service
+        .methods
+        .iter()
+        .filter(|method| {
+            method.output_stream.is_none() && crate::ast::is_byte_buffer(&method.output)
+        })
+        .map(|method| {
+            let cfgs = method.cfg_attrs();
+            let variant = &method.variant;
+            let write = if crate::ast::is_bytes(&method.output) {
+                quote!(#buf.bytes(#value))
+            } else {
+                quote!(#buf.byte_vec(#value))
+            };
+            quote! {
+                #(#cfgs)*
+                #response::#variant(#value) => {
+                    #write;
+                    ::core::result::Result::Ok(())
+                }
+            }
+        })
+        .collect();
+    let encode_response_owned = (!buffer_encode_arms.is_empty()).then(|| {
+        quote! {
+            // The catch-all is unreachable when every method returns a byte buffer.
+            #[allow(unreachable_patterns)]
+            fn encode_response_owned(
+                &self,
+                #resp: #response,
+                #buf: &mut ::rpc_core::__private::BodyWriter<'_>,
+            ) -> ::core::result::Result<(), ::rpc_core::RpcError> {
+                match #resp {
+                    #(#buffer_encode_arms)*
+                    #resp => ::rpc_core::Service::encode_response(self, &#resp, #buf.buf()),
+                }
+            }
+        }
+    });
+
     // Hidden from the docs: what a user needs of it is in `FooServer`'s own docs.
     quote! {
         #[automatically_derived]
@@ -279,7 +390,11 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 })
             }
 
+            #decode_request_in
+
             #response_stream
+
+            #encode_response_owned
 
             fn encode_response(
                 &self,
@@ -297,7 +412,9 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
 /// The decoder of the items of a `Streaming<I>` argument, `fn(&[u8]) -> Result<I, RpcError>`.
 /// `I` is spelled out for the reason given in `decode_request`'s arms.
 fn item_decoder(item: &syn::Type) -> TokenStream {
-    if crate::ast::is_byte_vec(item) {
+    if crate::ast::is_bytes(item) {
+        quote!(::rpc_core::__private::decode_bytes)
+    } else if crate::ast::is_byte_vec(item) {
         quote!(::rpc_core::__private::decode_byte_vec)
     } else {
         quote!(::rpc_core::__private::decode_value::<#item>)
@@ -305,13 +422,15 @@ fn item_decoder(item: &syn::Type) -> TokenStream {
 }
 
 /// The encoder of the items of a `Streaming<O>` result,
-/// `fn(&O, &mut BytesMut) -> Result<(), RpcError>`; `O` is inferred from the response enum's
+/// `fn(O, &mut BodyWriter) -> Result<(), RpcError>`; `O` is inferred from the response enum's
 /// field.
 fn item_encoder(item: &syn::Type) -> TokenStream {
-    if crate::ast::is_byte_vec(item) {
-        quote!(::rpc_core::__private::encode_byte_vec)
+    if crate::ast::is_bytes(item) {
+        quote!(::rpc_core::__private::encode_bytes_item)
+    } else if crate::ast::is_byte_vec(item) {
+        quote!(::rpc_core::__private::encode_byte_vec_item)
     } else {
-        quote!(::rpc_core::__private::encode_value)
+        quote!(::rpc_core::__private::encode_item)
     }
 }
 

@@ -156,7 +156,7 @@ pub struct RawPeer(pub super::AnyTransport);
 
 impl RawPeer {
     pub async fn send_frame(&mut self, frame: Bytes) {
-        self.0.send(frame).await.expect("send");
+        self.0.send(frame.into()).await.expect("send");
     }
 
     pub async fn send(&mut self, message: &Wire) {
