@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Workloads: `seq` (one caller, sequential `add`: calls/s, p50, p99), `conc` (64 tasks
-//! sharing one connection: calls/s), `bulk` (sequential 1 MiB `echo`: MB/s, and the peak
-//! resident memory), `conns` (TCP only: 5,000 connections that each made one call and then
+//! sharing one connection: calls/s), `bulk` (sequential 1 MiB `echo` of a `Vec<u8>`: MB/s,
+//! and the peak resident memory; then the same with `Bytes`, variant `bytes`), `conns` (TCP only: 5,000 connections that each made one call and then
 //! idle: resident memory per connection, client and server ends together), `stream` (one
 //! server-streaming call: items/s for 200,000 16-byte items, variant `16B`, and MB/s for
 //! 2,048 items of 64 KiB, variant `64KiB`, with the peak resident memory), `bulkz` (`bulk`
@@ -46,6 +46,8 @@ pub trait Bench {
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Returns its argument.
     async fn echo(&self, data: Vec<u8>) -> Vec<u8>;
+    /// Returns its argument, a `Bytes` (the `bytes` variant of `bulk`).
+    async fn echo_bytes(&self, data: Bytes) -> Bytes;
     /// `count` items of `size` bytes.
     async fn items(&self, count: u32, size: u32) -> Streaming<Vec<u8>>;
 }
@@ -58,6 +60,9 @@ impl Bench for BenchImpl {
         a.wrapping_add(b)
     }
     async fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+    async fn echo_bytes(&self, data: Bytes) -> Bytes {
         data
     }
     async fn items(&self, count: u32, size: u32) -> Streaming<Vec<u8>> {
@@ -491,6 +496,25 @@ async fn bulk(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
     bulk_of(client, o, payload).await
 }
 
+/// `bulk` with `Bytes` for the payload, which travels without copies: the `bytes` variant.
+async fn bulk_bytes(client: &BenchClient, o: &Opts) -> Result<Row, Failure> {
+    let mut payload = Bytes::from((0..o.bulk_size).map(|i| i as u8).collect::<Vec<u8>>());
+    for _ in 0..o.bulk_warmup {
+        payload = client.echo_bytes(payload).await?;
+    }
+    let mut lat_ns = Vec::with_capacity(o.bulk_calls as usize);
+    let start = Instant::now();
+    for _ in 0..o.bulk_calls {
+        let t = Instant::now();
+        payload = client.echo_bytes(payload).await?;
+        lat_ns.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(payload.len(), o.bulk_size);
+    }
+    let mut row = bulk_row(o, start.elapsed().as_secs_f64(), lat_ns);
+    row.variant = Some("bytes");
+    Ok(row)
+}
+
 /// A compressible payload: log-like lines of text, a counter in each, so that no two
 /// lines are the same (a codec finds repeats within lines and across them, not one run).
 fn text_payload(size: usize) -> Vec<u8> {
@@ -536,21 +560,27 @@ async fn bulk_text(kind: Kind, dir: &Path, o: &Opts, codec: Option<Codec>) -> Re
     Ok(row)
 }
 
-/// The measured part of `bulk`: `o.bulk_calls` sequential echoes of `payload`.
-async fn bulk_of(client: &BenchClient, o: &Opts, payload: Vec<u8>) -> Result<Row, Failure> {
+/// The measured part of `bulk`: `o.bulk_calls` sequential echoes of `payload`, each call
+/// sending the buffer the last one returned (as the peer harness does: no copy of the
+/// payload between calls).
+async fn bulk_of(client: &BenchClient, o: &Opts, mut payload: Vec<u8>) -> Result<Row, Failure> {
     let mut lat_ns = Vec::with_capacity(o.bulk_calls as usize);
+    let len = payload.len();
     let start = Instant::now();
     for _ in 0..o.bulk_calls {
-        let data = payload.clone();
         let t = Instant::now();
-        let back = client.echo(data).await?;
+        payload = client.echo(payload).await?;
         lat_ns.push(t.elapsed().as_nanos() as u64);
-        assert_eq!(back.len(), payload.len());
+        assert_eq!(payload.len(), len);
     }
-    let secs = start.elapsed().as_secs_f64();
+    Ok(bulk_row(o, start.elapsed().as_secs_f64(), lat_ns))
+}
+
+/// The row of `o.bulk_calls` echoes that took `secs`, each call's latency in `lat_ns`.
+fn bulk_row(o: &Opts, secs: f64, mut lat_ns: Vec<u64>) -> Row {
     lat_ns.sort_unstable();
     let bytes = o.bulk_size as f64 * o.bulk_calls as f64;
-    Ok(Row {
+    Row {
         workload: "bulk",
         calls_per_s: Some(round(o.bulk_calls as f64 / secs, 1)),
         p50_us: percentile_us(&lat_ns, 0.50),
@@ -560,7 +590,7 @@ async fn bulk_of(client: &BenchClient, o: &Opts, payload: Vec<u8>) -> Result<Row
         secs,
         peak_rss_mib: proc_status_kib("VmHWM").map(|k| k as f64 / 1024.0),
         ..Row::default()
-    })
+    }
 }
 
 /// One server-streaming call of `count` items of `size` bytes: items/s and MB/s.
@@ -763,7 +793,9 @@ async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
                 Workload::Conc => vec![conc(&client, &opts).await?],
                 Workload::Bulk => {
                     reset_peak_rss();
-                    vec![bulk(&client, &opts).await?]
+                    let plain = bulk(&client, &opts).await?;
+                    reset_peak_rss();
+                    vec![plain, bulk_bytes(&client, &opts).await?]
                 }
                 Workload::BulkText => {
                     let mut rows = vec![bulk_text(kind, &dir, &opts, None).await?];
