@@ -100,7 +100,11 @@ pub use keepalive::Keepalive;
 pub use listeners::{BoxTransport, Listeners};
 pub use peer::{Identity, Peer};
 pub use server::{Authorize, BoxFuture, CallInfo, ConnectionInfo, Server, ServerStats, Service};
-pub use streaming::{Streaming, DEFAULT_MAX_BUFFERED_STREAM_BYTES, WINDOW as STREAM_WINDOW};
+pub use streaming::{
+    Streaming, BYTE_WINDOW as STREAM_BYTE_WINDOW, DEFAULT_MAX_BUFFERED_STREAM_BYTES,
+    INITIAL_BYTE_WINDOW as STREAM_INITIAL_BYTE_WINDOW, ITEM_OVERHEAD as STREAM_ITEM_OVERHEAD,
+    WINDOW as STREAM_WINDOW,
+};
 pub use transport::{Frame, HttpConnection, IntoParts, Listener, RawIo, Transport, WholeFrames};
 
 // The macro's whole reference: the macro itself has no docs of its own, so that this page

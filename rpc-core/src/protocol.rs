@@ -340,11 +340,11 @@ impl ErrorDetail {
 }
 
 /// The two messages of every call, `Request` (without metadata) and `Response` (success),
-/// parsed by hand: bincode's derived decoder spends ~500 instructions on a 20-byte frame,
+/// and the message of every stream item, `StreamItem`, parsed by hand: bincode's derived decoder spends ~500 instructions on a 20-byte frame,
 /// this ~50. It accepts exactly what the derived decoder accepts and gives the same
 /// message (a property test checks it); anything else it leaves to that decoder.
 mod fast {
-    use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE};
+    use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE, TAG_STREAM_ITEM};
 
     use crate::varint::read as varint;
 
@@ -357,7 +357,11 @@ mod fast {
     pub(super) fn decode(frame: &[u8]) -> Option<Message<'_>> {
         let mut buf = frame;
         let tag = varint(&mut buf, u64::from(u32::MAX))?;
-        if tag == u64::from(TAG_REQUEST) {
+        if tag == u64::from(TAG_STREAM_ITEM) {
+            let id = varint(&mut buf, u64::MAX)?;
+            let body = body(&mut buf)?;
+            Some(Message::StreamItem { id, body })
+        } else if tag == u64::from(TAG_REQUEST) {
             let id = varint(&mut buf, u64::MAX)?;
             let method = varint(&mut buf, u64::from(u32::MAX))? as u32;
             let (&has_timeout, rest) = buf.split_first()?;
@@ -1060,7 +1064,7 @@ mod proptests {
         }
 
         #[test]
-        fn the_fast_decoder_takes_every_request_and_response(
+        fn the_fast_decoder_takes_every_request_response_and_stream_item(
             id in any::<u64>(),
             method in any::<u32>(),
             timeout_us in proptest::option::of(any::<u64>()),
@@ -1072,8 +1076,11 @@ mod proptests {
                 b
             };
             for frame in [
-                build().finish_request(id, method, timeout_us.map(Duration::from_micros)).into_bytes(),
+                build()
+                    .finish_request(id, method, timeout_us.map(Duration::from_micros))
+                    .into_bytes(),
                 build().finish_response(id).into_bytes(),
+                build().finish_stream_item(id).into_bytes(),
             ] {
                 prop_assert!(fast::decode(&frame).is_some());
                 prop_assert_eq!(fast::decode(&frame), Message::decode_general(&frame).ok());

@@ -34,15 +34,17 @@ fn decode(frame: &[u8]) -> Frame {
     message
 }
 
-/// The next frame from `transport`, less the peer's stream-credit announcement (a `Credit`
-/// for the connection's id, see docs/protocol.md), which says nothing about keepalive.
+/// The next frame from `transport`, less the peer's stream-credit announcements (a `Credit`
+/// for the connection's id, see docs/protocol.md), which say nothing about keepalive.
 async fn next_frame<T: Stream<Item = io::Result<Bytes>> + Unpin>(
     transport: &mut T,
 ) -> Option<io::Result<Bytes>> {
     loop {
         let frame = transport.next().await;
         match &frame {
-            Some(Ok(bytes)) if decode(bytes) == wire::CONNECTION_WINDOW_ANNOUNCEMENT => continue,
+            Some(Ok(bytes)) if matches!(decode(bytes), Frame::Credit { id: u64::MAX, .. }) => {
+                continue
+            }
             _ => return frame,
         }
     }

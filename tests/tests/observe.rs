@@ -333,9 +333,11 @@ async fn ticker(kind: Kind) -> (TickerClient, Harness) {
     (client, harness)
 }
 
-/// More items than the stream window: the server cannot finish sending them before the
-/// client reads, so neither side's call can be over before the client has read them.
-const MANY: u32 = 4 * rpc_core::STREAM_WINDOW;
+/// More items than the stream window (twice what its initial byte window holds, each item
+/// being charged more than the per-item overhead; and more than 32 items, for a peer of the
+/// previous revision): the server cannot finish sending them before the client reads, so
+/// neither side's call can be over before the client has read them.
+const MANY: u32 = 2 * (rpc_core::STREAM_INITIAL_BYTE_WINDOW / rpc_core::STREAM_ITEM_OVERHEAD);
 
 #[tokio::test]
 async fn a_streamed_call_is_observed_until_its_stream_ends() {

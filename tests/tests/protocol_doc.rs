@@ -155,6 +155,12 @@ async fn the_unary_dump_is_a_real_connection() {
 /// first release of version 1, played from the frames recorded from it (the unary dump).
 /// That server read the `Hello` as it reads any, so the client's `Hello` must still be one
 /// to it: the same method table, then one entry more, which it took for a method it lacked.
+/// The server's answer to a client that credits bytes: a second announcement, `Credit`
+/// with `CONNECTION_ID` and the flag (256).
+const BYTE_CREDIT_ANSWER: [u8; 17] = [
+    0x0d, 0, 0, 0, 0x07, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0x00, 0x01,
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_a_schema_talks_to_a_server_of_the_first_release() {
     let dump = Dump::parse("unary");
@@ -202,6 +208,9 @@ async fn a_client_with_a_schema_talks_to_a_server_of_the_first_release() {
                 assert_eq!(sent.len(), recorded.len() + 1, "one entry more: the schema");
                 assert!(sent[recorded.len()].0.starts_with("rpc.schema:"));
             }
+            // That server did not answer the client's flag for byte credit: today's does,
+            // with a second announcement, which is left out here.
+            Line::Frame { bytes, .. } if bytes[..] == BYTE_CREDIT_ANSWER => {}
             Line::Frame { bytes, .. } => server_side.write_all(bytes).await.expect("write"),
             Line::End {
                 side: Side::Client, ..

@@ -6,9 +6,10 @@
 //! The server reads a "file" (generated here, chunk by chunk) and returns it as a
 //! `Streaming<Vec<u8>>`; the client checks each chunk as it arrives. Credit-based flow
 //! control means the server produces a chunk only when the client has room for it, so
-//! neither side ever holds more than a window of chunks (`rpc_core::STREAM_WINDOW`, of
-//! 64 KiB each here) however large the file: the peak memory printed at the end stays the
-//! same for 100 MiB or 10 GiB.
+//! neither side ever holds more than a window of chunks (`rpc_core::STREAM_BYTE_WINDOW`,
+//! 4 MiB counting 64 bytes more per chunk; `rpc_core::STREAM_WINDOW` chunks with a peer of
+//! the previous protocol revision) however large the file: the peak memory printed at the
+//! end stays the same for 100 MiB or 10 GiB.
 
 use std::time::Instant;
 

@@ -238,6 +238,9 @@ impl<T: Transport> Driver<T> {
             };
             self.streams.first_frame(announced);
         }
+        if self.streams.settling() {
+            self.streams.settle(&message, &mut self.unsent);
+        }
         match message {
             Message::Response { id, status, body } => {
                 // Answered: a stream still being sent for it is no longer wanted.
@@ -302,8 +305,11 @@ impl<T: Transport> Driver<T> {
             }
             Message::Pong { .. } => Ok(()),
             Message::StreamItem { id, body } => {
+                // The frame becomes the item's body: no second handle on the read buffer.
+                let span = crate::streaming::span(&frame, body);
+                let body = crate::streaming::narrow(frame, span);
                 self.streams
-                    .on_item(id, Body::Plain(frame.slice_ref(body)), &mut self.unsent);
+                    .on_item(id, Body::Plain(body), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {

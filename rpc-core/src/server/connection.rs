@@ -329,6 +329,9 @@ impl<S: Service> Connection<S> {
                 ),
             )
         })?;
+        if self.streams.settling() {
+            self.streams.settle(&message, &mut self.unsent);
+        }
         match message {
             Message::PackedRequest {
                 id,
@@ -385,8 +388,11 @@ impl<S: Service> Connection<S> {
                 Ok(())
             }
             Message::StreamItem { id, body } => {
+                // The frame becomes the item's body: no second handle on the read buffer.
+                let span = crate::streaming::span(&frame, body);
+                let body = crate::streaming::narrow(frame, span);
                 self.streams
-                    .on_item(id, Body::Plain(frame.slice_ref(body)), &mut self.unsent);
+                    .on_item(id, Body::Plain(body), &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {

@@ -20,8 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Sleep;
 
-use super::inbox::{Inbox, Notice, Notices, Refused, RemoteStream};
+use super::inbox::{Inbox, Notice, Notices, RemoteStream};
 use super::pump::{ItemSource, Pumps};
+use super::{CreditMode, BYTE_CREDIT};
+use crate::compress::Body;
 use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
@@ -57,19 +59,15 @@ impl ConnectionWindow {
         })
     }
 
-    /// Counts `bytes` more if they fit (or if nothing is buffered: one item always fits).
-    pub(super) fn admit(&self, bytes: usize) -> bool {
-        // Only the connection's own task adds; consumers only take away, so the check
-        // cannot be raced past the limit.
-        let held = self.held.load(Ordering::Acquire);
-        if held > 0 && held.saturating_add(bytes) > self.limit {
-            return false;
+    /// Starts counting a batch of items in: see [`Admission`].
+    pub(super) fn admission(&self) -> Admission<'_> {
+        Admission {
+            // Only the connection's own task adds; consumers only take away, so the check
+            // cannot be raced past the limit, and a count read once stays an upper bound.
+            held: self.held.load(Ordering::Acquire),
+            added: 0,
+            window: self,
         }
-        self.held.fetch_add(bytes, Ordering::AcqRel);
-        if let Some(total) = &self.total {
-            total.fetch_add(bytes, Ordering::Relaxed);
-        }
-        true
     }
 
     /// `bytes` were taken by a consumer, or dropped with it.
@@ -97,6 +95,38 @@ impl ConnectionWindow {
     }
 }
 
+/// Items counted into a [`ConnectionWindow`] one by one, and added to it at once (when
+/// dropped): the connection's task reads a batch of items with one atomic update, not one
+/// per item.
+pub(super) struct Admission<'a> {
+    held: usize,
+    added: usize,
+    window: &'a ConnectionWindow,
+}
+
+impl Admission<'_> {
+    /// Counts `bytes` more if they fit (or if nothing is buffered: one item always fits).
+    pub(super) fn admit(&mut self, bytes: usize) -> bool {
+        let held = self.held + self.added;
+        if held > 0 && held.saturating_add(bytes) > self.window.limit {
+            return false;
+        }
+        self.added += bytes;
+        true
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.added > 0 {
+            self.window.held.fetch_add(self.added, Ordering::AcqRel);
+            if let Some(total) = &self.window.total {
+                total.fetch_add(self.added, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Makes inboxes that report to one engine.
 pub(crate) struct InboxMaker {
     notices: Arc<Notices>,
@@ -115,6 +145,13 @@ impl InboxMaker {
 pub(crate) struct StreamEngine<H = RandomState> {
     /// The streams this side receives, by call id.
     inboxes: HashMap<u64, Arc<Inbox>, H>,
+    /// Items read for one stream in this pass of the connection's loop, not yet handed to
+    /// its inbox: a run of items of one stream goes in at once (see [`flush`](Self::flush)).
+    arrived: Option<u64>,
+    arrived_items: Vec<Body>,
+    /// Streams failed by their items (a sender beyond its credit, or the connection's window
+    /// full) whose sender is still to be told to stop.
+    refused: Vec<u64>,
     /// The streams this side sends.
     pumps: Pumps,
     /// What the consumers of `inboxes` want the peer told.
@@ -133,6 +170,8 @@ pub(crate) struct StreamEngine<H = RandomState> {
     /// sending for it too: on the client (whose consumer is the caller), not on the server
     /// (a handler may drop its argument stream and go on streaming its result).
     drop_ends_call: bool,
+    /// The client's end (it settles the peer's credit differently; see `settle`).
+    client: bool,
 }
 
 impl StreamEngine {
@@ -141,15 +180,22 @@ impl StreamEngine {
         StreamEngine::new(window, max_frame_size, false)
     }
 
-    /// The frame that tells the peer this side grants credit whenever a consumer waits (so
-    /// the peer may pace by bytes); the first frame each side sends after `Hello`.
+    /// The client's announcement: it grants credit whenever a consumer waits (so the
+    /// server may pace by bytes), and credits its streams in bytes if the server does too
+    /// ([`BYTE_CREDIT`]). Sent right after `Hello`.
     pub(crate) fn announcement() -> Bytes {
-        StreamEngine::announcement_with(None)
+        Message::Credit {
+            id: CONNECTION_ID,
+            items: BYTE_CREDIT,
+        }
+        .to_frame()
     }
 
     /// The server's announcement, which also answers the client's codec offer: `items` is
     /// the codec picked, 0 for none (what a peer that predates compression sends, and
     /// ignores: a `Credit` with this id is the announcement whatever its `items`).
+    /// It never carries [`BYTE_CREDIT`]: a client that predates it and offered compression
+    /// would read the flag as a codec it did not offer.
     pub(crate) fn announcement_with(codec: Option<crate::compress::Codec>) -> Bytes {
         Message::Credit {
             id: CONNECTION_ID,
@@ -165,20 +211,75 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// streams may start before the server's announcement arrives.
     pub(crate) fn client(window: Arc<ConnectionWindow>, max_frame_size: usize) -> StreamEngine<H> {
         let mut engine = StreamEngine::new(window, max_frame_size, true);
+        engine.client = true;
         engine.pumps.paced = true;
         engine.provisional = true;
         engine
     }
 
     /// The peer's first frame arrived: whether it was its announcement. Settles whether
-    /// this side paces its streams by bytes.
+    /// this side paces its streams by bytes (a server that does not announce credits
+    /// items, too).
     #[inline]
     pub(crate) fn first_frame(&mut self, announced: bool) {
         if self.provisional {
             self.provisional = false;
             self.fallback = None;
             self.pumps.paced = announced;
+            if !announced {
+                self.pumps.mode = CreditMode::Items;
+            }
         }
+    }
+
+    /// Whether the peer's way of crediting streams is still to be settled by its next
+    /// frame (see [`settle`](Self::settle)).
+    #[inline]
+    pub(crate) fn settling(&self) -> bool {
+        self.pumps.mode == CreditMode::Pending
+    }
+
+    /// Settles, from the peer's frame `message`, whether it credits this connection's
+    /// streams in bytes; called for each frame while [`settling`](Self::settling), before
+    /// the frame is handled.
+    ///
+    /// The server decides on the client's first frame after `Hello`, which precedes all its
+    /// calls: its announcement with [`BYTE_CREDIT`] (answered with the same flag, in a
+    /// second announcement that goes before anything about a call), or anything else
+    /// (items, as before). The client waits for that answer: it credits bytes if it comes,
+    /// and items from the first frame about a call without it (a server that does not know
+    /// the flag); the server's first announcement and pings settle nothing.
+    #[cold]
+    pub(crate) fn settle(&mut self, message: &Message<'_>, unsent: &mut Outgoing) {
+        let flagged = match *message {
+            Message::Credit {
+                id: CONNECTION_ID,
+                items,
+            } => Some(items & BYTE_CREDIT != 0),
+            _ => None,
+        };
+        self.pumps.mode = if !self.client {
+            if flagged == Some(true) {
+                unsent.push(
+                    Message::Credit {
+                        id: CONNECTION_ID,
+                        items: BYTE_CREDIT,
+                    }
+                    .to_frame(),
+                );
+                CreditMode::Bytes
+            } else {
+                CreditMode::Items
+            }
+        } else {
+            match (flagged, message) {
+                (Some(true), _) => CreditMode::Bytes,
+                (Some(false), _) | (None, Message::Ping { .. } | Message::Pong { .. }) => {
+                    CreditMode::Pending
+                }
+                _ => CreditMode::Items,
+            }
+        };
     }
 
     fn new(
@@ -188,6 +289,9 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     ) -> StreamEngine<H> {
         StreamEngine {
             inboxes: HashMap::default(),
+            arrived: None,
+            arrived_items: Vec::new(),
+            refused: Vec::new(),
             pumps: Pumps::new(max_frame_size),
             notices: Arc::default(),
             notices_waker: None,
@@ -195,6 +299,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
             provisional: false,
             fallback: None,
             drop_ends_call,
+            client: false,
         }
     }
 
@@ -214,7 +319,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
 
     /// No stream is received or sent.
     pub(crate) fn is_idle(&self) -> bool {
-        self.inboxes.is_empty() && self.pumps.is_empty()
+        self.inboxes.is_empty() && self.pumps.is_empty() && self.refused.is_empty()
     }
 
     /// Starts receiving the stream of call `id`; the consumer reads it through the result.
@@ -250,19 +355,51 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
         !self.inboxes.is_empty() && self.inboxes.contains_key(&id)
     }
 
-    /// A `StreamItem` of call `id` with `body` (a slice of its frame) arrived.
-    pub(crate) fn on_item(&mut self, id: u64, body: crate::compress::Body, unsent: &mut Outgoing) {
+    /// A `StreamItem` of call `id` with `body` (a slice of its frame) arrived. It reaches
+    /// its inbox with the other items of its stream read in the same pass, at the latest
+    /// when the connection's loop next polls this engine.
+    #[inline]
+    pub(crate) fn on_item(&mut self, id: u64, body: Body, unsent: &mut Outgoing) {
+        if self.arrived != Some(id) {
+            self.flush(Some(unsent));
+            if !self.inboxes.contains_key(&id) {
+                // A stream already over (cancelled, failed): items in flight are dropped.
+                return;
+            }
+            self.arrived = Some(id);
+        }
+        self.arrived_items.push(body);
+    }
+
+    /// Hands the items read for one stream to its inbox. Every other way of touching the
+    /// inboxes calls this first, so items always arrive in order and before their stream's
+    /// end. A stream failed by its items tells its sender to stop: at once with `unsent`,
+    /// else with the next frames this engine queues.
+    fn flush(&mut self, unsent: Option<&mut Outgoing>) {
+        if let Some(id) = self.arrived.take() {
+            self.push_arrived(id);
+        }
+        if let Some(unsent) = unsent {
+            if !self.refused.is_empty() {
+                for id in self.refused.drain(..) {
+                    unsent.push(Message::Cancel { id }.to_frame());
+                }
+            }
+        }
+    }
+
+    fn push_arrived(&mut self, id: u64) {
+        let items = self.arrived_items.drain(..);
         let Some(inbox) = self.inboxes.get(&id) else {
-            // A stream already over (cancelled, failed): items in flight are dropped.
             return;
         };
-        match inbox.push(body) {
-            Ok(()) => {}
-            Err(Refused::OverCredit | Refused::OverWindow) => {
-                // That stream is failed; the sender stops.
-                self.inboxes.remove(&id);
-                unsent.push(Message::Cancel { id }.to_frame());
-            }
+        if inbox
+            .push(items, self.pumps.mode == CreditMode::Bytes)
+            .is_err()
+        {
+            // That stream is failed; the sender stops.
+            self.inboxes.remove(&id);
+            self.refused.push(id);
         }
     }
 
@@ -270,6 +407,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// Whatever this side still sends for `id` is moot once the peer is done with the call,
     /// so `stop_sending` says whether to stop that too.
     pub(crate) fn on_end(&mut self, id: u64, status: Status<'_>, stop_sending: bool) {
+        self.flush(None);
         if stop_sending {
             self.pumps.cancel(id);
         }
@@ -278,8 +416,9 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
         }
     }
 
-    /// The receiver of this side's stream `id` granted `items` more (or, with the
-    /// connection's id, announced that it grants credit as it drains).
+    /// The receiver of this side's stream `id` granted `items` more (charged bytes, if it
+    /// credits bytes), or, with the connection's id, announced that it grants credit as it
+    /// drains.
     pub(crate) fn on_credit(&mut self, id: u64, items: u32) {
         if id == CONNECTION_ID {
             self.pumps.paced = true;
@@ -298,6 +437,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// Ends the received stream of call `id` with `outcome` (the call failed, or was
     /// cancelled), if it is still received.
     pub(crate) fn end_receiving(&mut self, id: u64, outcome: Result<(), RpcError>) {
+        self.flush(None);
         if let Some(inbox) = self.inboxes.remove(&id) {
             inbox.end(outcome);
         }
@@ -310,6 +450,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// `Request`.)
     #[inline]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+        self.flush(Some(unsent));
         let notices = self.take_notices(cx);
         if !notices.is_empty() {
             self.answer(notices, unsent);
@@ -331,6 +472,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// less than `limit` bytes.
     #[inline]
     pub(crate) fn pump(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) {
+        self.flush(Some(unsent));
         if self.pumps.poll(cx, unsent, limit) && self.provisional {
             self.wait_for_announcement(cx, unsent, limit);
         }
@@ -352,11 +494,17 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// Queues what the consumers' `notices` call for.
     #[inline(never)]
     pub(crate) fn answer(&mut self, notices: Vec<Notice>, unsent: &mut Outgoing) {
+        self.flush(Some(unsent));
         for notice in notices {
             match notice {
-                Notice::Credit { id, items } => {
+                Notice::Credit { id, mut amount } => {
                     if self.inboxes.contains_key(&id) {
-                        unsent.push(Message::Credit { id, items }.to_frame());
+                        // One grant may exceed a `u32` only for items larger than 4 GiB.
+                        while amount > 0 {
+                            let items = u32::try_from(amount).unwrap_or(u32::MAX);
+                            unsent.push(Message::Credit { id, items }.to_frame());
+                            amount -= u64::from(items);
+                        }
                     }
                 }
                 Notice::Dropped { id } => {
@@ -375,6 +523,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// The connection is gone: every stream still received ends with `err`; the streams
     /// being sent are dropped.
     pub(crate) fn close(&mut self, err: &RpcError) {
+        self.flush(None);
         for (_, inbox) in self.inboxes.drain() {
             inbox.end(Err(err.clone()));
         }

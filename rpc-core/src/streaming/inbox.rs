@@ -15,22 +15,25 @@ use bytes::Bytes;
 use crate::compress::Body;
 
 use super::engine::ConnectionWindow;
-use super::WINDOW;
+use super::pump::charge;
+use super::{byte_window, ITEM_OVERHEAD, WINDOW};
 use crate::deadline::Deadline;
 use crate::error::RpcError;
 use crate::lock::lock;
 use crate::observe::Observed;
 
-/// Credit is granted back in batches of this many taken items (fewer frames), and whenever
-/// the consumer waits for more: a sender pacing itself by bytes (see `Pumps`) must never
-/// wait for credit that a consumer with nothing left to read would withhold.
+/// Item credit is granted back in batches of this many taken items (fewer frames), and
+/// whenever the consumer waits for more: a sender pacing itself by bytes (see `Pumps`) must
+/// never wait for credit that a consumer with nothing left to read would withhold. Byte
+/// credit goes back in batches of a quarter of the stream's byte window, by the same rule.
 pub(super) const CREDIT_BATCH: u32 = WINDOW / 2;
 
 /// What a connection must tell the peer on behalf of its streams' consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Notice {
-    /// The consumer of stream `id` took `items` more: grant the sender that much credit.
-    Credit { id: u64, items: u32 },
+    /// The consumer of stream `id` took `amount` more (items, or charged bytes once the
+    /// peer credits bytes): grant the sender that much credit.
+    Credit { id: u64, amount: u64 },
     /// The consumer of stream `id` is gone before its end: the sender should stop.
     Dropped { id: u64 },
 }
@@ -96,24 +99,36 @@ pub(crate) enum Refused {
 }
 
 /// The received items of one stream, shared by the connection (which pushes) and the
-/// consumer (which takes).
+/// consumer (which takes them all at once, into its [`RemoteStream`]'s own queue, and tells
+/// the inbox how much it took only when it comes back for more or grants credit: the two
+/// sides meet once per batch, not once per item).
 pub(crate) struct Inbox {
     id: u64,
     notices: Arc<Notices>,
     window: Arc<ConnectionWindow>,
+    /// The stream was failed for a sender beyond its credit: the items the consumer
+    /// already moved to its own queue are dropped too, as those still here are.
+    failed: AtomicBool,
     state: Mutex<InboxState>,
 }
 
 #[derive(Default)]
 struct InboxState {
+    /// Items pushed and not yet moved to the consumer.
     items: VecDeque<Body>,
-    /// Bytes of `items`, counted in the connection's window until taken.
+    /// Body bytes counted in the connection's window: of the items received that the
+    /// consumer has not reported taken (those here and those in its queue).
     held: usize,
+    /// The same items in the unit of the stream's credit (items, or charged bytes): what a
+    /// sender within its credit keeps within the window.
+    held_credit: u64,
+    /// The peer credits bytes (settled before the first item arrives).
+    bytes: bool,
+    /// The consumer granted byte credit once: the sender's window is open to its full size.
+    opened: bool,
     /// How the stream ended, once it has.
     end: Option<Result<(), RpcError>>,
     consumer: Option<Waker>,
-    /// Items taken since credit was last granted.
-    taken: u32,
 }
 
 impl Inbox {
@@ -122,52 +137,64 @@ impl Inbox {
             id,
             notices,
             window,
+            failed: AtomicBool::new(false),
             state: Mutex::new(InboxState::default()),
         })
     }
 
-    /// An item arrived. On `Err` the stream is failed: the sender must be told to stop.
-    pub(crate) fn push(&self, item: Body) -> Result<(), Refused> {
-        let waker = {
-            let mut state = lock(&self.state);
-            if state.end.is_some() {
-                return Ok(());
-            }
-            if state.items.len() >= WINDOW as usize {
-                state.end = Some(Err(RpcError::protocol(format!(
-                    "the peer sent more than {WINDOW} stream items without credit"
-                ))));
-                let held = std::mem::take(&mut state.held);
-                state.items.clear();
-                self.window.release(held);
-                let waker = state.consumer.take();
-                drop(state);
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-                return Err(Refused::OverCredit);
-            }
+    /// Items arrived, of a stream credited in bytes (`bytes`) or items: all those the
+    /// connection read for it in one pass, taken in with one lock and one wake-up. On `Err`
+    /// the stream is failed: the sender must be told to stop.
+    pub(crate) fn push(
+        &self,
+        items: impl IntoIterator<Item = Body>,
+        bytes: bool,
+    ) -> Result<(), Refused> {
+        let mut state = lock(&self.state);
+        if state.end.is_some() {
+            return Ok(());
+        }
+        let mut admission = self.window.admission();
+        let mut refused = None;
+        for item in items {
             // Counted as received: a compressed item is held compressed until its consumer
             // takes (and opens) it.
             let len = item.wire_len();
-            if !self.window.admit(len) {
+            let cost = if bytes { charge(len) } else { 1 };
+            // What the consumer took is reported before credit for it is granted, so a
+            // sender within its credit never finds this count past the window (one item
+            // alone always fits).
+            let over = if bytes {
+                state.held_credit > 0 && state.held_credit + cost > byte_window(state.opened)
+            } else {
+                state.held_credit >= u64::from(WINDOW)
+            };
+            if over {
+                state.end = Some(Err(over_credit(bytes, state.opened)));
+                state.items.clear();
+                self.failed.store(true, Ordering::Release);
+                drop(admission);
+                self.window.release(std::mem::take(&mut state.held));
+                refused = Some(Refused::OverCredit);
+                break;
+            }
+            if !admission.admit(len) {
                 // The items already here are still delivered; the error comes after them.
                 state.end = Some(Err(self.window.full_error()));
-                let waker = state.consumer.take();
-                drop(state);
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-                return Err(Refused::OverWindow);
+                refused = Some(Refused::OverWindow);
+                break;
             }
+            state.bytes = bytes;
             state.held += len;
+            state.held_credit += cost;
             state.items.push_back(item);
-            state.consumer.take()
-        };
+        }
+        let waker = state.consumer.take();
+        drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// The stream ended (after the items already pushed).
@@ -184,46 +211,36 @@ impl Inbox {
         }
     }
 
-    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Body, RpcError>>> {
-        let mut credit = None;
-        let result = {
-            let mut state = lock(&self.state);
-            if let Some(item) = state.items.pop_front() {
-                state.held -= item.wire_len();
-                self.window.release(item.wire_len());
-                state.taken += 1;
-                if state.taken >= CREDIT_BATCH && state.end.is_none() {
-                    credit = Some(std::mem::take(&mut state.taken));
-                }
-                Poll::Ready(Some(Ok(item)))
-            } else {
-                match &mut state.end {
-                    Some(Ok(())) => Poll::Ready(None),
-                    Some(Err(err)) => {
-                        let err = err.clone();
-                        // Yield the error once, then the end.
-                        state.end = Some(Ok(()));
-                        Poll::Ready(Some(Err(err)))
-                    }
-                    None => {
-                        crate::waker::remember(&mut state.consumer, cx.waker());
-                        if state.taken > 0 {
-                            credit = Some(std::mem::take(&mut state.taken));
-                        }
-                        Poll::Pending
-                    }
-                }
-            }
-        };
-        if let Some(items) = credit {
-            self.notices.push(Notice::Credit { id: self.id, items });
-        }
-        result
-    }
-
     fn ended(&self) -> bool {
         lock(&self.state).end.is_some()
     }
+}
+
+/// The credit the consumer grants now (all it took, nothing once the stream has ended); a
+/// first byte credit opens the stream's window, which the inbox (`state`, locked) learns
+/// before the sender can.
+fn credit_due(state: &mut InboxState, taken: &mut Taken) -> u64 {
+    if state.end.is_some() || taken.uncredited == 0 {
+        return 0;
+    }
+    if taken.bytes {
+        state.opened = true;
+        taken.opened = true;
+    }
+    std::mem::take(&mut taken.uncredited)
+}
+
+#[cold]
+fn over_credit(bytes: bool, opened: bool) -> RpcError {
+    RpcError::protocol(if bytes {
+        format!(
+            "the peer sent stream items beyond its credit: more than {} bytes (each item's \
+             body plus {ITEM_OVERHEAD}) not yet taken",
+            byte_window(opened)
+        )
+    } else {
+        format!("the peer sent more than {WINDOW} stream items without credit")
+    })
 }
 
 impl Drop for Inbox {
@@ -237,10 +254,124 @@ impl Drop for Inbox {
     }
 }
 
+/// The consumer's side of an inbox: the batch it moved out, and what it took from it that
+/// the inbox (and the sender) have not heard of yet.
+#[derive(Default)]
+struct Taken {
+    /// Items moved out of the inbox, not taken yet.
+    batch: VecDeque<Body>,
+    /// The peer credits bytes.
+    bytes: bool,
+    /// Byte credit was granted once (see `InboxState::opened`).
+    opened: bool,
+    /// Taken and not yet reported to the inbox: body bytes, and credit units.
+    unreported_bytes: usize,
+    unreported_credit: u64,
+    /// Taken and reported, not yet credited to the sender (credit units).
+    uncredited: u64,
+}
+
+impl Taken {
+    /// Credit is granted once this much is taken (fewer `Credit` frames), and whenever the
+    /// consumer waits for more.
+    fn batch_credit(&self) -> u64 {
+        if self.bytes {
+            byte_window(self.opened) / 4
+        } else {
+            u64::from(CREDIT_BATCH)
+        }
+    }
+}
+
+impl Inbox {
+    /// The next item for the consumer, whose own queue and counts are `taken`.
+    fn poll_item(
+        &self,
+        taken: &mut Taken,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Body, RpcError>>> {
+        if !taken.batch.is_empty() && !self.failed.load(Ordering::Acquire) {
+            if let Some(item) = taken.batch.pop_front() {
+                let len = item.wire_len();
+                let cost = if taken.bytes { charge(len) } else { 1 };
+                taken.unreported_bytes += len;
+                taken.unreported_credit += cost;
+                if taken.uncredited + taken.unreported_credit >= taken.batch_credit() {
+                    let mut state = lock(&self.state);
+                    self.report(&mut state, taken);
+                    let credit = credit_due(&mut state, taken);
+                    drop(state);
+                    self.grant(credit);
+                }
+                return Poll::Ready(Some(Ok(item)));
+            }
+        }
+        let mut credit = 0;
+        let result = {
+            let mut state = lock(&self.state);
+            self.report(&mut state, taken);
+            if self.failed.load(Ordering::Relaxed) {
+                taken.batch.clear();
+            }
+            std::mem::swap(&mut taken.batch, &mut state.items);
+            taken.bytes = state.bytes;
+            if let Some(item) = taken.batch.pop_front() {
+                let len = item.wire_len();
+                taken.unreported_bytes += len;
+                taken.unreported_credit += if taken.bytes { charge(len) } else { 1 };
+                if taken.uncredited >= taken.batch_credit() {
+                    credit = credit_due(&mut state, taken);
+                }
+                Poll::Ready(Some(Ok(item)))
+            } else {
+                match &mut state.end {
+                    Some(Ok(())) => Poll::Ready(None),
+                    Some(Err(err)) => {
+                        let err = err.clone();
+                        // Yield the error once, then the end.
+                        state.end = Some(Ok(()));
+                        Poll::Ready(Some(Err(err)))
+                    }
+                    None => {
+                        crate::waker::remember(&mut state.consumer, cx.waker());
+                        // It waits: nothing it took may stay uncredited.
+                        credit = credit_due(&mut state, taken);
+                        Poll::Pending
+                    }
+                }
+            }
+        };
+        self.grant(credit);
+        result
+    }
+
+    /// Tells the inbox what the consumer took since it last did: those items leave the
+    /// connection's window and the stream's count, and may be credited.
+    fn report(&self, state: &mut InboxState, taken: &mut Taken) {
+        // A failed stream released everything it held at once.
+        let bytes = std::mem::take(&mut taken.unreported_bytes).min(state.held);
+        state.held -= bytes;
+        self.window.release(bytes);
+        let credit = std::mem::take(&mut taken.unreported_credit);
+        state.held_credit = state.held_credit.saturating_sub(credit);
+        taken.uncredited += credit;
+    }
+
+    fn grant(&self, amount: u64) {
+        if amount > 0 {
+            self.notices.push(Notice::Credit {
+                id: self.id,
+                amount,
+            });
+        }
+    }
+}
+
 /// The consumer's handle on a received stream; used by generated code. Dropping it before
 /// the stream ended tells the sender to stop.
 pub struct RemoteStream {
     inbox: Arc<Inbox>,
+    taken: Taken,
     /// Told how the stream ended (or that it was dropped first): the call's observation and
     /// the balancing client's accounting of the attempt. Boxed, and only when someone
     /// watches, so that `Streaming<T>`, and so every request and response enum holding
@@ -265,7 +396,11 @@ pub(crate) trait StreamEnded: Send {
 
 impl RemoteStream {
     pub(crate) fn new(inbox: Arc<Inbox>) -> RemoteStream {
-        RemoteStream { inbox, watch: None }
+        RemoteStream {
+            inbox,
+            taken: Taken::default(),
+            watch: None,
+        }
     }
 
     fn watch(&mut self) -> &mut Watch {
@@ -310,7 +445,7 @@ impl RemoteStream {
         // task; one that does not open is an error item, as one that does not decode is.
         let item = self
             .inbox
-            .poll_item(cx)
+            .poll_item(&mut self.taken, cx)
             .map(|item| item.map(|item| item.and_then(Body::open)));
         match &item {
             Poll::Ready(Some(Ok(body))) => {

@@ -4,12 +4,19 @@
 //! `Streaming<T>` (the server sends items), or both. Items travel as `StreamItem` frames of
 //! the call's id, and a stream ends with `StreamEnd` (success or an error).
 //!
-//! Flow control is by credit, per stream and direction: a sender may have at most
-//! [`WINDOW`] items that the receiver has not yet taken; the receiver grants more
-//! (`Credit`) as its consumer takes them. So a consumer that stops reading makes the
-//! producer wait, and a stream never holds more than `WINDOW` received items (each at most
-//! the frame size limit) plus what the sender has encoded but not yet written. Dropping
-//! either end stops the other: the receiver's drop sends `Cancel` to the sender.
+//! Flow control is by credit, per stream and direction, counted in bytes as HTTP/2 does
+//! (between two peers of this revision; they agree on it in their announcements, see
+//! `StreamEngine::settle`): each item is charged its body bytes plus [`ITEM_OVERHEAD`], and
+//! a sender may have at most a window of charged bytes that the receiver has not yet
+//! taken: [`INITIAL_BYTE_WINDOW`] until the receiver first grants credit, [`BYTE_WINDOW`]
+//! after. The receiver grants more (`Credit`) as its consumer takes items. So a consumer
+//! that stops reading makes the producer wait, and **a stream's receiver holds at most
+//! [`BYTE_WINDOW`] (4 MiB) of items, counting each item's body plus [`ITEM_OVERHEAD`]
+//! (64) bytes** (so at most 4 MiB of bodies and 65,536 items), or one item alone if it is
+//! larger, plus what the sender has encoded but not yet written. With a peer of the
+//! previous revision the window is [`WINDOW`] items instead (each at most the frame size
+//! limit), unchanged. Dropping either end stops the other: the receiver's drop sends
+//! `Cancel` to the sender.
 
 mod engine;
 mod inbox;
@@ -19,7 +26,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
 
 use crate::error::RpcError;
@@ -31,12 +38,80 @@ pub(crate) use inbox::{Inbox, Notice};
 pub(crate) use pump::Encoding;
 pub use pump::ItemSource;
 
-/// The most items a receiver holds per stream before the sender must wait for credit.
+/// The item window: the most items a receiver holds per stream before the sender must wait
+/// for credit, on a connection whose peer does not credit bytes (a peer of the previous
+/// protocol revision, which never sets [`BYTE_CREDIT`] in its announcement). Between two
+/// peers of this revision the [`BYTE_WINDOW`] applies instead.
 pub const WINDOW: u32 = 32;
+
+/// The byte window: what a receiver holds per stream before the sender must wait for
+/// credit, once both sides said they credit bytes and the receiver granted the stream
+/// credit once (until then, [`INITIAL_BYTE_WINDOW`]). Each item is charged its body bytes
+/// (as sent, compressed or not) plus [`ITEM_OVERHEAD`], so a stream's receiver holds at
+/// most 4 MiB of item bodies and at most 65,536 items (or one item alone, if it is larger).
+pub const BYTE_WINDOW: u32 = 4 << 20;
+
+/// A byte-credited stream's window until its receiver first grants it credit: what a
+/// stream whose consumer never reads (dropped before its first item, say) costs at most,
+/// where [`BYTE_WINDOW`] is what a consumer that reads gets.
+pub const INITIAL_BYTE_WINDOW: u32 = 64 << 10;
+
+/// What each item is charged in a byte window on top of its body: the receiver's own cost
+/// of holding an item, so that a stream of empty or tiny items is bounded too.
+pub const ITEM_OVERHEAD: u32 = 64;
+
+/// The flag a side sets in the `items` of its announcement (`Credit` with
+/// `CONNECTION_ID`) to say it credits streams in bytes: the client in its announcement, the
+/// server in a second announcement that answers the client's.
+pub(crate) const BYTE_CREDIT: u32 = 1 << 8;
+
+/// A byte-credited stream's window: whether its receiver granted it credit yet.
+pub(crate) fn byte_window(opened: bool) -> u64 {
+    u64::from(if opened {
+        BYTE_WINDOW
+    } else {
+        INITIAL_BYTE_WINDOW
+    })
+}
+
+/// How the peer credits this connection's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreditMode {
+    /// Not known yet: a client's streams keep to both windows until the server says.
+    Pending,
+    /// By items, [`WINDOW`] per stream: a peer of the previous revision.
+    Items,
+    /// By charged bytes: [`INITIAL_BYTE_WINDOW`] per stream until its first credit, then
+    /// [`BYTE_WINDOW`].
+    Bytes,
+}
 
 /// The default bound on the stream data one connection buffers for its consumers: 32 MiB
 /// (see `Server::max_buffered_stream_bytes` and `ClientBuilder::max_buffered_stream_bytes`).
 pub const DEFAULT_MAX_BUFFERED_STREAM_BYTES: usize = 32 << 20;
+
+/// Where `part`, a slice of `frame`, lies in it.
+pub(crate) fn span(frame: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    start..start.wrapping_add(part.len())
+}
+
+/// `frame` narrowed to its `span`: the frame's own handle on its buffer moves to the part,
+/// where slicing would take (and then drop) a second one.
+pub(crate) fn narrow(mut frame: Bytes, span: std::ops::Range<usize>) -> Bytes {
+    if span.start > span.end || span.end > frame.len() {
+        // Cannot happen: the decoder borrows every part from the frame.
+        debug_assert!(
+            false,
+            "{span:?} is not within a frame of {} bytes",
+            frame.len()
+        );
+        return Bytes::new();
+    }
+    frame.truncate(span.end);
+    frame.advance(span.start);
+    frame
+}
 
 /// A stream of `T`s passed to or returned from an RPC method; it yields
 /// `Result<T, RpcError>`.

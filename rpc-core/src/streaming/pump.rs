@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::codec::BodyWriter;
 use futures::StreamExt;
 
-use super::{Streaming, WINDOW};
+use super::{byte_window, CreditMode, Streaming, ITEM_OVERHEAD, WINDOW};
 use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::deadline::Deadline;
 use crate::error::{ErrorKind, RpcError};
@@ -79,10 +79,12 @@ pub(crate) struct Packing {
 pub(super) trait Source: Send {
     /// The next item as a `StreamItem` frame of stream `id`, an error that ends the stream,
     /// or its end.
+    /// Small frames are built in the spare capacity of `arena`, many to an allocation.
     fn poll_frame(
         &mut self,
         id: u64,
         packing: Packing,
+        arena: &mut BytesMut,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ItemFrame, RpcError>>>;
 }
@@ -101,6 +103,7 @@ impl<T> Source for Encoding<T> {
         &mut self,
         id: u64,
         packing: Packing,
+        arena: &mut BytesMut,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ItemFrame, RpcError>>> {
         if let Some(job) = &mut self.packing {
@@ -112,7 +115,7 @@ impl<T> Source for Encoding<T> {
         }
         match self.stream.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(item))) => {
-                let mut builder = FrameBuilder::new();
+                let mut builder = FrameBuilder::in_arena(arena);
                 let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     (self.encode)(item, &mut builder.writer())
                 }))
@@ -122,6 +125,7 @@ impl<T> Source for Encoding<T> {
                         "encoding a stream item panicked",
                     ))
                 });
+                builder.detach(arena);
                 if let Err(err) = encoded {
                     return Poll::Ready(Some(Err(err)));
                 }
@@ -146,7 +150,7 @@ impl<T> Source for Encoding<T> {
                     ItemFrame::build(builder, id, packer, max_frame_size)
                 });
                 self.packing = Some(job);
-                self.poll_frame(id, packing, cx)
+                self.poll_frame(id, packing, arena, cx)
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -155,9 +159,11 @@ impl<T> Source for Encoding<T> {
     }
 }
 
-/// Items a pump sends per stream per wake-up, so one bulk stream cannot fill a whole batch
-/// while other calls wait.
+/// What a pump sends per stream per wake-up, so one bulk stream cannot fill a whole batch
+/// while other calls wait: at least this many items, and on until this many bytes of frames
+/// (a stream of small items then goes out thousands at a time, not eight per wake-up).
 const PUMP_BURST: u32 = 8;
+const PUMP_BURST_BYTES: usize = 64 << 10;
 
 /// How many bytes of items this side's streams may have sent that the peer has not granted
 /// credit back for, when the peer grants credit whenever a consumer waits (it said so; see
@@ -165,14 +171,25 @@ const PUMP_BURST: u32 = 8;
 /// a larger one. The peer's buffer then never holds more than this, half its default
 /// `max_buffered_stream_bytes`; a consumer that stops reading holds up the connection's
 /// other streams once its stream holds what the connection may send (as HTTP/2's
-/// connection window does), never its unary calls.
+/// connection window does), never its unary calls. The per-stream figure applies to
+/// item-credited streams only: a byte-credited stream has its own window,
+/// [`super::BYTE_WINDOW`], counted in charged bytes.
 pub(super) const PACED_CONNECTION_BYTES: usize = 16 << 20;
 pub(super) const PACED_STREAM_BYTES: usize = 4 << 20;
+
+/// The totals of a stream up to and including one item it sent, for the item's credit to
+/// come back: its charged bytes (byte credit) and its body bytes (the connection's pacing).
+#[derive(Clone, Copy)]
+struct SentThrough {
+    charge: u64,
+    body: u64,
+}
 
 /// A stream this side sends, with its credit.
 struct Pump {
     id: u64,
     source: ItemSource,
+    /// Items it may still send (item credit; unused once the peer credits bytes).
     credit: u32,
     deadline: Option<Pin<Box<Deadline>>>,
     /// The call whose result this stream is, observed until the stream ends (server side);
@@ -181,12 +198,16 @@ struct Pump {
     /// Bytes of items sent, for the call's metrics.
     bytes: usize,
     /// For each item sent that the receiver has not granted credit back for, oldest first:
-    /// the stream's bytes sent up to and including it (so a credit of n items is one look-up
-    /// and an O(1) drain, not n pops); and the bytes those items hold.
-    unacked: VecDeque<u64>,
-    sent_bytes: u64,
+    /// the stream's totals through it (so a credit is one look-up and an O(1) drain, not a
+    /// pop per item); the totals of everything sent; the charged bytes credited back.
+    unacked: VecDeque<SentThrough>,
+    sent: SentThrough,
+    acked_charge: u64,
+    /// The receiver granted byte credit once: the stream's window is open to its full size.
+    opened: bool,
+    /// Body bytes of the items not credited back yet (what the connection's pacing counts).
     unacked_bytes: usize,
-    /// An item made while the stream had to wait for the connection's pacing.
+    /// An item made while the stream had to wait for credit or the connection's pacing.
     held: Option<ItemFrame>,
 }
 
@@ -196,11 +217,66 @@ impl Pump {
         crate::protocol::stream_end_frame(self.id, end)
     }
 
-    /// Whether pacing lets `item` go now, given `sent` unacknowledged bytes on the connection.
-    fn paced_allows(&self, item: usize, sent: usize) -> bool {
-        (self.unacked_bytes == 0 || self.unacked_bytes + item <= PACED_STREAM_BYTES)
-            && (sent == 0 || sent + item <= PACED_CONNECTION_BYTES)
+    /// Charged bytes sent and not credited back: what the stream's byte window counts.
+    fn outstanding(&self) -> u64 {
+        self.sent.charge - self.acked_charge
     }
+
+    /// Whether the stream's credit lets it make another item: it has item credit, or
+    /// room in its byte window, or both while the peer's way is not known yet.
+    fn has_room(&self, mode: CreditMode) -> bool {
+        let bytes = || self.outstanding() < byte_window(self.opened);
+        match mode {
+            CreditMode::Items => self.credit > 0,
+            CreditMode::Bytes => bytes(),
+            CreditMode::Pending => self.credit > 0 && bytes(),
+        }
+    }
+
+    /// Whether the byte window and the pacing (if `paced`) let `item` go now, given `sent`
+    /// unacknowledged body bytes on the connection. One item may always be out alone.
+    fn allows(&self, mode: CreditMode, paced: bool, item: &ItemFrame, sent: usize) -> bool {
+        let stream = match mode {
+            CreditMode::Items if !paced => return true,
+            CreditMode::Items => {
+                self.unacked_bytes == 0 || self.unacked_bytes + item.body <= PACED_STREAM_BYTES
+            }
+            CreditMode::Bytes | CreditMode::Pending => {
+                let outstanding = self.outstanding();
+                outstanding == 0 || outstanding + charge(item.body) <= byte_window(self.opened)
+            }
+        };
+        stream && (!paced || sent == 0 || sent + item.body <= PACED_CONNECTION_BYTES)
+    }
+
+    /// Counts `item` as sent and not credited back yet.
+    fn record(&mut self, item: &ItemFrame) {
+        self.sent.charge += charge(item.body);
+        self.sent.body += item.body as u64;
+        self.unacked.push_back(self.sent);
+        self.unacked_bytes += item.body;
+    }
+
+    /// The oldest `n` items unacknowledged were credited back (or `n` is how many items
+    /// the charged bytes credited so far cover): the body bytes they held, now released.
+    fn ack(&mut self, n: usize) -> usize {
+        let n = n.min(self.unacked.len());
+        if n == 0 {
+            return 0;
+        }
+        let through = self.unacked[n - 1];
+        self.unacked.drain(..n);
+        // What is still unacknowledged: the bytes sent after the last item acked.
+        let left = usize::try_from(self.sent.body - through.body).unwrap_or(usize::MAX);
+        let released = self.unacked_bytes - left;
+        self.unacked_bytes = left;
+        released
+    }
+}
+
+/// What an item of `body` bytes takes from a byte-credited stream's window.
+pub(super) fn charge(body: usize) -> u64 {
+    body as u64 + u64::from(ITEM_OVERHEAD)
 }
 
 /// The streams a connection sends.
@@ -210,11 +286,15 @@ pub(crate) struct Pumps {
     unacked_bytes: usize,
     /// The peer grants credit whenever a consumer waits: pace by bytes too.
     pub(super) paced: bool,
+    /// Whether the peer credits items or bytes (see `CreditMode`).
+    pub(super) mode: CreditMode,
     /// The largest frame this side sends: a larger item fails its stream, not the
     /// connection.
     pub(super) max_frame_size: usize,
     /// How items are compressed, once the connection agreed on a codec.
     pub(super) packer: Option<Packer>,
+    /// Spare buffer space that item frames are built in (see `FrameBuilder::in_arena`).
+    arena: BytesMut,
 }
 
 impl Pumps {
@@ -223,8 +303,10 @@ impl Pumps {
             list: Vec::new(),
             unacked_bytes: 0,
             paced: false,
+            mode: CreditMode::Pending,
             max_frame_size,
             packer: None,
+            arena: BytesMut::new(),
         }
     }
 
@@ -245,7 +327,9 @@ impl Pumps {
             observed,
             bytes: 0,
             unacked: VecDeque::new(),
-            sent_bytes: 0,
+            sent: SentThrough { charge: 0, body: 0 },
+            acked_charge: 0,
+            opened: false,
             unacked_bytes: 0,
             held: None,
         });
@@ -259,19 +343,23 @@ impl Pumps {
         self.list.is_empty()
     }
 
-    /// The receiver of `id` granted `items` more.
-    pub(crate) fn credit(&mut self, id: u64, items: u32) {
+    /// The receiver of `id` granted `amount` more: items, or charged bytes once the peer
+    /// credits bytes.
+    pub(crate) fn credit(&mut self, id: u64, amount: u32) {
+        let mode = self.mode;
         if let Some(pump) = self.list.iter_mut().find(|p| p.id == id) {
-            pump.credit = pump.credit.saturating_add(items);
-            let acked = (items as usize).min(pump.unacked.len());
-            if acked > 0 {
-                let acked_through = pump.unacked[acked - 1];
-                pump.unacked.drain(..acked);
-                // What is still unacknowledged: the bytes sent after the last item acked.
-                let left = usize::try_from(pump.sent_bytes - acked_through).unwrap_or(usize::MAX);
-                self.unacked_bytes -= pump.unacked_bytes - left;
-                pump.unacked_bytes = left;
-            }
+            let released = if mode == CreditMode::Bytes {
+                // Credit beyond what was sent is not saved up: the window is what it is.
+                pump.opened = true;
+                pump.acked_charge = (pump.acked_charge + u64::from(amount)).min(pump.sent.charge);
+                let acked = pump.acked_charge;
+                let n = pump.unacked.partition_point(|sent| sent.charge <= acked);
+                pump.ack(n)
+            } else {
+                pump.credit = pump.credit.saturating_add(amount);
+                pump.ack(amount as usize)
+            };
+            self.unacked_bytes -= released;
         }
     }
 
@@ -296,7 +384,12 @@ impl Pumps {
         limit: usize,
     ) -> bool {
         if !self.list.is_empty() {
-            self.poll_streams(cx, unsent, limit)
+            let waiting = self.poll_streams(cx, unsent, limit);
+            if self.list.is_empty() {
+                // A connection without streams pins no buffer.
+                self.arena = BytesMut::new();
+            }
+            waiting
         } else {
             false
         }
@@ -306,12 +399,13 @@ impl Pumps {
     #[inline(never)]
     fn poll_streams(&mut self, cx: &mut Context<'_>, unsent: &mut Outgoing, limit: usize) -> bool {
         let mut waiting = false;
-        let (paced, max_frame_size) = (self.paced, self.max_frame_size);
+        let (paced, mode, max_frame_size) = (self.paced, self.mode, self.max_frame_size);
         let packing = Packing {
             packer: self.packer,
             max_frame_size,
         };
         let mut sent = self.unacked_bytes;
+        let arena = &mut self.arena;
         self.list.retain_mut(|pump| {
             if let Some(deadline) = &mut pump.deadline {
                 if let Poll::Ready(err) = deadline.as_mut().poll_expired(cx) {
@@ -320,11 +414,12 @@ impl Pumps {
                     return false;
                 }
             }
-            let mut burst = PUMP_BURST;
-            while pump.credit > 0 && burst > 0 && unsent.bytes() < limit {
+            let (mut items, mut bytes) = (0, 0);
+            let spent = |items: u32, bytes: usize| items >= PUMP_BURST && bytes >= PUMP_BURST_BYTES;
+            while pump.has_room(mode) && !spent(items, bytes) && unsent.bytes() < limit {
                 let item = match pump.held.take() {
                     Some(item) => item,
-                    None => match pump.source.0.poll_frame(pump.id, packing, cx) {
+                    None => match pump.source.0.poll_frame(pump.id, packing, arena, cx) {
                         Poll::Ready(Some(Ok(item))) => item,
                         Poll::Ready(Some(Err(err))) => {
                             sent -= pump.unacked_bytes;
@@ -346,25 +441,28 @@ impl Pumps {
                     unsent.push(pump.end(Err(&err)));
                     return false;
                 }
-                if paced {
-                    if !pump.paced_allows(item.body, sent) {
+                // A byte-credited stream counts what it sends even if the connection is not
+                // paced (it always is: the byte credit comes with the announcement).
+                if paced || mode != CreditMode::Items {
+                    if !pump.allows(mode, paced, &item, sent) {
                         // Credit for what the peer holds comes back as it is read; that
                         // wakes this task.
                         pump.held = Some(item);
                         waiting = true;
                         break;
                     }
-                    pump.sent_bytes += item.body as u64;
-                    pump.unacked.push_back(pump.sent_bytes);
-                    pump.unacked_bytes += item.body;
+                    pump.record(&item);
                     sent += item.body;
                 }
-                pump.credit -= 1;
-                burst -= 1;
+                if mode != CreditMode::Bytes {
+                    pump.credit -= 1;
+                }
+                items += 1;
+                bytes += item.frame.len();
                 pump.bytes += item.frame.len();
                 unsent.push(item.frame);
             }
-            if burst == 0 && pump.credit > 0 {
+            if spent(items, bytes) && pump.has_room(mode) {
                 // More is ready: come back after the others had their turn.
                 cx.waker().wake_by_ref();
             }
