@@ -199,23 +199,4 @@ impl Sink<Frame> for BoxTransport {
     }
 }
 
-/// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
-impl Sink<Bytes> for BoxTransport {
-    type Error = io::Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_ready(self, cx)
-    }
-
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        Sink::<Frame>::start_send(self, Frame::new(frame))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_flush(self, cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_close(self, cx)
-    }
-}
+crate::__sink_of_whole_frames!([] BoxTransport);

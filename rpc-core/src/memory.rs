@@ -155,26 +155,7 @@ impl Sink<Frame> for MemoryTransport {
     }
 }
 
-/// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
-impl Sink<Bytes> for MemoryTransport {
-    type Error = io::Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_ready(self, cx)
-    }
-
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        Sink::<Frame>::start_send(self, Frame::new(frame))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_flush(self, cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_close(self, cx)
-    }
-}
+crate::__sink_of_whole_frames!([] MemoryTransport);
 
 impl Drop for MemoryTransport {
     fn drop(&mut self) {

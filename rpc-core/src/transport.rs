@@ -124,6 +124,48 @@ impl<T: Sink<Bytes> + Unpin> Sink<Frame> for WholeFrames<T> {
     }
 }
 
+/// Implements `Sink<Bytes>` for a type that is a `Sink<Frame>`, each `Bytes` sent as a frame
+/// of one part: the transports of this workspace keep taking whole frames as they did before
+/// frames had parts. Not a public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sink_of_whole_frames {
+    ([$($generics:tt)*] $ty:ty $(where $($bounds:tt)*)?) => {
+        /// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
+        impl<$($generics)*> ::futures::Sink<::bytes::Bytes> for $ty $(where $($bounds)*)? {
+            type Error = ::std::io::Error;
+
+            fn poll_ready(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::futures::Sink::<$crate::Frame>::poll_ready(self, cx)
+            }
+
+            fn start_send(
+                self: ::std::pin::Pin<&mut Self>,
+                frame: ::bytes::Bytes,
+            ) -> ::std::io::Result<()> {
+                ::futures::Sink::<$crate::Frame>::start_send(self, $crate::Frame::new(frame))
+            }
+
+            fn poll_flush(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::futures::Sink::<$crate::Frame>::poll_flush(self, cx)
+            }
+
+            fn poll_close(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::futures::Sink::<$crate::Frame>::poll_close(self, cx)
+            }
+        }
+    };
+}
+
 /// A source of new connections for [`Server::serve`](crate::Server::serve).
 pub trait Listener: Send + 'static {
     /// The transport each accepted connection gets.

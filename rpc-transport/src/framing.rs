@@ -482,29 +482,10 @@ where
     }
 }
 
-/// Whole frames of one part, as before frames had parts: `send(bytes)` still works.
-impl<IO> Sink<Bytes> for Framed<IO>
-where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    type Error = io::Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_ready(self, cx)
-    }
-
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        Sink::<Frame>::start_send(self, Frame::new(frame))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_flush(self, cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Frame>::poll_close(self, cx)
-    }
-}
+rpc_core::__sink_of_whole_frames!(
+    [IO] Framed<IO>
+    where IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+);
 
 impl<IO: fmt::Debug> fmt::Debug for Framed<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -8,7 +8,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 
 use super::{checked_types, fingerprint_lit, local, wire_bounds};
-use crate::ast::Service;
+use crate::ast::{Method, Service};
 
 /// `FooServer<S>`, its inherent impl and its `Clone`, `Debug` and `rpc_core::Service` impls.
 pub fn server(service: &Service) -> TokenStream {
@@ -119,19 +119,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             [one] => quote!((#one,)),
             many => quote!((#(#many),*)),
         };
-        let stream = method.stream_arg().map(|arg| {
-            let ident = &arg.ident;
-            let decode_item = item_decoder(arg.wire_type());
-            quote_spanned! {arg.ty.span()=>
-                let #ident = ::rpc_core::__private::stream_from_remote(
-                    ::core::option::Option::ok_or_else(
-                        #input,
-                        ::rpc_core::__private::missing_stream,
-                    )?,
-                    #decode_item,
-                );
-            }
-        });
+        let stream = stream_input(method, &input);
         let fields = method.args.iter().map(|arg| {
             let ident = &arg.ident;
             if arg.stream.is_none() && crate::ast::is_byte_vec(&arg.ty) {
@@ -273,19 +261,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                     quote!(let #ident = #reader.value::<#ty>()?;)
                 }
             });
-            let stream = method.stream_arg().map(|arg| {
-                let ident = &arg.ident;
-                let decode_item = item_decoder(arg.wire_type());
-                quote_spanned! {arg.ty.span()=>
-                    let #ident = ::rpc_core::__private::stream_from_remote(
-                        ::core::option::Option::ok_or_else(
-                            #input,
-                            ::rpc_core::__private::missing_stream,
-                        )?,
-                        #decode_item,
-                    );
-                }
-            });
+            let stream = stream_input(method, &input);
             let fields = method.args.iter().map(|arg| &arg.ident);
             let what = format!("the arguments of `{}`", method.ident);
             quote! {
@@ -407,6 +383,24 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             }
         }
     }
+}
+
+/// `let items = stream_from_remote(..)`: a method's `Streaming<I>` argument, made of the
+/// connection's `input`; nothing for a method without one.
+fn stream_input(method: &Method, input: &Ident) -> Option<TokenStream> {
+    method.stream_arg().map(|arg| {
+        let ident = &arg.ident;
+        let decode_item = item_decoder(arg.wire_type());
+        quote_spanned! {arg.ty.span()=>
+            let #ident = ::rpc_core::__private::stream_from_remote(
+                ::core::option::Option::ok_or_else(
+                    #input,
+                    ::rpc_core::__private::missing_stream,
+                )?,
+                #decode_item,
+            );
+        }
+    })
 }
 
 /// The decoder of the items of a `Streaming<I>` argument, `fn(&[u8]) -> Result<I, RpcError>`.
