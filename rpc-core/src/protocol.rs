@@ -732,11 +732,16 @@ impl FrameBuilder {
         let start = HEADROOM - head.len;
         self.buf[start..HEADROOM].copy_from_slice(&head.bytes[..head.len]);
         self.buf.advance(start);
+        if self.splices.is_none() {
+            return Frame::new(self.buf.freeze());
+        }
         self.into_frame(Bytes::new(), start)
     }
 
     /// `first`, then what is left of the buffer (which starts at offset `start` of the
-    /// original) with the spliced buffers in their places.
+    /// original) with the spliced buffers in their places. Out of line: most frames are
+    /// one buffer.
+    #[inline(never)]
     fn into_frame(self, first: Bytes, start: usize) -> Frame {
         let mut rest = self.buf.freeze();
         let mut frame = Frame::new(first);
