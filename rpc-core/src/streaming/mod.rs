@@ -40,7 +40,7 @@ pub use pump::ItemSource;
 
 /// The item window: the most items a receiver holds per stream before the sender must wait
 /// for credit, on a connection whose peer does not credit bytes (a peer of the previous
-/// protocol revision, which never sets [`BYTE_CREDIT`] in its announcement). Between two
+/// protocol revision, which never sets the byte-credit flag (256) in its announcement). Between two
 /// peers of this revision the [`BYTE_WINDOW`] applies instead.
 pub const WINDOW: u32 = 32;
 
