@@ -125,6 +125,13 @@ pub enum WireMessage {
         /// The packed body.
         body: Vec<u8>,
     },
+    /// A run of stream items: each a varint length, then that many bytes.
+    StreamItems {
+        /// The call's id.
+        id: u64,
+        /// The items, back to back.
+        items: Vec<u8>,
+    },
     /// The answer to `Ping`.
     Pong {
         /// The `Ping`'s nonce.
@@ -249,6 +256,10 @@ impl WireMessage {
                 id: *id,
                 body: body.to_vec(),
             },
+            Message::StreamItems { id, items } => WireMessage::StreamItems {
+                id: *id,
+                items: items.to_vec(),
+            },
         }
     }
 
@@ -325,6 +336,7 @@ impl WireMessage {
             WireMessage::PackedStreamItem { id, body } => {
                 Message::PackedStreamItem { id: *id, body }
             }
+            WireMessage::StreamItems { id, items } => Message::StreamItems { id: *id, items },
         };
         message.to_frame()
     }
@@ -345,6 +357,7 @@ impl WireMessage {
             WireMessage::PackedRequest { .. } => "PackedRequest",
             WireMessage::PackedResponse { .. } => "PackedResponse",
             WireMessage::PackedStreamItem { .. } => "PackedStreamItem",
+            WireMessage::StreamItems { .. } => "StreamItems",
         }
     }
 }

@@ -37,6 +37,7 @@ const TAG_STREAM_ITEM: u32 = 5;
 const TAG_PACKED_REQUEST: u32 = 10;
 const TAG_PACKED_RESPONSE: u32 = 11;
 const TAG_PACKED_STREAM_ITEM: u32 = 12;
+const TAG_STREAM_ITEMS: u32 = 13;
 
 /// One method of the client's table in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
@@ -126,6 +127,11 @@ pub(crate) enum Message<'a> {
     PackedResponse { id: u64, body: &'a [u8] },
     /// `StreamItem` with a packed body, under the same rule.
     PackedStreamItem { id: u64, body: &'a [u8] },
+    /// A run of items of the stream of call `id`, in order: `items` is each item's body
+    /// length (a varint) followed by the body, back to back. Sent only to a peer that said
+    /// it reads runs (see `streaming::ITEM_RUNS`), so a peer that predates them never
+    /// receives one.
+    StreamItems { id: u64, items: &'a [u8] },
 }
 
 impl<'a> Message<'a> {
@@ -177,6 +183,7 @@ impl<'a> Message<'a> {
             Message::PackedRequest { .. } => "PackedRequest",
             Message::PackedResponse { .. } => "PackedResponse",
             Message::PackedStreamItem { .. } => "PackedStreamItem",
+            Message::StreamItems { .. } => "StreamItems",
         }
     }
 }
@@ -344,7 +351,7 @@ impl ErrorDetail {
 /// this ~50. It accepts exactly what the derived decoder accepts and gives the same
 /// message (a property test checks it); anything else it leaves to that decoder.
 mod fast {
-    use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE, TAG_STREAM_ITEM};
+    use super::{Message, Status, TAG_REQUEST, TAG_RESPONSE, TAG_STREAM_ITEM, TAG_STREAM_ITEMS};
 
     use crate::varint::read as varint;
 
@@ -361,6 +368,10 @@ mod fast {
             let id = varint(&mut buf, u64::MAX)?;
             let body = body(&mut buf)?;
             Some(Message::StreamItem { id, body })
+        } else if tag == u64::from(TAG_STREAM_ITEMS) {
+            let id = varint(&mut buf, u64::MAX)?;
+            let items = body(&mut buf)?;
+            Some(Message::StreamItems { id, items })
         } else if tag == u64::from(TAG_REQUEST) {
             let id = varint(&mut buf, u64::MAX)?;
             let method = varint(&mut buf, u64::from(u32::MAX))? as u32;
@@ -435,6 +446,37 @@ impl FrameBuilder {
         let mut buf = std::mem::take(arena);
         buf.resize(HEADROOM, 0);
         FrameBuilder::of(buf)
+    }
+
+    /// Empties the body, keeping the buffer (a builder reused for item after item).
+    pub(crate) fn reset(&mut self) {
+        self.buf.truncate(HEADROOM);
+        self.splices = None;
+    }
+
+    /// Whether the body is one piece (nothing spliced) of fewer than `max` bytes.
+    #[inline]
+    pub(crate) fn is_plain_under(&self, max: usize) -> bool {
+        self.splices.is_none() && self.buf.len() - HEADROOM < max
+    }
+
+    /// Room left in the buffer before it must grow.
+    #[inline]
+    pub(crate) fn spare(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// Appends `item`'s body (one piece, see [`is_plain_under`](Self::is_plain_under)) to
+    /// this body as one item of a run, its length first, and empties `item` for the next.
+    #[inline]
+    pub(crate) fn append_item(&mut self, item: &mut FrameBuilder) {
+        debug_assert!(item.splices.is_none());
+        let body = &item.buf[HEADROOM..];
+        let mut len = [0; 9];
+        let n = varint::write(&mut len, 0, body.len() as u64);
+        self.buf.extend_from_slice(&len[..n]);
+        self.buf.extend_from_slice(body);
+        item.buf.truncate(HEADROOM);
     }
 
     /// Where the body is written.
@@ -688,6 +730,11 @@ impl FrameBuilder {
     /// Finishes a `StreamItem` frame of stream `id`.
     pub(crate) fn finish_stream_item(self, id: u64) -> Frame {
         self.finish_item_tagged(TAG_STREAM_ITEM, id)
+    }
+
+    /// Finishes a `StreamItems` frame of stream `id`, whose body is the run of items.
+    pub(crate) fn finish_stream_items(self, id: u64) -> Frame {
+        self.finish_item_tagged(TAG_STREAM_ITEMS, id)
     }
 
     /// Finishes a `PackedStreamItem` frame of stream `id` (the body is packed).

@@ -312,6 +312,14 @@ impl<T: Transport> Driver<T> {
                     .on_item(id, Body::Plain(body), &mut self.unsent);
                 Ok(())
             }
+            Message::StreamItems { id, items } => {
+                crate::streaming::check_run(items)
+                    .map_err(|what| RpcError::protocol(format!("the server sent {what}")))?;
+                let span = crate::streaming::span(&frame, items);
+                let run = crate::streaming::narrow(frame, span);
+                self.streams.on_run(id, run, &mut self.unsent);
+                Ok(())
+            }
             Message::StreamEnd { id, status } => {
                 // The server ended its side: whatever this side still sends is moot.
                 self.streams.on_end(id, status, true);

@@ -395,6 +395,15 @@ impl<S: Service> Connection<S> {
                     .on_item(id, Body::Plain(body), &mut self.unsent);
                 Ok(())
             }
+            Message::StreamItems { id, items } => {
+                crate::streaming::check_run(items).map_err(|what| {
+                    End::Goodbye(ErrorKind::Protocol, format!("the client sent {what}"))
+                })?;
+                let span = crate::streaming::span(&frame, items);
+                let run = crate::streaming::narrow(frame, span);
+                self.streams.on_run(id, run, &mut self.unsent);
+                Ok(())
+            }
             Message::StreamEnd { id, status } => {
                 // The client's argument stream ended; the call goes on.
                 self.streams.on_end(id, status, false);

@@ -20,9 +20,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Sleep;
 
-use super::inbox::{Inbox, Notice, Notices, RemoteStream};
+use super::inbox::{Arrived, Inbox, Notice, Notices, RemoteStream};
 use super::pump::{ItemSource, Pumps};
-use super::{CreditMode, BYTE_CREDIT};
+use super::{CreditMode, BYTE_CREDIT, ITEM_RUNS};
 use crate::compress::Body;
 use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
@@ -148,7 +148,7 @@ pub(crate) struct StreamEngine<H = RandomState> {
     /// Items read for one stream in this pass of the connection's loop, not yet handed to
     /// its inbox: a run of items of one stream goes in at once (see [`flush`](Self::flush)).
     arrived: Option<u64>,
-    arrived_items: Vec<Body>,
+    arrived_items: Vec<Arrived>,
     /// Streams failed by their items (a sender beyond its credit, or the connection's window
     /// full) whose sender is still to be told to stop.
     refused: Vec<u64>,
@@ -181,12 +181,13 @@ impl StreamEngine {
     }
 
     /// The client's announcement: it grants credit whenever a consumer waits (so the
-    /// server may pace by bytes), and credits its streams in bytes if the server does too
-    /// ([`BYTE_CREDIT`]). Sent right after `Hello`.
+    /// server may pace by bytes), credits its streams in bytes if the server does too
+    /// ([`BYTE_CREDIT`]), and reads runs of items ([`ITEM_RUNS`]). Sent right after
+    /// `Hello`.
     pub(crate) fn announcement() -> Bytes {
         Message::Credit {
             id: CONNECTION_ID,
-            items: BYTE_CREDIT,
+            items: BYTE_CREDIT | ITEM_RUNS,
         }
         .to_frame()
     }
@@ -248,32 +249,44 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// second announcement that goes before anything about a call), or anything else
     /// (items, as before). The client waits for that answer: it credits bytes if it comes,
     /// and items from the first frame about a call without it (a server that does not know
-    /// the flag); the server's first announcement and pings settle nothing.
+    /// the flag); the server's first announcement and pings settle nothing. Runs of items
+    /// ([`ITEM_RUNS`]) are settled the same way, and only together with byte credit: the
+    /// server answers with the flag if the client set it, and each sends runs only then.
     #[cold]
     pub(crate) fn settle(&mut self, message: &Message<'_>, unsent: &mut Outgoing) {
-        let flagged = match *message {
+        let flags = match *message {
             Message::Credit {
                 id: CONNECTION_ID,
                 items,
-            } => Some(items & BYTE_CREDIT != 0),
+            } => Some(items),
             _ => None,
         };
+        let flagged = flags.map(|flags| flags & BYTE_CREDIT != 0);
+        // Runs come with byte credit: a peer that reads them credits bytes too.
+        let runs =
+            flags.is_some_and(|flags| flags & (BYTE_CREDIT | ITEM_RUNS) == BYTE_CREDIT | ITEM_RUNS);
         self.pumps.mode = if !self.client {
             if flagged == Some(true) {
+                // The answer says what this side does of what the client offered.
+                let answer = BYTE_CREDIT | if runs { ITEM_RUNS } else { 0 };
                 unsent.push(
                     Message::Credit {
                         id: CONNECTION_ID,
-                        items: BYTE_CREDIT,
+                        items: answer,
                     }
                     .to_frame(),
                 );
+                self.pumps.runs = runs;
                 CreditMode::Bytes
             } else {
                 CreditMode::Items
             }
         } else {
             match (flagged, message) {
-                (Some(true), _) => CreditMode::Bytes,
+                (Some(true), _) => {
+                    self.pumps.runs = runs;
+                    CreditMode::Bytes
+                }
                 (Some(false), _) | (None, Message::Ping { .. } | Message::Pong { .. }) => {
                     CreditMode::Pending
                 }
@@ -360,6 +373,21 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// when the connection's loop next polls this engine.
     #[inline]
     pub(crate) fn on_item(&mut self, id: u64, body: Body, unsent: &mut Outgoing) {
+        self.arrive(id, Arrived::One(body), unsent);
+    }
+
+    /// A `StreamItems` of call `id` arrived: `run` (a slice of its frame, which
+    /// [`check_run`](super::check_run) accepted) joins the items read for its stream as
+    /// [`on_item`](Self::on_item) does.
+    #[inline]
+    pub(crate) fn on_run(&mut self, id: u64, run: Bytes, unsent: &mut Outgoing) {
+        if !run.is_empty() {
+            self.arrive(id, Arrived::Run(run), unsent);
+        }
+    }
+
+    #[inline]
+    fn arrive(&mut self, id: u64, items: Arrived, unsent: &mut Outgoing) {
         if self.arrived != Some(id) {
             self.flush(Some(unsent));
             if !self.inboxes.contains_key(&id) {
@@ -368,7 +396,7 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
             }
             self.arrived = Some(id);
         }
-        self.arrived_items.push(body);
+        self.arrived_items.push(items);
     }
 
     /// Hands the items read for one stream to its inbox. Every other way of touching the

@@ -16,6 +16,7 @@ use crate::compress::Body;
 
 use super::engine::ConnectionWindow;
 use super::pump::charge;
+use super::run;
 use super::{byte_window, ITEM_OVERHEAD, WINDOW};
 use crate::deadline::Deadline;
 use crate::error::RpcError;
@@ -89,6 +90,37 @@ impl Notices {
     }
 }
 
+/// Items as they arrived: one item's frame, or a run of them (see `super::run`), which
+/// stays one buffer until its consumer takes the items one by one.
+pub(crate) enum Arrived {
+    One(Body),
+    Run(Bytes),
+}
+
+/// The next item of `queue`, taken off its front.
+fn next_item(queue: &mut VecDeque<Arrived>) -> Option<Body> {
+    loop {
+        match queue.front_mut()? {
+            Arrived::One(_) => {
+                return match queue.pop_front() {
+                    Some(Arrived::One(body)) => Some(body),
+                    _ => None,
+                }
+            }
+            Arrived::Run(run) => {
+                let item = run::split_next(run);
+                if run.is_empty() || item.is_none() {
+                    queue.pop_front();
+                }
+                // A run was checked whole when it arrived: `None` cannot happen.
+                if let Some(item) = item {
+                    return Some(Body::Plain(item));
+                }
+            }
+        }
+    }
+}
+
 /// Why an arriving item was not taken into an inbox.
 #[derive(Debug)]
 pub(crate) enum Refused {
@@ -115,7 +147,7 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 struct InboxState {
     /// Items pushed and not yet moved to the consumer.
-    items: VecDeque<Body>,
+    items: VecDeque<Arrived>,
     /// Body bytes counted in the connection's window: of the items received that the
     /// consumer has not reported taken (those here and those in its queue).
     held: usize,
@@ -147,7 +179,7 @@ impl Inbox {
     /// the stream is failed: the sender must be told to stop.
     pub(crate) fn push(
         &self,
-        items: impl IntoIterator<Item = Body>,
+        items: impl IntoIterator<Item = Arrived>,
         bytes: bool,
     ) -> Result<(), Refused> {
         let mut state = lock(&self.state);
@@ -156,38 +188,45 @@ impl Inbox {
         }
         let mut admission = self.window.admission();
         let mut refused = None;
-        for item in items {
-            // Counted as received: a compressed item is held compressed until its consumer
-            // takes (and opens) it.
-            let len = item.wire_len();
-            let cost = if bytes { charge(len) } else { 1 };
-            // What the consumer took is reported before credit for it is granted, so a
-            // sender within its credit never finds this count past the window (one item
-            // alone always fits).
-            let over = if bytes {
-                state.held_credit > 0 && state.held_credit + cost > byte_window(state.opened)
-            } else {
-                state.held_credit >= u64::from(WINDOW)
-            };
-            if over {
-                state.end = Some(Err(over_credit(bytes, state.opened)));
-                state.items.clear();
-                self.failed.store(true, Ordering::Release);
-                drop(admission);
-                self.window.release(std::mem::take(&mut state.held));
-                refused = Some(Refused::OverCredit);
-                break;
+        'items: for arrived in items {
+            match arrived {
+                Arrived::One(item) => {
+                    // Counted as received: a compressed item is held compressed until its
+                    // consumer takes (and opens) it.
+                    if let Err(why) =
+                        self.take_in(&mut state, &mut admission, item.wire_len(), bytes)
+                    {
+                        refused = Some(why);
+                        break;
+                    }
+                    state.items.push_back(Arrived::One(item));
+                }
+                Arrived::Run(items) => {
+                    let mut rest = &items[..];
+                    while !rest.is_empty() {
+                        let taken = items.len() - rest.len();
+                        let Some(item) = run::next(&mut rest) else {
+                            break; // cannot happen: the run was checked whole
+                        };
+                        if let Err(why) =
+                            self.take_in(&mut state, &mut admission, item.len(), bytes)
+                        {
+                            if matches!(why, Refused::OverWindow) && taken > 0 {
+                                // The items before it are still delivered.
+                                state.items.push_back(Arrived::Run(items.slice(..taken)));
+                            }
+                            refused = Some(why);
+                            break 'items;
+                        }
+                    }
+                    state.items.push_back(Arrived::Run(items));
+                }
             }
-            if !admission.admit(len) {
-                // The items already here are still delivered; the error comes after them.
-                state.end = Some(Err(self.window.full_error()));
-                refused = Some(Refused::OverWindow);
-                break;
-            }
-            state.bytes = bytes;
-            state.held += len;
-            state.held_credit += cost;
-            state.items.push_back(item);
+        }
+        drop(admission);
+        if matches!(refused, Some(Refused::OverCredit)) {
+            state.items.clear();
+            self.window.release(std::mem::take(&mut state.held));
         }
         let waker = state.consumer.take();
         drop(state);
@@ -195,6 +234,40 @@ impl Inbox {
             waker.wake();
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Counts an item of `len` body bytes in, credited in bytes (`bytes`) or items; on
+    /// `Err` the stream is ended with the error, and takes nothing more.
+    fn take_in(
+        &self,
+        state: &mut InboxState,
+        admission: &mut super::engine::Admission<'_>,
+        len: usize,
+        bytes: bool,
+    ) -> Result<(), Refused> {
+        let cost = if bytes { charge(len) } else { 1 };
+        // What the consumer took is reported before credit for it is granted, so a
+        // sender within its credit never finds this count past the window (one item
+        // alone always fits).
+        let over = if bytes {
+            state.held_credit > 0 && state.held_credit + cost > byte_window(state.opened)
+        } else {
+            state.held_credit >= u64::from(WINDOW)
+        };
+        if over {
+            state.end = Some(Err(over_credit(bytes, state.opened)));
+            self.failed.store(true, Ordering::Release);
+            return Err(Refused::OverCredit);
+        }
+        if !admission.admit(len) {
+            // The items already here are still delivered; the error comes after them.
+            state.end = Some(Err(self.window.full_error()));
+            return Err(Refused::OverWindow);
+        }
+        state.bytes = bytes;
+        state.held += len;
+        state.held_credit += cost;
+        Ok(())
     }
 
     /// The stream ended (after the items already pushed).
@@ -259,7 +332,7 @@ impl Drop for Inbox {
 #[derive(Default)]
 struct Taken {
     /// Items moved out of the inbox, not taken yet.
-    batch: VecDeque<Body>,
+    batch: VecDeque<Arrived>,
     /// The peer credits bytes.
     bytes: bool,
     /// Byte credit was granted once (see `InboxState::opened`).
@@ -291,7 +364,7 @@ impl Inbox {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Body, RpcError>>> {
         if !taken.batch.is_empty() && !self.failed.load(Ordering::Acquire) {
-            if let Some(item) = taken.batch.pop_front() {
+            if let Some(item) = next_item(&mut taken.batch) {
                 let len = item.wire_len();
                 let cost = if taken.bytes { charge(len) } else { 1 };
                 taken.unreported_bytes += len;
@@ -315,7 +388,7 @@ impl Inbox {
             }
             std::mem::swap(&mut taken.batch, &mut state.items);
             taken.bytes = state.bytes;
-            if let Some(item) = taken.batch.pop_front() {
+            if let Some(item) = next_item(&mut taken.batch) {
                 let len = item.wire_len();
                 taken.unreported_bytes += len;
                 taken.unreported_credit += if taken.bytes { charge(len) } else { 1 };

@@ -21,6 +21,7 @@
 mod engine;
 mod inbox;
 mod pump;
+mod run;
 
 use std::fmt;
 use std::pin::Pin;
@@ -37,6 +38,7 @@ pub(crate) use inbox::StreamEnded;
 pub(crate) use inbox::{Inbox, Notice};
 pub(crate) use pump::Encoding;
 pub use pump::ItemSource;
+pub(crate) use run::{check as check_run, ITEM_RUNS};
 
 /// The item window: the most items a receiver holds per stream before the sender must wait
 /// for credit, on a connection whose peer does not credit bytes (a peer of the previous

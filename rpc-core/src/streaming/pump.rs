@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::BodyWriter;
 use futures::StreamExt;
 
+use super::run::{RUN_HEAD_MAX, RUN_ITEM_MAX};
 use super::{byte_window, CreditMode, Streaming, ITEM_OVERHEAD, WINDOW};
 use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::deadline::Deadline;
@@ -19,6 +20,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
+use crate::varint;
 use std::future::Future;
 use tokio::task::JoinHandle;
 
@@ -77,16 +79,27 @@ pub(crate) struct Packing {
 }
 
 pub(super) trait Source: Send {
-    /// The next item as a `StreamItem` frame of stream `id`, an error that ends the stream,
-    /// or its end.
-    /// Small frames are built in the spare capacity of `arena`, many to an allocation.
+    /// The next item of stream `id`: a `StreamItem` frame of its own, or (with `scratch`,
+    /// when the peer reads runs) a small plain body left in `scratch` for a run; an error
+    /// that ends the stream; or its end.
+    /// Frames of their own are built in the spare capacity of `arena`, many to an
+    /// allocation, when there is no `scratch`.
     fn poll_frame(
         &mut self,
         id: u64,
         packing: Packing,
         arena: &mut BytesMut,
+        scratch: Option<&mut FrameBuilder>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<ItemFrame, RpcError>>>;
+    ) -> Poll<Option<Result<Made, RpcError>>>;
+}
+
+/// What a [`Source`] made of its next item.
+pub(super) enum Made {
+    /// A frame of its own.
+    Frame(ItemFrame),
+    /// A body for a run, in the `scratch` builder the source was given.
+    Small,
 }
 
 /// A `Streaming<T>` with the function that encodes its items.
@@ -98,64 +111,90 @@ pub(crate) struct Encoding<T> {
     pub(super) packing: Option<JoinHandle<ItemFrame>>,
 }
 
+/// Encodes `item` into `builder`; a panicking encoder is an error, not a dead connection.
+fn encode_into<T>(
+    encode: fn(T, &mut BodyWriter<'_>) -> Result<(), RpcError>,
+    item: T,
+    builder: &mut FrameBuilder,
+) -> Result<(), RpcError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        encode(item, &mut builder.writer())
+    }))
+    .unwrap_or_else(|_| {
+        Err(RpcError::new(
+            ErrorKind::Internal,
+            "encoding a stream item panicked",
+        ))
+    })
+}
+
 impl<T> Source for Encoding<T> {
     fn poll_frame(
         &mut self,
         id: u64,
         packing: Packing,
         arena: &mut BytesMut,
+        scratch: Option<&mut FrameBuilder>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<ItemFrame, RpcError>>> {
+    ) -> Poll<Option<Result<Made, RpcError>>> {
         if let Some(job) = &mut self.packing {
             let done = std::task::ready!(Pin::new(job).poll(cx));
             self.packing = None;
-            return Poll::Ready(Some(done.map_err(|_| {
+            return Poll::Ready(Some(done.map(Made::Frame).map_err(|_| {
                 RpcError::new(ErrorKind::Internal, "compressing a stream item failed")
             })));
         }
-        match self.stream.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(item))) => {
+        let item = match self.stream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(item))) => item,
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let Packing {
+            packer,
+            max_frame_size,
+        } = packing;
+        let builder = match scratch {
+            Some(scratch) => {
+                if let Err(err) = encode_into(self.encode, item, scratch) {
+                    scratch.reset();
+                    return Poll::Ready(Some(Err(err)));
+                }
+                if scratch.is_plain_under(RUN_ITEM_MAX)
+                    && !packer.is_some_and(|p| p.wants(scratch.body_len()))
+                {
+                    return Poll::Ready(Some(Ok(Made::Small)));
+                }
+                std::mem::replace(scratch, FrameBuilder::new())
+            }
+            None => {
                 let mut builder = FrameBuilder::in_arena(arena);
-                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (self.encode)(item, &mut builder.writer())
-                }))
-                .unwrap_or_else(|_| {
-                    Err(RpcError::new(
-                        ErrorKind::Internal,
-                        "encoding a stream item panicked",
-                    ))
-                });
+                let encoded = encode_into(self.encode, item, &mut builder);
                 builder.detach(arena);
                 if let Err(err) = encoded {
                     return Poll::Ready(Some(Err(err)));
                 }
-                let Packing {
-                    packer,
-                    max_frame_size,
-                } = packing;
-                let large = packer.is_some_and(|p| p.wants(builder.body_len()))
-                    && builder.body_len() > INLINE_PACK_LIMIT;
-                if !large {
-                    return Poll::Ready(Some(Ok(ItemFrame::build(
-                        builder,
-                        id,
-                        packer,
-                        max_frame_size,
-                    ))));
-                }
-                // This runs on the connection's I/O task: a large item is compressed on the
-                // blocking pool instead, and this stream waits for it (its later items
-                // cannot overtake it), while the connection's other calls go on.
-                let job = tokio::task::spawn_blocking(move || {
-                    ItemFrame::build(builder, id, packer, max_frame_size)
-                });
-                self.packing = Some(job);
-                self.poll_frame(id, packing, arena, cx)
+                builder
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        };
+        let large = packer.is_some_and(|p| p.wants(builder.body_len()))
+            && builder.body_len() > INLINE_PACK_LIMIT;
+        if !large {
+            return Poll::Ready(Some(Ok(Made::Frame(ItemFrame::build(
+                builder,
+                id,
+                packer,
+                max_frame_size,
+            )))));
         }
+        // This runs on the connection's I/O task: a large item is compressed on the
+        // blocking pool instead, and this stream waits for it (its later items cannot
+        // overtake it), while the connection's other calls go on.
+        let job = tokio::task::spawn_blocking(move || {
+            ItemFrame::build(builder, id, packer, max_frame_size)
+        });
+        self.packing = Some(job);
+        self.poll_frame(id, packing, arena, None, cx)
     }
 }
 
@@ -235,26 +274,26 @@ impl Pump {
 
     /// Whether the byte window and the pacing (if `paced`) let `item` go now, given `sent`
     /// unacknowledged body bytes on the connection. One item may always be out alone.
-    fn allows(&self, mode: CreditMode, paced: bool, item: &ItemFrame, sent: usize) -> bool {
+    fn allows(&self, mode: CreditMode, paced: bool, body: usize, sent: usize) -> bool {
         let stream = match mode {
             CreditMode::Items if !paced => return true,
             CreditMode::Items => {
-                self.unacked_bytes == 0 || self.unacked_bytes + item.body <= PACED_STREAM_BYTES
+                self.unacked_bytes == 0 || self.unacked_bytes + body <= PACED_STREAM_BYTES
             }
             CreditMode::Bytes | CreditMode::Pending => {
                 let outstanding = self.outstanding();
-                outstanding == 0 || outstanding + charge(item.body) <= byte_window(self.opened)
+                outstanding == 0 || outstanding + charge(body) <= byte_window(self.opened)
             }
         };
-        stream && (!paced || sent == 0 || sent + item.body <= PACED_CONNECTION_BYTES)
+        stream && (!paced || sent == 0 || sent + body <= PACED_CONNECTION_BYTES)
     }
 
-    /// Counts `item` as sent and not credited back yet.
-    fn record(&mut self, item: &ItemFrame) {
-        self.sent.charge += charge(item.body);
-        self.sent.body += item.body as u64;
+    /// Counts an item of `body` bytes as sent and not credited back yet.
+    fn record(&mut self, body: usize) {
+        self.sent.charge += charge(body);
+        self.sent.body += body as u64;
         self.unacked.push_back(self.sent);
-        self.unacked_bytes += item.body;
+        self.unacked_bytes += body;
     }
 
     /// The oldest `n` items unacknowledged were credited back (or `n` is how many items
@@ -293,8 +332,13 @@ pub(crate) struct Pumps {
     pub(super) max_frame_size: usize,
     /// How items are compressed, once the connection agreed on a codec.
     pub(super) packer: Option<Packer>,
-    /// Spare buffer space that item frames are built in (see `FrameBuilder::in_arena`).
+    /// Spare buffer space that item frames and runs are built in (see
+    /// `FrameBuilder::in_arena`).
     arena: BytesMut,
+    /// The peer reads runs of items (`StreamItems`): small items are encoded into
+    /// `scratch`, one at a time, and copied into their stream's run.
+    pub(super) runs: bool,
+    scratch: Option<FrameBuilder>,
 }
 
 impl Pumps {
@@ -307,6 +351,8 @@ impl Pumps {
             max_frame_size,
             packer: None,
             arena: BytesMut::new(),
+            runs: false,
+            scratch: None,
         }
     }
 
@@ -388,6 +434,7 @@ impl Pumps {
             if self.list.is_empty() {
                 // A connection without streams pins no buffer.
                 self.arena = BytesMut::new();
+                self.scratch = None;
             }
             waiting
         } else {
@@ -404,8 +451,15 @@ impl Pumps {
             packer: self.packer,
             max_frame_size,
         };
+        // A run's frame stays within the frame size limit, as every frame does.
+        let run_room = max_frame_size.saturating_sub(RUN_HEAD_MAX);
         let mut sent = self.unacked_bytes;
         let arena = &mut self.arena;
+        let mut scratch = if self.runs {
+            Some(self.scratch.get_or_insert_with(FrameBuilder::new))
+        } else {
+            None
+        };
         self.list.retain_mut(|pump| {
             if let Some(deadline) = &mut pump.deadline {
                 if let Poll::Ready(err) = deadline.as_mut().poll_expired(cx) {
@@ -414,53 +468,98 @@ impl Pumps {
                     return false;
                 }
             }
+            // The run this turn's small items go into, sent before anything else of the
+            // stream and at the end of its turn.
+            let mut run: Option<FrameBuilder> = None;
             let (mut items, mut bytes) = (0, 0);
             let spent = |items: u32, bytes: usize| items >= PUMP_BURST && bytes >= PUMP_BURST_BYTES;
-            while pump.has_room(mode) && !spent(items, bytes) && unsent.bytes() < limit {
-                let item = match pump.held.take() {
-                    Some(item) => item,
-                    None => match pump.source.0.poll_frame(pump.id, packing, arena, cx) {
-                        Poll::Ready(Some(Ok(item))) => item,
-                        Poll::Ready(Some(Err(err))) => {
-                            sent -= pump.unacked_bytes;
-                            unsent.push(pump.end(Err(&err)));
-                            return false;
-                        }
-                        Poll::Ready(None) => {
-                            sent -= pump.unacked_bytes;
-                            unsent.push(pump.end(Ok(())));
-                            return false;
-                        }
-                        Poll::Pending => break,
+            let ended = loop {
+                if !(pump.has_room(mode) && !spent(items, bytes) && unsent.bytes() < limit) {
+                    break None;
+                }
+                let made = match pump.held.take() {
+                    Some(item) => Made::Frame(item),
+                    None => match pump.source.0.poll_frame(
+                        pump.id,
+                        packing,
+                        arena,
+                        scratch.as_deref_mut(),
+                        cx,
+                    ) {
+                        Poll::Ready(Some(Ok(made))) => made,
+                        Poll::Ready(Some(Err(err))) => break Some(Err(err)),
+                        Poll::Ready(None) => break Some(Ok(())),
+                        Poll::Pending => break None,
                     },
                 };
+                let (body, plain) = match (&made, scratch.as_deref()) {
+                    (Made::Frame(item), _) => (item.body, item.plain),
+                    (Made::Small, Some(scratch)) => {
+                        let body = scratch.body_len();
+                        (body, FrameBuilder::stream_item_len(pump.id, body))
+                    }
+                    (Made::Small, None) => unreachable!("a run item without a scratch builder"),
+                };
                 // Uncompressed size: compression does not loosen the limit.
-                if item.plain > max_frame_size {
-                    let err = item_too_large(item.plain, max_frame_size);
-                    sent -= pump.unacked_bytes;
-                    unsent.push(pump.end(Err(&err)));
-                    return false;
+                if plain > max_frame_size {
+                    if let Some(scratch) = scratch.as_deref_mut() {
+                        scratch.reset();
+                    }
+                    break Some(Err(item_too_large(plain, max_frame_size)));
                 }
                 // A byte-credited stream counts what it sends even if the connection is not
                 // paced (it always is: the byte credit comes with the announcement).
                 if paced || mode != CreditMode::Items {
-                    if !pump.allows(mode, paced, &item, sent) {
+                    if !pump.allows(mode, paced, body, sent) {
                         // Credit for what the peer holds comes back as it is read; that
-                        // wakes this task.
-                        pump.held = Some(item);
+                        // wakes this task. A small item waits as a frame of its own.
+                        pump.held = Some(match made {
+                            Made::Frame(item) => item,
+                            Made::Small => own_frame(&mut scratch, pump.id, max_frame_size),
+                        });
                         waiting = true;
-                        break;
+                        break None;
                     }
-                    pump.record(&item);
-                    sent += item.body;
+                    pump.record(body);
+                    sent += body;
                 }
                 if mode != CreditMode::Bytes {
                     pump.credit -= 1;
                 }
                 items += 1;
-                bytes += item.frame.len();
-                pump.bytes += item.frame.len();
-                unsent.push(item.frame);
+                let len = match made {
+                    Made::Small if varint::len(body as u64) + body <= run_room => {
+                        let need = varint::len(body as u64) + body;
+                        if let Some(open) = &run {
+                            if open.body_len() + need > run_room || open.spare() < need {
+                                close_run(&mut run, arena, pump.id, unsent);
+                            }
+                        }
+                        let open = run.get_or_insert_with(|| FrameBuilder::in_arena(arena));
+                        if let Some(scratch) = scratch.as_deref_mut() {
+                            open.append_item(scratch);
+                        }
+                        need
+                    }
+                    made => {
+                        let item = match made {
+                            Made::Frame(item) => item,
+                            Made::Small => own_frame(&mut scratch, pump.id, max_frame_size),
+                        };
+                        close_run(&mut run, arena, pump.id, unsent);
+                        let len = item.frame.len();
+                        unsent.push(item.frame);
+                        len
+                    }
+                };
+                bytes += len;
+                pump.bytes += len;
+            };
+            close_run(&mut run, arena, pump.id, unsent);
+            if let Some(end) = ended {
+                sent -= pump.unacked_bytes;
+                unsent.push(pump.end(end.as_ref().map(|_| ())));
+                return false;
             }
             if spent(items, bytes) && pump.has_room(mode) {
                 // More is ready: come back after the others had their turn.
@@ -471,6 +570,26 @@ impl Pumps {
         self.unacked_bytes = sent;
         waiting
     }
+}
+
+/// Sends the run being built, if any, as a `StreamItems` frame of stream `id`.
+#[inline]
+fn close_run(run: &mut Option<FrameBuilder>, arena: &mut BytesMut, id: u64, unsent: &mut Outgoing) {
+    if let Some(mut open) = run.take() {
+        open.detach(arena);
+        unsent.push(open.finish_stream_items(id));
+    }
+}
+
+/// The small item in `scratch` as a frame of its own (one that must wait for credit, or
+/// does not fit in a run under a tiny frame size limit).
+#[cold]
+fn own_frame(scratch: &mut Option<&mut FrameBuilder>, id: u64, max_frame_size: usize) -> ItemFrame {
+    let builder = match scratch.as_deref_mut() {
+        Some(scratch) => std::mem::replace(scratch, FrameBuilder::new()),
+        None => FrameBuilder::new(),
+    };
+    ItemFrame::build(builder, id, None, max_frame_size)
 }
 
 #[cold]
