@@ -2,7 +2,8 @@
 //! fast streams of small items, the bound a consumer that stops reading puts on its
 //! producer and on its receiver's memory, a sender beyond its byte credit, and peers of the
 //! previous revision, which are credited by items (`STREAM_WINDOW`) exactly as before, in
-//! both directions.
+//! both directions; runs of small items in one frame (`StreamItems`), only to a peer that
+//! reads them.
 
 mod common;
 
@@ -189,8 +190,9 @@ fn method(name: &str) -> u32 {
 }
 
 /// What a client of this revision sends after its `Hello`: the announcement, offering byte
-/// credit (flag 256).
+/// credit (flag 256) and reading runs of items (flag 512).
 const BYTE_CREDIT: u32 = 256;
+const ITEM_RUNS: u32 = 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_stream_of_small_items_arrives_whole_and_in_order_both_ways() {
@@ -632,5 +634,140 @@ async fn a_server_of_the_previous_revision_is_credited_by_items() {
             .await;
         let got = guard(count).await.expect("the call's task").expect("count");
         assert_eq!(got, (0..window).collect::<Vec<_>>(), "{kind:?}");
+    }
+}
+
+/// Reads the frames of stream `id` to its end: its items' bodies in order, and how many
+/// `StreamItems` frames (runs) and `StreamItem` frames carried them.
+async fn stream_frames(peer: &mut RawPeer, id: u64) -> (Vec<Vec<u8>>, usize, usize) {
+    let (mut bodies, mut runs, mut singles) = (Vec::new(), 0, 0);
+    loop {
+        match peer.recv().await {
+            Some(Wire::StreamItems { id: got, items }) if got == id => {
+                runs += 1;
+                bodies.extend(wire::run_items(&items));
+            }
+            Some(Wire::StreamItem { id: got, body }) if got == id => {
+                singles += 1;
+                bodies.push(body);
+            }
+            Some(Wire::StreamEnd {
+                id: got,
+                status: Status::Ok,
+            }) if got == id => return (bodies, runs, singles),
+            other => panic!("expected the items of stream {id}, got {other:?}"),
+        }
+    }
+}
+
+/// A client that reads runs (flag 512 beside 256) is answered with both flags and gets a
+/// stream of small items many to a frame; one of the byte-credit revision without runs (256
+/// alone) gets a frame per item, as before. Either way every item arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_items_go_in_runs_only_to_a_peer_that_reads_them() {
+    // 500 items of a few bytes stay within the initial byte window: no credit is needed.
+    const N: u64 = 500;
+    for kind in LISTENERS {
+        for flags in [BYTE_CREDIT | ITEM_RUNS, BYTE_CREDIT] {
+            let (mut peer, _served) = raw_client(kind).await;
+            let announced = handshake(&mut peer, flags).await;
+            assert_eq!(
+                announced,
+                [
+                    Wire::Credit {
+                        id: u64::MAX,
+                        items: 0
+                    },
+                    Wire::Credit {
+                        id: u64::MAX,
+                        items: flags
+                    }
+                ],
+                "{kind:?}: the answer names what the client offered"
+            );
+            peer.send(&wire::request(1, method("count"), None, wire::body(&(N,))))
+                .await;
+            let (bodies, runs, singles) = stream_frames(&mut peer, 1).await;
+            let numbers: Vec<u64> = bodies.iter().map(|b| wire::decode_body(b)).collect();
+            assert_eq!(
+                numbers,
+                (0..N).collect::<Vec<_>>(),
+                "{kind:?}, flags {flags}"
+            );
+            if flags & ITEM_RUNS != 0 {
+                assert_eq!(singles, 0, "{kind:?}: small items go in runs");
+                assert!(
+                    runs < N as usize / 2,
+                    "{kind:?}: {runs} runs for {N} items: a run holds many"
+                );
+            } else {
+                assert_eq!(
+                    (runs, singles),
+                    (0, N as usize),
+                    "{kind:?}: no runs to a peer that did not ask for them"
+                );
+            }
+        }
+    }
+}
+
+/// The server takes an argument stream sent in runs, whole and in order, and a run whose
+/// last item is cut short is a protocol error that closes the connection with `Goodbye`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reads_runs_and_refuses_one_cut_short() {
+    for kind in LISTENERS {
+        let (mut peer, _served) = raw_client(kind).await;
+        handshake(&mut peer, BYTE_CREDIT | ITEM_RUNS).await;
+        peer.send(&wire::request(1, method("sum"), None, wire::body(&())))
+            .await;
+        let bodies: Vec<Vec<u8>> = (0..100u64).map(|n| wire::body(&n)).collect();
+        for chunk in bodies.chunks(30) {
+            peer.send(&Wire::StreamItems {
+                id: 1,
+                items: wire::run(chunk),
+            })
+            .await;
+        }
+        peer.send(&Wire::StreamEnd {
+            id: 1,
+            status: Status::Ok,
+        })
+        .await;
+        let tally: Tally = peer.expect_ok(1).await;
+        assert_eq!(
+            tally,
+            Tally {
+                items: 100,
+                sum: 4950,
+                error: None
+            },
+            "{kind:?}"
+        );
+
+        peer.send(&wire::request(2, method("sum"), None, wire::body(&())))
+            .await;
+        let mut cut = wire::run(&[wire::body(&1u64), wire::body(&2u64)]);
+        cut.pop();
+        peer.send(&Wire::StreamItems { id: 2, items: cut }).await;
+        loop {
+            match peer.recv().await {
+                Some(Wire::Goodbye {
+                    kind: code,
+                    message,
+                }) => {
+                    assert_eq!(code, wire::PROTOCOL, "{kind:?}: {message}");
+                    assert!(message.contains("cut short"), "{kind:?}: {message}");
+                    break;
+                }
+                // The call's own answer, as the connection goes.
+                Some(Wire::Response { id: 2, .. }) => {}
+                other => panic!("{kind:?}: expected a Goodbye, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            peer.recv().await,
+            None,
+            "{kind:?}: the connection is closed"
+        );
     }
 }

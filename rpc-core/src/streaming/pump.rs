@@ -236,10 +236,13 @@ struct Pump {
     observed: Observed,
     /// Bytes of items sent, for the call's metrics.
     bytes: usize,
-    /// For each item sent that the receiver has not granted credit back for, oldest first:
-    /// the stream's totals through it (so a credit is one look-up and an O(1) drain, not a
-    /// pop per item); the totals of everything sent; the charged bytes credited back.
+    /// For each frame sent (an item, or a run of items) that the receiver has not granted
+    /// credit back for, oldest first: the stream's totals through it (so a credit is one
+    /// look-up and an O(1) drain, not a pop per item); the totals of everything sent; the
+    /// charged bytes credited back. A run is released when credit covers all its items.
     unacked: VecDeque<SentThrough>,
+    /// Items were recorded since the last entry of `unacked`.
+    unmarked: bool,
     sent: SentThrough,
     acked_charge: u64,
     /// The receiver granted byte credit once: the stream's window is open to its full size.
@@ -289,11 +292,21 @@ impl Pump {
     }
 
     /// Counts an item of `body` bytes as sent and not credited back yet.
+    #[inline]
     fn record(&mut self, body: usize) {
         self.sent.charge += charge(body);
         self.sent.body += body as u64;
-        self.unacked.push_back(self.sent);
         self.unacked_bytes += body;
+        self.unmarked = true;
+    }
+
+    /// Closes what was recorded since the last mark as one entry of `unacked`: an item
+    /// sent in a frame of its own, or a run, whose items are credited back together.
+    #[inline]
+    fn mark(&mut self) {
+        if std::mem::take(&mut self.unmarked) {
+            self.unacked.push_back(self.sent);
+        }
     }
 
     /// The oldest `n` items unacknowledged were credited back (or `n` is how many items
@@ -373,6 +386,7 @@ impl Pumps {
             observed,
             bytes: 0,
             unacked: VecDeque::new(),
+            unmarked: false,
             sent: SentThrough { charge: 0, body: 0 },
             acked_charge: 0,
             opened: false,
@@ -532,7 +546,10 @@ impl Pumps {
                         let need = varint::len(body as u64) + body;
                         if let Some(open) = &run {
                             if open.body_len() + need > run_room || open.spare() < need {
+                                // The entry closed takes this item in too: it is credited
+                                // back with the run before it, a little later than it might.
                                 close_run(&mut run, arena, pump.id, unsent);
+                                pump.mark();
                             }
                         }
                         let open = run.get_or_insert_with(|| FrameBuilder::in_arena(arena));
@@ -546,16 +563,21 @@ impl Pumps {
                             Made::Frame(item) => item,
                             Made::Small => own_frame(&mut scratch, pump.id, max_frame_size),
                         };
-                        close_run(&mut run, arena, pump.id, unsent);
+                        if close_run(&mut run, arena, pump.id, unsent) {
+                            pump.mark();
+                        }
                         let len = item.frame.len();
                         unsent.push(item.frame);
+                        pump.mark();
                         len
                     }
                 };
                 bytes += len;
                 pump.bytes += len;
             };
-            close_run(&mut run, arena, pump.id, unsent);
+            if close_run(&mut run, arena, pump.id, unsent) {
+                pump.mark();
+            }
             if let Some(end) = ended {
                 sent -= pump.unacked_bytes;
                 unsent.push(pump.end(end.as_ref().map(|_| ())));
@@ -572,13 +594,21 @@ impl Pumps {
     }
 }
 
-/// Sends the run being built, if any, as a `StreamItems` frame of stream `id`.
+/// Sends the run being built, if any, as a `StreamItems` frame of stream `id`; whether
+/// there was one.
 #[inline]
-fn close_run(run: &mut Option<FrameBuilder>, arena: &mut BytesMut, id: u64, unsent: &mut Outgoing) {
-    if let Some(mut open) = run.take() {
-        open.detach(arena);
-        unsent.push(open.finish_stream_items(id));
-    }
+fn close_run(
+    run: &mut Option<FrameBuilder>,
+    arena: &mut BytesMut,
+    id: u64,
+    unsent: &mut Outgoing,
+) -> bool {
+    let Some(mut open) = run.take() else {
+        return false;
+    };
+    open.detach(arena);
+    unsent.push(open.finish_stream_items(id));
+    true
 }
 
 /// The small item in `scratch` as a frame of its own (one that must wait for credit, or

@@ -60,6 +60,48 @@ pub enum Wire {
     Pong {
         nonce: u64,
     },
+    PackedRequest {
+        id: u64,
+        method: u32,
+        timeout_us: Option<u64>,
+        metadata: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
+    PackedResponse {
+        id: u64,
+        body: Vec<u8>,
+    },
+    PackedStreamItem {
+        id: u64,
+        body: Vec<u8>,
+    },
+    /// A run of items: each a varint length, then that many bytes (see [`run`]).
+    StreamItems {
+        id: u64,
+        items: Vec<u8>,
+    },
+}
+
+/// The run of `bodies`, as `StreamItems` carries it.
+pub fn run(bodies: &[Vec<u8>]) -> Vec<u8> {
+    let mut run = Vec::new();
+    for body in bodies {
+        run.extend_from_slice(&self::body(&(body.len() as u64)));
+        run.extend_from_slice(body);
+    }
+    run
+}
+
+/// The bodies of the run `items`.
+pub fn run_items(mut items: &[u8]) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    while !items.is_empty() {
+        let (len, used) = bincode::decode_from_slice::<u64, _>(items, config()).expect("a length");
+        let end = used + len as usize;
+        bodies.push(items[used..end].to_vec());
+        items = &items[end..];
+    }
+    bodies
 }
 
 /// Wire codes of `ErrorKind`s.
