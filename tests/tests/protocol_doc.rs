@@ -156,9 +156,9 @@ async fn the_unary_dump_is_a_real_connection() {
 /// That server read the `Hello` as it reads any, so the client's `Hello` must still be one
 /// to it: the same method table, then one entry more, which it took for a method it lacked.
 /// The server's answer to a client that credits bytes: a second announcement, `Credit`
-/// with `CONNECTION_ID` and the flag (256).
+/// with `CONNECTION_ID` and the flags (256 and 512).
 const BYTE_CREDIT_ANSWER: [u8; 17] = [
-    0x0d, 0, 0, 0, 0x07, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0x00, 0x01,
+    0x0d, 0, 0, 0, 0x07, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0x00, 0x03,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

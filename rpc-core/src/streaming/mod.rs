@@ -2,7 +2,8 @@
 //!
 //! A method may take one `Streaming<T>` argument (the client sends items), return
 //! `Streaming<T>` (the server sends items), or both. Items travel as `StreamItem` frames of
-//! the call's id, and a stream ends with `StreamEnd` (success or an error).
+//! the call's id (small ones many to a `StreamItems` frame between peers that both read
+//! them: see the `run` module), and a stream ends with `StreamEnd` (success or an error).
 //!
 //! Flow control is by credit, per stream and direction, counted in bytes as HTTP/2 does
 //! (between two peers of this revision; they agree on it in their announcements, see
