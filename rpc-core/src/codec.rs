@@ -413,7 +413,14 @@ pub fn encode_byte_vec(value: &Vec<u8>, buf: &mut BytesMut) -> Result<(), RpcErr
 
 /// Decodes a `Vec<u8>` result through the bytes path.
 pub fn decode_byte_vec(body: &(impl AsRef<[u8]> + ?Sized)) -> Result<Vec<u8>, RpcError> {
-    decode_value::<ByteBuf>(body).map(ByteBuf::into_inner)
+    // A length and exactly that many bytes, read by hand (a stream of small `Vec<u8>` items
+    // decodes one per item); anything else goes to bincode, for its error.
+    let whole = body.as_ref();
+    let mut rest = whole;
+    match crate::varint::read(&mut rest, u64::MAX) {
+        Some(len) if len == rest.len() as u64 => Ok(rest.to_vec()),
+        _ => decode_value::<ByteBuf>(whole).map(ByteBuf::into_inner),
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub(crate) enum Arrived {
 }
 
 /// The next item of `queue`, taken off its front.
+#[inline]
 fn next_item(queue: &mut VecDeque<Arrived>) -> Option<Body> {
     loop {
         match queue.front_mut()? {

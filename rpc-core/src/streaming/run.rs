@@ -49,15 +49,21 @@ pub(crate) fn check(run: &[u8]) -> Result<(), String> {
 
 /// Takes the next item off the front of `run` (which [`check`] accepted) as bytes of its
 /// own; the last one takes `run`'s own handle on the buffer.
+#[inline]
 pub(super) fn split_next(run: &mut Bytes) -> Option<Bytes> {
     let mut rest = &run[..];
-    let len = next(&mut rest)?.len();
-    run.advance(run.len() - rest.len() - len);
-    Some(if len == run.len() {
-        std::mem::take(run)
-    } else {
-        run.split_to(len)
-    })
+    let len = usize::try_from(varint::read(&mut rest, u64::MAX)?).ok()?;
+    let head = run.len() - rest.len();
+    if len >= rest.len() {
+        if len > rest.len() {
+            return None;
+        }
+        run.advance(head);
+        return Some(std::mem::take(run));
+    }
+    let item = run.slice(head..head + len);
+    run.advance(head + len);
+    Some(item)
 }
 
 #[cfg(test)]
