@@ -92,6 +92,37 @@ pub(super) trait Source: Send {
         scratch: Option<&mut FrameBuilder>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Made, RpcError>>>;
+
+    /// Appends items of stream `id` to `run` for as long as they are small (see
+    /// [`poll_frame`](Source::poll_frame)) and fit in `room`, which counts them; returns
+    /// at the first that does not, as `poll_frame` would (a small one is left in
+    /// `scratch`), or when the stream has nothing ready, ends or fails. The per-item path
+    /// of a stream of small items: one call for a run, not one per item.
+    fn poll_more(
+        &mut self,
+        id: u64,
+        packing: Packing,
+        run: &mut FrameBuilder,
+        scratch: &mut FrameBuilder,
+        room: &mut RunRoom,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Made, RpcError>>>;
+}
+
+/// What a run may still take, and what it took, in [`Source::poll_more`].
+#[derive(Default)]
+pub(super) struct RunRoom {
+    /// Charged bytes the stream's byte window allows.
+    charge: u64,
+    /// Body bytes the connection's pacing allows.
+    paced: usize,
+    /// Bytes the run may grow by (lengths and bodies).
+    bytes: usize,
+    /// Taken: items, their body bytes, their charges, the bytes the run grew by.
+    items: u32,
+    body: usize,
+    charged: u64,
+    grew: usize,
 }
 
 /// What a [`Source`] made of its next item.
@@ -150,23 +181,12 @@ impl<T> Source for Encoding<T> {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        let Packing {
-            packer,
-            max_frame_size,
-        } = packing;
         let builder = match scratch {
-            Some(scratch) => {
-                if let Err(err) = encode_into(self.encode, item, scratch) {
-                    scratch.reset();
-                    return Poll::Ready(Some(Err(err)));
-                }
-                if scratch.is_plain_under(RUN_ITEM_MAX)
-                    && !packer.is_some_and(|p| p.wants(scratch.body_len()))
-                {
-                    return Poll::Ready(Some(Ok(Made::Small)));
-                }
-                std::mem::replace(scratch, FrameBuilder::new())
-            }
+            Some(scratch) => match self.encode_small(item, packing.packer, scratch) {
+                Ok(None) => return Poll::Ready(Some(Ok(Made::Small))),
+                Ok(Some(builder)) => builder,
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            },
             None => {
                 let mut builder = FrameBuilder::in_arena(arena);
                 let encoded = encode_into(self.encode, item, &mut builder);
@@ -177,6 +197,90 @@ impl<T> Source for Encoding<T> {
                 builder
             }
         };
+        self.own_frame(builder, id, packing, arena, cx)
+    }
+
+    fn poll_more(
+        &mut self,
+        id: u64,
+        packing: Packing,
+        run: &mut FrameBuilder,
+        scratch: &mut FrameBuilder,
+        room: &mut RunRoom,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Made, RpcError>>> {
+        if self.packing.is_some() {
+            return self.poll_frame(id, packing, &mut BytesMut::new(), Some(scratch), cx);
+        }
+        loop {
+            let item = match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(item))) => item,
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let builder = match self.encode_small(item, packing.packer, scratch) {
+                Ok(None) => {
+                    let body = scratch.body_len();
+                    let need = varint::len(body as u64) + body;
+                    let charged = charge(body);
+                    if charged > room.charge || body > room.paced || need > room.bytes {
+                        return Poll::Ready(Some(Ok(Made::Small)));
+                    }
+                    run.append_item(scratch);
+                    room.charge -= charged;
+                    room.paced -= body;
+                    room.bytes -= need;
+                    room.items += 1;
+                    room.body += body;
+                    room.charged += charged;
+                    room.grew += need;
+                    continue;
+                }
+                Ok(Some(builder)) => builder,
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            };
+            return self.own_frame(builder, id, packing, &mut BytesMut::new(), cx);
+        }
+    }
+}
+
+impl<T> Encoding<T> {
+    /// Encodes `item` into `scratch`: `None` if it is a small plain body that stays there
+    /// for a run, else the builder holding it (and `scratch` starts over).
+    #[inline]
+    fn encode_small(
+        &self,
+        item: T,
+        packer: Option<Packer>,
+        scratch: &mut FrameBuilder,
+    ) -> Result<Option<FrameBuilder>, RpcError> {
+        if let Err(err) = encode_into(self.encode, item, scratch) {
+            scratch.reset();
+            return Err(err);
+        }
+        if scratch.is_plain_under(RUN_ITEM_MAX)
+            && !packer.is_some_and(|p| p.wants(scratch.body_len()))
+        {
+            return Ok(None);
+        }
+        Ok(Some(std::mem::replace(scratch, FrameBuilder::new())))
+    }
+
+    /// The frame of its own of an item encoded in `builder`: compressed if it is worth it,
+    /// on the blocking pool if it is large.
+    fn own_frame(
+        &mut self,
+        builder: FrameBuilder,
+        id: u64,
+        packing: Packing,
+        arena: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Made, RpcError>>> {
+        let Packing {
+            packer,
+            max_frame_size,
+        } = packing;
         let large = packer.is_some_and(|p| p.wants(builder.body_len()))
             && builder.body_len() > INLINE_PACK_LIMIT;
         if !large {
@@ -298,6 +402,18 @@ impl Pump {
         self.sent.body += body as u64;
         self.unacked_bytes += body;
         self.unmarked = true;
+    }
+
+    /// Counts the items [`Source::poll_more`] put in a run, as [`record`](Self::record)
+    /// counts one.
+    #[inline]
+    fn record_run(&mut self, room: &RunRoom) {
+        if room.items > 0 {
+            self.sent.charge += room.charged;
+            self.sent.body += room.body as u64;
+            self.unacked_bytes += room.body;
+            self.unmarked = true;
+        }
     }
 
     /// Closes what was recorded since the last mark as one entry of `unacked`: an item
@@ -491,20 +607,43 @@ impl Pumps {
                 if !(pump.has_room(mode) && !spent(items, bytes) && unsent.bytes() < limit) {
                     break None;
                 }
-                let made = match pump.held.take() {
-                    Some(item) => Made::Frame(item),
-                    None => match pump.source.0.poll_frame(
-                        pump.id,
-                        packing,
-                        arena,
-                        scratch.as_deref_mut(),
-                        cx,
-                    ) {
-                        Poll::Ready(Some(Ok(made))) => made,
-                        Poll::Ready(Some(Err(err))) => break Some(Err(err)),
-                        Poll::Ready(None) => break Some(Ok(())),
-                        Poll::Pending => break None,
-                    },
+                let polled = match (pump.held.take(), run.as_mut(), scratch.as_deref_mut()) {
+                    (Some(item), _, _) => Poll::Ready(Some(Ok(Made::Frame(item)))),
+                    // A run is open (so credit is in bytes): fill it in one call.
+                    (None, Some(open), Some(scratch)) => {
+                        let mut room = RunRoom {
+                            charge: byte_window(pump.opened).saturating_sub(pump.outstanding()),
+                            paced: if paced {
+                                PACED_CONNECTION_BYTES.saturating_sub(sent)
+                            } else {
+                                usize::MAX
+                            },
+                            bytes: (run_room.saturating_sub(open.body_len()))
+                                .min(open.spare())
+                                .min(PUMP_BURST_BYTES.saturating_sub(bytes)),
+                            ..RunRoom::default()
+                        };
+                        let polled = pump
+                            .source
+                            .0
+                            .poll_more(pump.id, packing, open, scratch, &mut room, cx);
+                        pump.record_run(&room);
+                        sent += room.body;
+                        items += room.items;
+                        bytes += room.grew;
+                        pump.bytes += room.grew;
+                        polled
+                    }
+                    (None, _, scratch) => pump
+                        .source
+                        .0
+                        .poll_frame(pump.id, packing, arena, scratch, cx),
+                };
+                let made = match polled {
+                    Poll::Ready(Some(Ok(made))) => made,
+                    Poll::Ready(Some(Err(err))) => break Some(Err(err)),
+                    Poll::Ready(None) => break Some(Ok(())),
+                    Poll::Pending => break None,
                 };
                 let (body, plain) = match (&made, scratch.as_deref()) {
                     (Made::Frame(item), _) => (item.body, item.plain),
