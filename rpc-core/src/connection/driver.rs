@@ -313,11 +313,11 @@ impl<T: Transport> Driver<T> {
                 Ok(())
             }
             Message::StreamItems { id, items } => {
-                crate::streaming::check_run(items)
+                let stats = crate::streaming::check_run(items)
                     .map_err(|what| RpcError::protocol(format!("the server sent {what}")))?;
                 let span = crate::streaming::span(&frame, items);
                 let run = crate::streaming::narrow(frame, span);
-                self.streams.on_run(id, run, &mut self.unsent);
+                self.streams.on_run(id, run, stats, &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {

@@ -396,12 +396,12 @@ impl<S: Service> Connection<S> {
                 Ok(())
             }
             Message::StreamItems { id, items } => {
-                crate::streaming::check_run(items).map_err(|what| {
+                let stats = crate::streaming::check_run(items).map_err(|what| {
                     End::Goodbye(ErrorKind::Protocol, format!("the client sent {what}"))
                 })?;
                 let span = crate::streaming::span(&frame, items);
                 let run = crate::streaming::narrow(frame, span);
-                self.streams.on_run(id, run, &mut self.unsent);
+                self.streams.on_run(id, run, stats, &mut self.unsent);
                 Ok(())
             }
             Message::StreamEnd { id, status } => {

@@ -114,6 +114,16 @@ impl Admission<'_> {
         self.added += bytes;
         true
     }
+
+    /// Counts `bytes` more if they fit within the limit, without the exception for an
+    /// empty buffer (for many items at once: each but the first must fit).
+    pub(super) fn admit_all(&mut self, bytes: usize) -> bool {
+        if (self.held + self.added).saturating_add(bytes) > self.window.limit {
+            return false;
+        }
+        self.added += bytes;
+        true
+    }
 }
 
 impl Drop for Admission<'_> {
@@ -377,12 +387,18 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     }
 
     /// A `StreamItems` of call `id` arrived: `run` (a slice of its frame, which
-    /// [`check_run`](super::check_run) accepted) joins the items read for its stream as
+    /// [`check_run`](super::check_run) accepted and counted in `stats`) joins the items read for its stream as
     /// [`on_item`](Self::on_item) does.
     #[inline]
-    pub(crate) fn on_run(&mut self, id: u64, run: Bytes, unsent: &mut Outgoing) {
+    pub(crate) fn on_run(
+        &mut self,
+        id: u64,
+        run: Bytes,
+        stats: super::RunStats,
+        unsent: &mut Outgoing,
+    ) {
         if !run.is_empty() {
-            self.arrive(id, Arrived::Run(run), unsent);
+            self.arrive(id, Arrived::Run(run, stats), unsent);
         }
     }
 

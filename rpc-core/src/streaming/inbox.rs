@@ -94,7 +94,8 @@ impl Notices {
 /// stays one buffer until its consumer takes the items one by one.
 pub(crate) enum Arrived {
     One(Body),
-    Run(Bytes),
+    /// A run, with what it held when it arrived.
+    Run(Bytes, run::RunStats),
 }
 
 /// The next item of `queue`, taken off its front.
@@ -108,7 +109,7 @@ fn next_item(queue: &mut VecDeque<Arrived>) -> Option<Body> {
                     _ => None,
                 }
             }
-            Arrived::Run(run) => {
+            Arrived::Run(run, _) => {
                 let item = run::split_next(run);
                 if run.is_empty() || item.is_none() {
                     queue.pop_front();
@@ -202,7 +203,12 @@ impl Inbox {
                     }
                     state.items.push_back(Arrived::One(item));
                 }
-                Arrived::Run(items) => {
+                Arrived::Run(items, stats) => {
+                    if self.take_in_run(&mut state, &mut admission, stats, bytes) {
+                        state.items.push_back(Arrived::Run(items, stats));
+                        continue;
+                    }
+                    // Not all of it fits: item by item, to find the first that does not.
                     let mut rest = &items[..];
                     while !rest.is_empty() {
                         let taken = items.len() - rest.len();
@@ -214,13 +220,14 @@ impl Inbox {
                         {
                             if matches!(why, Refused::OverWindow) && taken > 0 {
                                 // The items before it are still delivered.
-                                state.items.push_back(Arrived::Run(items.slice(..taken)));
+                                let before = items.slice(..taken);
+                                state.items.push_back(Arrived::Run(before, stats));
                             }
                             refused = Some(why);
                             break 'items;
                         }
                     }
-                    state.items.push_back(Arrived::Run(items));
+                    state.items.push_back(Arrived::Run(items, stats));
                 }
             }
         }
@@ -235,6 +242,35 @@ impl Inbox {
             waker.wake();
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Counts a whole run in at once if all its items fit (as [`take_in`](Self::take_in)
+    /// would find them one by one); whether it did.
+    #[inline]
+    fn take_in_run(
+        &self,
+        state: &mut InboxState,
+        admission: &mut super::engine::Admission<'_>,
+        stats: run::RunStats,
+        bytes: bool,
+    ) -> bool {
+        let cost = if bytes {
+            stats.body as u64 + stats.items * u64::from(ITEM_OVERHEAD)
+        } else {
+            stats.items
+        };
+        let within = if bytes {
+            state.held_credit + cost <= byte_window(state.opened)
+        } else {
+            state.held_credit + cost <= u64::from(WINDOW)
+        };
+        if !within || !admission.admit_all(stats.body) {
+            return false;
+        }
+        state.bytes = bytes;
+        state.held += stats.body;
+        state.held_credit += cost;
+        true
     }
 
     /// Counts an item of `len` body bytes in, credited in bytes (`bytes`) or items; on

@@ -39,7 +39,7 @@ pub(crate) use inbox::StreamEnded;
 pub(crate) use inbox::{Inbox, Notice};
 pub(crate) use pump::Encoding;
 pub use pump::ItemSource;
-pub(crate) use run::{check as check_run, ITEM_RUNS};
+pub(crate) use run::{check as check_run, RunStats, ITEM_RUNS};
 
 /// The item window: the most items a receiver holds per stream before the sender must wait
 /// for credit, on a connection whose peer does not credit bytes (a peer of the previous

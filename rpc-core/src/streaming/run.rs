@@ -32,19 +32,30 @@ pub(crate) fn next<'a>(run: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(item)
 }
 
-/// Checks that a received run is a whole number of items, before any of it is taken in.
-pub(crate) fn check(run: &[u8]) -> Result<(), String> {
+/// What a run holds: how many items, and their body bytes (without their lengths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RunStats {
+    pub(crate) items: u64,
+    pub(crate) body: usize,
+}
+
+/// Checks that a received run is a whole number of items, before any of it is taken in;
+/// counts them on the way, so the receiver can take a run in at once.
+pub(crate) fn check(run: &[u8]) -> Result<RunStats, String> {
     let mut rest = run;
+    let mut stats = RunStats::default();
     while !rest.is_empty() {
-        if next(&mut rest).is_none() {
+        let Some(item) = next(&mut rest) else {
             return Err(format!(
                 "a StreamItems frame whose item at byte {} of {} is cut short",
                 run.len() - rest.len(),
                 run.len()
             ));
-        }
+        };
+        stats.items += 1;
+        stats.body += item.len();
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// Takes the next item off the front of `run` (which [`check`] accepted) as bytes of its
@@ -86,7 +97,13 @@ mod tests {
         let big = vec![7u8; 300];
         let items: [&[u8]; 4] = [b"", b"one", &big, b"x"];
         let run = run_of(&items);
-        assert_eq!(check(&run), Ok(()));
+        assert_eq!(
+            check(&run),
+            Ok(RunStats {
+                items: 4,
+                body: 304
+            })
+        );
         let mut bytes = Bytes::from(run);
         for item in items {
             assert_eq!(split_next(&mut bytes).as_deref(), Some(item));
@@ -104,7 +121,7 @@ mod tests {
             }
             assert!(check(&run[..cut]).is_err(), "cut at {cut}");
         }
-        assert_eq!(check(&run[..4]), Ok(()));
+        assert_eq!(check(&run[..4]), Ok(RunStats { items: 1, body: 3 }));
         assert!(check(&[251, 1]).is_err());
     }
 }
