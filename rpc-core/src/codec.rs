@@ -406,7 +406,10 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
 }
 
 /// Encodes a byte vector the way `#[service]` sends `Vec<u8>`: as bytes, not a sequence.
-#[allow(clippy::ptr_arg)] // the signature generated code expects for a `Vec<u8>` item
+/// For the fuzz targets and property tests (`__fuzz::codec`) only: generated code writes
+/// byte vectors with `BodyWriter::byte_vec` or `AsBytes`.
+#[cfg(feature = "__internal-hooks")]
+#[allow(clippy::ptr_arg)] // `&Vec<u8>`, as `AsBytes` takes it
 pub fn encode_byte_vec(value: &Vec<u8>, buf: &mut BytesMut) -> Result<(), RpcError> {
     encode_value(&AsBytes(value), buf)
 }
