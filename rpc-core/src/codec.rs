@@ -299,10 +299,16 @@ impl<'a> BodyReader<'a> {
     /// Takes the next byte buffer, without copying it.
     pub fn bytes(&mut self) -> Result<Bytes, RpcError> {
         let bytes = self.slice()?;
+        let (frame, part) = (self.frame.as_ptr_range(), bytes.as_ptr_range());
         Ok(if bytes.is_empty() {
             Bytes::new()
-        } else {
+        } else if frame.start <= part.start && part.end <= frame.end {
             self.frame.slice_ref(bytes)
+        } else {
+            // The body should lie in `frame` (see `new`), but `slice_ref` panics when it does
+            // not, and a panic must never be reachable from a peer's input: should a caller
+            // ever pass another buffer, the bytes are copied instead.
+            Bytes::copy_from_slice(bytes)
         })
     }
 
@@ -406,7 +412,10 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
 }
 
 /// Encodes a byte vector the way `#[service]` sends `Vec<u8>`: as bytes, not a sequence.
-#[allow(clippy::ptr_arg)] // the signature generated code expects for a `Vec<u8>` item
+/// For the fuzz targets and property tests (`__fuzz::codec`) only: generated code writes
+/// byte vectors with `BodyWriter::byte_vec` or `AsBytes`.
+#[cfg(feature = "__internal-hooks")]
+#[allow(clippy::ptr_arg)] // `&Vec<u8>`, as `AsBytes` takes it
 pub fn encode_byte_vec(value: &Vec<u8>, buf: &mut BytesMut) -> Result<(), RpcError> {
     encode_value(&AsBytes(value), buf)
 }
@@ -450,6 +459,29 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Protocol);
         let err = decode_value::<Vec<String>>(&body).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn body_reader_slices_the_frame_or_copies() {
+        // A byte array of 3 bytes: its length, then the bytes.
+        let whole = Bytes::from_static(&[3, 1, 2, 3]);
+        let take = |body: &[u8], frame: &Bytes| {
+            let mut reader = BodyReader::new(body, frame, "Bytes");
+            let bytes = reader.bytes().unwrap();
+            reader.finish().unwrap();
+            bytes
+        };
+        // In the frame: a slice of it.
+        let bytes = take(&whole, &whole);
+        assert_eq!(&bytes[..], [1, 2, 3]);
+        assert_eq!(bytes.as_ptr(), whole[1..].as_ptr());
+        // Not in the frame, or partly: a copy, where `slice_ref` would panic.
+        let copy = whole.to_vec();
+        for (body, frame) in [(&copy[..], &whole), (&whole[..], &whole.slice(..2))] {
+            let bytes = take(body, frame);
+            assert_eq!(&bytes[..], [1, 2, 3]);
+            assert_ne!(bytes.as_ptr(), body[1..].as_ptr());
+        }
     }
 
     #[test]

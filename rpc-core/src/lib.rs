@@ -124,9 +124,8 @@ pub mod __fuzz;
 pub mod __private {
     pub use crate::boxed::BoxFuture;
     pub use crate::codec::{
-        decode_byte_vec, decode_bytes, decode_value, encode_byte_vec, encode_byte_vec_item,
-        encode_bytes_item, encode_item, encode_value, AsBytes, BodyReader, BodyWriter, ByteBuf,
-        EncodeArgs, WriteArgs,
+        decode_byte_vec, decode_bytes, decode_value, encode_byte_vec_item, encode_bytes_item,
+        encode_item, encode_value, AsBytes, BodyReader, BodyWriter, ByteBuf, EncodeArgs, WriteArgs,
     };
     pub use crate::descriptor::method_index;
     pub use crate::streaming::{ItemSource, RemoteStream};

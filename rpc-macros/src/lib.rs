@@ -637,4 +637,59 @@ mod tests {
         assert!(out.contains("pub trait Files"), "{out}");
         assert!(!out.contains("FilesClient"), "{out}");
     }
+
+    #[test]
+    fn byte_buffer_methods() {
+        let out = compact_expansion(quote! {
+            pub trait Blobs {
+                async fn put(&self, key: String, data: Bytes) -> u64;
+                async fn get(&self, key: String) -> Vec<u8>;
+                #[cfg(feature = "len")]
+                async fn len(&self, key: String) -> u64;
+                async fn watch(&self, key: String) -> Streaming<Bytes>;
+            }
+        });
+        // The server decodes and encodes in one match per call: decode_request_in and
+        // encode_response_owned have an arm for every method, buffers or not.
+        let decode_in = "fndecode_request_in(&self,__rpc_fingerprint:u64,__rpc_body:&[u8],__rpc_frame:&::rpc_core::__private::Bytes,\
+             __rpc_input:::core::option::Option<::rpc_core::__private::RemoteStream>,)\
+             ->::core::result::Result<BlobsRequest,::rpc_core::RpcError>{match__rpc_fingerprint{\
+             0x6bcc_02cc_fc2a_49cd_u64=>{letmut__rpc_reader=::rpc_core::__private::BodyReader::new(__rpc_body,__rpc_frame,\"theargumentsof`put`\");\
+             letkey=__rpc_reader.value::<String>()?;letdata=__rpc_reader.bytes()?;__rpc_reader.finish()?;\
+             ::core::result::Result::Ok(BlobsRequest::Put{key,data})}\
+             0xc09e_ef08_fb22_fd07_u64=>{let(key,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
+             ::core::result::Result::Ok(BlobsRequest::Get{key})}\
+             #[cfg(feature=\"len\")]0x5272_5cb1_dbcf_856c_u64=>{let(key,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
+             ::core::result::Result::Ok(BlobsRequest::Len{key})}\
+             0xf209_0bd6_9d54_3cc0_u64=>{let(key,):(String,)=::rpc_core::__private::decode_value(__rpc_body)?;\
+             ::core::result::Result::Ok(BlobsRequest::Watch{key})}\
+             _=>::core::result::Result::Err(::rpc_core::__private::unknown_method(__rpc_fingerprint)),}}";
+        let encode_owned = "fnencode_response_owned(&self,__rpc_response:BlobsResponse,__rpc_buf:&mut::rpc_core::__private::BodyWriter<'_>,)\
+             ->::core::result::Result<(),::rpc_core::RpcError>{match__rpc_response{\
+             BlobsResponse::Put(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf.buf()),\
+             BlobsResponse::Get(__rpc_value)=>{__rpc_buf.byte_vec(__rpc_value);::core::result::Result::Ok(())}\
+             #[cfg(feature=\"len\")]BlobsResponse::Len(ref__rpc_value)=>::rpc_core::__private::encode_value(__rpc_value,__rpc_buf.buf()),\
+             BlobsResponse::Watch(_)=>::core::result::Result::Err(::rpc_core::__private::stream_not_encodable(),),}}";
+        // decode_request and encode_response are unchanged: serde for every method.
+        let decode = "0x6bcc_02cc_fc2a_49cd_u64=>{let(key,data):(String,Bytes)=::rpc_core::__private::decode_value(__rpc_body)?;\
+             ::core::result::Result::Ok(BlobsRequest::Put{key,data})}";
+        let encode = "BlobsResponse::Get(ref__rpc_value)=>::rpc_core::__private::encode_value(&::rpc_core::__private::AsBytes(__rpc_value),__rpc_buf),";
+        assert_contains_all(&out, &[decode_in, encode_owned, decode, encode]);
+        // No second match: neither falls back on its by-reference counterpart.
+        for absent in [
+            "::rpc_core::Service::decode_request(",
+            "::rpc_core::Service::encode_response(",
+        ] {
+            assert!(!out.contains(absent), "{absent} in {out}");
+        }
+        // A service without byte buffers keeps the trait's defaults.
+        let out = compact_expansion(quote! {
+            pub trait Counter {
+                async fn add(&self, n: u64) -> u64;
+            }
+        });
+        for absent in ["fndecode_request_in", "fnencode_response_owned"] {
+            assert!(!out.contains(absent), "{absent} in {out}");
+        }
+    }
 }

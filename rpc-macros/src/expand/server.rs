@@ -91,7 +91,8 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
     // makes the impl unusable instead of failing again in `decode_value`/`encode_value`.
     let bounds = wire_bounds(service);
 
-    let decode_arms = service.methods.iter().map(|method| {
+    // decode_request's arm of a method: its arguments decoded with serde.
+    let decode_arm = |method: &Method| {
         let cfgs = method.cfg_attrs();
         let fp = fingerprint_lit(method);
         let variant = &method.variant;
@@ -136,12 +137,13 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 ::core::result::Result::Ok(#request::#variant { #(#fields),* })
             }
         }
-    });
+    };
+    let decode_arms = service.methods.iter().map(decode_arm);
     let unknown = quote! {
         ::core::result::Result::Err(::rpc_core::__private::unknown_method(#fingerprint))
     };
     let decode = if service.methods.is_empty() {
-        unknown
+        unknown.clone()
     } else {
         quote! {
             match #fingerprint {
@@ -175,7 +177,8 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         }
     });
 
-    let encode_arms = service.methods.iter().map(|method| {
+    // encode_response's arm of a method, which encodes into `into` (a `&mut BytesMut`).
+    let encode_arm = |method: &Method, into: &TokenStream| {
         let cfgs = method.cfg_attrs();
         let variant = &method.variant;
         if method.output_stream.is_some() {
@@ -195,9 +198,13 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         };
         quote! {
             #(#cfgs)*
-            #response::#variant(ref #value) => ::rpc_core::__private::encode_value(#encoded, #buf),
+            #response::#variant(ref #value) => ::rpc_core::__private::encode_value(#encoded, #into),
         }
-    });
+    };
+    let encode_arms = service
+        .methods
+        .iter()
+        .map(|method| encode_arm(method, &buf.to_token_stream()));
 
     // response_stream: only a service with a server-streaming method needs more than the
     // trait's default (which gives every response back).
@@ -233,20 +240,25 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
         }
     });
 
-    // decode_request_in / encode_response_owned: only for methods with byte buffers, which
-    // are read out of the received frame and handed to the transport as they are; the rest
-    // go through decode_request and encode_response.
+    // decode_request_in / encode_response_owned: only for services with byte buffers, which
+    // are read out of the received frame and handed to the transport as they are. They have
+    // an arm for every method (those without buffers the same as decode_request's and
+    // encode_response's), so that each call is matched to its method once: the server calls
+    // only these two.
     let frame = local("frame");
     let reader = local("reader");
-    let buffer_decode_arms: Vec<_> = service
+    let has_buffer_args = |method: &Method| {
+        method
+            .body_args()
+            .any(|arg| crate::ast::is_byte_buffer(&arg.ty))
+    };
+    let decode_in_arms: Vec<_> = service
         .methods
         .iter()
-        .filter(|method| {
-            method
-                .body_args()
-                .any(|arg| crate::ast::is_byte_buffer(&arg.ty))
-        })
         .map(|method| {
+            if !has_buffer_args(method) {
+                return decode_arm(method);
+            }
             let cfgs = method.cfg_attrs();
             let fp = fingerprint_lit(method);
             let variant = &method.variant;
@@ -276,7 +288,7 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             }
         })
         .collect();
-    let decode_request_in = (!buffer_decode_arms.is_empty()).then(|| {
+    let decode_request_in = service.methods.iter().any(has_buffer_args).then(|| {
         quote! {
             fn decode_request_in(
                 &self,
@@ -286,19 +298,23 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
                 #input: ::core::option::Option<::rpc_core::__private::RemoteStream>,
             ) -> ::core::result::Result<#request, ::rpc_core::RpcError> {
                 match #fingerprint {
-                    #(#buffer_decode_arms)*
-                    _ => ::rpc_core::Service::decode_request(self, #fingerprint, #body, #input),
+                    #(#decode_in_arms)*
+                    _ => #unknown,
                 }
             }
         }
     });
-    let buffer_encode_arms: Vec<_> = service
+    let returns_buffer = |method: &Method| {
+        method.output_stream.is_none() && crate::ast::is_byte_buffer(&method.output)
+    };
+    let into_buf = quote!(#buf.buf());
+    let encode_owned_arms: Vec<_> = service
         .methods
         .iter()
-        .filter(|method| {
-            method.output_stream.is_none() && crate::ast::is_byte_buffer(&method.output)
-        })
         .map(|method| {
+            if !returns_buffer(method) {
+                return encode_arm(method, &into_buf);
+            }
             let cfgs = method.cfg_attrs();
             let variant = &method.variant;
             let write = if crate::ast::is_bytes(&method.output) {
@@ -315,18 +331,15 @@ fn service_impl(service: &Service, param: &syn::Ident) -> TokenStream {
             }
         })
         .collect();
-    let encode_response_owned = (!buffer_encode_arms.is_empty()).then(|| {
+    let encode_response_owned = service.methods.iter().any(returns_buffer).then(|| {
         quote! {
-            // The catch-all is unreachable when every method returns a byte buffer.
-            #[allow(unreachable_patterns)]
             fn encode_response_owned(
                 &self,
                 #resp: #response,
                 #buf: &mut ::rpc_core::__private::BodyWriter<'_>,
             ) -> ::core::result::Result<(), ::rpc_core::RpcError> {
                 match #resp {
-                    #(#buffer_encode_arms)*
-                    #resp => ::rpc_core::Service::encode_response(self, &#resp, #buf.buf()),
+                    #(#encode_owned_arms)*
                 }
             }
         }
