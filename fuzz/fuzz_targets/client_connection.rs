@@ -204,13 +204,15 @@ impl Heard {
                 self.ids.push(*id);
             }
             // Its announcement that it grants credit whenever a consumer waits for items.
+            // (Its `items` are flags: byte credit, runs; or the codec picked.)
             WireMessage::Credit {
                 id: __fuzz::CONNECTION_ID,
-                items: 0,
+                ..
             } => {}
             WireMessage::Cancel { id }
             | WireMessage::Credit { id, .. }
             | WireMessage::StreamItem { id, .. }
+            | WireMessage::StreamItems { id, .. }
             | WireMessage::StreamEnd { id, .. } => assert!(
                 self.seen.contains(id),
                 "the client sent a {} for call {id}, which it never made",

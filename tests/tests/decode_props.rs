@@ -90,6 +90,22 @@ fn expected(message: &Wire) -> WireMessage {
         Wire::Credit { id, items } => WireMessage::Credit { id, items },
         Wire::Ping { nonce } => WireMessage::Ping { nonce },
         Wire::Pong { nonce } => WireMessage::Pong { nonce },
+        Wire::PackedRequest {
+            id,
+            method,
+            timeout_us,
+            metadata,
+            body,
+        } => WireMessage::PackedRequest {
+            id,
+            method,
+            timeout_us,
+            metadata,
+            body,
+        },
+        Wire::PackedResponse { id, body } => WireMessage::PackedResponse { id, body },
+        Wire::PackedStreamItem { id, body } => WireMessage::PackedStreamItem { id, body },
+        Wire::StreamItems { id, items } => WireMessage::StreamItems { id, items },
     }
 }
 
@@ -149,6 +165,10 @@ fn message() -> impl Strategy<Value = Wire> {
         (any::<u64>(), any::<u32>()).prop_map(|(id, items)| Wire::Credit { id, items }),
         any::<u64>().prop_map(|nonce| Wire::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Wire::Pong { nonce }),
+        (any::<u64>(), vec(bytes(40), 0..6)).prop_map(|(id, bodies)| Wire::StreamItems {
+            id,
+            items: wire::run(&bodies)
+        }),
     ]
 }
 
