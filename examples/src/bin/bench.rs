@@ -632,7 +632,7 @@ async fn conns(n: usize) -> Result<Row, Failure> {
         .max_connections(n + 16)
         .max_connections_per_ip(n + 16);
     let stats = server.stats();
-    tokio::spawn(server.serve(listener));
+    let serving = tokio::spawn(server.serve(listener));
     // Warm the allocator and the runtime up with a first connection.
     let first = BenchClient::new(rpc_transport::tcp::connect(addr).await?);
     first.add(1, 1).await?;
@@ -654,6 +654,14 @@ async fn conns(n: usize) -> Result<Row, Failure> {
     let after = proc_status_kib("VmRSS").ok_or("cannot read /proc/self/status")?;
     let per_conn = after.saturating_sub(before) as f64 / n as f64;
     drop(clients);
+    drop(first);
+    // Thousands of connections take a while to close on both ends: wait for the server's,
+    // so that the next workload does not share the CPUs with their teardown.
+    let closed = Instant::now() + Duration::from_secs(30);
+    while stats.open_connections() > 0 && Instant::now() < closed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    serving.abort();
     Ok(Row {
         workload: "conns",
         transport: "tcp",
