@@ -35,9 +35,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The default maximum frame size, sent or received: 8 MiB (as the server's default).
 pub const DEFAULT_MAX_FRAME_SIZE: usize = rpc_core::DEFAULT_MAX_FRAME_SIZE;
 
-/// Frames smaller than this are copied into the batch buffer; larger ones are written
-/// from their own buffer (vectored), to avoid copying large payloads.
-const COPY_THRESHOLD: usize = 4 << 10;
+/// Frames (and parts) smaller than this are copied into the batch buffer; larger ones are
+/// written from their own buffer (vectored): no copy, and the batch buffer, which an idle
+/// connection keeps, stays small.
+const COPY_THRESHOLD: usize = 1 << 10;
+/// What the batch buffer grows by at least: a few small frames' worth, and no more, so
+/// an idle connection pins little (its `Hello` is written from its own buffer).
+const STAGING_MIN: usize = 256;
 /// Buffered output beyond which `poll_ready` flushes before taking more.
 const WRITE_HIGH_WATER: usize = 256 << 10;
 /// Read buffers larger than this are released once empty, so an idle connection pins at
@@ -259,6 +263,11 @@ where
     #[inline]
     fn queue_part(&mut self, part: Bytes) {
         if part.len() < COPY_THRESHOLD {
+            if self.staging.capacity() - self.staging.len() < part.len() {
+                // Room for a run of small frames at once, so that reclaiming the buffer
+                // (once what was written from it is gone) is not a per-frame step.
+                self.staging.reserve(part.len().max(STAGING_MIN));
+            }
             self.staging.extend_from_slice(&part);
         } else {
             if !self.staging.is_empty() {
