@@ -584,14 +584,32 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reads the `Hello`, then serves the connection with the service it asked for.
 async fn serve_transport<T: Transport>(
     shared: Arc<Shared>,
-    mut transport: T,
+    transport: T,
     shutdown: CancellationToken,
     _open: (stats::OpenConnection, Option<PerIpSlot>),
     peer: Peer,
 ) -> io::Result<()> {
+    // The set-up's futures (the wait for `Hello`, a refusal, the HTTP gateway) are large
+    // and done once the connection is established: boxed, so that the task of an
+    // established connection, idle most of its life, holds only the connection.
+    match Box::pin(set_up(shared, transport, shutdown, peer)).await {
+        Ok(connection) => connection.await,
+        Err(over) => over,
+    }
+}
+
+/// Reads the client's `Hello` and accepts it, giving the connection to serve, or refuses
+/// it (`Err`, with the result of the whole connection: `Ok(())` for a client that left
+/// before its `Hello`).
+async fn set_up<T: Transport>(
+    shared: Arc<Shared>,
+    mut transport: T,
+    shutdown: CancellationToken,
+    peer: Peer,
+) -> Result<futures::future::BoxFuture<'static, io::Result<()>>, io::Result<()>> {
     let first = tokio::select! {
         first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
-        () = shutdown.cancelled() => return Ok(()),
+        () = shutdown.cancelled() => return Err(Ok(())),
     };
     let frame = match first {
         Err(_) => {
@@ -599,30 +617,30 @@ async fn serve_transport<T: Transport>(
                 "no Hello within {:?} of connecting (hello_timeout)",
                 shared.config.hello_timeout
             );
-            return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
+            return Err(refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await);
         }
-        Ok(None) => return Ok(()),
+        Ok(None) => return Err(Ok(())),
         Ok(Some(Err(err))) if err.kind() == io::ErrorKind::InvalidData => {
-            return refuse(
+            return Err(refuse(
                 transport,
                 ErrorKind::Protocol,
                 err.to_string(),
                 CLOSE_TIMEOUT,
             )
-            .await;
+            .await);
         }
         Ok(Some(Err(err))) => {
             let err = match crate::transport::HttpConnection::take(err) {
                 #[cfg(feature = "http")]
                 Ok((io, buffered)) => {
-                    return http::serve(shared, io, buffered, shutdown, peer).await;
+                    return Err(http::serve(shared, io, buffered, shutdown, peer).await);
                 }
                 #[cfg(not(feature = "http"))]
                 Ok(_) => io::Error::other("an HTTP connection, and this server has no gateway"),
                 Err(err) => err,
             };
             log::failed_before_hello(&err);
-            return Err(err);
+            return Err(Err(err));
         }
         Ok(Some(Ok(frame))) => frame,
     };
@@ -632,7 +650,7 @@ async fn serve_transport<T: Transport>(
             "the Hello is {} bytes, more than this server's limit of {hello_limit} bytes",
             frame.len(),
         );
-        return refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await;
+        return Err(refuse(transport, ErrorKind::Protocol, why, CLOSE_TIMEOUT).await);
     }
     match handshake::accept(&frame, &shared.services, shared.config.compression.as_ref()) {
         Ok(handshake::Accepted {
@@ -647,7 +665,7 @@ async fn serve_transport<T: Transport>(
             };
             if let Err(err) = verdict {
                 let why = err.message().to_string();
-                return refuse(transport, err.kind(), why, CLOSE_TIMEOUT).await;
+                return Err(refuse(transport, err.kind(), why, CLOSE_TIMEOUT).await);
             }
             let context = ConnectionContext {
                 config: Arc::clone(&shared.config),
@@ -662,17 +680,15 @@ async fn serve_transport<T: Transport>(
                 ),
                 codec,
             };
-            service.serve(Box::new(transport), routes, context).await
+            Ok(service.serve(Box::new(transport), routes, context))
         }
-        Err(err) => {
-            refuse(
-                transport,
-                err.kind(),
-                err.message().to_string(),
-                CLOSE_TIMEOUT,
-            )
-            .await
-        }
+        Err(err) => Err(refuse(
+            transport,
+            err.kind(),
+            err.message().to_string(),
+            CLOSE_TIMEOUT,
+        )
+        .await),
     }
 }
 
