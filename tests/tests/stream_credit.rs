@@ -354,6 +354,21 @@ async fn handshake(peer: &mut RawPeer, items: u32) -> Vec<Wire> {
     }
 }
 
+/// What a server of this revision announces to a client that offered `flags` (byte credit,
+/// and runs): its first announcement, then its answer with the same flags.
+fn answered(flags: u32) -> [Wire; 2] {
+    [
+        Wire::Credit {
+            id: u64::MAX,
+            items: 0,
+        },
+        Wire::Credit {
+            id: u64::MAX,
+            items: flags,
+        },
+    ]
+}
+
 /// The transports a second client can connect over (a memory pair has one client end, the
 /// typed client's).
 const LISTENERS: [Kind; 3] = [Kind::MemoryListener, Kind::Tcp, Kind::Unix];
@@ -377,16 +392,7 @@ async fn a_sender_beyond_its_byte_credit_is_cut() {
         let announced = handshake(&mut peer, BYTE_CREDIT).await;
         assert_eq!(
             announced,
-            [
-                Wire::Credit {
-                    id: u64::MAX,
-                    items: 0
-                },
-                Wire::Credit {
-                    id: u64::MAX,
-                    items: BYTE_CREDIT
-                }
-            ],
+            answered(BYTE_CREDIT),
             "{kind:?}: a server of this revision answers byte credit"
         );
         peer.send(&wire::request(
@@ -673,16 +679,7 @@ async fn small_items_go_in_runs_only_to_a_peer_that_reads_them() {
             let announced = handshake(&mut peer, flags).await;
             assert_eq!(
                 announced,
-                [
-                    Wire::Credit {
-                        id: u64::MAX,
-                        items: 0
-                    },
-                    Wire::Credit {
-                        id: u64::MAX,
-                        items: flags
-                    }
-                ],
+                answered(flags),
                 "{kind:?}: the answer names what the client offered"
             );
             peer.send(&wire::request(1, method("count"), None, wire::body(&(N,))))
