@@ -94,7 +94,8 @@ impl Notices {
 /// stays one buffer until its consumer takes the items one by one.
 pub(crate) enum Arrived {
     One(Body),
-    /// A run, with what it held when it arrived.
+    /// A run, with what it held when it was taken in (the consumer splits it, and reads
+    /// only its bytes).
     Run(Bytes, run::RunStats),
 }
 
@@ -165,6 +166,17 @@ struct InboxState {
     consumer: Option<Waker>,
 }
 
+impl InboxState {
+    /// Counts in items admitted: their body bytes, and their cost in the stream's credit
+    /// (credited in bytes if `bytes`).
+    #[inline]
+    fn count_in(&mut self, bytes: bool, body: usize, cost: u64) {
+        self.bytes = bytes;
+        self.held += body;
+        self.held_credit += cost;
+    }
+}
+
 impl Inbox {
     pub(crate) fn new(id: u64, notices: Arc<Notices>, window: Arc<ConnectionWindow>) -> Arc<Inbox> {
         Arc::new(Inbox {
@@ -210,6 +222,7 @@ impl Inbox {
                     }
                     // Not all of it fits: item by item, to find the first that does not.
                     let mut rest = &items[..];
+                    let mut before = run::RunStats::default();
                     while !rest.is_empty() {
                         let taken = items.len() - rest.len();
                         let Some(item) = run::next(&mut rest) else {
@@ -220,12 +233,14 @@ impl Inbox {
                         {
                             if matches!(why, Refused::OverWindow) && taken > 0 {
                                 // The items before it are still delivered.
-                                let before = items.slice(..taken);
-                                state.items.push_back(Arrived::Run(before, stats));
+                                let run = items.slice(..taken);
+                                state.items.push_back(Arrived::Run(run, before));
                             }
                             refused = Some(why);
                             break 'items;
                         }
+                        before.items += 1;
+                        before.body += item.len();
                     }
                     state.items.push_back(Arrived::Run(items, stats));
                 }
@@ -267,9 +282,7 @@ impl Inbox {
         if !within || !admission.admit_all(stats.body) {
             return false;
         }
-        state.bytes = bytes;
-        state.held += stats.body;
-        state.held_credit += cost;
+        state.count_in(bytes, stats.body, cost);
         true
     }
 
@@ -301,9 +314,7 @@ impl Inbox {
             state.end = Some(Err(self.window.full_error()));
             return Err(Refused::OverWindow);
         }
-        state.bytes = bytes;
-        state.held += len;
-        state.held_credit += cost;
+        state.count_in(bytes, len, cost);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::BodyWriter;
 use futures::StreamExt;
 
-use super::run::{RUN_HEAD_MAX, RUN_ITEM_MAX};
+use super::run::{item_len, RUN_HEAD_MAX, RUN_ITEM_MAX};
 use super::{byte_window, CreditMode, Streaming, ITEM_OVERHEAD, WINDOW};
 use crate::compress::{Packer, INLINE_PACK_LIMIT};
 use crate::deadline::Deadline;
@@ -20,7 +20,6 @@ use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
 use crate::outgoing::Outgoing;
 use crate::protocol::FrameBuilder;
-use crate::varint;
 use std::future::Future;
 use tokio::task::JoinHandle;
 
@@ -222,7 +221,7 @@ impl<T> Source for Encoding<T> {
             let builder = match self.encode_small(item, packing.packer, scratch) {
                 Ok(None) => {
                     let body = scratch.body_len();
-                    let need = varint::len(body as u64) + body;
+                    let need = item_len(body);
                     let charged = charge(body);
                     if charged > room.charge || body > room.paced || need > room.bytes {
                         return Poll::Ready(Some(Ok(Made::Small)));
@@ -395,25 +394,14 @@ impl Pump {
         stream && (!paced || sent == 0 || sent + body <= PACED_CONNECTION_BYTES)
     }
 
-    /// Counts an item of `body` bytes as sent and not credited back yet.
+    /// Counts items sent and not credited back yet: their charges and body bytes (one
+    /// item, or those [`Source::poll_more`] put in a run).
     #[inline]
-    fn record(&mut self, body: usize) {
-        self.sent.charge += charge(body);
+    fn record(&mut self, charged: u64, body: usize) {
+        self.sent.charge += charged;
         self.sent.body += body as u64;
         self.unacked_bytes += body;
         self.unmarked = true;
-    }
-
-    /// Counts the items [`Source::poll_more`] put in a run, as [`record`](Self::record)
-    /// counts one.
-    #[inline]
-    fn record_run(&mut self, room: &RunRoom) {
-        if room.items > 0 {
-            self.sent.charge += room.charged;
-            self.sent.body += room.body as u64;
-            self.unacked_bytes += room.body;
-            self.unmarked = true;
-        }
     }
 
     /// Closes what was recorded since the last mark as one entry of `unacked`: an item
@@ -627,7 +615,9 @@ impl Pumps {
                             .source
                             .0
                             .poll_more(pump.id, packing, open, scratch, &mut room, cx);
-                        pump.record_run(&room);
+                        if room.items > 0 {
+                            pump.record(room.charged, room.body);
+                        }
                         sent += room.body;
                         items += room.items;
                         bytes += room.grew;
@@ -673,7 +663,7 @@ impl Pumps {
                         waiting = true;
                         break None;
                     }
-                    pump.record(body);
+                    pump.record(charge(body), body);
                     sent += body;
                 }
                 if mode != CreditMode::Bytes {
@@ -681,8 +671,8 @@ impl Pumps {
                 }
                 items += 1;
                 let len = match made {
-                    Made::Small if varint::len(body as u64) + body <= run_room => {
-                        let need = varint::len(body as u64) + body;
+                    Made::Small if item_len(body) <= run_room => {
+                        let need = item_len(body);
                         if let Some(open) = &run {
                             if open.body_len() + need > run_room || open.spare() < need {
                                 // The entry closed takes this item in too: it is credited

@@ -21,6 +21,12 @@ pub(super) const RUN_ITEM_MAX: usize = crate::codec::SPLICE_MIN;
 /// What a run's frame head takes at most: the tag, the stream id and the run's length.
 pub(super) const RUN_HEAD_MAX: usize = 1 + 9 + 5;
 
+/// What an item of `body` bytes takes in a run: its length, then the body.
+#[inline]
+pub(super) fn item_len(body: usize) -> usize {
+    varint::len(body as u64) + body
+}
+
 /// Splits the next item's body off the front of `run`; `None` when it is cut short.
 pub(crate) fn next<'a>(run: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = usize::try_from(varint::read(run, u64::MAX)?).ok()?;
