@@ -1,7 +1,7 @@
 //! The client connection's I/O task: writes queued frames in batches, routes responses, and
 //! runs the connection's streams.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +27,15 @@ const READ_BUDGET: usize = 128;
 const DRAIN_AFTER_WRITE_FAILURE: usize = 8 * READ_BUDGET;
 
 /// Runs the connection until it breaks or every handle is gone.
-pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: ClientStreams, transport: T) {
+pub(super) fn run<T: Transport>(
+    shared: Arc<Shared>,
+    streams: ClientStreams,
+    transport: T,
+) -> impl Future<Output = ()> + Send {
+    // A task is as large as its largest state, and this one spends its life polling the
+    // driver. So the driver is built here and moved into the future as is (an async fn
+    // would keep room for its arguments, or for a `mut self`, next to it), and the close,
+    // whose timer and write are larger than the driver, is boxed.
     let mut driver = Driver {
         keepalive: shared.keepalive.map(KeepaliveTimer::new),
         shared,
@@ -37,25 +45,11 @@ pub(super) async fn run<T: Transport>(shared: Arc<Shared>, streams: ClientStream
         heard: false,
         streams,
     };
-    let outcome = poll_fn(|cx| driver.poll(cx)).await;
-    let Driver {
-        shared,
-        mut transport,
-        peer_left,
-        mut streams,
-        ..
-    } = driver;
-    let (err, goodbye) = match outcome {
-        Ok(()) => (RpcError::disconnected("the client was dropped"), None),
-        Err(err) => {
-            let goodbye = (err.kind() == ErrorKind::Protocol && !peer_left)
-                .then(|| protocol::goodbye_frame(ErrorKind::Protocol, err.message()));
-            (err, goodbye)
-        }
-    };
-    streams.close(&err);
-    shared.close(err);
-    close_with(&mut transport, goodbye, CLOSE_TIMEOUT).await;
+    async move {
+        let outcome = poll_fn(|cx| driver.poll(cx)).await;
+        let close = Box::pin(driver.close(outcome));
+        close.await;
+    }
 }
 
 struct Driver<T> {
@@ -73,6 +67,29 @@ struct Driver<T> {
 }
 
 impl<T: Transport> Driver<T> {
+    /// Fails what is still waiting with the reason the connection ended, tells the server
+    /// about a protocol error (unless it left), and closes the transport.
+    async fn close(self, outcome: Result<(), RpcError>) {
+        let Driver {
+            shared,
+            mut transport,
+            peer_left,
+            mut streams,
+            ..
+        } = self;
+        let (err, goodbye) = match outcome {
+            Ok(()) => (RpcError::disconnected("the client was dropped"), None),
+            Err(err) => {
+                let goodbye = (err.kind() == ErrorKind::Protocol && !peer_left)
+                    .then(|| protocol::goodbye_frame(ErrorKind::Protocol, err.message()));
+                (err, goodbye)
+            }
+        };
+        streams.close(&err);
+        shared.close(err);
+        close_with(&mut transport, goodbye, CLOSE_TIMEOUT).await;
+    }
+
     /// `Ready(Ok)` once released and drained; `Ready(Err)` when the connection is gone.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RpcError>> {
         loop {

@@ -80,12 +80,12 @@ enum End {
     Goodbye(ErrorKind, String),
 }
 
-pub(crate) async fn run<S: Service>(
+pub(crate) fn run<S: Service>(
     service: Arc<S>,
     transport: Box<dyn Transport>,
     routes: Vec<Route>,
     context: ConnectionContext,
-) -> io::Result<()> {
+) -> impl Future<Output = io::Result<()>> + Send {
     let observe = ServerObserver::new(
         service.descriptor(),
         &context.metrics,
@@ -131,32 +131,14 @@ pub(crate) async fn run<S: Service>(
         streams,
         config: context.config,
     };
-    let end = poll_fn(|cx| conn.poll(cx)).await;
-    // Handlers of a connection that ends are dropped, not left running.
-    conn.in_flight = FuturesUnordered::new();
-    let mut transport = conn.transport;
-    match end {
-        End::ClientLeft => {
-            close_with(&mut transport, conn.unsent.take(), CLOSE_TIMEOUT).await;
-            Ok(())
-        }
-        End::Broken(err) => {
-            log::connection_broke(&err);
-            Err(err)
-        }
-        End::Goodbye(kind, message) => {
-            if kind != ErrorKind::Disconnected {
-                log::closing_connection(kind, &message);
-            }
-            let goodbye = protocol::goodbye_frame(kind, &message);
-            let last = conn.unsent.take().into_iter().chain([goodbye.into()]);
-            close_with(&mut transport, last, CLOSE_TIMEOUT).await;
-            super::linger(&mut transport).await;
-            match kind {
-                ErrorKind::Disconnected => Ok(()),
-                _ => Err(io::Error::new(io::ErrorKind::InvalidData, message)),
-            }
-        }
+    // A task is as large as its largest state, and a connection spends its life being
+    // polled. So it is built here and moved into the future as is (an async fn would keep
+    // room for its arguments next to it), and the close, whose timers and writes are
+    // larger than the connection, is boxed.
+    async move {
+        let end = poll_fn(|cx| conn.poll(cx)).await;
+        let close = Box::pin(conn.close(end));
+        close.await
     }
 }
 
@@ -187,6 +169,37 @@ struct Connection<S: Service> {
 }
 
 impl<S: Service> Connection<S> {
+    /// Ends the connection as `end` says: drops its handlers, sends what is still queued
+    /// (and a `Goodbye` when this side closes), and closes the transport.
+    async fn close(mut self, end: End) -> io::Result<()> {
+        // Handlers of a connection that ends are dropped, not left running.
+        self.in_flight = FuturesUnordered::new();
+        let mut transport = self.transport;
+        match end {
+            End::ClientLeft => {
+                close_with(&mut transport, self.unsent.take(), CLOSE_TIMEOUT).await;
+                Ok(())
+            }
+            End::Broken(err) => {
+                log::connection_broke(&err);
+                Err(err)
+            }
+            End::Goodbye(kind, message) => {
+                if kind != ErrorKind::Disconnected {
+                    log::closing_connection(kind, &message);
+                }
+                let goodbye = protocol::goodbye_frame(kind, &message);
+                let last = self.unsent.take().into_iter().chain([goodbye.into()]);
+                close_with(&mut transport, last, CLOSE_TIMEOUT).await;
+                super::linger(&mut transport).await;
+                match kind {
+                    ErrorKind::Disconnected => Ok(()),
+                    _ => Err(io::Error::new(io::ErrorKind::InvalidData, message)),
+                }
+            }
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         if waker::remember(&mut self.shutdown_waker, cx.waker()) {
             let _ = self.shutdown_wait.as_mut().poll(cx);
