@@ -73,6 +73,8 @@ pub struct Framed<IO> {
     eof: bool,
     /// How much to allocate for the next read (adapts to the traffic).
     read_chunk: usize,
+    /// Drop the read buffer once it is empty, whatever its size (after the `Hello`).
+    release_read_buf: bool,
     /// Frames ready to write, in order.
     chunks: VecDeque<Bytes>,
     /// Small frames (and the prefixes of large ones) being gathered into one buffer.
@@ -102,6 +104,7 @@ where
             read_buf: BytesMut::new(),
             eof: false,
             read_chunk: READ_CHUNK_MIN,
+            release_read_buf: false,
             chunks: VecDeque::new(),
             staging: BytesMut::new(),
             queued: 0,
@@ -225,11 +228,19 @@ where
             return Ok(None);
         }
         self.first = false;
-        self.hello = false;
+        if std::mem::take(&mut self.hello) {
+            // The `Hello`, with its schema, is often the largest frame a connection gets:
+            // the buffer it grew is not kept, and the next are sized by the calls.
+            self.read_chunk = READ_CHUNK_MIN;
+            self.release_read_buf = true;
+        }
         self.read_buf.advance(4);
         let frame = self.read_buf.split_to(len).freeze();
-        if self.read_buf.is_empty() && self.read_buf.capacity() > READ_CHUNK {
+        if self.read_buf.is_empty()
+            && (self.release_read_buf || self.read_buf.capacity() > READ_CHUNK)
+        {
             self.read_buf = BytesMut::new();
+            self.release_read_buf = false;
         }
         Ok(Some(frame))
     }
@@ -642,6 +653,21 @@ mod tests {
         let err = b.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(b.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_buffer_a_large_first_frame_grew_is_not_kept() {
+        let (mut a, b) = tokio::io::duplex(64 << 10);
+        let mut b = framed(b);
+        // A `Hello` of 3 KiB and a small call behind it, in one write.
+        let mut bytes = 3072u32.to_le_bytes().to_vec();
+        bytes.extend([7; 3072]);
+        bytes.extend(2u32.to_le_bytes());
+        bytes.extend(b"hi");
+        a.write_all(&bytes).await.unwrap();
+        assert_eq!(b.next().await.unwrap().unwrap().len(), 3072);
+        assert_eq!(&b.next().await.unwrap().unwrap()[..], b"hi");
+        assert!(b.read_buf.capacity() <= READ_CHUNK_MIN);
     }
 
     #[tokio::test]
