@@ -289,7 +289,25 @@ where
     }
 
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.staging.is_empty() {
+        if self.chunks.is_empty() {
+            // Only small frames: written straight from the batch buffer, which is then
+            // reused as it is (the common case of calls and replies).
+            while !self.staging.is_empty() {
+                let Some(io) = self.io.as_mut() else {
+                    return Poll::Ready(Err(handed_over()));
+                };
+                let written = ready!(Pin::new(io).poll_write(cx, &self.staging))?;
+                if written == 0 {
+                    return Poll::Ready(Err(write_zero()));
+                }
+                self.queued -= written;
+                if written == self.staging.len() {
+                    self.staging.clear();
+                } else {
+                    self.staging.advance(written);
+                }
+            }
+        } else if !self.staging.is_empty() {
             self.chunks.push_back(self.staging.split().freeze());
         }
         while !self.chunks.is_empty() {
@@ -304,10 +322,7 @@ where
             };
             let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the connection accepts no more data",
-                )));
+                return Poll::Ready(Err(write_zero()));
             }
             self.queued -= written;
             let mut left = written;
@@ -329,6 +344,13 @@ where
         }
         Poll::Ready(Ok(()))
     }
+}
+
+fn write_zero() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WriteZero,
+        "the connection accepts no more data",
+    )
 }
 
 fn handed_over() -> io::Error {
