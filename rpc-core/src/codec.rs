@@ -112,8 +112,15 @@ impl bincode::enc::write::Writer for SizeWriter {
 struct BufWriter<'a>(&'a mut BytesMut);
 
 impl bincode::enc::write::Writer for BufWriter<'_> {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        self.0.put_slice(bytes);
+        // Most of what bincode writes is one byte at a time (small integers, lengths, enum
+        // tags): those are stored directly, not copied by a call to `memcpy`.
+        if let [byte] = bytes {
+            self.0.put_u8(*byte);
+        } else {
+            self.0.put_slice(bytes);
+        }
         Ok(())
     }
 }
