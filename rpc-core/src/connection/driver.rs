@@ -402,3 +402,26 @@ fn adopt_streams(streams: &mut ClientStreams, ops: &mut Vec<StreamOp>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::ConnectionOptions;
+    use crate::descriptor::ServiceDescriptor;
+
+    /// An idle connection keeps its I/O task for its whole life: the task must stay about
+    /// the size of the driver, not of its close (which is boxed) or of its arguments.
+    #[tokio::test]
+    async fn the_io_task_is_about_the_size_of_the_driver() {
+        static DESC: ServiceDescriptor = ServiceDescriptor::new("Nothing", &[]);
+        let (transport, _server) = crate::memory::pair();
+        let (shared, streams) = Shared::new(&DESC, &ConnectionOptions::default());
+        let task = run(Arc::new(shared), streams, transport);
+        let driver = std::mem::size_of::<Driver<crate::memory::MemoryTransport>>();
+        assert!(
+            std::mem::size_of_val(&task) <= driver + 64,
+            "the task is {} bytes, the driver {driver}",
+            std::mem::size_of_val(&task)
+        );
+    }
+}
