@@ -94,7 +94,41 @@ impl<R> Streams<R> {
     }
 }
 
+/// A call being started, without its client (see [`Call::into_start`]).
+struct Start<R> {
+    method: u32,
+    frame: Result<FrameBuilder, RpcError>,
+    decode: fn(&Bytes) -> Result<R, RpcError>,
+    metadata: Metadata,
+    key: Option<u64>,
+    streams: Option<Box<Streams<R>>>,
+}
+
 impl<R> Call<R> {
+    /// What the call goes through (its client's connection, pool or middleware), moved
+    /// out rather than cloned, and the rest of the call.
+    fn into_start(self) -> (Inner, Start<R>) {
+        let Call {
+            client,
+            method,
+            frame,
+            decode,
+            metadata,
+            key,
+            streams,
+            ..
+        } = self;
+        let start = Start {
+            method,
+            frame,
+            decode,
+            metadata,
+            key,
+            streams,
+        };
+        (client.into_inner(), start)
+    }
+
     /// Adds the streams of a streaming method.
     pub(crate) fn with_streams(
         mut self,
@@ -274,18 +308,16 @@ impl<R> Future for CallFuture<R> {
             if timeout.is_some() {
                 this.deadline.as_mut().set(timeout);
             }
-            let ready = match &call.client.inner {
-                Inner::Connection(handle) => {
-                    let handle = Arc::clone(handle);
-                    start_on(handle, call, timeout, &mut this, cx)?
-                }
+            // The call's own handle on the connection is moved, not cloned: a reference
+            // count that every concurrent call touches is a cache line they all contend on.
+            let (inner, call) = call.into_start();
+            let ready = match inner {
+                Inner::Connection(handle) => start_on(handle, call, timeout, &mut this, cx)?,
                 Inner::Pool(pool) => {
-                    let pool = Arc::clone(pool);
                     start_managed(pool, call, timeout, &mut this)?;
                     None
                 }
                 Inner::Layered(layers) => {
-                    let layers = Arc::clone(layers);
                     start_layered(&layers, call, timeout, &mut this)?;
                     None
                 }
@@ -384,7 +416,7 @@ impl<R> Future for CallFuture<R> {
 /// once (`Some`, the stream); any other now waits for its response.
 fn start_on<R>(
     handle: Arc<Handle>,
-    call: Call<R>,
+    call: Start<R>,
     timeout: Option<Duration>,
     this: &mut CallFutureProjection<'_, R>,
     cx: &mut Context<'_>,
@@ -433,7 +465,7 @@ fn start_on<R>(
 /// Hands `call` to the client's pool.
 fn start_managed<R>(
     pool: Arc<balance::PoolHandle>,
-    call: Call<R>,
+    call: Start<R>,
     timeout: Option<Duration>,
     this: &mut CallFutureProjection<'_, R>,
 ) -> Result<(), RpcError> {
@@ -506,22 +538,20 @@ fn raw_body(body: &Bytes) -> Result<Raw, RpcError> {
 /// the same client without middleware.
 fn start_layered<R>(
     layers: &ClientLayers,
-    call: Call<R>,
+    call: Start<R>,
     timeout: Option<Duration>,
     this: &mut CallFutureProjection<'_, R>,
 ) -> Result<(), RpcError> {
-    let Call {
-        client,
+    let Start {
         method,
         frame,
         decode,
         metadata,
         key,
         streams,
-        ..
     } = call;
     let mut builder = frame?;
-    let desc = client.service();
+    let desc = layers.bare.service();
     let Some(info) = desc.methods.get(method as usize) else {
         return Err(RpcError::new(
             crate::ErrorKind::Internal,

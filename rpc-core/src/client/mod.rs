@@ -201,6 +201,11 @@ impl Client {
         }
     }
 
+    /// What the client's calls go through.
+    pub(crate) fn into_inner(self) -> Inner {
+        self.inner
+    }
+
     /// The service this client talks to.
     pub fn service(&self) -> &'static ServiceDescriptor {
         match &self.inner {
