@@ -56,12 +56,18 @@ thread_local! {
 #[must_use = "a Call does nothing until it is awaited"]
 pub struct Call<R> {
     client: Client,
+    timeout: Option<Duration>,
+    inherit_deadline: bool,
+    /// What starting the call needs besides the client (see [`Call::into_start`]).
+    start: Start<R>,
+}
+
+/// A call, without its client and deadline settings.
+struct Start<R> {
     method: u32,
     frame: Result<FrameBuilder, RpcError>,
-    timeout: Option<Duration>,
     decode: fn(&Bytes) -> Result<R, RpcError>,
     metadata: Metadata,
-    inherit_deadline: bool,
     key: Option<u64>,
     /// The streams of a streaming method; `None` for the others (kept out of line so a
     /// plain call stays small).
@@ -94,39 +100,11 @@ impl<R> Streams<R> {
     }
 }
 
-/// A call being started, without its client (see [`Call::into_start`]).
-struct Start<R> {
-    method: u32,
-    frame: Result<FrameBuilder, RpcError>,
-    decode: fn(&Bytes) -> Result<R, RpcError>,
-    metadata: Metadata,
-    key: Option<u64>,
-    streams: Option<Box<Streams<R>>>,
-}
-
 impl<R> Call<R> {
     /// What the call goes through (its client's connection, pool or middleware), moved
     /// out rather than cloned, and the rest of the call.
     fn into_start(self) -> (Inner, Start<R>) {
-        let Call {
-            client,
-            method,
-            frame,
-            decode,
-            metadata,
-            key,
-            streams,
-            ..
-        } = self;
-        let start = Start {
-            method,
-            frame,
-            decode,
-            metadata,
-            key,
-            streams,
-        };
-        (client.into_inner(), start)
+        (self.client.into_inner(), self.start)
     }
 
     /// Adds the streams of a streaming method.
@@ -135,7 +113,7 @@ impl<R> Call<R> {
         input: Option<ItemSource>,
         output: Option<OutputMaker<R>>,
     ) -> Call<R> {
-        self.streams = Some(Box::new(Streams { input, output }));
+        self.start.streams = Some(Box::new(Streams { input, output }));
         self
     }
 
@@ -183,14 +161,16 @@ impl<R> Call<R> {
     ) -> Call<R> {
         Call {
             client,
-            method,
-            frame,
             timeout: None,
-            decode,
-            metadata: Metadata::new(),
             inherit_deadline: true,
-            key: None,
-            streams: None,
+            start: Start {
+                method,
+                frame,
+                decode,
+                metadata: Metadata::new(),
+                key: None,
+                streams: None,
+            },
         }
     }
 
@@ -211,7 +191,7 @@ impl<R> Call<R> {
     /// Sends a key/value pair with the call, after the client's own metadata; the handler
     /// reads it with [`context::metadata`](crate::context::metadata).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Call<R> {
-        self.metadata.insert(key, value);
+        self.start.metadata.insert(key, value);
         self
     }
 
@@ -225,7 +205,7 @@ impl<R> Call<R> {
     /// to the same endpoint while the set of endpoints stays the same. Other strategies, and
     /// clients with one connection, ignore it.
     pub fn hash_key<K: Hash + ?Sized>(mut self, key: &K) -> Call<R> {
-        self.key = Some(balance::hash_key(key));
+        self.start.key = Some(balance::hash_key(key));
         self
     }
 }
@@ -235,13 +215,13 @@ impl<R> fmt::Debug for Call<R> {
         let desc = self.client.service();
         let method = desc
             .methods
-            .get(self.method as usize)
+            .get(self.start.method as usize)
             .map_or("?", |m| m.name);
         f.debug_struct("Call")
             .field("service", &desc.name)
             .field("method", &method)
             .field("timeout", &self.timeout)
-            .field("metadata", &self.metadata)
+            .field("metadata", &self.start.metadata)
             .finish()
     }
 }
@@ -579,8 +559,8 @@ fn start_layered<R>(
                 sent.timeout = request.remaining();
                 // The deadline was settled before the middleware ran.
                 sent.inherit_deadline = false;
-                sent.metadata = request.metadata;
-                sent.key = key;
+                sent.start.metadata = request.metadata;
+                sent.start.key = key;
                 if input.is_some() || returns_stream {
                     let output: Option<OutputMaker<Raw>> =
                         returns_stream.then(|| Box::new(Raw::Stream) as OutputMaker<Raw>);
