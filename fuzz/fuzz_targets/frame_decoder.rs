@@ -6,12 +6,13 @@
 //! - the frames and the error that come out are exactly what a plain reading of the format
 //!   gives (`u32` little-endian length, that many bytes; a length over the limit is
 //!   `InvalidData` as soon as its prefix is in; bytes left at the end are `UnexpectedEof`).
-//!   A first frame that starts like a TLS record is `InvalidData` too, which its length
-//!   (at least 66,325) says anyway under these limits;
+//!   The first frame, a client's `Hello`, may be up to `MIN_HELLO_LIMIT` whatever the limit;
+//!   one that starts like a TLS record is `InvalidData`;
 //! - after the error the stream ends, once the framer has read (and dropped) all the rest;
 //! - the framer never returns `Pending` without arranging a wake-up;
-//! - the read buffer never grows past what the limit allows (so a lying length prefix
-//!   allocates nothing), as seen from the spare room every read is offered;
+//! - the read buffer never grows past what the limit (or the `Hello`'s allowance) allows,
+//!   so a lying length prefix allocates nothing, as seen from the spare room every read is
+//!   offered;
 //! - writing the frames back through the same framer, with writes cut short at arbitrary
 //!   points, gives back exactly the bytes they were read from.
 #![no_main]
@@ -161,11 +162,18 @@ fn expected(wire: &[u8], limit: usize) -> (Vec<&[u8]>, Option<io::ErrorKind>) {
         if rest.is_empty() {
             return (frames, None);
         }
+        let first = frames.is_empty();
+        if first && starts_like_tls(rest) {
+            return (frames, Some(io::ErrorKind::InvalidData));
+        }
         if rest.len() < 4 {
             return (frames, Some(io::ErrorKind::UnexpectedEof));
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len > limit {
+        // The first frame is a client's `Hello`: allowed up to `MIN_HELLO_LIMIT` whatever
+        // the limit.
+        let allowed = if first { hello_limit(limit) } else { limit };
+        if len > allowed {
             return (frames, Some(io::ErrorKind::InvalidData));
         }
         if rest.len() - 4 < len {
@@ -174,6 +182,22 @@ fn expected(wire: &[u8], limit: usize) -> (Vec<&[u8]>, Option<io::ErrorKind>) {
         frames.push(&rest[4..4 + len]);
         rest = &rest[4 + len..];
     }
+}
+
+/// The most the first frame may be.
+fn hello_limit(limit: usize) -> usize {
+    limit.max(rpc_core::MIN_HELLO_LIMIT)
+}
+
+/// A TLS `ClientHello` record (type 22, version 3.1 to 3.3, a length of at most 16 KiB,
+/// handshake type 1) or a TLS alert (type 21, same versions, length 2, level 1 or 2): what a
+/// plain end may receive first from a TLS peer.
+fn starts_like_tls(wire: &[u8]) -> bool {
+    let [kind, 3, 1..=3, hi, lo, body, ..] = *wire else {
+        return false;
+    };
+    let len = usize::from(hi) << 8 | usize::from(lo);
+    (kind == 22 && len <= 1 << 14 && body == 1) || (kind == 21 && len == 2 && matches!(body, 1 | 2))
 }
 
 /// Records whether the task was woken.
@@ -239,14 +263,22 @@ fn run(data: &[u8]) -> Result<()> {
         for &(fed, spare) in &reads[checked..] {
             let capacity = fed - consumed + spare;
             assert!(
-                capacity <= capacity_bound(limit),
+                capacity <= capacity_bound(hello_limit(limit)),
                 "the read buffer holds {capacity} bytes with a limit of {limit}"
             );
         }
         checked = reads.len();
         match item {
             Some(Ok(frame)) => {
-                assert!(frame.len() <= limit, "a frame over the limit came through");
+                let allowed = if got.is_empty() {
+                    hello_limit(limit)
+                } else {
+                    limit
+                };
+                assert!(
+                    frame.len() <= allowed,
+                    "a frame over the limit came through"
+                );
                 consumed += 4 + frame.len();
                 got.push(frame);
             }
@@ -271,17 +303,27 @@ fn run(data: &[u8]) -> Result<()> {
     }
 
     // The frames go back out as the bytes they came from, each sent in two parts (cut in
-    // the middle, so that large ones are written from their own buffers).
+    // the middle, so that large ones are written from their own buffers). The limit binds
+    // sending with no allowance: a first frame read over it is refused.
+    let mut sent_bytes = Vec::new();
+    let mut at = 0;
     for frame in got {
+        let whole = &wire[at..at + 4 + frame.len()];
+        at += whole.len();
         ready(&mut framed, "poll_ready", |f, cx| {
             Sink::<Frame>::poll_ready(f, cx)
         })
         .expect("poll_ready");
         let mut parts = Frame::new(frame.slice(..frame.len() / 2));
         parts.push(frame.slice(frame.len() / 2..));
-        Pin::new(&mut framed)
-            .start_send(parts)
-            .expect("a frame within the limit is sent");
+        let sent = Pin::new(&mut framed).start_send(parts);
+        if frame.len() > limit {
+            let err = sent.expect_err("a frame over the limit is refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        } else {
+            sent.expect("a frame within the limit is sent");
+            sent_bytes.extend_from_slice(whole);
+        }
     }
     ready(&mut framed, "poll_flush", |f, cx| {
         Sink::<Frame>::poll_flush(f, cx)
@@ -289,7 +331,7 @@ fn run(data: &[u8]) -> Result<()> {
     .expect("flush");
     assert_eq!(
         framed.get_ref().written,
-        wire[..consumed],
+        sent_bytes,
         "the frames written differ from the bytes they were read from"
     );
     Ok(())
