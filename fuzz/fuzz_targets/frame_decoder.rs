@@ -170,10 +170,7 @@ fn expected(wire: &[u8], limit: usize) -> (Vec<&[u8]>, Option<io::ErrorKind>) {
             return (frames, Some(io::ErrorKind::UnexpectedEof));
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        // The first frame is a client's `Hello`: allowed up to `MIN_HELLO_LIMIT` whatever
-        // the limit.
-        let allowed = if first { hello_limit(limit) } else { limit };
-        if len > allowed {
+        if len > allowed(limit, first) {
             return (frames, Some(io::ErrorKind::InvalidData));
         }
         if rest.len() - 4 < len {
@@ -184,9 +181,14 @@ fn expected(wire: &[u8], limit: usize) -> (Vec<&[u8]>, Option<io::ErrorKind>) {
     }
 }
 
-/// The most the first frame may be.
-fn hello_limit(limit: usize) -> usize {
-    limit.max(rpc_core::MIN_HELLO_LIMIT)
+/// The most a frame may be: the first, a client's `Hello`, up to `MIN_HELLO_LIMIT`
+/// whatever the limit.
+fn allowed(limit: usize, first: bool) -> usize {
+    if first {
+        limit.max(rpc_core::MIN_HELLO_LIMIT)
+    } else {
+        limit
+    }
 }
 
 /// A TLS `ClientHello` record (type 22, version 3.1 to 3.3, a length of at most 16 KiB,
@@ -263,20 +265,15 @@ fn run(data: &[u8]) -> Result<()> {
         for &(fed, spare) in &reads[checked..] {
             let capacity = fed - consumed + spare;
             assert!(
-                capacity <= capacity_bound(hello_limit(limit)),
+                capacity <= capacity_bound(allowed(limit, true)),
                 "the read buffer holds {capacity} bytes with a limit of {limit}"
             );
         }
         checked = reads.len();
         match item {
             Some(Ok(frame)) => {
-                let allowed = if got.is_empty() {
-                    hello_limit(limit)
-                } else {
-                    limit
-                };
                 assert!(
-                    frame.len() <= allowed,
+                    frame.len() <= allowed(limit, got.is_empty()),
                     "a frame over the limit came through"
                 );
                 consumed += 4 + frame.len();
@@ -317,7 +314,7 @@ fn run(data: &[u8]) -> Result<()> {
         let mut parts = Frame::new(frame.slice(..frame.len() / 2));
         parts.push(frame.slice(frame.len() / 2..));
         let sent = Pin::new(&mut framed).start_send(parts);
-        if frame.len() > limit {
+        if frame.len() > allowed(limit, false) {
             let err = sent.expect_err("a frame over the limit is refused");
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         } else {
