@@ -321,7 +321,7 @@ impl<'a> BodyReader<'a> {
 
     /// Takes the next byte vector (one copy).
     pub fn byte_vec(&mut self) -> Result<Vec<u8>, RpcError> {
-        self.slice().map(<[u8]>::to_vec)
+        self.slice().map(crate::buffers::to_vec)
     }
 
     /// Checks that nothing is left.
@@ -434,7 +434,7 @@ pub fn decode_byte_vec(body: &(impl AsRef<[u8]> + ?Sized)) -> Result<Vec<u8>, Rp
     let whole = body.as_ref();
     let mut rest = whole;
     match crate::varint::read(&mut rest, u64::MAX) {
-        Some(len) if len == rest.len() as u64 => Ok(rest.to_vec()),
+        Some(len) if len == rest.len() as u64 => Ok(crate::buffers::to_vec(rest)),
         _ => decode_value::<ByteBuf>(whole).map(ByteBuf::into_inner),
     }
 }

@@ -53,6 +53,7 @@ extern crate self as rpc_core;
 // `client` (what users and generated code hold). Each depends only on those below it.
 pub mod balance;
 mod boxed;
+pub mod buffers;
 mod client;
 // Private: the wire's bincode configuration is described in the crate docs, not exported
 // (bincode is pinned and must not be part of the API). Generated code reaches the codec

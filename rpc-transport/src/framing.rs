@@ -224,7 +224,15 @@ where
         }
         if self.read_buf.len() < 4 + len {
             // Room for the whole frame, so it arrives in as few reads as possible.
-            self.read_buf.reserve(4 + len - self.read_buf.len());
+            if 4 + len > READ_CHUNK_MAX && self.read_buf.capacity() < 4 + len {
+                // A large frame gets a buffer of its own, one the pool kept if it has one.
+                let mut buf = rpc_core::buffers::take(4 + len);
+                buf.extend_from_slice(&self.read_buf);
+                // (`Bytes` is the way from a `Vec` to a `BytesMut`; it keeps the capacity.)
+                self.read_buf = BytesMut::from(Bytes::from(buf));
+            } else {
+                self.read_buf.reserve(4 + len - self.read_buf.len());
+            }
             return Ok(None);
         }
         self.first = false;
@@ -236,8 +244,12 @@ where
         }
         self.read_buf.advance(4);
         let frame = self.read_buf.split_to(len).freeze();
+        // A large frame leaves the buffer it filled to its reader alone, so that the buffer
+        // can go back to the pool once decoded.
         if self.read_buf.is_empty()
-            && (self.release_read_buf || self.read_buf.capacity() > READ_CHUNK)
+            && (self.release_read_buf
+                || self.read_buf.capacity() > READ_CHUNK
+                || len > READ_CHUNK_MAX)
         {
             self.read_buf = BytesMut::new();
             self.release_read_buf = false;
@@ -332,7 +344,11 @@ where
                 };
                 if front.len() <= left {
                     left -= front.len();
-                    self.chunks.pop_front();
+                    if let Some(done) = self.chunks.pop_front() {
+                        // A large part (a payload sent without a copy) is the next large
+                        // read's buffer, or a decoded payload's.
+                        rpc_core::buffers::recycle(done);
+                    }
                 } else {
                     front.advance(left);
                     left = 0;

@@ -383,7 +383,11 @@ impl<R> Future for CallFuture<R> {
         };
         // A compressed response is opened here, in the caller's task, not the I/O task's.
         let (result, bytes) = match response.and_then(Body::open) {
-            Ok(body) => (decode(&body), body.len()),
+            Ok(body) => {
+                let (result, len) = (decode(&body), body.len());
+                crate::buffers::recycle(body);
+                (result, len)
+            }
             Err(err) => (Err(err), 0),
         };
         this.observed.finish_with(result.as_ref(), bytes);

@@ -375,6 +375,9 @@ impl<S: Service> Connection<S> {
                 body,
             } => {
                 self.on_request(id, method, timeout_us, &metadata, body, &frame, &frame, cx);
+                drop(metadata);
+                // Decoded: a large frame's buffer is the next one's, or a payload's.
+                crate::buffers::recycle(frame);
                 Ok(())
             }
             Message::PackedStreamItem { id, body } => {

@@ -253,7 +253,11 @@ impl<T> Stream for Streaming<T> {
                 Poll::Pending => return Poll::Pending,
             },
             Inner::Remote { stream, decode } => match stream.poll_item(cx) {
-                Poll::Ready(Some(Ok(body))) => return Poll::Ready(Some(decode(&body))),
+                Poll::Ready(Some(Ok(body))) => {
+                    let item = decode(&body);
+                    crate::buffers::recycle(body);
+                    return Poll::Ready(Some(item));
+                }
                 Poll::Ready(Some(Err(err))) => Some(Err(err)),
                 Poll::Ready(None) => None,
                 Poll::Pending => return Poll::Pending,
