@@ -126,6 +126,47 @@ async fn byte_buffer_streams_arrive_whole() {
     }
 }
 
+/// Large buffers are reused from call to call (`rpc_core::buffers`), but never one that
+/// something still refers to: `Bytes` results the caller holds keep their contents while
+/// later calls, some of them at once, move other large payloads through the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_buffers_never_touch_what_a_caller_still_holds() {
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(seed + 7) >> 3) as u8 ^ seed as u8)
+            .collect()
+    }
+    const LEN: usize = 300_000;
+    for kind in KINDS {
+        let (client, _harness) = client_of(kind).await;
+        let mut held = Vec::new();
+        for round in 0..6 {
+            let bytes = guard(client.echo(Bytes::from(pattern(round, LEN))))
+                .await
+                .unwrap();
+            held.push((round, bytes));
+            let calls = (0..4).map(|i| {
+                let seed = 100 + round * 10 + i;
+                let client = client.clone();
+                async move { (seed, client.echo_vec(pattern(seed, LEN + i)).await) }
+            });
+            for (seed, result) in guard(futures::future::join_all(calls)).await {
+                let back = result.unwrap();
+                assert!(
+                    back == pattern(seed, back.len()),
+                    "{kind:?}: call {seed} came back changed"
+                );
+            }
+        }
+        for (round, bytes) in &held {
+            assert!(
+                bytes[..] == pattern(*round, LEN)[..],
+                "{kind:?}: the result of round {round} changed while the caller held it"
+            );
+        }
+    }
+}
+
 /// Two large `Bytes` arguments of one request reach the handler as slices of the one buffer
 /// the request frame was read into, where they lie as they were sent (the second right after
 /// the first, the string and the second's length): neither was copied out of the frame.
