@@ -30,25 +30,41 @@ pub const MAX_KEPT_BYTES: usize = 16 << 20;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// An empty `Vec` with room for at least `capacity` bytes: a kept one when one fits (with at
-/// most twice that room, so that a small message never pins a large buffer), or a new one.
+/// An empty `Vec` with room for at least `capacity` bytes: the smallest kept one that fits
+/// (with at most twice that room, so that a small message never pins a large buffer), or a
+/// new one.
+///
+/// A new one is rounded up to whole pages, with a little room to spare: a frame is its
+/// payload plus a few bytes of header, so that a buffer made for a decoded payload also
+/// takes the next frame of that size, and the other way round.
 ///
 /// ```
 /// let buf = rpc_core::buffers::take(1 << 20);
 /// assert!(buf.is_empty() && buf.capacity() >= 1 << 20);
 /// ```
 pub fn take(capacity: usize) -> Vec<u8> {
-    if (MIN_SIZE..=MAX_SIZE).contains(&capacity) {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&capacity) {
+        return Vec::with_capacity(capacity);
+    }
+    {
         let mut pool = crate::lock::lock(&POOL);
-        let fits = pool
+        let best = pool
             .iter()
-            .position(|buf| (capacity..=capacity.saturating_mul(2)).contains(&buf.capacity()));
-        if let Some(i) = fits {
+            .enumerate()
+            .filter(|(_, buf)| (capacity..=capacity * 2).contains(&buf.capacity()))
+            .min_by_key(|(_, buf)| buf.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
             return pool.swap_remove(i);
         }
     }
-    Vec::with_capacity(capacity)
+    Vec::with_capacity((capacity + HEADER_ROOM).next_multiple_of(PAGE))
 }
+
+/// What a new buffer is rounded up to.
+const PAGE: usize = 4096;
+/// The room a new buffer has beyond what was asked, at least: more than a frame's header.
+const HEADER_ROOM: usize = 256;
 
 /// Keeps the buffer `bytes` lies in for [`take`], if it is large, if nothing else still
 /// refers to it (a `Bytes` handed to a user keeps its buffer to itself), and if the pool
