@@ -50,6 +50,8 @@ const READ_CHUNK: usize = 8 << 10;
 /// The smallest and largest read buffer allocated at a time.
 const READ_CHUNK_MIN: usize = 1000;
 const READ_CHUNK_MAX: usize = 64 << 10;
+/// How much a burst of large frames is read at a time (at least one frame).
+const LARGE_READ: usize = 256 << 10;
 /// The most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -75,6 +77,9 @@ pub struct Framed<IO> {
     read_chunk: usize,
     /// Drop the read buffer once it is empty, whatever its size (after the `Hello`).
     release_read_buf: bool,
+    /// The length of the last frame if it was large (0 if not): in a burst of large
+    /// frames, the next is read into room for a few like it.
+    large_run: u32,
     /// Frames ready to write, in order.
     chunks: VecDeque<Bytes>,
     /// Small frames (and the prefixes of large ones) being gathered into one buffer.
@@ -105,6 +110,7 @@ where
             eof: false,
             read_chunk: READ_CHUNK_MIN,
             release_read_buf: false,
+            large_run: 0,
             chunks: VecDeque::new(),
             staging: BytesMut::new(),
             queued: 0,
@@ -225,18 +231,19 @@ where
         if self.read_buf.len() < 4 + len {
             // Room for the whole frame, so it arrives in as few reads as possible.
             if 4 + len > READ_CHUNK_MAX && self.read_buf.capacity() < 4 + len {
-                // A large frame gets a buffer of its own, one the pool kept if it has one.
-                let mut buf = rpc_core::buffers::take(4 + len);
+                // A large frame gets a buffer of its own; in a burst, with room for a few
+                // frames like it, read by fewer calls.
+                let mut buf = large_buffer(len, self.large_run > 0);
                 buf.extend_from_slice(&self.read_buf);
-                // (`Bytes` is the way from a `Vec` to a `BytesMut`; it keeps the capacity.)
-                self.read_buf = BytesMut::from(Bytes::from(buf));
+                self.read_buf = buf;
             } else {
                 self.read_buf.reserve(4 + len - self.read_buf.len());
             }
             return Ok(None);
         }
         self.first = false;
-        if std::mem::take(&mut self.hello) {
+        let hello = std::mem::take(&mut self.hello);
+        if hello {
             // The `Hello`, with its schema, is often the largest frame a connection gets:
             // the buffer it grew is not kept, and the next are sized by the calls.
             self.read_chunk = READ_CHUNK_MIN;
@@ -245,11 +252,15 @@ where
         self.read_buf.advance(4);
         let frame = self.read_buf.split_to(len).freeze();
         // A large frame leaves the buffer it filled to its reader alone, so that the buffer
-        // can go back to the pool once decoded.
+        // can go back to the pool once decoded, unless the buffer has room for another
+        // frame like it (then it goes when there is nothing more to read).
+        let large = len > READ_CHUNK_MAX;
+        // (Not the `Hello`: a large one is no sign of more.)
+        self.large_run = if large && !hello { len as u32 } else { 0 };
+        let room_for_another = large && self.read_buf.capacity() >= 4 + len;
         if self.read_buf.is_empty()
-            && (self.release_read_buf
-                || self.read_buf.capacity() > READ_CHUNK
-                || len > READ_CHUNK_MAX)
+            && !room_for_another
+            && (self.release_read_buf || self.read_buf.capacity() > READ_CHUNK || large)
         {
             self.read_buf = BytesMut::new();
             self.release_read_buf = false;
@@ -362,6 +373,18 @@ where
     }
 }
 
+/// An empty read buffer for a frame of `len` bytes (after its prefix), taken from the pool
+/// if it has one; with `burst`, room for as many such frames as fit in `LARGE_READ`.
+fn large_buffer(len: usize, burst: bool) -> BytesMut {
+    let frames = if burst {
+        (LARGE_READ / (4 + len)).max(1)
+    } else {
+        1
+    };
+    // (`Bytes` is the way from a `Vec` to a `BytesMut`; it keeps the capacity.)
+    BytesMut::from(Bytes::from(rpc_core::buffers::take((4 + len) * frames)))
+}
+
 fn write_zero() -> io::Error {
     io::Error::new(
         io::ErrorKind::WriteZero,
@@ -470,17 +493,30 @@ where
                 });
             }
             if this.read_buf.capacity() - this.read_buf.len() < 256 {
-                this.read_buf.reserve(this.read_chunk);
+                if this.read_buf.is_empty() && this.large_run > 0 {
+                    // In a burst of large frames the next is likely alike: it is read
+                    // straight into room for it, not into a chunk it would outgrow.
+                    this.read_buf = large_buffer(this.large_run as usize, true);
+                } else {
+                    this.read_buf.reserve(this.read_chunk);
+                }
             }
             let room = this.read_buf.capacity() - this.read_buf.len();
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(Some(Err(handed_over())));
             };
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(io),
-                cx,
-                &mut this.read_buf
-            ))?;
+            let n = match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut this.read_buf) {
+                Poll::Ready(n) => n?,
+                Poll::Pending => {
+                    // Nothing more to read now: a large buffer kept for the frames of a
+                    // burst is not kept while the connection is idle.
+                    if this.read_buf.is_empty() && this.read_buf.capacity() > READ_CHUNK {
+                        let idle = std::mem::take(&mut this.read_buf);
+                        rpc_core::buffers::recycle_vec(Vec::from(idle));
+                    }
+                    return Poll::Pending;
+                }
+            };
             if n == 0 {
                 this.eof = true;
             }
@@ -706,6 +742,38 @@ mod tests {
         assert_eq!(b.next().await.unwrap().unwrap().len(), 3072);
         assert_eq!(&b.next().await.unwrap().unwrap()[..], b"hi");
         assert!(b.read_buf.capacity() <= READ_CHUNK_MIN);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_large_frames_is_read_a_few_at_a_time_and_not_kept_when_idle() {
+        use futures::FutureExt;
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut b = framed(b);
+        let size = 70_000usize;
+        let mut bytes = Vec::new();
+        for i in 0..12u8 {
+            bytes.extend((size as u32).to_le_bytes());
+            bytes.extend(std::iter::repeat_n(i, size));
+        }
+        a.write_all(&bytes).await.unwrap();
+        let mut frames = Vec::new();
+        for i in 0..12u8 {
+            let frame = b.next().await.unwrap().unwrap();
+            assert!(frame.len() == size && frame.iter().all(|&x| x == i));
+            frames.push(frame);
+        }
+        // Once the reads run full, frames come in buffers of a few, back to back.
+        let shared = frames
+            .windows(2)
+            .filter(|w| w[1].as_ptr() == w[0].as_ptr().wrapping_add(size + 4))
+            .count();
+        assert!(
+            shared >= 4,
+            "{shared} frames followed another in its buffer"
+        );
+        // Nothing more to read: the buffer is not kept while the connection is idle.
+        assert!(b.next().now_or_never().is_none());
+        assert!(b.read_buf.capacity() <= READ_CHUNK);
     }
 
     #[tokio::test]
