@@ -762,7 +762,8 @@ mod tests {
             assert!(frame.len() == size && frame.iter().all(|&x| x == i));
             frames.push(frame);
         }
-        // Once the reads run full, frames come in buffers of a few, back to back.
+        // From the second large frame on (the first, like a `Hello`, is not a burst yet),
+        // frames come in buffers of a few, back to back.
         let shared = frames
             .windows(2)
             .filter(|w| w[1].as_ptr() == w[0].as_ptr().wrapping_add(size + 4))
