@@ -217,7 +217,7 @@ impl CallContext {
     /// The time left until the deadline (zero once it has passed).
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .map(|deadline| deadline.saturating_duration_since(crate::clock::now()))
     }
 
     /// The metadata the caller sent with the call.
@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn enter_installs_and_restores() {
         let mut outer = Some(CallContext::new(None, [("a", "1")].into_iter().collect()));
-        let mut inner = Some(CallContext::new(Some(Instant::now()), Metadata::new()));
+        let mut inner = Some(CallContext::new(Some(crate::clock::now()), Metadata::new()));
         assert!(current().is_none());
         enter(&mut outer, || {
             assert_eq!(metadata().get_str("a"), Some("1"));

@@ -96,7 +96,7 @@ pub(crate) fn effective_timeout(
     let Some(deadline) = inherited else {
         return Ok(own);
     };
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(crate::clock::now());
     if left.is_zero() {
         return Err(RpcError::new(
             ErrorKind::DeadlineExceeded,

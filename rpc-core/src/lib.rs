@@ -58,6 +58,7 @@ mod client;
 // Private: the wire's bincode configuration is described in the crate docs, not exported
 // (bincode is pinned and must not be part of the API). Generated code reaches the codec
 // through `__private`, the fuzz targets and property tests through `__fuzz::codec`.
+mod clock;
 mod codec;
 pub mod compress;
 mod connect;

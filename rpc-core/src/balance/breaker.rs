@@ -154,7 +154,7 @@ mod tests {
     fn ejects_probes_and_recovers() {
         let policy = FailureAccrual::new(3);
         let mut breaker = Breaker::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         breaker.failure(&policy, t0);
         breaker.failure(&policy, t0);
         assert!(breaker.allows(t0));
@@ -178,7 +178,7 @@ mod tests {
     fn a_probe_without_a_verdict_is_followed_by_another() {
         let policy = FailureAccrual::new(1);
         let mut breaker = Breaker::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         breaker.failure(&policy, t0);
         let probe = t0 + Duration::from_secs(1);
         breaker.admit(probe, &policy);
@@ -193,7 +193,7 @@ mod tests {
     fn a_success_resets_the_count() {
         let policy = FailureAccrual::new(2);
         let mut breaker = Breaker::default();
-        let now = Instant::now();
+        let now = crate::clock::now();
         breaker.failure(&policy, now);
         breaker.success();
         breaker.failure(&policy, now);

@@ -91,7 +91,7 @@ impl Budget {
         Budget {
             policy,
             state: Mutex::new(Counts {
-                start: Instant::now(),
+                start: crate::clock::now(),
                 current: 0,
                 slots: [Slot::default(); SLOTS],
             }),
@@ -101,7 +101,7 @@ impl Budget {
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         let mut counts = crate::lock::lock(&self.state);
         let slice = self.policy.window.as_nanos() / SLOTS as u128;
-        let now = (counts.start.elapsed().as_nanos() / slice.max(1)) as u64;
+        let now = (crate::clock::since(counts.start).as_nanos() / slice.max(1)) as u64;
         // Forget the slices that fell out of the window.
         let stale = now.saturating_sub(counts.current).min(SLOTS as u64);
         for step in 1..=stale {

@@ -55,7 +55,7 @@ pub use discover::{Discover, StaticChanges, StaticList};
 pub use hedge::{Hedge, HedgeError};
 pub use stats::{ClientStats, EndpointState, EndpointStats};
 pub use strategy::{
-    ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
+    seed_randomness, ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
 };
 
 pub(crate) use pool::{Pool, PoolConfig, PoolHandle};

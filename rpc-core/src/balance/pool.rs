@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::Notify;
@@ -113,7 +113,7 @@ impl Member {
     }
 
     pub(crate) fn failure(&self, policy: &FailureAccrual) {
-        lock(&self.breaker).failure(policy, Instant::now());
+        lock(&self.breaker).failure(policy, crate::clock::now());
     }
 }
 
@@ -317,7 +317,7 @@ impl Pool {
             allowed: bool,
             fresh: bool,
         }
-        let now = Instant::now();
+        let now = crate::clock::now();
         let snaps: Vec<Snapshot> = list
             .iter()
             .map(|m| Snapshot {
@@ -462,14 +462,14 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
         .await;
         match attempt {
             Ok(Ok(handle)) => {
-                let since = Instant::now();
+                let since = crate::clock::now();
                 member.set_link(Link::Ready(Arc::clone(&handle)));
                 pool.changed.notify_waiters();
                 let err = handle.closed().await;
                 drop(handle);
                 member.set_link(Link::Down(err));
                 pool.changed.notify_waiters();
-                if since.elapsed() >= HEALTHY_AFTER {
+                if crate::clock::since(since) >= HEALTHY_AFTER {
                     failures = 0;
                     waitable = true;
                     continue;

@@ -92,7 +92,7 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
         let (member, handle) = pool.acquire(call.key, &tried).await?;
         let timeout = match call.deadline {
             Some((deadline, timeout)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.saturating_duration_since(crate::clock::now());
                 if left.is_zero() {
                     return Err(RpcError::deadline(timeout));
                 }
@@ -251,7 +251,7 @@ impl StreamEnded for StreamAttempt {
 fn time_left(deadline: Option<(Instant, Duration)>) -> Result<Option<Duration>, RpcError> {
     match deadline {
         Some((deadline, timeout)) => {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(crate::clock::now());
             if left.is_zero() {
                 return Err(RpcError::deadline(timeout));
             }
@@ -357,7 +357,7 @@ fn send_to(
                 id,
                 attempt,
                 hedge,
-                sent_at: Instant::now(),
+                sent_at: crate::clock::now(),
                 response,
                 _load: load,
             })
@@ -516,7 +516,7 @@ async fn hedged(pool: &Pool, hedging: &Hedging, call: ManagedCall) -> Result<Rep
         let err = match result {
             Ok(body) => {
                 attempt.member.success();
-                hedging.answered(call.method, attempt.sent_at.elapsed());
+                hedging.answered(call.method, crate::clock::since(attempt.sent_at));
                 if attempt.hedge {
                     pool.hedges_won.fetch_add(1, Ordering::Relaxed);
                 }

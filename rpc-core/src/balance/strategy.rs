@@ -336,6 +336,37 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// splitmix64's increment: an odd constant, so a sequence runs through all 2^64 states.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+std::thread_local! {
+    /// The state of this thread's sequence of seeds, once [`seed_randomness`] set it.
+    static THREAD_SEEDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the random choices the runtime makes on this thread follow `seed`: the strategies
+/// made without a seed of their own ([`Random::new`], [`Weighted::new`],
+/// [`LeastLoaded::new`]), each balancing client's own draws, and the jitter of
+/// [`Backoff`](super::Backoff).
+///
+/// It is for simulations, where one thread runs every simulated host (turmoil does, see
+/// `rpc_transport::sim`): call it first thing in the test, and the same seed makes the same
+/// choices in the same order, so that a run can be replayed. Other threads, and a thread
+/// that never calls it, keep drawing from the process's randomness.
+///
+/// ```
+/// use rpc_core::balance::{seed_randomness, Backoff};
+///
+/// let backoff = Backoff::default();
+/// seed_randomness(7);
+/// let first = backoff.delay(3);
+/// seed_randomness(7);
+/// assert_eq!(backoff.delay(3), first);
+/// ```
+pub fn seed_randomness(seed: u64) {
+    THREAD_SEEDS.with(|seeds| seeds.set(Some(seed)));
+}
+
 /// A small, lock-free random number generator (splitmix64), shared by all callers.
 #[derive(Debug)]
 pub(crate) struct Rng(AtomicU64);
@@ -345,16 +376,24 @@ impl Rng {
         Rng(AtomicU64::new(seed))
     }
 
+    /// Seeded from [`seed_randomness`]'s sequence on this thread when it was called, from
+    /// the process's randomness otherwise.
     pub(crate) fn random() -> Rng {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        let seed = THREAD_SEEDS
+            .with(|seeds| {
+                let state = seeds.get()?.wrapping_add(GOLDEN_GAMMA);
+                seeds.set(Some(state));
+                Some(mix(state))
+            })
+            .unwrap_or_else(|| std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64));
         Rng::seeded(seed)
     }
 
     pub(crate) fn next_u64(&self) -> u64 {
         mix(self
             .0
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15))
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA))
     }
 
     /// Uniform in `0..n` (`n` > 0).

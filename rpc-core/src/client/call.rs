@@ -332,7 +332,7 @@ impl<R> Future for CallFuture<R> {
                         )));
                     };
                     let (make, deadline) = *output;
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let left = deadline.map(|d| d.saturating_duration_since(crate::clock::now()));
                     let observed = std::mem::replace(this.observed, ClientCall::off());
                     *this.state = State::Finished;
                     return Poll::Ready(Ok(make(stream.with_deadline(left).observing(observed))));
@@ -468,7 +468,7 @@ fn start_managed<R>(
         .methods
         .get(call.method as usize)
         .is_some_and(|m| m.idempotent);
-    let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
+    let deadline = timeout.map(|timeout| (crate::clock::now() + timeout, timeout));
     let (streams, output) = Streams::split(call.streams);
     let output = output.map(|make| Box::new((make, deadline.map(|(at, _)| at))));
     let future = balance::run(
@@ -551,7 +551,7 @@ fn start_layered<R>(
         service: desc,
         method: info,
         metadata,
-        deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
+        deadline: timeout.and_then(|timeout| crate::clock::now().checked_add(timeout)),
         body: builder.body_copy(),
     };
     let bare = layers.bare.clone();

@@ -62,7 +62,7 @@ impl ServerCall {
     /// The time left before the deadline, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .map(|deadline| deadline.saturating_duration_since(crate::clock::now()))
     }
 
     /// The size of the encoded arguments, in bytes.
@@ -123,7 +123,7 @@ impl ClientCall {
     /// The time left before the deadline, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .map(|deadline| deadline.saturating_duration_since(crate::clock::now()))
     }
 
     /// The encoded arguments: equal arguments give equal bytes, so they can key a cache.

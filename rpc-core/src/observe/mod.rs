@@ -198,7 +198,7 @@ impl Observed {
         Observed {
             active: ManuallyDrop::new(Some(Active {
                 span,
-                start: Instant::now(),
+                start: crate::clock::now(),
                 metrics: metrics.cloned(),
             })),
         }
@@ -263,7 +263,7 @@ impl Observed {
 impl Active {
     #[inline(never)]
     fn finish(self, outcome: Outcome, response_bytes: usize) {
-        let elapsed = self.start.elapsed();
+        let elapsed = crate::clock::since(self.start);
         if let Some(metrics) = &self.metrics {
             metrics.finished(outcome, elapsed, response_bytes);
         }

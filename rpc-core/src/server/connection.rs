@@ -499,7 +499,7 @@ impl<S: Service> Connection<S> {
     fn start(&mut self, call: Admitted<S::Request>, cx: &mut Context<'_>) {
         let deadline = call
             .timeout
-            .and_then(|timeout| Instant::now().checked_add(timeout));
+            .and_then(|timeout| crate::clock::now().checked_add(timeout));
         let mut context = CallContext::for_call(deadline, call.metadata, self.dispatcher.peer());
         let mut observed = self.dispatcher.observe.start(
             call.index,
@@ -578,7 +578,7 @@ impl<S: Service> Connection<S> {
     ) -> Option<Frame> {
         match self.dispatcher.service.response_stream(response) {
             Ok(source) => {
-                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let timeout = deadline.map(|d| d.saturating_duration_since(crate::clock::now()));
                 let observed = std::mem::replace(observed, Observed::off());
                 self.streams.send(id, source, timeout, observed);
                 None

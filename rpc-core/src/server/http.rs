@@ -62,6 +62,7 @@ pub(crate) async fn serve(
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     let served = tokio::select! {
+        biased;
         served = connection.as_mut() => served,
         () = shutdown.cancelled() => {
             // Requests in progress finish; the connection then closes.

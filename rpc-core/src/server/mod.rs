@@ -387,6 +387,7 @@ impl Server {
             let mut signal = std::pin::pin!(signal);
             let signalled = loop {
                 tokio::select! {
+                    biased;
                     () = &mut signal => break true,
                     accepted = listener.accept() => match accepted {
                         Some(Ok(transport)) => {
@@ -608,6 +609,7 @@ async fn set_up<T: Transport>(
     peer: Peer,
 ) -> Result<futures::future::BoxFuture<'static, io::Result<()>>, io::Result<()>> {
     let first = tokio::select! {
+        biased;
         first = tokio::time::timeout(shared.config.hello_timeout, transport.next()) => first,
         () = shutdown.cancelled() => return Err(Ok(())),
     };

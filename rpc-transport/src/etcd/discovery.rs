@@ -4,7 +4,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use futures::stream::{BoxStream, Stream, StreamExt};
