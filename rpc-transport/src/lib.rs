@@ -22,6 +22,9 @@
 //! With the `dns` feature, `dns::Dns` finds a balancing client's endpoints in DNS (A/AAAA
 //! or SRV records) and follows them as they change.
 //!
+//! With the `sim` feature, [`sim`](mod@sim) runs servers and clients in simulated hosts on
+//! turmoil's deterministic network, in simulated time.
+//!
 //! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
 //! the servers registered there.
 #![deny(missing_docs)]
@@ -32,6 +35,8 @@ pub mod dns;
 pub mod etcd;
 pub mod framing;
 pub mod memory;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
