@@ -1,7 +1,7 @@
 //! The endpoints of a reconnecting or balancing client, and the tasks that keep them
 //! connected.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -141,7 +141,9 @@ pub(crate) struct Pool {
     /// Built from `config.hedge`, with the per-method latencies it tracks.
     pub(crate) hedging: Option<Arc<Hedging>>,
     members: RwLock<Arc<Members>>,
-    tasks: Mutex<HashMap<String, AbortHandle>>,
+    /// Ordered, so that stopping them all goes in the same order every run (a simulation
+    /// replays exactly).
+    tasks: Mutex<BTreeMap<String, AbortHandle>>,
     discovery: Mutex<Option<AbortHandle>>,
     /// Woken whenever an endpoint's connection changes state or endpoints come and go.
     changed: Notify,
@@ -177,7 +179,7 @@ impl Pool {
                 .map(|policy| Arc::new(Hedging::new(policy, desc))),
             config,
             members: RwLock::new(Arc::default()),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(BTreeMap::new()),
             discovery: Mutex::new(None),
             changed: Notify::new(),
             resolving: AtomicBool::new(false),
@@ -272,7 +274,7 @@ impl Pool {
         if let Some(task) = lock(&self.discovery).take() {
             task.abort();
         }
-        for (_, task) in lock(&self.tasks).drain() {
+        for task in std::mem::take(&mut *lock(&self.tasks)).into_values() {
             task.abort();
         }
         self.update(Vec::clear);

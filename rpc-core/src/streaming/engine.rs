@@ -568,7 +568,11 @@ impl<H: BuildHasher + Default> StreamEngine<H> {
     /// being sent are dropped.
     pub(crate) fn close(&mut self, err: &RpcError) {
         self.flush(None);
-        for (_, inbox) in self.inboxes.drain() {
+        // In the order of their ids, not the map's (seeded per process): whoever waits on
+        // them wakes in the same order every run, so a simulation replays exactly.
+        let mut inboxes: Vec<_> = self.inboxes.drain().collect();
+        inboxes.sort_unstable_by_key(|(id, _)| *id);
+        for (_, inbox) in inboxes {
             inbox.end(Err(err.clone()));
         }
         self.pumps = Pumps::new(self.pumps.max_frame_size);
