@@ -1,0 +1,326 @@
+//! A fleet in simulation: `servers` hosts named `s0`, `s1`, … serving [`Work`], and
+//! `clients` hosts (`c0`, …) each running one balancing client that keeps `concurrency`
+//! calls in flight. What happened is gathered in an [`Outcome`].
+//!
+//! Everything runs on the test's thread (turmoil steps every host in turn), so the shared
+//! state is plain `Rc<RefCell<…>>`-like state behind `Arc<Mutex<…>>` only because host
+//! futures must be `'static`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rpc_core::balance::{Endpoint, LeastLoaded};
+use rpc_core::{service, Server, ServerStats};
+use rpc_transport::sim::{self, turmoil, SimListener};
+use tokio::sync::watch;
+
+/// The port every server listens on.
+pub const PORT: u16 = 4000;
+
+#[service]
+pub trait Work {
+    /// Does the server's work (its think time), then says which server it is.
+    #[rpc(idempotent)]
+    async fn work(&self) -> u32;
+    /// Holds the call for `ms` milliseconds (not idempotent: never sent twice).
+    async fn hold(&self, ms: u64) -> u32;
+}
+
+/// What the servers share with the test.
+#[derive(Clone, Default)]
+pub struct Shared {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Calls served, per server.
+    served: Vec<u64>,
+    /// Every call served, in order: (simulated time since the server's start, in µs; server).
+    trace: Vec<(u64, u32)>,
+    /// How many times each server has started.
+    starts: Vec<u32>,
+    /// Each server's statistics, for its connection count.
+    stats: Vec<Option<ServerStats>>,
+}
+
+impl Shared {
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.inner.lock().expect("not poisoned"))
+    }
+}
+
+struct Node {
+    index: u32,
+    think: Duration,
+    shared: Shared,
+}
+
+impl Work for Node {
+    async fn work(&self) -> u32 {
+        tokio::time::sleep(self.think).await;
+        let now = turmoil::sim_elapsed().unwrap_or_default().as_micros() as u64;
+        self.shared.with(|s| {
+            s.served[self.index as usize] += 1;
+            s.trace.push((now, self.index));
+        });
+        self.index
+    }
+
+    async fn hold(&self, ms: u64) -> u32 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.index
+    }
+}
+
+/// Serves [`Work`] as server `index` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: SimListener,
+    index: u32,
+    think: Duration,
+    shared: Shared,
+) -> std::io::Result<()> {
+    serve_until(listener, index, think, shared, std::future::pending()).await
+}
+
+async fn serve_until(
+    listener: SimListener,
+    index: u32,
+    think: Duration,
+    shared: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let server = Server::new().add_service(WorkServer::new(Node {
+        index,
+        think,
+        shared: shared.clone(),
+    }));
+    shared.with(|s| {
+        let i = index as usize;
+        if s.starts.len() <= i {
+            s.starts.resize(i + 1, 0);
+            s.stats.resize(i + 1, None);
+            s.served.resize(i + 1, 0);
+        }
+        s.starts[i] += 1;
+        s.stats[i] = Some(server.stats());
+    });
+    server.serve_with_shutdown(listener, shutdown).await
+}
+
+/// A scenario's shape.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub servers: usize,
+    pub clients: usize,
+    /// Calls each client keeps in flight.
+    pub concurrency: usize,
+    /// Calls each client makes in all (`u64::MAX`: until the driver stops the clients).
+    pub calls: u64,
+    /// Each server's time per call.
+    pub think: Duration,
+    /// One server that is this many times slower.
+    pub slow: Option<(usize, u32)>,
+    /// The network's latency range (turmoil's minimum and maximum).
+    pub latency: (Duration, Duration),
+    pub seed: u64,
+}
+
+impl Default for Fleet {
+    fn default() -> Fleet {
+        Fleet {
+            servers: 4,
+            clients: 2,
+            concurrency: 4,
+            calls: 100,
+            think: Duration::from_millis(10),
+            slow: None,
+            latency: (Duration::from_millis(1), Duration::from_millis(1)),
+            seed: 1,
+        }
+    }
+}
+
+/// What a scenario came to.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Calls served, per server.
+    pub served: Vec<u64>,
+    /// Every call served, in order: (simulated µs, server).
+    pub trace: Vec<(u64, u32)>,
+    /// Calls that succeeded and failed, over all clients.
+    pub ok: u64,
+    pub failed: u64,
+    /// Retries the clients made.
+    pub retries: u64,
+    /// The first few errors, for the assertion messages.
+    pub errors: Vec<String>,
+}
+
+/// The simulation under a scenario's driver.
+pub struct World<'a> {
+    pub sim: turmoil::Sim<'a>,
+    drains: Vec<watch::Sender<bool>>,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+}
+
+impl World<'_> {
+    fn server(index: usize) -> String {
+        format!("s{index}")
+    }
+
+    /// Steps the simulation until `done` says so.
+    pub fn step_until(&mut self, mut done: impl FnMut(&mut Self) -> bool) {
+        while !done(self) {
+            self.sim.step().expect("the simulation runs");
+        }
+    }
+
+    /// Asks server `index` to shut down gracefully.
+    pub fn drain(&mut self, index: usize) {
+        self.drains[index].send_replace(true);
+    }
+
+    /// Whether server `index`'s software runs.
+    pub fn running(&mut self, index: usize) -> bool {
+        self.sim.is_host_running(Self::server(index))
+    }
+
+    /// Starts server `index` again.
+    pub fn start(&mut self, index: usize) {
+        self.drains[index].send_replace(false);
+        self.sim.bounce(Self::server(index));
+    }
+
+    /// Whether server `index` has started since it was last drained and has connections.
+    pub fn serving(&mut self, index: usize) -> bool {
+        let draining = *self.drains[index].borrow();
+        !draining
+            && self.shared.with(|s| {
+                s.stats[index]
+                    .as_ref()
+                    .is_some_and(|stats| stats.open_connections() > 0)
+            })
+    }
+
+    /// Open connections of server `index`.
+    pub fn connections(&mut self, index: usize) -> usize {
+        self.shared.with(|s| {
+            s.stats[index]
+                .as_ref()
+                .map_or(0, |stats| stats.open_connections())
+        })
+    }
+
+    /// Tells the clients to finish the calls they have in flight and stop.
+    pub fn stop_clients(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Fleet {
+    /// Runs the scenario; `drive` steps the simulation as it likes (restarts, partitions),
+    /// and the clients then run until they are done.
+    pub fn run(&self, drive: impl FnOnce(&mut World<'_>)) -> Outcome {
+        sim::seed(self.seed);
+        let sim = turmoil::Builder::new()
+            .rng_seed(self.seed)
+            .min_message_latency(self.latency.0)
+            .max_message_latency(self.latency.1)
+            .simulation_duration(Duration::from_secs(24 * 3_600))
+            .build();
+        let shared = Shared::default();
+        shared.with(|s| {
+            s.served = vec![0; self.servers];
+            s.starts = vec![0; self.servers];
+            s.stats = vec![None; self.servers];
+        });
+        let mut world = World {
+            sim,
+            drains: (0..self.servers).map(|_| watch::channel(false).0).collect(),
+            shared: shared.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+
+        for index in 0..self.servers {
+            let think = match self.slow {
+                Some((slow, factor)) if slow == index => self.think * factor,
+                _ => self.think,
+            };
+            let (shared, drain) = (shared.clone(), world.drains[index].clone());
+            world.sim.host(World::server(index), move || {
+                let (shared, mut drained) = (shared.clone(), drain.subscribe());
+                async move {
+                    let listener = sim::bind(("0.0.0.0", PORT)).await?;
+                    let shutdown = async move {
+                        let _ = drained.wait_for(|drained| *drained).await;
+                    };
+                    serve_until(listener, index as u32, think, shared, shutdown).await?;
+                    Ok(())
+                }
+            });
+        }
+
+        let totals = Arc::new(Mutex::new(Outcome::default()));
+        for client in 0..self.clients {
+            let endpoints: Vec<_> = (0..self.servers)
+                .map(|index| {
+                    let name = World::server(index);
+                    Endpoint::new(name.clone(), sim::connector(format!("{name}:{PORT}")))
+                })
+                .collect();
+            let (calls, concurrency) = (self.calls, self.concurrency as u64);
+            let (stop, totals) = (Arc::clone(&world.stop), Arc::clone(&totals));
+            world.sim.client(format!("c{client}"), async move {
+                let client = WorkClient::builder()
+                    .strategy(LeastLoaded::new())
+                    .balance(endpoints);
+                let next = Arc::new(AtomicU64::new(0));
+                let mut loops = Vec::new();
+                for _ in 0..concurrency {
+                    let (client, next, stop, totals) = (
+                        client.clone(),
+                        Arc::clone(&next),
+                        Arc::clone(&stop),
+                        Arc::clone(&totals),
+                    );
+                    loops.push(tokio::spawn(async move {
+                        while !stop.load(Ordering::Acquire)
+                            && next.fetch_add(1, Ordering::Relaxed) < calls
+                        {
+                            let result = client.work().timeout(Duration::from_secs(30)).await;
+                            let mut totals = totals.lock().expect("not poisoned");
+                            match result {
+                                Ok(_) => totals.ok += 1,
+                                Err(err) => {
+                                    totals.failed += 1;
+                                    if totals.errors.len() < 5 {
+                                        totals.errors.push(err.to_string());
+                                    }
+                                }
+                            }
+                        }
+                    }));
+                }
+                for task in loops {
+                    task.await?;
+                }
+                let retries = client.client().stats().map_or(0, |stats| stats.retries);
+                totals.lock().expect("not poisoned").retries += retries;
+                Ok(())
+            });
+        }
+
+        drive(&mut world);
+        world.sim.run().expect("the simulation passes");
+
+        let mut outcome = std::mem::take(&mut *totals.lock().expect("not poisoned"));
+        shared.with(|s| {
+            outcome.served = s.served.clone();
+            outcome.trace = std::mem::take(&mut s.trace);
+        });
+        outcome
+    }
+}
