@@ -47,6 +47,7 @@ mod pool;
 mod run;
 mod stats;
 mod strategy;
+mod subset;
 
 pub use backoff::Backoff;
 pub use breaker::FailureAccrual;
@@ -57,6 +58,7 @@ pub use stats::{ClientStats, EndpointState, EndpointStats};
 pub use strategy::{
     seed_randomness, ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
 };
+pub use subset::Subset;
 
 pub(crate) use pool::{Pool, PoolConfig, PoolHandle};
 pub(crate) use run::{run, ManagedCall, Reply};
