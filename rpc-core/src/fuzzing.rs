@@ -132,6 +132,13 @@ pub enum WireMessage {
         /// The items, back to back.
         items: Vec<u8>,
     },
+    /// The server's load report.
+    Load {
+        /// Calls its handlers were running.
+        in_flight: u32,
+        /// Its utilization, in ten-thousandths.
+        utilization: u32,
+    },
     /// The answer to `Ping`.
     Pong {
         /// The `Ping`'s nonce.
@@ -260,6 +267,13 @@ impl WireMessage {
                 id: *id,
                 items: items.to_vec(),
             },
+            Message::Load {
+                in_flight,
+                utilization,
+            } => WireMessage::Load {
+                in_flight: *in_flight,
+                utilization: *utilization,
+            },
         }
     }
 
@@ -337,6 +351,13 @@ impl WireMessage {
                 Message::PackedStreamItem { id: *id, body }
             }
             WireMessage::StreamItems { id, items } => Message::StreamItems { id: *id, items },
+            WireMessage::Load {
+                in_flight,
+                utilization,
+            } => Message::Load {
+                in_flight: *in_flight,
+                utilization: *utilization,
+            },
         };
         message.to_frame()
     }
@@ -358,6 +379,7 @@ impl WireMessage {
             WireMessage::PackedResponse { .. } => "PackedResponse",
             WireMessage::PackedStreamItem { .. } => "PackedStreamItem",
             WireMessage::StreamItems { .. } => "StreamItems",
+            WireMessage::Load { .. } => "Load",
         }
     }
 }

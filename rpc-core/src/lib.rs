@@ -73,6 +73,7 @@ pub mod health;
 pub mod json;
 mod keepalive;
 mod listeners;
+pub mod load;
 mod lock;
 mod log;
 #[doc(hidden)]

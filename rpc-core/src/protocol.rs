@@ -132,6 +132,11 @@ pub(crate) enum Message<'a> {
     /// it reads runs (see `streaming::ITEM_RUNS`), so a peer that predates them never
     /// receives one.
     StreamItems { id: u64, items: &'a [u8] },
+    /// Server → client: the server's load, on the replies it sends anyway (see
+    /// `crate::load`): calls its handlers are running, over all connections, and the
+    /// utilization its service set, in ten-thousandths. Sent only to a client that said it
+    /// reads it (`streaming::LOAD_REPORTS`), so a peer that predates it never receives one.
+    Load { in_flight: u32, utilization: u32 },
 }
 
 impl<'a> Message<'a> {
@@ -184,6 +189,7 @@ impl<'a> Message<'a> {
             Message::PackedResponse { .. } => "PackedResponse",
             Message::PackedStreamItem { .. } => "PackedStreamItem",
             Message::StreamItems { .. } => "StreamItems",
+            Message::Load { .. } => "Load",
         }
     }
 }

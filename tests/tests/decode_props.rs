@@ -106,6 +106,13 @@ fn expected(message: &Wire) -> WireMessage {
         Wire::PackedResponse { id, body } => WireMessage::PackedResponse { id, body },
         Wire::PackedStreamItem { id, body } => WireMessage::PackedStreamItem { id, body },
         Wire::StreamItems { id, items } => WireMessage::StreamItems { id, items },
+        Wire::Load {
+            in_flight,
+            utilization,
+        } => WireMessage::Load {
+            in_flight,
+            utilization,
+        },
     }
 }
 
@@ -169,6 +176,10 @@ fn message() -> impl Strategy<Value = Wire> {
             id,
             items: wire::run(&bodies)
         }),
+        (any::<u32>(), any::<u32>()).prop_map(|(in_flight, utilization)| Wire::Load {
+            in_flight,
+            utilization
+        }),
     ]
 }
 
@@ -224,6 +235,10 @@ fn one_message_of_each_kind_round_trips() {
         Wire::Credit { id: 7, items: 32 },
         Wire::Ping { nonce: 1 },
         Wire::Pong { nonce: 1 },
+        Wire::Load {
+            in_flight: 3,
+            utilization: 5_000,
+        },
     ];
     let mut kinds = std::collections::HashSet::new();
     for message in &one_of_each {
@@ -233,7 +248,7 @@ fn one_message_of_each_kind_round_trips() {
         assert_eq!(decoded.encode(), frame);
         kinds.insert(decoded.name());
     }
-    assert_eq!(kinds.len(), 10, "a message kind is missing: {kinds:?}");
+    assert_eq!(kinds.len(), 11, "a message kind is missing: {kinds:?}");
 }
 
 #[test]

@@ -316,6 +316,18 @@ fn the_single_messages_are_the_runtime_frames() {
     check_single_messages(&dump, "messages", expected);
 }
 
+/// The load reports section's frame.
+#[test]
+fn the_load_report_is_the_runtime_frame() {
+    let dump = Dump::parse("load");
+    let expected = vec![WireMessage::Load {
+        in_flight: 3,
+        utilization: 5_000,
+    }
+    .encode()];
+    check_single_messages(&dump, "load", expected);
+}
+
 /// The compression section's frames: an offer, an answer and a packed response.
 #[test]
 fn the_compression_messages_are_the_runtime_frames() {

@@ -21,6 +21,7 @@ use crate::connect::{self, Connect, DynConnect};
 use crate::connection::{ConnectionOptions, Handle};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
+use crate::load::ReportedLoad;
 use crate::lock::{self, lock};
 use crate::observe::MethodTable;
 
@@ -61,6 +62,8 @@ pub(crate) struct Member {
     pub(crate) weight: u32,
     pub(crate) metadata: Vec<(String, String)>,
     pub(crate) outstanding: AtomicUsize,
+    /// The server's latest load report.
+    pub(crate) reported: Arc<ReportedLoad>,
     calls: AtomicU64,
     link: Mutex<Link>,
     breaker: Mutex<Breaker>,
@@ -83,6 +86,7 @@ impl Member {
             weight,
             metadata: Vec::new(),
             outstanding: AtomicUsize::new(0),
+            reported: Arc::new(ReportedLoad::new()),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: false }),
             breaker: Mutex::new(Breaker::default()),
@@ -218,6 +222,7 @@ impl Pool {
             weight: endpoint.weight,
             metadata: endpoint.metadata,
             outstanding: AtomicUsize::new(0),
+            reported: Arc::new(ReportedLoad::new()),
             calls: AtomicU64::new(0),
             link: Mutex::new(Link::Connecting { waitable: true }),
             breaker: Mutex::new(Breaker::default()),
@@ -442,6 +447,7 @@ impl Pool {
                     ejected: lock(&m.breaker).is_ejected(),
                     in_flight: m.outstanding.load(Ordering::Relaxed),
                     calls: m.calls.load(Ordering::Relaxed),
+                    reported: m.reported.fresh(),
                 })
                 .collect(),
         }
@@ -452,16 +458,17 @@ impl Pool {
 /// connects again, until the endpoint is removed or the pool dropped (which abort it).
 async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
     let config = &pool.config;
+    // Every connection to the endpoint asks for the server's load reports, into the
+    // member's slot.
+    let mut options = config.options.clone();
+    options.load = Some(Arc::clone(&member.reported));
     let mut failures = 0u32;
     let mut waitable = true;
     loop {
         member.set_link(Link::Connecting { waitable });
         pool.changed.notify_waiters();
-        let attempt = tokio::time::timeout(
-            config.connect_timeout,
-            connect(pool.desc, config.options.clone()),
-        )
-        .await;
+        let attempt =
+            tokio::time::timeout(config.connect_timeout, connect(pool.desc, options.clone())).await;
         match attempt {
             Ok(Ok(handle)) => {
                 let since = crate::clock::now();

@@ -37,6 +37,8 @@ pub struct EndpointStats {
     pub in_flight: usize,
     /// Requests sent to it, retries included.
     pub calls: u64,
+    /// The server's latest [load report](crate::load), while it is fresh.
+    pub reported: Option<crate::load::ServerLoad>,
 }
 
 /// Where an endpoint's connection stands.

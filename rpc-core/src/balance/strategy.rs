@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pool::Member;
+use crate::load::ServerLoad;
 
 /// The endpoints a [`Strategy`] chooses from, by index.
 ///
@@ -45,6 +46,13 @@ impl Endpoints<'_> {
     /// Calls this client has in progress on the endpoint.
     pub fn load(&self, index: usize) -> usize {
         self.members[index].outstanding.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint's latest [load report](crate::load), if one came within
+    /// [`REPORT_TTL`](crate::load::REPORT_TTL): its calls in flight for all its clients,
+    /// and the utilization its service set.
+    pub fn reported_load(&self, index: usize) -> Option<ServerLoad> {
+        self.members[index].reported.fresh()
     }
 
     /// Whether the endpoint may get this call.
@@ -191,7 +199,13 @@ impl Strategy for Weighted {
 
 /// The less loaded of two usable endpoints chosen at random ("power of two choices"): calls
 /// drift away from slow or busy endpoints without every client herding to the same one.
-/// Load is the number of this client's calls in progress on the endpoint.
+///
+/// An endpoint's load is the number of this client's calls in progress on it, raised to
+/// the calls in flight its server last [reported](crate::load) when that is more (the
+/// server counts other clients' calls too), plus one (the call to place); divided by
+/// `1 - utilization` when its service reports a utilization (capped at 0.95), so that a
+/// server at 50% counts as twice as loaded. Without reports (a server of an earlier
+/// version, or none for a second) it is this client's own count.
 #[derive(Debug)]
 pub struct LeastLoaded {
     rng: Rng,
@@ -229,12 +243,25 @@ impl Strategy for LeastLoaded {
                 let b = (a + 1 + self.rng.below(usable - 1)) % usable;
                 let a = endpoints.usable().nth(a as usize)?;
                 let b = endpoints.usable().nth(b as usize)?;
-                Some(if endpoints.load(b) < endpoints.load(a) {
+                Some(if cost(endpoints, b) < cost(endpoints, a) {
                     b
                 } else {
                     a
                 })
             }
+        }
+    }
+}
+
+/// [`LeastLoaded`]'s measure of an endpoint's load: what a call sent there would queue
+/// behind, counting itself.
+fn cost(endpoints: &Endpoints<'_>, index: usize) -> f64 {
+    let own = endpoints.load(index) as f64;
+    match endpoints.reported_load(index) {
+        None => own + 1.0,
+        Some(report) => {
+            let load = own.max(f64::from(report.in_flight));
+            (load + 1.0) / (1.0 - report.utilization.min(0.95))
         }
     }
 }

@@ -321,6 +321,16 @@ impl<T: Transport> Driver<T> {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
+            Message::Load {
+                in_flight,
+                utilization,
+            } => {
+                // Sent only to a client that asked; one that did not ignores it all the same.
+                if let Some(load) = &self.shared.load {
+                    load.record(in_flight, utilization);
+                }
+                Ok(())
+            }
             Message::StreamItem { id, body } => {
                 // The frame becomes the item's body: no second handle on the read buffer.
                 let span = crate::streaming::span(&frame, body);

@@ -24,6 +24,7 @@ use crate::descriptor::ServiceDescriptor;
 use crate::error::{ErrorKind, RpcError};
 use crate::frame::Frame;
 use crate::keepalive::Keepalive;
+use crate::load::ReportedLoad;
 use crate::observe::MethodTable;
 use crate::protocol::FrameBuilder;
 use crate::streaming::{ItemSource, RemoteStream, DEFAULT_MAX_BUFFERED_STREAM_BYTES};
@@ -50,6 +51,9 @@ pub(crate) struct ConnectionOptions {
     pub(crate) metrics: Option<MethodTable>,
     /// The codecs to offer the server; `None`: no compression.
     pub(crate) compression: Option<Compression>,
+    /// Where the server's load reports go (a balancing client's endpoint); `None` asks for
+    /// none.
+    pub(crate) load: Option<Arc<ReportedLoad>>,
 }
 
 impl Default for ConnectionOptions {
@@ -61,6 +65,7 @@ impl Default for ConnectionOptions {
             metadata: Metadata::new(),
             metrics: None,
             compression: None,
+            load: None,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::descriptor::ServiceDescriptor;
 use crate::error::RpcError;
 use crate::frame::Frame;
 use crate::keepalive::Keepalive;
+use crate::load::ReportedLoad;
 use crate::lock::lock;
 use crate::observe::MethodTable;
 use crate::protocol::{self, Message};
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     outbox: Mutex<Outbox>,
     /// Why the connection is gone, once it is: every later call fails with this.
     closed: OnceLock<RpcError>,
+    /// Where the server's load reports go, if this client asked for them.
+    pub(crate) load: Option<Arc<ReportedLoad>>,
 }
 
 impl Shared {
@@ -145,11 +148,12 @@ impl Shared {
                             .map(Compression::offer_entry)
                             .as_deref(),
                     )),
-                    StreamEngine::announcement().into(),
+                    StreamEngine::announcement(options.load.is_some()).into(),
                 ],
                 ..Outbox::default()
             }),
             closed: OnceLock::new(),
+            load: options.load.clone(),
         };
         (shared, engine)
     }

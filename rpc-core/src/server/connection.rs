@@ -33,13 +33,14 @@ use crate::descriptor::MethodInfo;
 use crate::error::{ErrorKind, RpcError};
 use crate::frame::Frame;
 use crate::keepalive::KeepaliveTimer;
+use crate::load::LoadState;
 use crate::log;
 use crate::middleware::{ServerCall, Stack};
 use crate::observe::{self, MethodTable, Observed, ServerObserver};
 use crate::outgoing::{close_with, Outgoing, CLOSE_TIMEOUT};
 use crate::peer::Peer;
-use crate::protocol::{self, FrameBuilder, Message};
-use crate::streaming::{ConnectionWindow, StreamEngine};
+use crate::protocol::{self, FrameBuilder, Message, CONNECTION_ID};
+use crate::streaming::{ConnectionWindow, StreamEngine, LOAD_REPORTS};
 use crate::transport::Transport;
 use crate::waker;
 
@@ -61,6 +62,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) stream_window: Arc<ConnectionWindow>,
     /// The compression codec agreed in the handshake, if any.
     pub(crate) codec: Option<Codec>,
+    /// The server's load, which this connection counts its calls into and reports.
+    pub(crate) load: Arc<LoadState>,
 }
 
 /// A call's handler, and what its first poll gave.
@@ -128,6 +131,13 @@ pub(crate) fn run<S: Service>(
         shutdown_waker: None,
         shutdown: context.shutdown,
         keepalive: context.config.keepalive.map(KeepaliveTimer::new),
+        load: LoadTally {
+            state: context.load,
+            running: 0,
+            reports: false,
+            replied: false,
+            last: None,
+        },
         streams,
         config: context.config,
     };
@@ -166,6 +176,63 @@ struct Connection<S: Service> {
     /// The streams of this connection's calls: arguments received, results sent.
     streams: StreamEngine,
     config: Arc<ServerConfig>,
+    load: LoadTally,
+}
+
+/// This connection's share of the server's load, and its reports to the client.
+struct LoadTally {
+    state: Arc<LoadState>,
+    /// Handlers of this connection counted into `state`.
+    running: usize,
+    /// Whether the client reads load reports.
+    reports: bool,
+    /// Whether a reply went out since the last report.
+    replied: bool,
+    /// The figures last reported.
+    last: Option<(u32, u32)>,
+}
+
+impl LoadTally {
+    #[inline]
+    fn started(&mut self) {
+        self.running += 1;
+        self.state.started();
+    }
+
+    #[inline]
+    fn ended(&mut self) {
+        self.running -= 1;
+        self.state.ended(1);
+    }
+
+    /// Queues a report with this turn's replies, if the client reads them and the figures
+    /// changed since the last.
+    #[inline]
+    fn report(&mut self, unsent: &mut Outgoing) {
+        if !(self.reports && self.replied) {
+            return;
+        }
+        self.replied = false;
+        let figures = self.state.wire();
+        if self.last != Some(figures) {
+            self.last = Some(figures);
+            let (in_flight, utilization) = figures;
+            unsent.push(
+                Message::Load {
+                    in_flight,
+                    utilization,
+                }
+                .to_frame(),
+            );
+        }
+    }
+}
+
+impl Drop for LoadTally {
+    /// Handlers dropped with the connection end too.
+    fn drop(&mut self) {
+        self.state.ended(self.running);
+    }
 }
 
 impl<S: Service> Connection<S> {
@@ -246,6 +313,7 @@ impl<S: Service> Connection<S> {
 
         // Collect finished handlers; their replies go out in the same batch.
         while let Poll::Ready(Some(mut done)) = self.in_flight.poll_next_unpin(cx) {
+            self.load.ended();
             self.finish_call(
                 done.id,
                 done.method,
@@ -266,6 +334,7 @@ impl<S: Service> Connection<S> {
         }
         self.streams
             .poll(cx, &mut self.unsent, self.config.max_buffered_bytes);
+        self.load.report(&mut self.unsent);
 
         if client_left {
             return Poll::Ready(End::ClientLeft);
@@ -343,6 +412,14 @@ impl<S: Service> Connection<S> {
             )
         })?;
         if self.streams.settling() {
+            // The client's first frame after `Hello`: its announcement says what it reads.
+            if let Message::Credit {
+                id: CONNECTION_ID,
+                items,
+            } = message
+            {
+                self.load.reports = items & LOAD_REPORTS != 0;
+            }
             self.streams.settle(&message, &mut self.unsent);
         }
         match message {
@@ -533,6 +610,7 @@ impl<S: Service> Connection<S> {
             self.finish_call(call.id, call.method, outcome, &mut observed, deadline);
             return;
         }
+        self.load.started();
         self.in_flight.push(InFlight {
             id: call.id,
             method: call.method,
@@ -603,6 +681,7 @@ impl<S: Service> Connection<S> {
         observed: &mut Observed,
         deadline: Option<Instant>,
     ) {
+        self.load.replied = true;
         let frame = match outcome {
             Outcome::Cancelled => {
                 self.streams

@@ -33,6 +33,7 @@ use crate::descriptor::ServiceDescriptor;
 use crate::error::ErrorKind;
 use crate::health::{HealthCheck, HealthClient, HealthReporter, HealthServer};
 use crate::keepalive::Keepalive;
+use crate::load::LoadReporter;
 use crate::log;
 use crate::middleware::{Layers, Middleware, Scope, ServerCall, Stack};
 use crate::observe::ServerMetrics;
@@ -345,6 +346,15 @@ impl Server {
     pub fn compression(mut self, compression: Option<Compression>) -> Server {
         self.config.compression = compression;
         self
+    }
+
+    /// Sets the utilization this server reports to its balancing clients, and reads its
+    /// load ([load reports](crate::load)); the reporter stays valid after the server is
+    /// started.
+    pub fn load_reporter(&self) -> LoadReporter {
+        LoadReporter {
+            state: self.stats.load(),
+        }
     }
 
     /// Marks services as serving or not in this server's [health check](crate::health);
@@ -681,6 +691,7 @@ async fn set_up<T: Transport>(
                     Some(shared.stats.stream_bytes()),
                 ),
                 codec,
+                load: shared.stats.load(),
             };
             Ok(service.serve(Box::new(transport), routes, context))
         }

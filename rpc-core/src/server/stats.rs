@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::load::LoadState;
+
 /// Live counters of a [`Server`](crate::Server), from [`Server::stats`](crate::Server::stats).
 ///
 /// Cheap to clone; every clone reads the same counters.
@@ -24,6 +26,8 @@ struct Counters {
     refused: AtomicU64,
     /// Bytes of received stream items handlers have not taken yet, over all connections.
     stream_bytes: Arc<AtomicUsize>,
+    /// Calls in progress and the utilization the service set, for load reports.
+    load: Arc<LoadState>,
 }
 
 impl ServerStats {
@@ -47,6 +51,17 @@ impl ServerStats {
     /// connection at most its [`max_buffered_stream_bytes`](crate::Server::max_buffered_stream_bytes)).
     pub fn buffered_stream_bytes(&self) -> usize {
         self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Calls whose handlers are running now, over all connections (a call answered at its
+    /// handler's first poll is never counted).
+    pub fn calls_in_progress(&self) -> usize {
+        self.inner.load.in_flight()
+    }
+
+    /// The server's load figures, shared with each connection and the load reporter.
+    pub(crate) fn load(&self) -> Arc<LoadState> {
+        Arc::clone(&self.inner.load)
     }
 
     /// The counter of buffered stream bytes, shared with each connection's window.

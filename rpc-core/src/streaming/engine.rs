@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 
 use super::inbox::{Arrived, Inbox, Notice, Notices, RemoteStream};
 use super::pump::{ItemSource, Pumps};
-use super::{CreditMode, BYTE_CREDIT, ITEM_RUNS};
+use super::{CreditMode, BYTE_CREDIT, ITEM_RUNS, LOAD_REPORTS};
 use crate::compress::Body;
 use crate::error::{ErrorKind, RpcError};
 use crate::observe::Observed;
@@ -192,12 +192,13 @@ impl StreamEngine {
 
     /// The client's announcement: it grants credit whenever a consumer waits (so the
     /// server may pace by bytes), credits its streams in bytes if the server does too
-    /// ([`BYTE_CREDIT`]), and reads runs of items ([`ITEM_RUNS`]). Sent right after
-    /// `Hello`.
-    pub(crate) fn announcement() -> Bytes {
+    /// ([`BYTE_CREDIT`]), reads runs of items ([`ITEM_RUNS`]), and with `load_reports`
+    /// reads the server's load reports ([`LOAD_REPORTS`]). Sent right after `Hello`.
+    pub(crate) fn announcement(load_reports: bool) -> Bytes {
+        let reports = if load_reports { LOAD_REPORTS } else { 0 };
         Message::Credit {
             id: CONNECTION_ID,
-            items: BYTE_CREDIT | ITEM_RUNS,
+            items: BYTE_CREDIT | ITEM_RUNS | reports,
         }
         .to_frame()
     }

@@ -68,6 +68,12 @@ pub const ITEM_OVERHEAD: u32 = 64;
 /// server in a second announcement that answers the client's.
 pub(crate) const BYTE_CREDIT: u32 = 1 << 8;
 
+/// The flag a client sets in its announcement to say it reads `Load` messages (the
+/// server's load reports, see `crate::load`). No answer comes: a server that knows it
+/// sends them, one that does not never does. Balancing clients set it; a single
+/// connection, which has no choice to make, does not, and gets none.
+pub(crate) const LOAD_REPORTS: u32 = 1 << 10;
+
 /// A byte-credited stream's window: whether its receiver granted it credit yet.
 pub(crate) fn byte_window(opened: bool) -> u64 {
     u64::from(if opened {

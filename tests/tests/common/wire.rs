@@ -80,7 +80,18 @@ pub enum Wire {
         id: u64,
         items: Vec<u8>,
     },
+    /// The server's load report: calls in flight, utilization in ten-thousandths.
+    Load {
+        in_flight: u32,
+        utilization: u32,
+    },
 }
+
+/// The client's announcement flags (docs/protocol.md, "Connection window" and "Load
+/// reports").
+pub const BYTE_CREDIT: u32 = 1 << 8;
+pub const ITEM_RUNS: u32 = 1 << 9;
+pub const LOAD_REPORTS: u32 = 1 << 10;
 
 /// The run of `bodies`, as `StreamItems` carries it.
 pub fn run(bodies: &[Vec<u8>]) -> Vec<u8> {
