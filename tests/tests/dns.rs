@@ -1,5 +1,5 @@
 //! DNS discovery end to end: balancing clients built with `.discover(Dns::…)` against real
-//! rpc servers (TCP on loopback addresses) and a real DNS server on a loopback UDP port
+//! rpc servers (TCP on loopback addresses) and a real DNS server on a loopback port
 //! (`dns_server.rs`), whose records and TTLs the tests change while calls run.
 //!
 //! TTLs are 1 s and the minimum re-resolve interval short, so a change shows within about
@@ -195,6 +195,7 @@ async fn replicas_behind_srv(dns: &DnsServer, service: &str) -> Vec<Replica> {
             target,
             port: addr(&replica).port(),
             weight: 10 * (tag + 1),
+            priority: 0,
         });
         replicas.push(replica);
     }
@@ -254,6 +255,7 @@ async fn changes_insert_new_addresses_before_removing_old_ones() {
         target: format!("host-{n}.changes.test"),
         port: 4000 + n,
         weight: n,
+        priority: 0,
     };
     for n in 1..=3u16 {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, n as u8));

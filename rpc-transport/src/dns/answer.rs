@@ -105,7 +105,7 @@ pub(super) async fn resolve(resolver: &TokioResolver, query: &Query) -> Result<A
                     None => match resolver.lookup_ip(srv.target.clone()).await {
                         Ok(ips) => {
                             answer.expires(ips.valid_until());
-                            ips.iter().collect()
+                            distinct(ips.iter())
                         }
                         // A target that no longer exists is no endpoint; the others are.
                         Err(err) if err.is_no_records_found() => continue,
@@ -152,8 +152,12 @@ impl Answer {
     }
 }
 
-/// The addresses of `target` that came with the SRV answer (its additional section), and
-/// their shortest TTL; `None` if it brought none.
+/// The addresses of `target` that came with the SRV answer (its additional section), each
+/// once, and their shortest TTL; `None` if it brought none.
+///
+/// An address can come more than once: Consul adds a node's address to the additional
+/// section for each instance of the service on that node, so two instances (two SRV
+/// records, two ports) bring it twice. Counting it twice would double the weight of both.
 fn glue(additionals: &[Record], target: &Name) -> Option<(Vec<IpAddr>, Duration)> {
     let mut ips = Vec::new();
     let mut ttl = u32::MAX;
@@ -166,5 +170,67 @@ fn glue(additionals: &[Record], target: &Name) -> Option<(Vec<IpAddr>, Duration)
         ips.push(ip);
         ttl = ttl.min(record.ttl);
     }
-    (!ips.is_empty()).then(|| (ips, Duration::from_secs(u64::from(ttl))))
+    (!ips.is_empty()).then(|| (distinct(ips), Duration::from_secs(u64::from(ttl))))
+}
+
+/// `ips` without repeats, in their first order.
+fn distinct(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut seen = Vec::new();
+    for ip in ips {
+        if !seen.contains(&ip) {
+            seen.push(ip);
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_resolver::proto::rr::rdata::{A, TXT};
+
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
+    #[test]
+    fn glue_takes_each_address_of_the_target_once_with_the_shortest_ttl() {
+        // Consul's additional section for two instances on node web-1 and one on web-2:
+        // web-1's address twice, each node's metadata as TXT.
+        let web1 = name("web-1.node.dc1.consul.");
+        let web2 = name("web-2.node.dc1.consul.");
+        let a = |n: &Name, last: u8, ttl: u32| {
+            Record::from_rdata(n.clone(), ttl, RData::A(A(Ipv4Addr::new(10, 0, 0, last))))
+        };
+        let txt = |n: &Name| {
+            let meta = TXT::new(vec!["consul-network-segment=".to_string()]);
+            Record::from_rdata(n.clone(), 0, RData::TXT(meta))
+        };
+        let additionals = [
+            a(&web1, 1, 0),
+            txt(&web1),
+            a(&web2, 2, 0),
+            txt(&web2),
+            a(&web1, 1, 0),
+            txt(&web1),
+        ];
+        let (ips, ttl) = glue(&additionals, &web1).expect("web-1 has glue");
+        assert_eq!(ips, [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))]);
+        assert_eq!(ttl, Duration::ZERO);
+        assert!(glue(&additionals, &name("web-3.node.dc1.consul.")).is_none());
+
+        let mixed = [a(&web2, 2, 30), a(&web2, 3, 10), a(&web2, 2, 30)];
+        let (ips, ttl) = glue(&mixed, &web2).expect("web-2 has glue");
+        assert_eq!(
+            ips,
+            [
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))
+            ]
+        );
+        assert_eq!(ttl, Duration::from_secs(10));
+    }
 }

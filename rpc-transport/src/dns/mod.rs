@@ -64,6 +64,9 @@ use tokio::time::Instant;
 use self::answer::{Answer, Failure, Found, Query};
 use crate::tcp::{self, TcpConnector};
 
+/// The shortest wait between two resolutions, whatever [`Dns::min_interval`] says.
+const MIN_INTERVAL_FLOOR: Duration = Duration::from_millis(10);
+
 /// The resolver's configuration types, to pass to [`Dns::resolver_config`].
 pub use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 
@@ -124,7 +127,11 @@ impl Dns {
     /// priority does not restrict which endpoints get calls.
     ///
     /// A target's addresses come from the answer's additional section when the server sends
-    /// them there (Kubernetes' does), otherwise from a lookup of their own.
+    /// them there (Kubernetes' and Consul's do), otherwise from a lookup of their own.
+    ///
+    /// Consul's DNS interface answers SRV questions with a service's instances whose health
+    /// checks are not failing: `Dns::srv("_inventory._tcp.service.consul")` with
+    /// [`nameserver`](Dns::nameserver) set to the local agent (`127.0.0.1:8600`).
     pub fn srv(name: impl Into<String>) -> Dns {
         Dns::with_query(Query::Srv { name: name.into() })
     }
@@ -169,7 +176,9 @@ impl Dns {
         self
     }
 
-    /// The shortest time between two resolutions, however short the TTL (5 s by default).
+    /// The shortest time between two resolutions, however short the TTL (5 s by default;
+    /// below 10 ms it counts as 10 ms). An answer with TTL 0, which Consul gives by default,
+    /// is asked again after this long.
     pub fn min_interval(mut self, interval: Duration) -> Dns {
         self.min_interval = interval;
         self
@@ -222,9 +231,13 @@ impl Dns {
         builder.build()
     }
 
-    /// How long to trust an answer of this TTL.
+    /// How long to trust an answer of this TTL: never less than [`MIN_INTERVAL_FLOOR`], so
+    /// that a TTL of 0 with a `min_interval` of 0 cannot have the source ask again the
+    /// moment each answer arrives.
     fn interval(&self, ttl: Duration) -> Duration {
-        ttl.min(self.max_interval).max(self.min_interval)
+        ttl.min(self.max_interval)
+            .max(self.min_interval)
+            .max(MIN_INTERVAL_FLOOR)
     }
 }
 
@@ -419,6 +432,21 @@ mod tests {
         assert_eq!(dns.interval(Duration::ZERO), Duration::from_secs(2));
         assert_eq!(dns.interval(Duration::from_secs(5)), Duration::from_secs(5));
         assert_eq!(dns.interval(Duration::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_ttl_of_zero_waits_the_min_interval_and_never_less_than_the_floor() {
+        // Consul answers with TTL 0 by default: asked again after `min_interval`.
+        assert_eq!(
+            Dns::srv("x").interval(Duration::ZERO),
+            Duration::from_secs(5)
+        );
+        let eager = Dns::srv("x").min_interval(Duration::ZERO);
+        assert_eq!(eager.interval(Duration::ZERO), MIN_INTERVAL_FLOOR);
+        assert_eq!(
+            eager.max_interval(Duration::ZERO).interval(Duration::ZERO),
+            MIN_INTERVAL_FLOOR
+        );
     }
 
     #[test]
