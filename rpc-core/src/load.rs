@@ -10,9 +10,10 @@
 //! them (balancing clients do; a client of one connection, with no choice to make, does not
 //! and pays nothing), so peers of earlier versions are unaffected.
 //!
-//! A balancing client keeps each endpoint's latest report for [`REPORT_TTL`]: a server it
-//! has stopped calling sends no more reports, and an old report must not keep it away for
-//! good. Strategies read the report with
+//! A balancing client keeps each endpoint's latest report, and weighs it less as it ages:
+//! down to nothing after [`REPORT_TTL`], or after [`IDLE_REPORT_TTL`] when the client has
+//! no call on that server (a server it has stopped calling sends it no newer report, and an
+//! old one must not keep it away for long). Strategies read the report with
 //! [`Endpoints::reported_load`](crate::balance::Endpoints::reported_load).
 //!
 //! ```
@@ -30,8 +31,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a balancing client trusts a server's report.
+/// How long a balancing client trusts a server's report while it has calls on that
+/// server (each reply brings a newer one); the report counts for less as it ages.
 pub const REPORT_TTL: Duration = Duration::from_secs(1);
+
+/// How long a balancing client trusts a server's report when it has no call on that
+/// server: no newer report is coming, and a server that every client keeps avoiding on the
+/// strength of an old report would stay idle while the others queue.
+pub const IDLE_REPORT_TTL: Duration = Duration::from_millis(100);
 
 /// Utilization on the wire: ten-thousandths.
 const SCALE: f64 = 10_000.0;
@@ -149,19 +156,29 @@ impl ReportedLoad {
 
     /// The latest report, if it is younger than [`REPORT_TTL`].
     pub(crate) fn fresh(&self) -> Option<ServerLoad> {
+        self.trusted(false).map(|(load, _)| load)
+    }
+
+    /// The latest report and how much it is still worth: 1 when it has just come, falling
+    /// to 0 at [`REPORT_TTL`], or at [`IDLE_REPORT_TTL`] when this client has no call on
+    /// the server (`idle`), as no newer report is on its way then.
+    pub(crate) fn trusted(&self, idle: bool) -> Option<(ServerLoad, f64)> {
         let at = self.at.load(Ordering::Relaxed);
         if at == 0 {
             return None;
         }
         let now = crate::clock::since(self.epoch).as_millis() as u64 + 1;
-        if now.saturating_sub(at) > REPORT_TTL.as_millis() as u64 {
+        let ttl = if idle { IDLE_REPORT_TTL } else { REPORT_TTL }.as_millis() as u64;
+        let age = now.saturating_sub(at);
+        if age > ttl {
             return None;
         }
         let figures = self.figures.load(Ordering::Relaxed);
-        Some(ServerLoad {
+        let load = ServerLoad {
             in_flight: (figures >> 32) as u32,
             utilization: f64::from(figures as u32) / SCALE,
-        })
+        };
+        Some((load, 1.0 - age as f64 / ttl as f64))
     }
 }
 
@@ -192,7 +209,15 @@ mod tests {
                 utilization: 0.25
             })
         );
-        tokio::time::advance(REPORT_TTL + Duration::from_millis(2)).await;
+        assert_eq!(reported.trusted(true).map(|(_, trust)| trust), Some(1.0));
+        // Half way through the idle TTL: worth half, unless the client has calls there.
+        tokio::time::advance(IDLE_REPORT_TTL / 2).await;
+        assert_eq!(reported.trusted(true).map(|(_, trust)| trust), Some(0.5));
+        assert_eq!(reported.trusted(false).map(|(_, trust)| trust), Some(0.95));
+        tokio::time::advance(IDLE_REPORT_TTL).await;
+        assert_eq!(reported.trusted(true), None);
+        assert!(reported.fresh().is_some());
+        tokio::time::advance(REPORT_TTL).await;
         assert_eq!(reported.fresh(), None);
     }
 }

@@ -37,15 +37,164 @@ fn a_slow_server_gets_a_small_share_of_the_calls() {
     };
     let outcome = fleet.run(|_| {});
     assert_eq!(outcome.failed, 0, "{:?}", outcome.errors);
-    let total: u64 = outcome.served.iter().sum();
-    let fair = total as f64 / servers as f64;
-    let slow_share = outcome.served[0] as f64 / fair;
+    // After the first 300 ms: at the start every call goes to whichever server connects
+    // first, the slow one included.
+    let steady: Vec<u32> = outcome
+        .trace
+        .iter()
+        .filter(|(at, _, _)| *at >= 300_000)
+        .map(|&(_, server, _)| server)
+        .collect();
+    let total = steady.len() as f64;
+    let slow = steady.iter().filter(|&&server| server == 0).count() as f64;
+    let slow_share = slow * servers as f64 / total;
     println!(
-        "slow server: {} of {total} calls over {servers} servers = {slow_share:.3} of a fair share (1/N)",
-        outcome.served[0]
+        "slow server: {slow} of {total} calls (after 300 ms) over {servers} servers = \
+         {slow_share:.3} of a fair share (1/N)"
     );
     // At 10x the service time, least-loaded choice sends it about a tenth of a fair share.
     assert!(slow_share < 0.5, "{:?}", outcome.served);
+}
+
+/// Busiest over mean.
+fn imbalance(counts: &[u64]) -> f64 {
+    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    *counts.iter().max().expect("servers") as f64 / mean
+}
+
+#[test]
+fn subsets_spread_many_clients_evenly_over_many_servers() {
+    let (clients, servers, size) = if full() {
+        (1_000, 100, 10)
+    } else {
+        (100, 20, 5)
+    };
+    let fleet = Fleet {
+        servers,
+        clients,
+        concurrency: 2,
+        calls: 200,
+        think: Duration::from_millis(5),
+        ..Fleet::default()
+    };
+    let mut figures = Vec::new();
+    for subset in [Some(size), None] {
+        let outcome = Fleet {
+            subset,
+            ..fleet.clone()
+        }
+        .run(|_| {});
+        assert_eq!(outcome.failed, 0, "{:?}", outcome.errors);
+        let connections: Vec<u64> = outcome.peak_connections.iter().map(|&c| c as u64).collect();
+        let (calls, conns) = (imbalance(&outcome.served), imbalance(&connections));
+        println!(
+            "{clients} clients x {servers} servers, subset {subset:?}: connections per server \
+             {}..{} (busiest/mean {conns:.3}), calls per server {}..{} (busiest/mean {calls:.3})",
+            connections.iter().min().unwrap(),
+            connections.iter().max().unwrap(),
+            outcome.served.iter().min().unwrap(),
+            outcome.served.iter().max().unwrap(),
+        );
+        figures.push((calls, connections));
+    }
+    let (subset_calls, subset_connections) = &figures[0];
+    assert!(*subset_calls <= 1.25, "calls busiest/mean {subset_calls}");
+    // Each server has about clients x size / servers connections, not one per client.
+    let fair = (clients * size / servers) as u64;
+    assert!(
+        subset_connections.iter().all(|&c| c <= fair + fair / 4),
+        "{subset_connections:?}, fair share {fair}"
+    );
+    assert!(
+        figures[1].1.iter().all(|&c| c == clients as u64),
+        "a full mesh"
+    );
+}
+
+#[test]
+fn a_partitioned_zone_spills_over_and_comes_back() {
+    let fleet = Fleet {
+        servers: 6,
+        clients: 6,
+        zones: 3,
+        concurrency: 2,
+        calls: u64::MAX,
+        think: Duration::from_millis(5),
+        ..Fleet::default()
+    };
+    let zone = |index: u32| index % 3;
+    let (mut cut, mut healed) = (0, 0);
+    let outcome = fleet.run(|world| {
+        let run_for = |world: &mut fleet::World<'_>, seconds: u64| {
+            let until = world.now() + seconds * 1_000_000;
+            world.step_until(|w| w.now() >= until);
+        };
+        run_for(world, 2);
+        // Zone 0's servers become unreachable from every client.
+        cut = world.now();
+        for server in (0..6).filter(|&s| zone(s) == 0) {
+            for client in 0..6 {
+                world.sim.partition(
+                    fleet::World::server(server as usize),
+                    fleet::World::client(client),
+                );
+            }
+        }
+        run_for(world, 20);
+        healed = world.now();
+        for server in (0..6).filter(|&s| zone(s) == 0) {
+            for client in 0..6 {
+                world.sim.repair(
+                    fleet::World::server(server as usize),
+                    fleet::World::client(client),
+                );
+            }
+        }
+        run_for(world, 20);
+        world.stop_clients();
+    });
+    assert_eq!(outcome.failed, 0, "{:?}", outcome.errors);
+    let settle = 10_000_000;
+    let window = |from: u64, to: u64| {
+        outcome
+            .trace
+            .iter()
+            .filter(move |(at, _, _)| (from..to).contains(at))
+            .map(|&(_, server, client)| (zone(client), zone(server)))
+    };
+    // Before the cut, and always for the other zones: every call stays in its zone.
+    assert!(
+        window(0, cut).all(|(c, s)| c == s),
+        "calls left their zone before the cut"
+    );
+    assert!(window(0, u64::MAX)
+        .filter(|(c, _)| *c != 0)
+        .all(|(c, s)| c == s));
+    // Cut off: zone 0's clients go elsewhere, and their calls succeed.
+    let away: Vec<_> = window(cut + settle, healed)
+        .filter(|(c, _)| *c == 0)
+        .collect();
+    assert!(!away.is_empty());
+    assert!(
+        away.iter().all(|(_, s)| *s != 0),
+        "a call reached zone 0 while cut off"
+    );
+    // Healed: back home.
+    let back: Vec<_> = window(healed + settle, u64::MAX)
+        .filter(|(c, _)| *c == 0)
+        .collect();
+    assert!(!back.is_empty());
+    assert!(
+        back.iter().all(|(_, s)| *s == 0),
+        "zone 0's calls did not come back"
+    );
+    println!(
+        "zone 0 cut off for 20 s: its clients made {} calls in other zones ({} retried in all, \
+         0 failed); after healing, {} calls at home",
+        away.len(),
+        outcome.retries,
+        back.len()
+    );
 }
 
 #[test]
@@ -160,7 +309,7 @@ fn deadlines_backoff_and_keepalive_follow_simulated_time() {
         turmoil::release("client", "server");
 
         // The client reconnects (with backoff) once the network is back.
-        let back = client.work().timeout(Duration::from_secs(600)).await;
+        let back = client.work(0).timeout(Duration::from_secs(600)).await;
         assert_eq!(back?, 0);
         Ok(())
     });

@@ -48,6 +48,7 @@ mod run;
 mod stats;
 mod strategy;
 mod subset;
+mod zone;
 
 pub use backoff::Backoff;
 pub use breaker::FailureAccrual;
@@ -59,6 +60,7 @@ pub use strategy::{
     seed_randomness, ConsistentHash, Endpoints, LeastLoaded, Random, RoundRobin, Strategy, Weighted,
 };
 pub use subset::Subset;
+pub use zone::{Zone, ZONE};
 
 pub(crate) use pool::{Pool, PoolConfig, PoolHandle};
 pub(crate) use run::{run, ManagedCall, Reply};

@@ -16,6 +16,8 @@ use super::budget::{Budget, RetryBudget};
 use super::hedge::{Hedge, Hedging};
 use super::stats::{ClientStats, EndpointState, EndpointStats};
 use super::strategy::{Endpoints, Rng, Strategy};
+use super::subset::Subset;
+use super::zone::Zone;
 use super::{Change, Endpoint};
 use crate::connect::{self, Connect, DynConnect};
 use crate::connection::{ConnectionOptions, Handle};
@@ -41,6 +43,10 @@ pub(crate) struct PoolConfig {
     pub(crate) options: ConnectionOptions,
     /// Hedging of idempotent calls; `None` (the default) for none.
     pub(crate) hedge: Option<Hedge>,
+    /// Connect to a subset of the endpoints only; `None` (the default): to all.
+    pub(crate) subset: Option<Subset>,
+    /// Prefer the endpoints of this zone; `None` (the default): no preference.
+    pub(crate) zone: Option<Zone>,
 }
 
 /// Where one endpoint's connection stands.
@@ -93,6 +99,16 @@ impl Member {
         }
     }
 
+    /// Whether it can take calls, as far as choosing a subset goes: connected or about to
+    /// be, and not ejected.
+    fn serves(&self) -> bool {
+        let up = matches!(
+            self.link(),
+            Link::Ready(_) | Link::Connecting { waitable: true }
+        );
+        up && !lock(&self.breaker).is_ejected()
+    }
+
     /// A call found `handle`'s connection gone: stop choosing it until it is remade.
     pub(crate) fn lost(&self, handle: &Arc<Handle>) {
         let mut link = lock(&self.link);
@@ -119,6 +135,14 @@ impl Member {
     pub(crate) fn failure(&self, policy: &FailureAccrual) {
         lock(&self.breaker).failure(policy, crate::clock::now());
     }
+}
+
+/// An endpoint discovery gave, not necessarily a member (see [`PoolConfig::subset`]).
+#[derive(Clone)]
+struct Candidate {
+    weight: u32,
+    metadata: Vec<(String, String)>,
+    connect: DynConnect,
 }
 
 /// A call in progress on a member.
@@ -148,6 +172,8 @@ pub(crate) struct Pool {
     /// Ordered, so that stopping them all goes in the same order every run (a simulation
     /// replays exactly).
     tasks: Mutex<BTreeMap<String, AbortHandle>>,
+    /// With a subset: every endpoint discovery gave, members of the subset or not.
+    candidates: Mutex<BTreeMap<String, Candidate>>,
     discovery: Mutex<Option<AbortHandle>>,
     /// Woken whenever an endpoint's connection changes state or endpoints come and go.
     changed: Notify,
@@ -184,6 +210,7 @@ impl Pool {
             config,
             members: RwLock::new(Arc::default()),
             tasks: Mutex::new(BTreeMap::new()),
+            candidates: Mutex::new(BTreeMap::new()),
             discovery: Mutex::new(None),
             changed: Notify::new(),
             resolving: AtomicBool::new(false),
@@ -215,12 +242,43 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Adds an endpoint (replacing one with the same key) and starts connecting to it.
+    /// Adds an endpoint (replacing one with the same key): starts connecting to it, or with
+    /// a subset, to the subset it makes.
     pub(crate) fn insert<C: Connect>(self: &Arc<Self>, endpoint: Endpoint<C>) {
-        let member = Arc::new(Member {
-            key: endpoint.key.clone(),
+        let candidate = Candidate {
             weight: endpoint.weight,
             metadata: endpoint.metadata,
+            connect: connect::erase(endpoint.connector),
+        };
+        if self.config.subset.is_none() {
+            return self.activate(endpoint.key, candidate);
+        }
+        let mut candidates = lock(&self.candidates);
+        candidates.insert(endpoint.key.clone(), candidate);
+        // A replaced endpoint gets a fresh connection, as without a subset.
+        if lock(&self.tasks).contains_key(&endpoint.key) {
+            self.deactivate(&endpoint.key);
+        }
+        self.resubset(&candidates);
+    }
+
+    /// Removes an endpoint. Calls in progress on it finish; its connection closes after.
+    pub(crate) fn remove(self: &Arc<Self>, key: &str) {
+        if self.config.subset.is_none() {
+            return self.deactivate(key);
+        }
+        let mut candidates = lock(&self.candidates);
+        candidates.remove(key);
+        self.deactivate(key);
+        self.resubset(&candidates);
+    }
+
+    /// Makes an endpoint a member, and starts connecting to it.
+    fn activate(self: &Arc<Self>, key: String, candidate: Candidate) {
+        let member = Arc::new(Member {
+            key: key.clone(),
+            weight: candidate.weight,
+            metadata: candidate.metadata,
             outstanding: AtomicUsize::new(0),
             reported: Arc::new(ReportedLoad::new()),
             calls: AtomicU64::new(0),
@@ -230,23 +288,68 @@ impl Pool {
         let task = tokio::spawn(maintain(
             Arc::clone(self),
             Arc::clone(&member),
-            connect::erase(endpoint.connector),
+            candidate.connect,
         ));
-        if let Some(old) = lock(&self.tasks).insert(endpoint.key.clone(), task.abort_handle()) {
+        if let Some(old) = lock(&self.tasks).insert(key.clone(), task.abort_handle()) {
             old.abort();
         }
         self.update(|list| {
-            list.retain(|m| m.key != endpoint.key);
+            list.retain(|m| m.key != key);
             list.push(member);
         });
     }
 
-    /// Removes an endpoint. Calls in progress on it finish; its connection closes after.
-    pub(crate) fn remove(&self, key: &str) {
+    /// Stops using an endpoint. Calls in progress on it finish; its connection closes after.
+    fn deactivate(&self, key: &str) {
         if let Some(task) = lock(&self.tasks).remove(key) {
             task.abort();
         }
         self.update(|list| list.retain(|m| m.key != key));
+    }
+
+    /// With a subset: makes the members the subset of `candidates` that
+    /// [`Subset::choose_usable`] picks now (within the client's zone, and among the other
+    /// zones, when it has one), starting and stopping connections to match.
+    fn resubset(self: &Arc<Self>, candidates: &BTreeMap<String, Candidate>) {
+        let Some(subset) = &self.config.subset else {
+            return;
+        };
+        let members = self.members();
+        let usable = |key: &str| match members.list.iter().find(|m| m.key == key) {
+            // Not connected to: as good as any until tried.
+            None => true,
+            Some(member) => member.serves(),
+        };
+        let (local, remote): (Vec<&String>, Vec<&String>) = match &self.config.zone {
+            Some(zone) => candidates
+                .keys()
+                .partition(|key| zone.is_local(&candidates[key.as_str()].metadata)),
+            None => (candidates.keys().collect(), Vec::new()),
+        };
+        let mut chosen: Vec<&String> = Vec::new();
+        for group in [&local, &remote] {
+            let picked = subset.choose_usable(group, |i| usable(group[i]));
+            chosen.extend(picked.into_iter().map(|i| group[i]));
+        }
+        let active: Vec<String> = lock(&self.tasks).keys().cloned().collect();
+        for key in &active {
+            if !chosen.contains(&key) {
+                self.deactivate(key);
+            }
+        }
+        for key in chosen {
+            if !active.contains(key) {
+                self.activate(key.clone(), candidates[key.as_str()].clone());
+            }
+        }
+    }
+
+    /// With a subset: an endpoint's connection changed state, which may change the subset.
+    fn link_changed(self: &Arc<Self>) {
+        if self.config.subset.is_some() {
+            let candidates = lock(&self.candidates);
+            self.resubset(&candidates);
+        }
     }
 
     /// Follows a discovery source until it ends.
@@ -279,6 +382,7 @@ impl Pool {
         if let Some(task) = lock(&self.discovery).take() {
             task.abort();
         }
+        lock(&self.candidates).clear();
         for task in std::mem::take(&mut *lock(&self.tasks)).into_values() {
             task.abort();
         }
@@ -323,26 +427,56 @@ impl Pool {
             link: Link,
             allowed: bool,
             fresh: bool,
+            /// In the client's zone and not too busy to stay there (always, without a zone).
+            home: bool,
         }
         let now = crate::clock::now();
+        let zone = self.config.zone.as_ref();
         let snaps: Vec<Snapshot> = list
             .iter()
             .map(|m| Snapshot {
                 link: m.link(),
                 allowed: lock(&m.breaker).allows(now),
                 fresh: !tried.iter().any(|t| Arc::ptr_eq(t, m)),
+                home: zone.is_none_or(|zone| {
+                    zone.is_local(&m.metadata)
+                        && !m
+                            .reported
+                            .fresh()
+                            .is_some_and(|load| zone.too_busy(load.utilization))
+                }),
             })
             .collect();
         let ready = |s: &Snapshot| matches!(s.link, Link::Ready(_));
+        let best = |s: &Snapshot| ready(s) && s.allowed && s.fresh;
+        // With a zone: its own endpoints first, while enough of them can take the call or
+        // are about to (being connected, and worth waiting for, as a first connection is).
+        let coming = |s: &Snapshot| {
+            s.allowed && s.fresh && matches!(s.link, Link::Connecting { waitable: true })
+        };
+        let stay_home = zone.is_some_and(|zone| {
+            let home = snaps.iter().filter(|s| s.home && (best(s) || coming(s)));
+            home.count() >= zone.min_count()
+        });
+        if stay_home && !snaps.iter().any(|s| s.home && best(s)) {
+            return Pick::Wait;
+        }
         // Best: connected, not ejected, not tried. Then ejected ones too (better than
         // failing), then ones already tried.
-        let tiers: [&dyn Fn(&Snapshot) -> bool; 3] = [
-            &|s| ready(s) && s.allowed && s.fresh,
+        let tiers: [&dyn Fn(&Snapshot) -> bool; 4] = [
+            &|s| best(s) && s.home,
+            &|s| best(s),
             &|s| ready(s) && s.fresh,
             &|s| ready(s),
         ];
         let mut usable = vec![false; list.len()];
-        let tiers = if fresh_only { &tiers[..1] } else { &tiers[..] };
+        let tiers = if stay_home {
+            &tiers[..1]
+        } else if fresh_only {
+            &tiers[1..2]
+        } else {
+            &tiers[1..]
+        };
         for tier in tiers {
             for (flag, snap) in usable.iter_mut().zip(&snaps) {
                 *flag = tier(snap);
@@ -474,10 +608,12 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                 let since = crate::clock::now();
                 member.set_link(Link::Ready(Arc::clone(&handle)));
                 pool.changed.notify_waiters();
+                pool.link_changed();
                 let err = handle.closed().await;
                 drop(handle);
                 member.set_link(Link::Down(err));
                 pool.changed.notify_waiters();
+                pool.link_changed();
                 if crate::clock::since(since) >= HEALTHY_AFTER {
                     failures = 0;
                     waitable = true;
@@ -496,6 +632,7 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                     format!("connecting failed: {err}"),
                 )));
                 pool.changed.notify_waiters();
+                pool.link_changed();
             }
             Err(_) => {
                 member.set_link(Link::Down(RpcError::disconnected(format!(
@@ -503,6 +640,7 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                     config.connect_timeout
                 ))));
                 pool.changed.notify_waiters();
+                pool.link_changed();
             }
         }
         failures = failures.saturating_add(1);

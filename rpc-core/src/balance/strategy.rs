@@ -200,12 +200,12 @@ impl Strategy for Weighted {
 /// The less loaded of two usable endpoints chosen at random ("power of two choices"): calls
 /// drift away from slow or busy endpoints without every client herding to the same one.
 ///
-/// An endpoint's load is the number of this client's calls in progress on it, raised to
-/// the calls in flight its server last [reported](crate::load) when that is more (the
-/// server counts other clients' calls too), plus one (the call to place); divided by
-/// `1 - utilization` when its service reports a utilization (capped at 0.95), so that a
-/// server at 50% counts as twice as loaded. Without reports (a server of an earlier
-/// version, or none for a second) it is this client's own count.
+/// An endpoint's load is the number of this client's calls in progress on it, plus the
+/// other clients' calls its server last [reported](crate::load) (its calls in flight beyond
+/// this client's), plus one (the call to place); divided by `1 - utilization` when its
+/// service reports a utilization (capped at 0.95), so that a server at 50% counts as twice
+/// as loaded. A report counts for less as it ages (see [`crate::load`]); without one (a
+/// server of an earlier version, or none lately) the load is this client's own count.
 #[derive(Debug)]
 pub struct LeastLoaded {
     rng: Rng,
@@ -257,11 +257,12 @@ impl Strategy for LeastLoaded {
 /// behind, counting itself.
 fn cost(endpoints: &Endpoints<'_>, index: usize) -> f64 {
     let own = endpoints.load(index) as f64;
-    match endpoints.reported_load(index) {
+    match endpoints.members[index].reported.trusted(own == 0.0) {
         None => own + 1.0,
-        Some(report) => {
-            let load = own.max(f64::from(report.in_flight));
-            (load + 1.0) / (1.0 - report.utilization.min(0.95))
+        Some((report, trust)) => {
+            let others = (f64::from(report.in_flight) - own).max(0.0);
+            let load = own + others * trust;
+            (load + 1.0) / (1.0 - report.utilization.min(0.95) * trust)
         }
     }
 }

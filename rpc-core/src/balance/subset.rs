@@ -109,10 +109,7 @@ impl Subset {
     /// The subset among endpoints with these keys: the indexes into `keys` of the chosen
     /// ones, in ascending order. The keys are expected distinct; a repeated key is one
     /// endpoint (its first index). O(n log n) in the number of keys.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "until the pool subsets its endpoints")
-    )]
+    #[cfg(test)]
     pub(crate) fn choose<K: AsRef<str>>(&self, keys: &[K]) -> Vec<usize> {
         self.choose_usable(keys, |_| true)
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::Client;
 use crate::balance::{
     Backoff, Discover, Endpoint, FailureAccrual, Hedge, LeastLoaded, Pool, PoolConfig, PoolHandle,
-    RetryBudget, Strategy,
+    RetryBudget, Strategy, Subset, Zone,
 };
 use crate::compress::Compression;
 use crate::connect::Connect;
@@ -75,6 +75,8 @@ pub struct ClientBuilder<C> {
     options: ConnectionOptions,
     layers: Layers<ClientCall>,
     hedge: Option<Hedge>,
+    subset: Option<Subset>,
+    zone: Option<Zone>,
 }
 
 /// A builder taken apart to make a pool: the pool, how to wrap its client, the middleware.
@@ -134,6 +136,8 @@ impl<C> ClientBuilder<C> {
             },
             layers: Layers::default(),
             hedge: None,
+            subset: None,
+            zone: None,
         }
     }
 
@@ -187,6 +191,47 @@ impl<C> ClientBuilder<C> {
     /// ```
     pub fn hedge(mut self, hedge: Hedge) -> ClientBuilder<C> {
         self.hedge = Some(hedge);
+        self
+    }
+
+    /// Connects to a [`Subset`] of the endpoints rather than to all of them: for fleets
+    /// where every client connecting to every server would be too many connections.
+    /// Calls are balanced among the subset; an endpoint of the subset that is down or
+    /// ejected is stood in for by the next one on the ring until it is back.
+    ///
+    /// ```no_run
+    /// use rpc_core::balance::{Endpoint, Subset};
+    /// # #[rpc_core::service] pub trait Store { async fn get(&self, key: String) -> Option<String>; }
+    ///
+    /// // This client is number 7 of its fleet; it connects to 10 of the 100 servers.
+    /// let client = StoreClient::builder()
+    ///     .subset(Subset::new(10).client_index(7))
+    ///     .balance((0..100).map(|i| {
+    ///         let addr = format!("10.0.1.{i}:4000");
+    ///         Endpoint::new(addr.clone(), rpc_transport::tcp::connector(addr))
+    ///     }));
+    /// ```
+    pub fn subset(mut self, subset: Subset) -> ClientBuilder<C> {
+        self.subset = Some(subset);
+        self
+    }
+
+    /// Keeps calls in the client's [`Zone`] while its endpoints can take them, and spills
+    /// over to other zones when they cannot. Endpoints carry their zone as the metadata
+    /// [`ZONE`](crate::balance::ZONE).
+    ///
+    /// ```no_run
+    /// use rpc_core::balance::{Endpoint, Zone, ZONE};
+    /// # #[rpc_core::service] pub trait Store { async fn get(&self, key: String) -> Option<String>; }
+    ///
+    /// let client = StoreClient::builder().zone(Zone::new("a")).balance(
+    ///     [("10.0.1.1:4000", "a"), ("10.0.2.1:4000", "b")].map(|(addr, zone)| {
+    ///         Endpoint::new(addr, rpc_transport::tcp::connector(addr)).metadata(ZONE, zone)
+    ///     }),
+    /// );
+    /// ```
+    pub fn zone(mut self, zone: Zone) -> ClientBuilder<C> {
+        self.zone = Some(zone);
         self
     }
 
@@ -335,6 +380,8 @@ impl<C> ClientBuilder<C> {
             accrual: self.accrual,
             options: self.options,
             hedge: self.hedge,
+            subset: self.subset,
+            zone: self.zone,
         };
         (
             Arc::new(Pool::new(self.desc, config)),

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rpc_core::balance::{Endpoint, LeastLoaded};
-use rpc_core::{service, Server, ServerStats};
+use rpc_core::balance::{Endpoint, LeastLoaded, Subset, Zone, ZONE};
+use rpc_core::{service, Keepalive, Server, ServerStats};
 use rpc_transport::sim::{self, turmoil, SimListener};
 use tokio::sync::watch;
 
@@ -20,9 +20,10 @@ pub const PORT: u16 = 4000;
 
 #[service]
 pub trait Work {
-    /// Does the server's work (its think time), then says which server it is.
+    /// Does the server's work (its think time) for client `client`, then says which server
+    /// it is.
     #[rpc(idempotent)]
-    async fn work(&self) -> u32;
+    async fn work(&self, client: u32) -> u32;
     /// Holds the call for `ms` milliseconds (not idempotent: never sent twice).
     async fn hold(&self, ms: u64) -> u32;
 }
@@ -37,8 +38,10 @@ pub struct Shared {
 struct State {
     /// Calls served, per server.
     served: Vec<u64>,
-    /// Every call served, in order: (simulated time since the server's start, in µs; server).
-    trace: Vec<(u64, u32)>,
+    /// Every call served, in order: (simulated µs, server, client).
+    trace: Vec<(u64, u32, u32)>,
+    /// The most connections each server had open while serving a call.
+    peak_connections: Vec<usize>,
     /// How many times each server has started.
     starts: Vec<u32>,
     /// Each server's statistics, for its connection count.
@@ -58,12 +61,15 @@ struct Node {
 }
 
 impl Work for Node {
-    async fn work(&self) -> u32 {
+    async fn work(&self, client: u32) -> u32 {
         tokio::time::sleep(self.think).await;
         let now = turmoil::sim_elapsed().unwrap_or_default().as_micros() as u64;
         self.shared.with(|s| {
-            s.served[self.index as usize] += 1;
-            s.trace.push((now, self.index));
+            let i = self.index as usize;
+            s.served[i] += 1;
+            s.trace.push((now, self.index, client));
+            let open = s.stats[i].as_ref().map_or(0, ServerStats::open_connections);
+            s.peak_connections[i] = s.peak_connections[i].max(open);
         });
         self.index
     }
@@ -102,6 +108,7 @@ async fn serve_until(
             s.starts.resize(i + 1, 0);
             s.stats.resize(i + 1, None);
             s.served.resize(i + 1, 0);
+            s.peak_connections.resize(i + 1, 0);
         }
         s.starts[i] += 1;
         s.stats[i] = Some(server.stats());
@@ -125,6 +132,11 @@ pub struct Fleet {
     /// The network's latency range (turmoil's minimum and maximum).
     pub latency: (Duration, Duration),
     pub seed: u64,
+    /// Each client connects to this many servers (client `i` has index `i`); `None`: all.
+    pub subset: Option<usize>,
+    /// Servers and clients are spread over this many zones (server `i` and client `i` in
+    /// zone `i % zones`), and clients prefer their own; 0: no zones.
+    pub zones: usize,
 }
 
 impl Default for Fleet {
@@ -138,6 +150,8 @@ impl Default for Fleet {
             slow: None,
             latency: (Duration::from_millis(1), Duration::from_millis(1)),
             seed: 1,
+            subset: None,
+            zones: 0,
         }
     }
 }
@@ -147,8 +161,10 @@ impl Default for Fleet {
 pub struct Outcome {
     /// Calls served, per server.
     pub served: Vec<u64>,
-    /// Every call served, in order: (simulated µs, server).
-    pub trace: Vec<(u64, u32)>,
+    /// Every call served, in order: (simulated µs, server, client).
+    pub trace: Vec<(u64, u32, u32)>,
+    /// The most connections each server had open while serving a call.
+    pub peak_connections: Vec<usize>,
     /// Calls that succeeded and failed, over all clients.
     pub ok: u64,
     pub failed: u64,
@@ -167,8 +183,17 @@ pub struct World<'a> {
 }
 
 impl World<'_> {
-    fn server(index: usize) -> String {
+    pub fn server(index: usize) -> String {
         format!("s{index}")
+    }
+
+    pub fn client(index: usize) -> String {
+        format!("c{index}")
+    }
+
+    /// Simulated time so far, in µs (as the trace counts it).
+    pub fn now(&self) -> u64 {
+        self.sim.elapsed().as_micros() as u64
     }
 
     /// Steps the simulation until `done` says so.
@@ -205,15 +230,6 @@ impl World<'_> {
             })
     }
 
-    /// Open connections of server `index`.
-    pub fn connections(&mut self, index: usize) -> usize {
-        self.shared.with(|s| {
-            s.stats[index]
-                .as_ref()
-                .map_or(0, |stats| stats.open_connections())
-        })
-    }
-
     /// Tells the clients to finish the calls they have in flight and stop.
     pub fn stop_clients(&mut self) {
         self.stop.store(true, Ordering::Release);
@@ -230,12 +246,15 @@ impl Fleet {
             .min_message_latency(self.latency.0)
             .max_message_latency(self.latency.1)
             .simulation_duration(Duration::from_secs(24 * 3_600))
+            // Room for a thousand clients connecting at once.
+            .tcp_capacity(1 << 16)
             .build();
         let shared = Shared::default();
         shared.with(|s| {
             s.served = vec![0; self.servers];
             s.starts = vec![0; self.servers];
             s.stats = vec![None; self.servers];
+            s.peak_connections = vec![0; self.servers];
         });
         let mut world = World {
             sim,
@@ -264,19 +283,37 @@ impl Fleet {
         }
 
         let totals = Arc::new(Mutex::new(Outcome::default()));
+        let zones = self.zones;
         for client in 0..self.clients {
             let endpoints: Vec<_> = (0..self.servers)
                 .map(|index| {
                     let name = World::server(index);
-                    Endpoint::new(name.clone(), sim::connector(format!("{name}:{PORT}")))
+                    let endpoint =
+                        Endpoint::new(name.clone(), sim::connector(format!("{name}:{PORT}")));
+                    match zones {
+                        0 => endpoint,
+                        _ => endpoint.metadata(ZONE, format!("z{}", index % zones)),
+                    }
                 })
                 .collect();
+            let (subset, id) = (self.subset, client as u32);
             let (calls, concurrency) = (self.calls, self.concurrency as u64);
             let (stop, totals) = (Arc::clone(&world.stop), Arc::clone(&totals));
-            world.sim.client(format!("c{client}"), async move {
-                let client = WorkClient::builder()
+            world.sim.client(World::client(client), async move {
+                let mut builder = WorkClient::builder()
                     .strategy(LeastLoaded::new())
-                    .balance(endpoints);
+                    // Finds a silent server well within a call's deadline.
+                    .keepalive(Some(Keepalive::new(
+                        Duration::from_secs(5),
+                        Duration::from_secs(2),
+                    )));
+                if let Some(size) = subset {
+                    builder = builder.subset(Subset::new(size).client_index(u64::from(id)));
+                }
+                if zones > 0 {
+                    builder = builder.zone(Zone::new(format!("z{}", id as usize % zones)));
+                }
+                let client = builder.balance(endpoints);
                 let next = Arc::new(AtomicU64::new(0));
                 let mut loops = Vec::new();
                 for _ in 0..concurrency {
@@ -290,7 +327,7 @@ impl Fleet {
                         while !stop.load(Ordering::Acquire)
                             && next.fetch_add(1, Ordering::Relaxed) < calls
                         {
-                            let result = client.work().timeout(Duration::from_secs(30)).await;
+                            let result = client.work(id).timeout(Duration::from_secs(30)).await;
                             let mut totals = totals.lock().expect("not poisoned");
                             match result {
                                 Ok(_) => totals.ok += 1,
@@ -320,6 +357,7 @@ impl Fleet {
         shared.with(|s| {
             outcome.served = s.served.clone();
             outcome.trace = std::mem::take(&mut s.trace);
+            outcome.peak_connections = s.peak_connections.clone();
         });
         outcome
     }
