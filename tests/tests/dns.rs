@@ -245,7 +245,7 @@ async fn srv_records_find_every_server_with_its_port_and_weight() {
 }
 
 /// The source's own changes: an insert per address, keyed `ip:port`, with the SRV record's
-/// weight, target and priority; when the answer changes, the new address is inserted before
+/// weight, target and priority (and the metadata the source was given); when the answer changes, the new address is inserted before
 /// the old one is removed, so a client is never left with none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_insert_new_addresses_before_removing_old_ones() {
@@ -262,7 +262,8 @@ async fn changes_insert_new_addresses_before_removing_old_ones() {
         dns.set_addresses(&format!("host-{n}.changes.test"), &[ip], TTL);
     }
     dns.set_srv(service, &[target(1), target(2)], TTL);
-    let mut changes = quick(Dns::srv(service), &dns).into_changes();
+    let source = quick(Dns::srv(service), &dns).metadata(rpc_core::balance::ZONE, "z1");
+    let mut changes = source.into_changes();
 
     let mut inserted = Vec::new();
     for _ in 0..2 {
@@ -281,6 +282,10 @@ async fn changes_insert_new_addresses_before_removing_old_ones() {
         Some("host-1.changes.test.")
     );
     assert_eq!(first.get_metadata("dns.priority"), Some("0"));
+    // The source's own metadata, on every endpoint.
+    assert!(inserted
+        .iter()
+        .all(|e| e.get_metadata("zone") == Some("z1")));
     assert_eq!(inserted[1].key(), "127.0.1.2:4002");
     assert_eq!(inserted[1].get_weight(), 2);
 

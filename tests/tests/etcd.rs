@@ -349,6 +349,41 @@ async fn a_client_balances_over_the_servers_registered() {
     answered_by_all(&client, &["a", "b", "c"]).await;
 }
 
+/// A server's zone goes through etcd with its address: a zone-aware client keeps its calls
+/// in its own zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_zone_reaches_zone_aware_clients() {
+    use rpc_core::balance::{Zone, ZONE};
+    logs();
+    let etcd = start_etcd().await;
+    let mut servers = Vec::new();
+    for (name, zone) in [("a", "z1"), ("b", "z2"), ("c", "z2")] {
+        let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registration = EtcdRegistrar::new([etcd.addr()], PREFIX, name, addr)
+            .ttl(TTL)
+            .metadata(ZONE, zone)
+            .register()
+            .await
+            .expect("register in etcd");
+        servers.push(TestServer::serve(name, listener, registration));
+    }
+    let fast = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let client = WhereClient::builder()
+        .zone(Zone::new("z2"))
+        .backoff(fast)
+        .discover(EtcdDiscovery::new([etcd.addr()], PREFIX).backoff(fast));
+    eventually("connected to a, b and c", || {
+        ready(&client, &["a", "b", "c"])
+    })
+    .await;
+    let mut answered = BTreeSet::new();
+    for _ in 0..40 {
+        answered.insert(call_name(&client).await);
+    }
+    assert_eq!(answered, ["b".to_string(), "c".to_string()].into());
+}
+
 /// A server shutting down gracefully deregisters first: clients drop it and send new calls
 /// elsewhere, and the call it has in progress still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,8 @@ pub struct Dns {
     max_interval: Duration,
     retry: Backoff,
     timeout: Option<Duration>,
+    /// Given to every endpoint found.
+    metadata: Vec<(String, String)>,
 }
 
 /// Where the resolver's configuration comes from.
@@ -144,7 +146,33 @@ impl Dns {
             max_interval: Duration::from_secs(300),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             timeout: None,
+            metadata: Vec::new(),
         }
+    }
+
+    /// Gives every endpoint this source finds a metadata value, for strategies and
+    /// zone-aware routing to read. DNS records say nothing of zones; with one name per zone,
+    /// tag each name's endpoints and follow them together:
+    ///
+    /// ```
+    /// use futures::stream::{self, StreamExt};
+    /// use rpc_core::balance::{Discover, ZONE};
+    /// use rpc_transport::dns::Dns;
+    ///
+    /// fn assert_discover(_: impl Discover) {}
+    /// let zones = ["a", "b"].map(|zone| {
+    ///     Dns::new(format!("inventory.zone-{zone}.internal:4000"))
+    ///         .metadata(ZONE, zone)
+    ///         .into_changes()
+    /// });
+    /// // Give it to `.discover(...)` of a client built with `.zone(Zone::new("a"))`.
+    /// assert_discover(stream::select_all(zones));
+    /// ```
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Dns {
+        let key = key.into();
+        self.metadata.retain(|(k, _)| *k != key);
+        self.metadata.push((key, value.into()));
+        self
     }
 
     /// The port of the endpoints found through A/AAAA records (replacing one given in
@@ -388,6 +416,9 @@ impl Watch {
                 Endpoint::new(key.clone(), tcp::connector(found.addr)).weight(found.weight);
             for (k, v) in &found.metadata {
                 endpoint = endpoint.metadata(*k, v.clone());
+            }
+            for (k, v) in &self.dns.metadata {
+                endpoint = endpoint.metadata(k.clone(), v.clone());
             }
             self.pending.push_back(Change::Insert(endpoint));
         }

@@ -319,7 +319,11 @@ impl Watcher {
             return;
         }
         debug!(key = %key, addr = %entry.addr, weight = entry.weight, "etcd discovery: server in");
-        let endpoint = Endpoint::new(key.clone(), tcp::connector(&entry.addr)).weight(entry.weight);
+        let mut endpoint =
+            Endpoint::new(key.clone(), tcp::connector(&entry.addr)).weight(entry.weight);
+        for (k, v) in &entry.metadata {
+            endpoint = endpoint.metadata(k.clone(), v.clone());
+        }
         self.pending.push_back(Change::Insert(endpoint));
         self.known.insert(key, entry);
     }

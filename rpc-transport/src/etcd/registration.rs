@@ -94,6 +94,7 @@ impl EtcdRegistrar {
             entry: Entry {
                 addr: addr.to_string(),
                 weight: 1,
+                metadata: Vec::new(),
             },
             ttl: Duration::from_secs(10),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -112,6 +113,29 @@ impl EtcdRegistrar {
     /// The weight clients give this server (default 1).
     pub fn weight(mut self, weight: u32) -> EtcdRegistrar {
         self.entry.weight = weight;
+        self
+    }
+
+    /// Publishes a metadata value with the server's address, which discovering clients give
+    /// its endpoint ([`Endpoint::metadata`](rpc_core::balance::Endpoint::metadata)): its
+    /// zone, for zone-aware clients, is `.metadata(rpc_core::balance::ZONE, "eu-west-1a")`.
+    /// Keys and values are single words (no spaces), keys without `=`.
+    ///
+    /// # Panics
+    /// If the key is empty or has `=` or white space, or the value has white space: the
+    /// entry could not be read back.
+    pub fn metadata(mut self, key: &str, value: &str) -> EtcdRegistrar {
+        assert!(
+            !key.is_empty()
+                && !key.contains('=')
+                && !key.contains(char::is_whitespace)
+                && !value.contains(char::is_whitespace),
+            "etcd registration metadata must be single words, the key without `=`: {key:?}={value:?}"
+        );
+        self.entry.metadata.retain(|(k, _)| k != key);
+        self.entry
+            .metadata
+            .push((key.to_string(), value.to_string()));
         self
     }
 
