@@ -22,6 +22,12 @@ use crate::waker;
 /// A connection pings only after `interval` without receiving anything, so a busy connection
 /// sends no pings at all. Any frame from the peer counts as an answer.
 ///
+/// The clock is coarse, so that receiving costs nothing: it looks once per `interval`
+/// whether anything arrived since its last look. A ping therefore goes out after one to two
+/// `interval`s of silence, and a peer that vanished is given up on within
+/// `2 × interval + timeout` of the last frame it sent (70 s with a built client's default
+/// of 30 s and 10 s). Choose `interval` for that bound.
+///
 /// ```
 /// use std::time::Duration;
 /// use rpc_core::Keepalive;
@@ -31,7 +37,7 @@ use crate::waker;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
-    /// Quiet time after which a ping is sent.
+    /// Quiet time after which a ping is sent (up to twice this; see above).
     pub interval: Duration,
     /// Time to wait for any frame after a ping before the connection is presumed dead.
     pub timeout: Duration,
