@@ -27,6 +27,11 @@ pub struct Compression;
 #[doc = include_str!("../../docs/discovery.md")]
 pub struct Discovery;
 
+/// The Rust blocks of `docs/fleet.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/fleet.md")]
+pub struct Fleet;
+
 /// The Rust blocks of `docs/etcd.md`, which need the feature `etcd` (and so `protoc`).
 #[cfg(all(doctest, feature = "etcd"))]
 #[doc = include_str!("../../docs/etcd.md")]
