@@ -333,6 +333,27 @@ async fn a_rate_limit_by_peer_ip_over_tcp() {
     );
 }
 
+/// Buckets refill on the runtime's clock: in paused (or simulated) time, an hour passes
+/// when the runtime says so.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_refills_in_the_runtimes_time() {
+    let limit = RateLimit::builder()
+        .rate(1, Duration::from_secs(3600))
+        .build()
+        .expect("valid");
+    let server = Server::new().layer_for_method(&ProbeClient::DESCRIPTOR, "count", limit);
+    let (client, _harness) = probe(Kind::MemoryPair, server, ProbeImpl::default()).await;
+    guard(client.count()).await.expect("the first call");
+    let err = guard(client.count()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    let wait = err.retry_after().expect("when to retry");
+    assert!(wait > Duration::from_secs(3500), "{wait:?}");
+    tokio::time::advance(wait).await;
+    guard(client.count())
+        .await
+        .expect("an hour later, a token again");
+}
+
 #[test]
 fn bad_rate_limits_are_refused_when_built() {
     let zero = RateLimit::builder()

@@ -7,8 +7,10 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 
 use super::ConfigError;
 use crate::error::RpcError;
@@ -101,9 +103,12 @@ impl RateLimitBuilder {
                 ))
             })?
             .allow_burst(burst);
+        let clock = RuntimeClock {
+            start: crate::clock::now(),
+        };
         Ok(RateLimit {
-            limiter: RateLimiter::dashmap(quota),
-            clock: DefaultClock::default(),
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
             hasher: RandomState::new(),
             describe: format!(
                 "{calls} calls per {:?} (bursts of {burst}){}",
@@ -176,8 +181,8 @@ fn describe_key(key: &KeyBy) -> String {
 /// # }
 /// ```
 pub struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<u64>,
-    clock: DefaultClock,
+    limiter: Limiter,
+    clock: RuntimeClock,
     /// Keyed with random keys per policy: a caller cannot choose a key that lands in
     /// another caller's bucket.
     hasher: RandomState,
@@ -186,6 +191,24 @@ pub struct RateLimit {
     per_method: bool,
     /// Calls checked, to forget idle callers' buckets now and then.
     checks: AtomicU64,
+}
+
+type Limiter =
+    RateLimiter<u64, DefaultKeyedStateStore<u64>, RuntimeClock, NoOpMiddleware<Duration>>;
+
+/// governor's clock on the runtime's (see `crate::clock`), so that buckets refill in paused
+/// or simulated time too: the time since the limit was built.
+#[derive(Debug, Clone)]
+struct RuntimeClock {
+    start: std::time::Instant,
+}
+
+impl Clock for RuntimeClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        crate::clock::since(self.start)
+    }
 }
 
 impl fmt::Debug for RateLimit {
