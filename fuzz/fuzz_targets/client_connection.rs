@@ -223,6 +223,7 @@ impl Heard {
                 "the client answered a Ping it was never sent"
             ),
             WireMessage::Response { .. } => panic!("the client sent a Response"),
+            WireMessage::Load { .. } => panic!("the client sent a load report"),
             // This client offers no compression: it must never send a compressed message.
             WireMessage::PackedRequest { .. }
             | WireMessage::PackedResponse { .. }

@@ -396,6 +396,8 @@ fn check_replies(replies: &[Bytes], asked: &Asked) {
             WireMessage::Goodbye { .. } => said_goodbye = true,
             // The server's own keepalive.
             WireMessage::Ping { .. } => {}
+            // A load report, for a fuzzed client whose announcement asked for them.
+            WireMessage::Load { .. } => {}
             WireMessage::Hello { .. } | WireMessage::Request { .. } => {
                 panic!("the server sent a {}", message.name())
             }
