@@ -18,22 +18,21 @@
 //! none asserts on timing.
 
 mod common;
+#[path = "common/dns_clients.rs"]
+mod dns_clients;
 #[path = "common/dns_server.rs"]
 mod dns_server;
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::guard;
-use common::replica::{eventually, FleetClient, Replica};
+use common::replica::Replica;
+use dns_clients::{addr, client, reach_all, ready, stats, CALL_TIMEOUT};
 use dns_server::{DnsServer, SrvTarget};
 use futures::StreamExt;
-use rpc_core::balance::{Backoff, Change, ClientStats, Discover, EndpointState, RoundRobin};
+use rpc_core::balance::{Backoff, Change, Discover};
 use rpc_transport::dns::Dns;
-
-/// A deadline for calls expected to succeed: generous, and still inside the hang guard.
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Consul's default TTL for service and node records.
 const CONSUL_TTL: u32 = 0;
@@ -58,60 +57,6 @@ fn source(name: &str, dns: &DnsServer) -> Dns {
             Duration::from_millis(10),
             Duration::from_millis(100),
         ))
-}
-
-/// A client of the instances `dns` finds, round robin, quick to reconnect.
-fn client(dns: Dns) -> FleetClient {
-    FleetClient::builder()
-        .strategy(RoundRobin::new())
-        .backoff(Backoff::new(
-            Duration::from_millis(5),
-            Duration::from_millis(50),
-        ))
-        .discover(dns)
-}
-
-fn stats(client: &FleetClient) -> ClientStats {
-    client
-        .client()
-        .stats()
-        .expect("a client made by a builder has stats")
-}
-
-fn addr(replica: &Replica) -> SocketAddr {
-    replica.tcp_addr().expect("a TCP replica")
-}
-
-/// Waits until the client's endpoints are exactly `replicas`, each connected.
-async fn ready(client: &FleetClient, replicas: &[&Replica]) {
-    let expected: BTreeSet<String> = replicas.iter().map(|r| addr(r).to_string()).collect();
-    eventually(|| {
-        let stats = stats(client);
-        stats.endpoints.len() == expected.len()
-            && stats
-                .endpoints
-                .iter()
-                .all(|e| e.state == EndpointState::Ready && expected.contains(&e.key))
-    })
-    .await;
-}
-
-/// Calls `whoami` until every tag in `tags` has answered; fails (hang guard) if one never
-/// does. Every call must succeed.
-async fn reach_all(client: &FleetClient, tags: &[u32]) {
-    let wanted: BTreeSet<u32> = tags.iter().copied().collect();
-    let mut seen = BTreeSet::new();
-    guard(async {
-        while !wanted.is_subset(&seen) {
-            let tag = client
-                .whoami()
-                .timeout(CALL_TIMEOUT)
-                .await
-                .expect("whoami succeeds");
-            seen.insert(tag);
-        }
-    })
-    .await;
 }
 
 /// Consul's SRV record of an instance: priority 1, weight 1, the instance's port.

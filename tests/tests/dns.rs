@@ -9,6 +9,8 @@
 //! happen, and none asserts on timing.
 
 mod common;
+#[path = "common/dns_clients.rs"]
+mod dns_clients;
 #[path = "common/dns_server.rs"]
 mod dns_server;
 
@@ -20,13 +22,11 @@ use std::time::Duration;
 
 use common::guard;
 use common::replica::{eventually, wait_for, FleetClient, Method, Replica};
+use dns_clients::{addr, client, key, reach_all, ready, stats, CALL_TIMEOUT};
 use dns_server::{DnsServer, Mode, SrvTarget};
 use futures::StreamExt;
-use rpc_core::balance::{Backoff, Change, ClientStats, Discover, EndpointState, RoundRobin};
+use rpc_core::balance::{Backoff, Change, Discover};
 use rpc_transport::dns::Dns;
-
-/// A deadline for calls expected to succeed: generous, and still inside the hang guard.
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The TTL of every record the tests publish.
 const TTL: u32 = 1;
@@ -92,72 +92,13 @@ fn quick(dns: Dns, server: &DnsServer) -> Dns {
         ))
 }
 
-/// A client of the replicas `dns` finds, round robin, quick to reconnect.
-fn client(dns: Dns) -> FleetClient {
-    FleetClient::builder()
-        .strategy(RoundRobin::new())
-        .backoff(Backoff::new(
-            Duration::from_millis(5),
-            Duration::from_millis(50),
-        ))
-        .discover(dns)
-}
-
-fn stats(client: &FleetClient) -> ClientStats {
-    client
-        .client()
-        .stats()
-        .expect("a client made by a builder has stats")
-}
-
 /// The keys of the client's endpoints.
 fn keys(client: &FleetClient) -> BTreeSet<String> {
     stats(client).endpoints.into_iter().map(|e| e.key).collect()
 }
 
-/// Waits until the client's endpoints are exactly `replicas`, each connected.
-async fn ready(client: &FleetClient, replicas: &[&Replica]) {
-    let expected: BTreeSet<String> = replicas.iter().map(|r| key(r)).collect();
-    eventually(|| {
-        let stats = stats(client);
-        stats.endpoints.len() == expected.len()
-            && stats
-                .endpoints
-                .iter()
-                .all(|e| e.state == EndpointState::Ready && expected.contains(&e.key))
-    })
-    .await;
-}
-
-/// The endpoint key DNS discovery gives a replica: its address.
-fn key(replica: &Replica) -> String {
-    addr(replica).to_string()
-}
-
-fn addr(replica: &Replica) -> SocketAddr {
-    replica.tcp_addr().expect("a TCP replica")
-}
-
 fn ip(replica: &Replica) -> IpAddr {
     addr(replica).ip()
-}
-
-/// Calls `whoami` until every tag in `tags` has answered; fails (hang guard) if one never
-/// does. Every call must succeed.
-async fn reach_all(client: &FleetClient, tags: &[u32]) {
-    let wanted: BTreeSet<u32> = tags.iter().copied().collect();
-    let mut seen = BTreeSet::new();
-    guard(async {
-        while !wanted.is_subset(&seen) {
-            let tag = client
-                .whoami()
-                .timeout(CALL_TIMEOUT)
-                .await
-                .expect("whoami succeeds");
-            seen.insert(tag);
-        }
-    })
-    .await;
 }
 
 /// Three TCP replicas, tagged 0, 1, 2, on 127.0.0.2, .3 and .4 with one port: what three

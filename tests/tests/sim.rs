@@ -129,27 +129,28 @@ fn a_partitioned_zone_spills_over_and_comes_back() {
             let until = world.now() + seconds * 1_000_000;
             world.step_until(|w| w.now() >= until);
         };
-        run_for(world, 2);
-        // Zone 0's servers become unreachable from every client.
-        cut = world.now();
-        for server in (0..6).filter(|&s| zone(s) == 0) {
-            for client in 0..6 {
-                world.sim.partition(
-                    fleet::World::server(server as usize),
-                    fleet::World::client(client),
-                );
+        // Cuts (or heals) every link between zone 0's servers and the clients.
+        let links = |world: &mut fleet::World<'_>, cut: bool| {
+            for server in (0..6).filter(|&s| zone(s) == 0) {
+                for client in 0..6 {
+                    let (a, b) = (
+                        fleet::World::server(server as usize),
+                        fleet::World::client(client),
+                    );
+                    if cut {
+                        world.sim.partition(a, b);
+                    } else {
+                        world.sim.repair(a, b);
+                    }
+                }
             }
-        }
+        };
+        run_for(world, 2);
+        cut = world.now();
+        links(world, true);
         run_for(world, 20);
         healed = world.now();
-        for server in (0..6).filter(|&s| zone(s) == 0) {
-            for client in 0..6 {
-                world.sim.repair(
-                    fleet::World::server(server as usize),
-                    fleet::World::client(client),
-                );
-            }
-        }
+        links(world, false);
         run_for(world, 20);
         world.stop_clients();
     });
