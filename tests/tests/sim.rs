@@ -270,6 +270,43 @@ fn a_rolling_restart_of_every_server_under_load_fails_no_idempotent_call() {
 }
 
 #[test]
+fn servers_crashing_under_load_fail_no_idempotent_call() {
+    let servers = if full() { 20 } else { 6 };
+    let fleet = Fleet {
+        servers,
+        clients: 4,
+        concurrency: 4,
+        calls: u64::MAX,
+        think: Duration::from_millis(5),
+        ..Fleet::default()
+    };
+    let outcome = fleet.run(|world| {
+        // Every other server crashes, in turn, with calls in flight; it comes back 2 s later.
+        for server in (0..servers).step_by(2) {
+            world.step_until(|w| w.serving(server));
+            world.crash(server);
+            let back = world.now() + 2_000_000;
+            world.step_until(|w| w.now() >= back);
+            world.start(server);
+        }
+        world.step_until(|w| w.serving(servers - 2));
+        world.stop_clients();
+    });
+    println!(
+        "{} of {servers} servers crashed in turn: {} calls succeeded, {} failed, {} retried",
+        servers / 2,
+        outcome.ok,
+        outcome.failed,
+        outcome.retries
+    );
+    assert_eq!(outcome.failed, 0, "{:?}", outcome.errors);
+    assert!(
+        outcome.retries > 0,
+        "calls in flight on a crashed server are retried"
+    );
+}
+
+#[test]
 fn deadlines_backoff_and_keepalive_follow_simulated_time() {
     sim::seed(1);
     let mut world = turmoil::Builder::new()

@@ -208,6 +208,11 @@ impl World<'_> {
         self.drains[index].send_replace(true);
     }
 
+    /// Crashes server `index`: its software stops at once, its connections with it.
+    pub fn crash(&mut self, index: usize) {
+        self.sim.crash(Self::server(index));
+    }
+
     /// Whether server `index`'s software runs.
     pub fn running(&mut self, index: usize) -> bool {
         self.sim.is_host_running(Self::server(index))
