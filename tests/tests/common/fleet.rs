@@ -134,8 +134,11 @@ pub struct Fleet {
     pub seed: u64,
     /// Each client connects to this many servers (client `i` has index `i`); `None`: all.
     pub subset: Option<usize>,
+    /// Clients per simulated client host (turmoil's cost grows with hosts times links).
+    pub clients_per_host: usize,
     /// Servers and clients are spread over this many zones (server `i` and client `i` in
-    /// zone `i % zones`), and clients prefer their own; 0: no zones.
+    /// zone `i % zones`), and clients prefer their own; 0: no zones. (Keep one client per
+    /// host to partition a zone's clients.)
     pub zones: usize,
 }
 
@@ -151,6 +154,7 @@ impl Default for Fleet {
             latency: (Duration::from_millis(1), Duration::from_millis(1)),
             seed: 1,
             subset: None,
+            clients_per_host: 1,
             zones: 0,
         }
     }
@@ -288,69 +292,28 @@ impl Fleet {
         }
 
         let totals = Arc::new(Mutex::new(Outcome::default()));
-        let zones = self.zones;
-        for client in 0..self.clients {
-            let endpoints: Vec<_> = (0..self.servers)
-                .map(|index| {
-                    let name = World::server(index);
-                    let endpoint =
-                        Endpoint::new(name.clone(), sim::connector(format!("{name}:{PORT}")));
-                    match zones {
-                        0 => endpoint,
-                        _ => endpoint.metadata(ZONE, format!("z{}", index % zones)),
-                    }
-                })
+        let per_host = self.clients_per_host.max(1);
+        for host in 0..self.clients.div_ceil(per_host) {
+            let ids: Vec<u32> = (host * per_host..((host + 1) * per_host).min(self.clients))
+                .map(|id| id as u32)
                 .collect();
-            let (subset, id) = (self.subset, client as u32);
-            let (calls, concurrency) = (self.calls, self.concurrency as u64);
-            let (stop, totals) = (Arc::clone(&world.stop), Arc::clone(&totals));
-            world.sim.client(World::client(client), async move {
-                let mut builder = WorkClient::builder()
-                    .strategy(LeastLoaded::new())
-                    // Finds a silent server well within a call's deadline.
-                    .keepalive(Some(Keepalive::new(
-                        Duration::from_secs(5),
-                        Duration::from_secs(2),
-                    )));
-                if let Some(size) = subset {
-                    builder = builder.subset(Subset::new(size).client_index(u64::from(id)));
+            let plan = Plan {
+                servers: self.servers,
+                subset: self.subset,
+                zones: self.zones,
+                calls: self.calls,
+                concurrency: self.concurrency as u64,
+                stop: Arc::clone(&world.stop),
+                totals: Arc::clone(&totals),
+            };
+            world.sim.client(World::client(host), async move {
+                let clients: Vec<_> = ids
+                    .into_iter()
+                    .map(|id| tokio::spawn(plan.clone().run(id)))
+                    .collect();
+                for client in clients {
+                    client.await?;
                 }
-                if zones > 0 {
-                    builder = builder.zone(Zone::new(format!("z{}", id as usize % zones)));
-                }
-                let client = builder.balance(endpoints);
-                let next = Arc::new(AtomicU64::new(0));
-                let mut loops = Vec::new();
-                for _ in 0..concurrency {
-                    let (client, next, stop, totals) = (
-                        client.clone(),
-                        Arc::clone(&next),
-                        Arc::clone(&stop),
-                        Arc::clone(&totals),
-                    );
-                    loops.push(tokio::spawn(async move {
-                        while !stop.load(Ordering::Acquire)
-                            && next.fetch_add(1, Ordering::Relaxed) < calls
-                        {
-                            let result = client.work(id).timeout(Duration::from_secs(30)).await;
-                            let mut totals = totals.lock().expect("not poisoned");
-                            match result {
-                                Ok(_) => totals.ok += 1,
-                                Err(err) => {
-                                    totals.failed += 1;
-                                    if totals.errors.len() < 5 {
-                                        totals.errors.push(err.to_string());
-                                    }
-                                }
-                            }
-                        }
-                    }));
-                }
-                for task in loops {
-                    task.await?;
-                }
-                let retries = client.client().stats().map_or(0, |stats| stats.retries);
-                totals.lock().expect("not poisoned").retries += retries;
                 Ok(())
             });
         }
@@ -365,5 +328,74 @@ impl Fleet {
             outcome.peak_connections = s.peak_connections.clone();
         });
         outcome
+    }
+}
+
+/// What each simulated client does.
+#[derive(Clone)]
+struct Plan {
+    servers: usize,
+    subset: Option<usize>,
+    zones: usize,
+    calls: u64,
+    concurrency: u64,
+    stop: Arc<AtomicBool>,
+    totals: Arc<Mutex<Outcome>>,
+}
+
+impl Plan {
+    /// Client `id`: a balancing client of every server, `concurrency` calls at a time.
+    async fn run(self, id: u32) {
+        let zones = self.zones;
+        let endpoints = (0..self.servers).map(|index| {
+            let name = World::server(index);
+            let endpoint = Endpoint::new(name.clone(), sim::connector(format!("{name}:{PORT}")));
+            match zones {
+                0 => endpoint,
+                _ => endpoint.metadata(ZONE, format!("z{}", index % zones)),
+            }
+        });
+        let mut builder = WorkClient::builder()
+            .strategy(LeastLoaded::new())
+            // Finds a silent server well within a call's deadline.
+            .keepalive(Some(Keepalive::new(
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+            )));
+        if let Some(size) = self.subset {
+            builder = builder.subset(Subset::new(size).client_index(u64::from(id)));
+        }
+        if zones > 0 {
+            builder = builder.zone(Zone::new(format!("z{}", id as usize % zones)));
+        }
+        let client = builder.balance(endpoints);
+        let next = Arc::new(AtomicU64::new(0));
+        let loops: Vec<_> = (0..self.concurrency)
+            .map(|_| {
+                let (client, next, plan) = (client.clone(), Arc::clone(&next), self.clone());
+                tokio::spawn(async move {
+                    while !plan.stop.load(Ordering::Acquire)
+                        && next.fetch_add(1, Ordering::Relaxed) < plan.calls
+                    {
+                        let result = client.work(id).timeout(Duration::from_secs(30)).await;
+                        let mut totals = plan.totals.lock().expect("not poisoned");
+                        match result {
+                            Ok(_) => totals.ok += 1,
+                            Err(err) => {
+                                totals.failed += 1;
+                                if totals.errors.len() < 5 {
+                                    totals.errors.push(err.to_string());
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in loops {
+            task.await.expect("a client loop panicked");
+        }
+        let retries = client.client().stats().map_or(0, |stats| stats.retries);
+        self.totals.lock().expect("not poisoned").retries += retries;
     }
 }
