@@ -429,6 +429,8 @@ impl Pool {
             fresh: bool,
             /// In the client's zone and not too busy to stay there (always, without a zone).
             home: bool,
+            /// Never sent a call: its first connection is still to come.
+            unused: bool,
         }
         let now = crate::clock::now();
         let zone = self.config.zone.as_ref();
@@ -438,6 +440,7 @@ impl Pool {
                 link: m.link(),
                 allowed: lock(&m.breaker).allows(now),
                 fresh: !tried.iter().any(|t| Arc::ptr_eq(t, m)),
+                unused: m.calls.load(Ordering::Relaxed) == 0,
                 home: zone.is_none_or(|zone| {
                     zone.is_local(&m.metadata)
                         && !m
@@ -450,9 +453,14 @@ impl Pool {
         let ready = |s: &Snapshot| matches!(s.link, Link::Ready(_));
         let best = |s: &Snapshot| ready(s) && s.allowed && s.fresh;
         // With a zone: its own endpoints first, while enough of them can take the call or
-        // are about to (being connected, and worth waiting for, as a first connection is).
+        // are about to: being connected for the first time, which is worth waiting for when
+        // the client starts. One that lost its connection is not waited for: calls spill
+        // over at once.
         let coming = |s: &Snapshot| {
-            s.allowed && s.fresh && matches!(s.link, Link::Connecting { waitable: true })
+            s.unused
+                && s.allowed
+                && s.fresh
+                && matches!(s.link, Link::Connecting { waitable: true })
         };
         let stay_home = zone.is_some_and(|zone| {
             let home = snaps.iter().filter(|s| s.home && (best(s) || coming(s)));

@@ -15,6 +15,9 @@ pub const ZONE: &str = "zone";
 /// [`min_endpoints`](Zone::min_endpoints) of them are usable: connected, not ejected by
 /// failure accrual, and not reporting a utilization at or above
 /// [`spill_utilization`](Zone::spill_utilization) (see [load reports](crate::load)).
+/// Endpoints being connected for the first time count too, so that a client that has just
+/// started waits for its zone rather than spilling over; one that lost its connection does
+/// not.
 /// Otherwise (the zone's servers are partitioned away, failing, overloaded, or too few)
 /// calls go to every usable endpoint, the zone's own included, as the client's
 /// [`Strategy`](super::Strategy) picks; they come back as soon as the zone recovers.
