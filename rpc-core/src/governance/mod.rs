@@ -7,6 +7,8 @@
 //! - [`AdaptiveConcurrency`]: a server-side concurrency limit found from observed latency
 //!   instead of a fixed number, which also refuses calls that would miss their deadline
 //!   and sheds calls of lower [`Priority`] first.
+//! - `ResponseCache` (feature `cache`): a client-side cache that answers repeated calls of
+//!   idempotent methods from memory for a while.
 //!
 //! Each is a [`Middleware`](crate::middleware::Middleware): install it with
 //! [`Server::layer`](crate::Server::layer) (or `layer_for`, `layer_for_method`). Bad
@@ -14,12 +16,16 @@
 //! [`ConfigError`] that says what to change.
 
 mod adaptive;
+#[cfg(feature = "cache")]
+mod cache;
 mod priority;
 mod rate;
 
 use std::fmt;
 
 pub use adaptive::{AdaptiveConcurrency, AdaptiveConcurrencyBuilder};
+#[cfg(feature = "cache")]
+pub use cache::{ResponseCache, ResponseCacheBuilder};
 pub use priority::Priority;
 pub use rate::{KeyBy, RateLimit, RateLimitBuilder};
 
