@@ -364,8 +364,10 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// splitmix64's increment: an odd constant, so a sequence runs through all 2^64 states.
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+/// 2⁶⁴ / φ (φ the golden ratio), rounded to odd. splitmix64's increment: being odd, a
+/// sequence runs through all 2⁶⁴ states. Subsetting's multiplier: `i × GOLDEN` (mod 2⁶⁴) is
+/// `frac(i × φ)` in 64-bit fixed point, the golden-ratio sequence.
+pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 std::thread_local! {
     /// The state of this thread's sequence of seeds, once [`seed_randomness`] set it.
@@ -409,7 +411,7 @@ impl Rng {
     pub(crate) fn random() -> Rng {
         let seed = THREAD_SEEDS
             .with(|seeds| {
-                let state = seeds.get()?.wrapping_add(GOLDEN_GAMMA);
+                let state = seeds.get()?.wrapping_add(GOLDEN);
                 seeds.set(Some(state));
                 Some(mix(state))
             })
@@ -420,8 +422,8 @@ impl Rng {
     pub(crate) fn next_u64(&self) -> u64 {
         mix(self
             .0
-            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
-            .wrapping_add(GOLDEN_GAMMA))
+            .fetch_add(GOLDEN, Ordering::Relaxed)
+            .wrapping_add(GOLDEN))
     }
 
     /// Uniform in `0..n` (`n` > 0).

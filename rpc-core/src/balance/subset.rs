@@ -1,13 +1,10 @@
 //! Deterministic subsetting: which of many endpoints a balancing client connects to, so
 //! that many clients spread evenly over many servers without a full mesh of connections.
 
-use super::strategy::{hash_key, Rng};
-
-/// 2⁶⁴ / φ: multiplying an index by it (mod 2⁶⁴) is `frac(index × φ)` in 64-bit fixed
-/// point, the golden-ratio sequence, in integers so that every process and platform places a
-/// client at the same point. It is odd, so distinct indexes get distinct points and random
-/// indexes uniform ones.
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+// `i × GOLDEN` is the golden-ratio sequence in integers, so that every process and platform
+// places a client at the same point; being odd, it gives distinct indexes distinct points
+// and random indexes uniform ones.
+use super::strategy::{hash_key, Rng, GOLDEN};
 
 /// Connects a balancing client to `size` of the endpoints rather than to all of them.
 ///
