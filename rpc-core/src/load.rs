@@ -154,20 +154,21 @@ impl ReportedLoad {
         self.at.store(ms.saturating_add(1), Ordering::Relaxed);
     }
 
-    /// The latest report, if it is younger than [`REPORT_TTL`].
-    pub(crate) fn fresh(&self) -> Option<ServerLoad> {
-        self.trusted(false).map(|(load, _)| load)
+    /// The latest report, if it is younger than [`REPORT_TTL`] at `now`.
+    pub(crate) fn fresh(&self, now: Instant) -> Option<ServerLoad> {
+        self.trusted(now, false).map(|(load, _)| load)
     }
 
-    /// The latest report and how much it is still worth: 1 when it has just come, falling
-    /// to 0 at [`REPORT_TTL`], or at [`IDLE_REPORT_TTL`] when this client has no call on
-    /// the server (`idle`), as no newer report is on its way then.
-    pub(crate) fn trusted(&self, idle: bool) -> Option<(ServerLoad, f64)> {
+    /// The latest report and how much it is still worth at `now` (the caller's reading of
+    /// the runtime's clock, one for all the endpoints it weighs): 1 when it has just come,
+    /// falling to 0 at [`REPORT_TTL`], or at [`IDLE_REPORT_TTL`] when this client has no
+    /// call on the server (`idle`), as no newer report is on its way then.
+    pub(crate) fn trusted(&self, now: Instant, idle: bool) -> Option<(ServerLoad, f64)> {
         let at = self.at.load(Ordering::Relaxed);
         if at == 0 {
             return None;
         }
-        let now = crate::clock::since(self.epoch).as_millis() as u64 + 1;
+        let now = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
         let ttl = if idle { IDLE_REPORT_TTL } else { REPORT_TTL }.as_millis() as u64;
         let age = now.saturating_sub(at);
         if age > ttl {
@@ -200,24 +201,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_report_is_trusted_for_its_ttl_only() {
         let reported = ReportedLoad::new();
-        assert_eq!(reported.fresh(), None);
+        assert_eq!(reported.fresh(crate::clock::now()), None);
         reported.record(7, 2_500);
         assert_eq!(
-            reported.fresh(),
+            reported.fresh(crate::clock::now()),
             Some(ServerLoad {
                 in_flight: 7,
                 utilization: 0.25
             })
         );
-        assert_eq!(reported.trusted(true).map(|(_, trust)| trust), Some(1.0));
+        assert_eq!(
+            reported
+                .trusted(crate::clock::now(), true)
+                .map(|(_, trust)| trust),
+            Some(1.0)
+        );
         // Half way through the idle TTL: worth half, unless the client has calls there.
         tokio::time::advance(IDLE_REPORT_TTL / 2).await;
-        assert_eq!(reported.trusted(true).map(|(_, trust)| trust), Some(0.5));
-        assert_eq!(reported.trusted(false).map(|(_, trust)| trust), Some(0.95));
+        assert_eq!(
+            reported
+                .trusted(crate::clock::now(), true)
+                .map(|(_, trust)| trust),
+            Some(0.5)
+        );
+        assert_eq!(
+            reported
+                .trusted(crate::clock::now(), false)
+                .map(|(_, trust)| trust),
+            Some(0.95)
+        );
         tokio::time::advance(IDLE_REPORT_TTL).await;
-        assert_eq!(reported.trusted(true), None);
-        assert!(reported.fresh().is_some());
+        assert_eq!(reported.trusted(crate::clock::now(), true), None);
+        assert!(reported.fresh(crate::clock::now()).is_some());
         tokio::time::advance(REPORT_TTL).await;
-        assert_eq!(reported.fresh(), None);
+        assert_eq!(reported.fresh(crate::clock::now()), None);
     }
 }

@@ -445,7 +445,7 @@ impl Pool {
                     zone.is_local(&m.metadata)
                         && !m
                             .reported
-                            .fresh()
+                            .fresh(now)
                             .is_some_and(|load| zone.too_busy(load.utilization))
                 }),
             })
@@ -496,6 +496,7 @@ impl Pool {
                 members: list,
                 usable: &usable,
                 generation: members.generation,
+                now,
             };
             let chosen = self
                 .config
@@ -568,6 +569,7 @@ impl Pool {
 
     pub(crate) fn stats(&self) -> ClientStats {
         let members = self.members();
+        let now = crate::clock::now();
         ClientStats {
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
@@ -589,7 +591,7 @@ impl Pool {
                     ejected: lock(&m.breaker).is_ejected(),
                     in_flight: m.outstanding.load(Ordering::Relaxed),
                     calls: m.calls.load(Ordering::Relaxed),
-                    reported: m.reported.fresh(),
+                    reported: m.reported.fresh(now),
                 })
                 .collect(),
         }

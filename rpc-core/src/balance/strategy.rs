@@ -15,6 +15,8 @@ pub struct Endpoints<'a> {
     pub(crate) members: &'a [Arc<Member>],
     pub(crate) usable: &'a [bool],
     pub(crate) generation: u64,
+    /// When the pick is made, on the runtime's clock: one reading for every report weighed.
+    pub(crate) now: std::time::Instant,
 }
 
 impl Endpoints<'_> {
@@ -52,7 +54,7 @@ impl Endpoints<'_> {
     /// [`REPORT_TTL`](crate::load::REPORT_TTL): its calls in flight for all its clients,
     /// and the utilization its service set.
     pub fn reported_load(&self, index: usize) -> Option<ServerLoad> {
-        self.members[index].reported.fresh()
+        self.members[index].reported.fresh(self.now)
     }
 
     /// Whether the endpoint may get this call.
@@ -257,7 +259,10 @@ impl Strategy for LeastLoaded {
 /// behind, counting itself.
 fn cost(endpoints: &Endpoints<'_>, index: usize) -> f64 {
     let own = endpoints.load(index) as f64;
-    match endpoints.members[index].reported.trusted(own == 0.0) {
+    match endpoints.members[index]
+        .reported
+        .trusted(endpoints.now, own == 0.0)
+    {
         None => own + 1.0,
         Some((report, trust)) => {
             let others = (f64::from(report.in_flight) - own).max(0.0);
@@ -459,6 +464,7 @@ mod tests {
             members,
             usable,
             generation: 1,
+            now: crate::clock::now(),
         };
         let mut counts = vec![0u32; members.len()];
         for call in 0..n {
@@ -503,6 +509,7 @@ mod tests {
             members: &members,
             usable: &[false; 3],
             generation: 1,
+            now: crate::clock::now(),
         };
         assert_eq!(RoundRobin::new().pick(&none, None), None);
         assert_eq!(ConsistentHash::new().pick(&none, Some(7)), None);
@@ -524,6 +531,7 @@ mod tests {
             members: &all,
             usable: &[true; 4],
             generation: 1,
+            now: crate::clock::now(),
         };
         let before: Vec<usize> = (0..2000u32)
             .map(|k| ring.pick(&everyone, Some(hash_key(&k))).expect("usable"))
@@ -547,6 +555,7 @@ mod tests {
             members: &rest,
             usable: &[true; 3],
             generation: 2,
+            now: crate::clock::now(),
         };
         for (k, &owner) in before.iter().enumerate() {
             let now = rest[ring
