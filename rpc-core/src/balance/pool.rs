@@ -344,9 +344,14 @@ impl Pool {
         }
     }
 
-    /// With a subset: an endpoint's connection changed state, which may change the subset.
-    fn link_changed(self: &Arc<Self>) {
-        if self.config.subset.is_some() {
+    /// Sets where `member`'s connection stands and wakes the calls waiting on it. With a
+    /// subset, a connection that came up or went down may change the subset (one still
+    /// connecting does not: it counts as up until it fails).
+    fn set_link(self: &Arc<Self>, member: &Member, link: Link) {
+        let settled = !matches!(link, Link::Connecting { .. });
+        member.set_link(link);
+        self.changed.notify_waiters();
+        if settled && self.config.subset.is_some() {
             let candidates = lock(&self.candidates);
             self.resubset(&candidates);
         }
@@ -609,21 +614,16 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
     let mut failures = 0u32;
     let mut waitable = true;
     loop {
-        member.set_link(Link::Connecting { waitable });
-        pool.changed.notify_waiters();
+        pool.set_link(&member, Link::Connecting { waitable });
         let attempt =
             tokio::time::timeout(config.connect_timeout, connect(pool.desc, options.clone())).await;
         match attempt {
             Ok(Ok(handle)) => {
                 let since = crate::clock::now();
-                member.set_link(Link::Ready(Arc::clone(&handle)));
-                pool.changed.notify_waiters();
-                pool.link_changed();
+                pool.set_link(&member, Link::Ready(Arc::clone(&handle)));
                 let err = handle.closed().await;
                 drop(handle);
-                member.set_link(Link::Down(err));
-                pool.changed.notify_waiters();
-                pool.link_changed();
+                pool.set_link(&member, Link::Down(err));
                 if crate::clock::since(since) >= HEALTHY_AFTER {
                     failures = 0;
                     waitable = true;
@@ -637,20 +637,15 @@ async fn maintain(pool: Arc<Pool>, member: Arc<Member>, connect: DynConnect) {
                     std::io::ErrorKind::PermissionDenied => ErrorKind::Unauthenticated,
                     _ => ErrorKind::Disconnected,
                 };
-                member.set_link(Link::Down(RpcError::new(
-                    kind,
-                    format!("connecting failed: {err}"),
-                )));
-                pool.changed.notify_waiters();
-                pool.link_changed();
+                let err = RpcError::new(kind, format!("connecting failed: {err}"));
+                pool.set_link(&member, Link::Down(err));
             }
             Err(_) => {
-                member.set_link(Link::Down(RpcError::disconnected(format!(
+                let err = RpcError::disconnected(format!(
                     "connecting did not finish within {:?}",
                     config.connect_timeout
-                ))));
-                pool.changed.notify_waiters();
-                pool.link_changed();
+                ));
+                pool.set_link(&member, Link::Down(err));
             }
         }
         failures = failures.saturating_add(1);
