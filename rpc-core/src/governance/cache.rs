@@ -1,6 +1,7 @@
 //! [`ResponseCache`]: answers repeated calls of idempotent methods from memory.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,8 +74,8 @@ pub struct ResponseCache {
 struct Inner {
     entries: moka::sync::Cache<Arc<[u8]>, Entry>,
     ttl: Duration,
-    hits: std::sync::atomic::AtomicU64,
-    misses: std::sync::atomic::AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
     describe: String,
 }
 
@@ -173,12 +174,12 @@ impl ResponseCache {
 
     /// Calls answered from the cache.
     pub fn hits(&self) -> u64 {
-        self.inner.hits.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.hits.load(Ordering::Relaxed)
     }
 
     /// Cacheable calls that went to a server.
     pub fn misses(&self) -> u64 {
-        self.inner.misses.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.misses.load(Ordering::Relaxed)
     }
 
     /// Responses held now (after the cache has applied its pending evictions).
@@ -221,7 +222,7 @@ impl ResponseCache {
         } else {
             (&self.inner.misses, "rpc_client_cache_misses_total")
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(name, "service" => call.service().name, "method" => call.method())
             .increment(1);
     }
