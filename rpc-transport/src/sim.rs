@@ -109,8 +109,7 @@ impl rpc_core::Connect for SimConnector {
     type Transport = SimTransport;
 
     fn connect(&self) -> impl std::future::Future<Output = io::Result<SimTransport>> + Send {
-        let addr = self.addr.clone();
-        async move { connect(addr).await }
+        connect(self.addr.as_str())
     }
 }
 
