@@ -25,6 +25,9 @@
 //! With the `sim` feature, [`sim`](mod@sim) runs servers and clients in simulated hosts on
 //! turmoil's deterministic network, in simulated time.
 //!
+//! With the `nats` feature, [`nats`] carries connections through NATS subjects: servers
+//! serve a subject in a queue group, and clients reach one of them by the subject alone.
+//!
 //! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
 //! the servers registered there.
 #![deny(missing_docs)]
@@ -35,6 +38,8 @@ pub mod dns;
 pub mod etcd;
 pub mod framing;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tcp;

@@ -1,0 +1,173 @@
+//! Servers behind a NATS subject: server processes serve one subject in a queue group, one
+//! client reaches them by the subject alone, and the group changes under it (a server
+//! crashes, a new one joins) without a single failed call.
+//!
+//! Run it with `cargo run -p rpc-examples --features nats --bin nats_cluster`. It uses the
+//! NATS at `NATS_URL` if set; otherwise it starts its own `nats-server` (`apt-get install
+//! nats-server`) on a free loopback port, and stops it at the end.
+//!
+//! The program plays every part. As the driver (no arguments) it starts three copies of
+//! itself as servers (`nats_cluster serve <nats-url> <subject> <name>`, which you can also run
+//! by hand): each connects to NATS and binds the subject. The client knows no address: it
+//! keeps six connections to the subject (each opened on whichever member NATS picks), and
+//! makes calls from 8 concurrent tasks. After a third of the calls the driver kills server
+//! `b` with SIGKILL, and starts a fourth server, `d`. NATS drops b's subscriptions when its
+//! connection closes; the client's next frames to b come back as "no responders", its
+//! connections to b fail, and the calls cut off on them — `stock` is
+//! `#[rpc(idempotent)]` — are retried on the others. The lost connections are opened again,
+//! on a, c or d. The program exits with a non-zero status if any call failed, so CI can run
+//! it.
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rpc_core::balance::{Endpoint, EndpointState};
+use rpc_core::Server;
+use rpc_examples::inventory::{
+    client_builder, endpoints, wait_until, when_stdin_closes, InventoryServer, Load, Replica,
+    ServerProcess, TASKS, TOTAL_CALLS,
+};
+use rpc_examples::nats_process::NatsProcess;
+use rpc_transport::nats::{self, async_nats};
+
+/// The servers: three at first, then `d` joins after `b` crashed.
+const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
+const FIRST: usize = 3;
+const VICTIM: usize = 1;
+const JOINER: usize = 3;
+/// Connections the client keeps to the subject.
+const CONNECTIONS: usize = 6;
+/// The longest the driver waits for something to happen.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Progress is printed every so many calls.
+const PROGRESS_EVERY: u64 = 1000;
+/// The phases of the run: before `b` crashed, and after.
+const PHASES: usize = 2;
+const AFTER_CRASH: usize = 1;
+
+#[tokio::main]
+async fn main() -> Result<ExitCode, Box<dyn Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => drive().await,
+        [mode, url, subject, name] if mode == "serve" => {
+            serve(url, subject, name).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("usage: nats_cluster                                    (the demo)");
+            eprintln!("       nats_cluster serve <nats-url> <subject> <name>  (one server)");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Server mode: one replica serving `subject`, until its stdin closes or it gets Ctrl-C.
+async fn serve(url: &str, subject: &str, name: &str) -> Result<(), Box<dyn Error>> {
+    let nats = async_nats::connect(url).await?;
+    let listener = nats::bind(&nats, subject).await?;
+    println!("  server {name}: serving NATS subject {subject}");
+
+    // The driver holds our stdin open; when it closes it (or dies), we leave.
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+    when_stdin_closes(move || {
+        let _ = closed.send(());
+    });
+    let signal = async {
+        tokio::select! {
+            _ = stdin_closed => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    Server::new()
+        .add_service(InventoryServer::new(Replica::new(name)))
+        .shutdown_grace(Duration::from_secs(5))
+        .serve_with_shutdown(listener, signal)
+        .await?;
+    println!("  server {name}: stopped");
+    Ok(())
+}
+
+/// Driver mode: the demo.
+async fn drive() -> Result<ExitCode, Box<dyn Error>> {
+    let (url, _own_nats) = match std::env::var("NATS_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            println!("using the NATS at {url} (NATS_URL)");
+            (url, None)
+        }
+        _ => {
+            let own = NatsProcess::start("nats-server", PATIENCE).await?;
+            println!("started nats-server at {}", own.url());
+            (own.url(), Some(own))
+        }
+    };
+    // A subject of our own, so runs sharing a NATS do not see each other's servers.
+    let subject = format!("rpc-examples.nats-cluster.{}.inventory", std::process::id());
+
+    let mut servers: Vec<Option<ServerProcess>> = Vec::new();
+    for name in &SERVERS[..FIRST] {
+        let server = ServerProcess::start(["serve", &url, &subject, name])?;
+        println!("started server {name} (pid {})", server.pid());
+        servers.push(Some(server));
+    }
+
+    let nats = async_nats::connect(url.as_str()).await?;
+    let connector = nats::connector(&nats, &subject);
+    let client = client_builder().balance(
+        (0..CONNECTIONS).map(|i| Endpoint::new(format!("{subject}#{i}"), connector.clone())),
+    );
+    // Each connection is opened once a member answers its hello.
+    let ready = || {
+        (endpoints(&client).iter())
+            .filter(|(_, state)| *state == EndpointState::Ready)
+            .count()
+    };
+    if !wait_until(PATIENCE, || ready() == CONNECTIONS).await {
+        return Err(format!("no server answered on {subject} within {PATIENCE:?}").into());
+    }
+    println!(
+        "the client has {CONNECTIONS} connections to {subject}; making {TOTAL_CALLS} calls \
+         from {TASKS} tasks"
+    );
+
+    let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
+    load.wait_for_calls(TOTAL_CALLS / 3).await;
+    let victim = SERVERS[VICTIM];
+    let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
+    let pid = crashed.pid();
+    crashed.crash()?;
+    load.enter_phase(AFTER_CRASH);
+    println!("killed server {victim} (pid {pid}) with SIGKILL");
+
+    let joiner = SERVERS[JOINER];
+    let server = ServerProcess::start(["serve", &url, &subject, joiner])?;
+    println!("started server {joiner} (pid {})", server.pid());
+    servers.push(Some(server));
+
+    // Calls started after the crash cannot have been answered by b.
+    let from_victim = load.answered(AFTER_CRASH, VICTIM);
+    let tally = load.stop().await?;
+    tally.print_summary(
+        &client,
+        "every call had finished",
+        &[
+            (&format!("before {victim} crashed"), 16),
+            (&format!("after ({joiner} joining)"), 19),
+        ],
+    );
+    println!();
+
+    println!("shutting the servers down gracefully");
+    for server in servers.into_iter().flatten() {
+        server.stop()?;
+    }
+    if tally.report_failed() {
+        return Ok(ExitCode::FAILURE);
+    }
+    if from_victim > 0 {
+        eprintln!("FAILED: {victim} answered {from_victim} calls made after it was killed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
