@@ -62,7 +62,10 @@ impl std::fmt::Display for NatsError {
                 binary.display()
             ),
             NatsError::Exited { status, log } => {
-                write!(f, "nats-server exited at start-up ({status}); its log:\n{log}")
+                write!(
+                    f,
+                    "nats-server exited at start-up ({status}); its log:\n{log}"
+                )
             }
             NatsError::Unready { patience, log } => write!(
                 f,

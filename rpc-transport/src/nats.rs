@@ -295,7 +295,11 @@ impl NatsListener {
             .await
             .map_err(|err| nats_error("subscribing to a connection's inbox", err))?;
         self.client
-            .publish_with_reply(client_inbox.clone(), inbox.clone(), Bytes::from_static(ACCEPT))
+            .publish_with_reply(
+                client_inbox.clone(),
+                inbox.clone(),
+                Bytes::from_static(ACCEPT),
+            )
             .await
             .map_err(|err| nats_error("answering a hello", err))?;
         Ok(NatsTransport::new(
@@ -422,7 +426,11 @@ impl NatsTransport {
 
     /// Cuts `frame` into messages of at most NATS's `max_payload`, and queues them.
     fn queue_frame(&mut self, frame: Frame) {
-        let piece = self.client.max_payload().saturating_sub(HEADER).max(MIN_PIECE);
+        let piece = self
+            .client
+            .max_payload()
+            .saturating_sub(HEADER)
+            .max(MIN_PIECE);
         let len = frame.len();
         let count = len.div_ceil(piece).max(1);
         // One buffer for every message of the frame, split into them without copying.
@@ -430,7 +438,11 @@ impl NatsTransport {
         let mut parts = frame.into_parts();
         let mut current = parts.next().unwrap_or_default();
         for index in 0..count {
-            let kind = if index + 1 == count { KIND_LAST } else { KIND_PIECE };
+            let kind = if index + 1 == count {
+                KIND_LAST
+            } else {
+                KIND_PIECE
+            };
             buf.put_u8(kind);
             buf.put_u32_le(self.sent);
             self.sent = self.sent.wrapping_add(1);
@@ -613,5 +625,7 @@ fn invalid(what: String) -> io::Error {
 
 /// An `async-nats` error while doing `action`, as an `io::Error` that says both.
 fn nats_error(action: impl fmt::Display, err: impl std::error::Error) -> io::Error {
-    io::Error::other(format!("{action} failed: {err}; check the connection to NATS"))
+    io::Error::other(format!(
+        "{action} failed: {err}; check the connection to NATS"
+    ))
 }

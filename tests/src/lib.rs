@@ -37,6 +37,11 @@ pub struct Fleet;
 #[doc = include_str!("../../docs/etcd.md")]
 pub struct Etcd;
 
+/// The Rust blocks of `docs/nats.md`, which need the feature `nats`.
+#[cfg(all(doctest, feature = "nats"))]
+#[doc = include_str!("../../docs/nats.md")]
+pub struct Nats;
+
 /// The Rust blocks of `docs/governance.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/governance.md")]

@@ -31,8 +31,8 @@ async fn guard<F: std::future::IntoFuture>(fut: F) -> F::Output {
 
 /// Starts a nats-server for one test: the `nats-server` binary, or the one `NATS_BIN` names.
 async fn start_nats(max_payload: Option<usize>) -> NatsProcess {
-    let binary = std::env::var_os("NATS_BIN")
-        .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
+    let binary =
+        std::env::var_os("NATS_BIN").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
     started(NatsProcess::start_with(binary, HANG_GUARD, max_payload).await)
 }
 
@@ -253,7 +253,10 @@ async fn a_frame_over_the_receivers_limit_fails_that_connection_only() {
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     assert!(err.to_string().contains("larger than the limit"), "{err}");
     // The server serves the next connection.
-    assert_eq!(guard(client.echo(vec![7; 1000])).await.unwrap(), vec![7; 1000]);
+    assert_eq!(
+        guard(client.echo(vec![7; 1000])).await.unwrap(),
+        vec![7; 1000]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,7 +428,9 @@ async fn a_nats_restart_is_survived() {
     let client = depot_client(&nats);
     assert_eq!(guard(client.name()).await.unwrap(), "a");
 
-    guard(server.restart()).await.unwrap_or_else(|err| panic!("{err}"));
+    guard(server.restart())
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
     // Whatever was lost in the restart, the client finds the member again: either the
     // connection survived (nothing was lost) or it failed and a new one was opened once
     // both sides were back on NATS. An idempotent call rides over either.
@@ -442,4 +447,52 @@ async fn a_nats_restart_is_survived() {
     let echoed = guard(client.echo(vec![5; 300_000])).await.unwrap();
     assert_eq!(echoed, vec![5; 300_000]);
     assert!(member.events.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_a_nats_restart_ends_in_an_error_never_with_a_hole() {
+    const ITEMS: u32 = 2_000_000;
+    let mut server = start_nats(None).await;
+    let _member = serve(&server.url(), "a", false).await;
+    let nats = nats_client(&server.url()).await;
+    let client = depot_client(&nats);
+
+    let mut stream = guard(client.count(ITEMS)).await.unwrap();
+    for expected in 0..1000 {
+        assert_eq!(guard(stream.next()).await.unwrap().unwrap(), expected);
+    }
+    guard(server.restart())
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    // Items in flight during the restart may be lost: the stream must then fail (with
+    // `Disconnected`), not skip them, and not wait forever.
+    let mut expected = 1000;
+    let ended = guard(async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(n) => {
+                    assert_eq!(n, expected, "an item was skipped");
+                    expected += 1;
+                }
+                Err(err) => return Some(err),
+            }
+        }
+        None
+    })
+    .await;
+    match ended {
+        None => assert_eq!(expected, ITEMS, "the stream ended early without an error"),
+        Some(err) => assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}"),
+    }
+    // And the client goes on, on a new connection if it needed one.
+    guard(async {
+        loop {
+            match client.name().await {
+                Ok(name) => break assert_eq!(name, "a"),
+                Err(err) => assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
