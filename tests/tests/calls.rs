@@ -176,6 +176,25 @@ async fn a_request_over_the_frame_limit_is_refused_with_protocol() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_closes_over_a_large_request_the_next_call_goes_on_a_new_connection() {
+    // The server's goodbye says `Protocol`; a call started right after it may still find
+    // the closed connection, which refuses it unsent: it must go on a new connection, not
+    // fail with that connection's error. (Whichever comes first, the call must succeed.)
+    for _ in 0..20 {
+        let (server, _events, _release) = lab_server();
+        let (listener, connector) = rpc_transport::memory::listener();
+        let serving = tokio::spawn(server.max_frame_size(64 << 10).serve(listener));
+        let client = common::LabClient::builder()
+            .wait_for_ready(true)
+            .connect(connector);
+        let err = guard(client.echo(vec![1; 100_000])).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert_eq!(guard(client.echo(vec![2; 10])).await.unwrap(), vec![2; 10]);
+        serving.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_client_limit_is_not_sent() {
     let (server, _events, _release) = lab_server();
     let (client, _h) = lab_client(common::Kind::MemoryPair, server).await;

@@ -134,7 +134,10 @@ async fn attempts(pool: &Pool, mut call: ManagedCall) -> Result<Reply, RpcError>
                 member.sent();
                 response.await
             }
-            Err(err) if err.kind() == ErrorKind::Protocol => return Err(err),
+            // Refused by a live connection (a request over the frame size limit): the same
+            // anywhere. A closed one refuses with its own closing error, whatever its kind
+            // (a server's goodbye may say `Protocol`), and the call goes elsewhere.
+            Err(err) if !handle.shared.is_closed() => return Err(err),
             Err(err) => {
                 // The connection was gone before the request left: it never reached a
                 // server, so any call may go elsewhere, and it is no retry. (Not a streamed
@@ -394,7 +397,7 @@ async fn send_first(
                 tried.push(Arc::clone(&sent.member));
                 return Ok(sent);
             }
-            Err((err, _, _)) if err.kind() == ErrorKind::Protocol => return Err(err),
+            Err((err, _, handle)) if !handle.shared.is_closed() => return Err(err),
             Err((err, member, handle)) => {
                 // Never reached a server: it may go elsewhere, and it is no retry.
                 member.lost(&handle);

@@ -300,6 +300,11 @@ impl Shared {
         true
     }
 
+    /// Whether the connection is gone (a call started on it now is refused unsent).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get().is_some()
+    }
+
     /// Waits until the connection is gone, and says why.
     pub(crate) async fn closed(&self) -> RpcError {
         loop {
