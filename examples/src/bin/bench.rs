@@ -6,6 +6,7 @@
 //! cargo run --release -p rpc-examples --bin bench -- --quick --json   # smoke test, JSON lines
 //! cargo run --release -p rpc-examples --bin bench -- --transport tcp --workload seq,conc
 //! cargo run --release -p rpc-examples --features zstd,lz4 --bin bench -- --transport tcp --workload bulkz
+//! cargo run --release -p rpc-examples --features nats --bin bench -- --transport nats,tcp --workload seq,conc,bulk
 //! ```
 //!
 //! Workloads: `seq` (one caller, sequential `add`: calls/s, p50, p99), `conc` (64 tasks
@@ -24,6 +25,11 @@
 //! them 10 ms slower on one call in ten; one caller, sequential idempotent calls: p50 and
 //! p99 without hedging, variant `off`, and hedging at the 95th percentile of recent
 //! latencies, variant `p95`, with the hedges sent and won).
+//!
+//! One more transport is measured only when named (`--transport nats`, with the feature
+//! `nats`), as it is not part of the specification either: each connection through a NATS
+//! server on loopback (the one at `NATS_URL`, or a `nats-server` it starts), the client and
+//! the server each with a NATS connection of their own.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -109,9 +115,10 @@ fn splitmix64(x: u64) -> u64 {
 }
 
 const USAGE: &str =
-    "usage: bench [--quick] [--json] [--transport tcp,unix,mem] [--workload seq,conc,bulk,bulkz,conns,stream,hedge]
+    "usage: bench [--quick] [--json] [--transport tcp,unix,mem,nats] [--workload seq,conc,bulk,bulkz,conns,stream,hedge]
   --quick      10x fewer calls and 1 s windows: a smoke test, not numbers
   --workload   the default is every workload but `hedge`, which runs only when named
+  --transport  the default is tcp,unix,mem; nats (feature `nats`) runs only when named
   --json       one JSON object per result on stdout (the table goes to stderr)
   TOKIO_WORKER_THREADS sets the number of runtime worker threads.";
 
@@ -120,6 +127,7 @@ enum Kind {
     Tcp,
     Unix,
     Mem,
+    Nats,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -133,7 +141,12 @@ enum Workload {
     Hedge,
 }
 
-const KINDS: [(&str, Kind); 3] = [("tcp", Kind::Tcp), ("unix", Kind::Unix), ("mem", Kind::Mem)];
+const KINDS: [(&str, Kind); 4] = [
+    ("tcp", Kind::Tcp),
+    ("unix", Kind::Unix),
+    ("mem", Kind::Mem),
+    ("nats", Kind::Nats),
+];
 const WORKLOADS: [(&str, Workload); 7] = [
     ("seq", Workload::Seq),
     ("conc", Workload::Conc),
@@ -181,7 +194,9 @@ fn parse_args() -> Result<Opts, String> {
     let quick = args.iter().any(|a| a == "--quick");
     let mut opts = Opts {
         json: false,
-        kinds: KINDS.map(|(_, k)| k).to_vec(),
+        kinds: (KINDS.map(|(_, k)| k).into_iter())
+            .filter(|&k| k != Kind::Nats)
+            .collect(),
         workloads: WORKLOADS
             .map(|(_, w)| w)
             .into_iter()
@@ -378,6 +393,7 @@ async fn connect_with(
             tokio::spawn(server().serve(listener));
             client(Box::new(rpc_transport::unix::connect(&path).await?))
         }
+        Kind::Nats => client(nats::connect(server()).await?),
     };
     Ok((client, counted))
 }
@@ -763,6 +779,12 @@ fn emit(opts: &Opts, row: &Row) {
 }
 
 async fn run(opts: Opts, dir: PathBuf) -> Result<(), Failure> {
+    // Kept until the end of the run, when it stops the nats-server it started, if any.
+    let _nats = if opts.kinds.contains(&Kind::Nats) {
+        Some(nats::start().await?)
+    } else {
+        None
+    };
     let header = format!(
         "{:<12} {:<5} {:>12} {:>9} {:>9} {:>9}",
         "work", "trans", "calls/s", "p50 us", "p99 us", "MB/s"
@@ -879,4 +901,73 @@ fn assert_transports() {
     is_transport::<rpc_transport::tcp::TcpTransport>();
     is_transport::<rpc_transport::unix::UnixTransport>();
     is_transport::<rpc_transport::memory::MemoryTransport>();
+}
+
+/// The `nats` transport: a NATS server for the run, and a connection through it.
+#[cfg(feature = "nats")]
+mod nats {
+    use std::sync::OnceLock;
+
+    use rpc_core::{Server, Transport};
+    use rpc_examples::nats_process::NatsProcess;
+    use rpc_transport::nats::{self, async_nats};
+
+    /// The URL of the run's NATS server.
+    static URL: OnceLock<String> = OnceLock::new();
+
+    /// Uses the NATS at `NATS_URL`, or starts one, kept running while the guard lives.
+    pub async fn start() -> std::io::Result<Option<NatsProcess>> {
+        let (url, own) = match std::env::var("NATS_URL") {
+            Ok(url) if !url.trim().is_empty() => (url, None),
+            _ => {
+                let own = NatsProcess::start("nats-server", std::time::Duration::from_secs(20))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                (own.url(), Some(own))
+            }
+        };
+        let _ = URL.set(url);
+        Ok(own)
+    }
+
+    /// Serves `server` on a subject of its own, and connects to it.
+    pub async fn connect(server: Server) -> std::io::Result<Box<dyn Transport>> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let url = URL
+            .get()
+            .ok_or_else(|| std::io::Error::other("no NATS server started"))?;
+        let subject = format!(
+            "rpc-bench.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let server_side = async_nats::connect(url.as_str())
+            .await
+            .map_err(std::io::Error::other)?;
+        let listener = nats::bind(&server_side, &subject).await?;
+        tokio::spawn(server.serve(listener));
+        let client_side = async_nats::connect(url.as_str())
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(nats::connect(&client_side, &subject).await?))
+    }
+}
+
+/// Without the feature `nats`, asking for it says how to get it.
+#[cfg(not(feature = "nats"))]
+mod nats {
+    use rpc_core::{Server, Transport};
+
+    fn missing() -> std::io::Error {
+        std::io::Error::other("the nats transport needs the feature: --features nats")
+    }
+
+    pub async fn start() -> std::io::Result<Option<()>> {
+        Err(missing())
+    }
+
+    pub async fn connect(_server: Server) -> std::io::Result<Box<dyn Transport>> {
+        Err(missing())
+    }
 }
