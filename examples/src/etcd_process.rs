@@ -87,6 +87,12 @@ pub fn unrelated_ca_pem() -> Result<String, rcgen::Error> {
     Ok(Ca::new("an unrelated CA")?.issuer.pem())
 }
 
+/// A client certificate and key (PEM) for `name` signed by a CA made up on the spot, which
+/// no etcd trusts: a certificate an etcd with `--client-cert-auth` refuses.
+pub fn unrelated_client_identity(name: &str) -> Result<(String, String), rcgen::Error> {
+    Ca::new("an unrelated CA")?.issue(&[name], vec![ExtendedKeyUsagePurpose::ClientAuth])
+}
+
 /// What etcd a [`EtcdProcess::builder`] starts.
 #[derive(Debug)]
 #[must_use]

@@ -9,11 +9,13 @@
 //! something happen, and none asserts on timing.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rpc_core::Server;
 use rpc_examples::etcd_process::{
-    unrelated_ca_pem, Access, EtcdBuilder, EtcdError, EtcdProcess as Etcd,
+    unrelated_ca_pem, unrelated_client_identity, Access, EtcdBuilder, EtcdError,
+    EtcdProcess as Etcd,
 };
 use rpc_examples::inventory::{
     client_builder, endpoints, wait_until, InventoryClient, InventoryServer, Replica,
@@ -242,6 +244,22 @@ async fn a_missing_client_certificate_is_a_clear_tls_error() {
 }
 
 #[tokio::test]
+async fn an_untrusted_client_certificate_is_a_clear_tls_error() {
+    let etcd = start(etcd().mutual_tls()).await;
+    let url = etcd.addr();
+    let (cert, key) = unrelated_client_identity("intruder").expect("a certificate");
+    let tls = EtcdTls::new(etcd.ca_pem().expect("TLS")).identity(cert, key);
+    let err = refused(|addr| EtcdRegistrar::new([&url], PREFIX, "a", addr).tls(tls)).await;
+    let text = err.to_string();
+    assert!(err.is_tls(), "{text}");
+    assert!(
+        text.contains("etcd refused our client certificate")
+            && text.contains("signed by the CA in etcd's --trusted-ca-file"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn tls_against_a_plain_text_etcd_is_a_clear_tls_error() {
     let etcd = start(etcd()).await;
     let url = etcd.addr();
@@ -338,4 +356,73 @@ async fn endpoints_that_contradict_the_tls_settings_are_refused_at_once() {
         refused(|addr| EtcdRegistrar::new(["http://127.0.0.1:9"], PREFIX, "a", addr).tls(tls))
             .await;
     assert!(err.is_invalid_argument(), "{err}");
+}
+
+/// What the code under test logs at `warn` and above, as text.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+
+    /// A subscriber writing here, for this thread (a `#[tokio::test]` runs every task on
+    /// its one thread, the client's discovery included).
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let logs = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || logs.clone())
+            .finish()
+    }
+}
+
+#[tokio::test]
+async fn discovery_logs_a_wrong_password_and_a_missing_read_permission() {
+    let etcd =
+        start(with_users(etcd()).user("outsider", "outsider-secret", Access::Read, "/elsewhere/"))
+            .await;
+    let url = etcd.addr();
+    let logs = Logs::default();
+    let _logging = tracing::subscriber::set_default(logs.subscriber());
+
+    let _wrong_password: InventoryClient = client_builder()
+        .discover(EtcdDiscovery::new([&url], PREFIX).auth(READER.0, "not-the-password"));
+    let expected = format!("etcd at {url} refused user `{}`'s password", READER.0);
+    assert!(
+        wait_until(HANG_GUARD, || logs.text().contains(&expected)).await,
+        "no warning says `{expected}`: {}",
+        logs.text()
+    );
+
+    let _no_permission: InventoryClient = client_builder()
+        .discover(EtcdDiscovery::new([&url], PREFIX).auth("outsider", "outsider-secret"));
+    let expected = [
+        format!("user `outsider` may not read keys under `{PREFIX_DIR}`"),
+        format!("etcdctl role grant-permission <role> read {PREFIX_DIR} --prefix"),
+    ];
+    assert!(
+        wait_until(HANG_GUARD, || expected
+            .iter()
+            .all(|words| logs.text().contains(words)))
+        .await,
+        "no warning says {expected:?}: {}",
+        logs.text()
+    );
+    assert!(!logs.text().contains("not-the-password"), "{}", logs.text());
 }

@@ -209,7 +209,14 @@ impl Watcher {
                     Err(why) => why,
                 },
                 Ok(None) => "etcd closed the watch".to_string(),
-                Err(err) => format!("the watch failed: {err}"),
+                // Read as any other request's error: a lost connection, a revoked
+                // permission, an expired token each say so.
+                Err(err) => {
+                    let action = format!("watching `{}` in etcd", self.options.connection.dir);
+                    EtcdError::etcd(action, err)
+                        .on(&self.options.connection)
+                        .to_string()
+                }
             };
             // A session that lasted starts the backoff over; one that failed at once goes on
             // with it.
