@@ -43,6 +43,8 @@ pub struct EtcdProcess {
     /// With TLS: the CA that signed etcd's certificate.
     ca: Option<Ca>,
     client_cert_auth: bool,
+    /// Whether authentication is enabled: [`admin`](EtcdProcess::admin) is then `root`.
+    auth: bool,
 }
 
 /// A throwaway certificate authority, made at start-up.
@@ -177,6 +179,7 @@ impl EtcdBuilder {
             metrics_port,
             ca: None,
             client_cert_auth: self.client_cert_auth,
+            auth: false,
         };
         // On an error, `etcd` is dropped: the process killed and the directory deleted.
         if self.tls {
@@ -185,6 +188,7 @@ impl EtcdBuilder {
         etcd.launch().await?;
         if self.auth {
             etcd.enable_auth(&self.users).await?;
+            etcd.auth = true;
         }
         Ok(etcd)
     }
@@ -218,7 +222,7 @@ pub enum EtcdError {
     },
     /// Its certificates could not be made.
     Certificates(rcgen::Error),
-    /// Setting up its users and enabling authentication failed.
+    /// Setting up its users and enabling authentication, or a request as `root`, failed.
     Auth(etcd_client::Error),
 }
 
@@ -459,9 +463,25 @@ impl EtcdProcess {
         Ok(())
     }
 
-    /// A client as `root` would connect, with the TLS etcd needs (no user: it makes them).
+    /// Revokes `lease` as `root` would (`etcdctl lease revoke`): its keys are deleted.
+    pub async fn revoke_lease(&self, lease: i64) -> Result<(), EtcdError> {
+        let revoke = async { self.admin().await?.lease_revoke(lease).await };
+        match tokio::time::timeout(self.patience, revoke).await {
+            Ok(result) => result.map(drop).map_err(EtcdError::Auth),
+            Err(_) => Err(EtcdError::Unhealthy {
+                patience: self.patience,
+                log: self.log(),
+            }),
+        }
+    }
+
+    /// A client as an administrator connects: with the TLS etcd needs, as `root` once
+    /// authentication is enabled (before, no user: it makes them).
     async fn admin(&self) -> Result<Client, etcd_client::Error> {
         let mut options = ConnectOptions::new().with_connect_timeout(self.patience);
+        if self.auth {
+            options = options.with_user("root", ROOT_PASSWORD);
+        }
         if let Some(ca) = &self.ca {
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca.issuer.pem()));
             if self.client_cert_auth {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rpc_core::balance::Backoff;
 use rpc_core::Server;
 use rpc_examples::etcd_process::{
     unrelated_ca_pem, unrelated_client_identity, Access, EtcdBuilder, EtcdError,
@@ -193,6 +194,72 @@ async fn with_users_over_plain_text() {
         EtcdDiscovery::new([&url], PREFIX).auth(READER.0, READER.1),
     )
     .await;
+}
+
+/// A restarted etcd has forgotten every auth token it handed out. The server's keepalive
+/// and the client's watch break with the restart, and must authenticate again (or have
+/// their stale token refreshed) to go on: the lease revoked after the restart is replaced
+/// by a new one, with the user's permission, and the client follows.
+#[tokio::test]
+async fn registration_and_discovery_outlive_a_restart_that_forgets_every_token() {
+    let mut etcd = start(with_users(etcd().tls())).await;
+    let url = etcd.addr();
+    let server = serve("a", |addr| {
+        EtcdRegistrar::new([&url], PREFIX, "a", addr)
+            .tls(tls_for(&etcd, false))
+            .auth(WRITER.0, WRITER.1)
+            // Retry soon: the restart takes a moment.
+            .backoff(Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let client: InventoryClient = client_builder().discover(
+        EtcdDiscovery::new([&url], PREFIX)
+            .tls(tls_for(&etcd, false))
+            .auth(READER.0, READER.1)
+            .backoff(Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+            .request_timeout(REQUEST_TIMEOUT),
+    );
+    assert!(
+        wait_until(HANG_GUARD, || endpoints(&client).len() == 1).await,
+        "the client never discovered the server"
+    );
+
+    guard("restarting etcd", etcd.restart())
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let before = server.registration.lease_id();
+    guard("revoking the lease", etcd.revoke_lease(before))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let registration = &server.registration;
+    assert!(
+        wait_until(HANG_GUARD, || registration.lease_id() != before).await,
+        "the server never registered again after its lease was revoked"
+    );
+    // The client's watch, remade after the restart, sees a server that joins now.
+    let _b = serve("b", |addr| {
+        EtcdRegistrar::new([&url], PREFIX, "b", addr)
+            .tls(tls_for(&etcd, false))
+            .auth(WRITER.0, WRITER.1)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        wait_until(HANG_GUARD, || endpoints(&client).len() == 2).await,
+        "the client did not follow the servers after the restart: {:?}",
+        endpoints(&client)
+    );
+    let stock = guard("a call", client.stock("pears".into()))
+        .await
+        .expect("the call succeeds");
+    assert_eq!(stock.units, 45);
 }
 
 /// Registering with `registrar` fails; the error, for the test to look at.
