@@ -425,6 +425,33 @@ async fn endpoints_that_contradict_the_tls_settings_are_refused_at_once() {
     assert!(err.is_invalid_argument(), "{err}");
 }
 
+#[tokio::test]
+async fn settings_that_are_not_pem_are_refused_at_once() {
+    let err = refused(|addr| {
+        EtcdRegistrar::new(["127.0.0.1:9"], PREFIX, "a", addr).tls(EtcdTls::new("/etc/etcd/ca.pem"))
+    })
+    .await;
+    assert!(err.is_invalid_argument(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the CA given is not a PEM certificate"),
+        "{err}"
+    );
+    let ca = unrelated_ca_pem().expect("a CA");
+    let (cert, _key) = unrelated_client_identity("a").expect("a certificate");
+    let err = refused(|addr| {
+        EtcdRegistrar::new(["127.0.0.1:9"], PREFIX, "a", addr)
+            .tls(EtcdTls::new(ca).identity(cert, "not a key"))
+    })
+    .await;
+    assert!(err.is_invalid_argument(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the client key given is not a PEM private key"),
+        "{err}"
+    );
+}
+
 /// What the code under test logs at `warn` and above, as text.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);

@@ -500,19 +500,33 @@ async fn within<T>(
     action: impl FnOnce() -> String,
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, EtcdError> {
+    let result = attempt(connection, action, request).await;
+    if result.is_ok() {
+        connection.worked();
+    }
+    result
+}
+
+/// [`within`], without noting a success: for making a client, which may send nothing.
+async fn attempt<T>(
+    connection: &Connection,
+    action: impl FnOnce() -> String,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
     let limit = connection.request_timeout;
     match tokio::time::timeout(limit, request).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => {
             let mut error = EtcdError::etcd(action(), err);
-            if let Cause::Etcd(err) = &error.cause {
-                if hung_up(err) {
-                    if let Some(problem) = connection.diagnose().await {
-                        let Cause::Etcd(err) = error.cause else {
-                            unreachable!("matched above")
-                        };
-                        error.cause = Cause::Tls(err, problem);
-                    }
+            // Only while these settings have never worked: once they have, a hang-up is etcd
+            // going away (a restart, a crash), and looking closer would only delay the retry.
+            if matches!(&error.cause, Cause::Etcd(err) if hung_up(err)) && !connection.has_worked()
+            {
+                if let Some(problem) = connection.diagnose().await {
+                    error.cause = match error.cause {
+                        Cause::Etcd(err) => Cause::Tls(err, problem),
+                        other => other,
+                    };
                 }
             }
             Err(error.on(connection))

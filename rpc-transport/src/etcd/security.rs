@@ -2,12 +2,14 @@
 //! which both connect through [`Connection::connect`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio_rustls::rustls;
 
-use super::{within, EtcdError, PING_INTERVAL, PING_TIMEOUT};
+use super::{attempt, EtcdError, PING_INTERVAL, PING_TIMEOUT};
 
 /// TLS to etcd: the CA that signed etcd's certificate, and optionally a client certificate
 /// (for an etcd started with `--client-cert-auth`). Give it to
@@ -59,6 +61,44 @@ impl EtcdTls {
     pub fn domain_name(mut self, name: impl Into<String>) -> EtcdTls {
         self.domain_name = Some(name.into());
         self
+    }
+
+    /// Refuses PEM that is not, before it fails deep in a handshake as something vaguer.
+    fn check(&self) -> Result<(), String> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certificates = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map(|certs| certs.len())
+        };
+        match certificates(&self.ca_pem) {
+            Ok(n) if n > 0 => {}
+            Ok(_) | Err(_) => {
+                return Err("the CA given is not a PEM certificate (`-----BEGIN \
+                     CERTIFICATE-----`); give the PEM of the CA that signed etcd's certificate"
+                    .into())
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            match certificates(cert) {
+                Ok(n) if n > 0 => {}
+                Ok(_) | Err(_) => {
+                    return Err("the client certificate given is not a PEM certificate \
+                         (`-----BEGIN CERTIFICATE-----`)"
+                        .into())
+                }
+            }
+            if PrivateKeyDer::from_pem_slice(key.as_bytes()).is_err() {
+                return Err(
+                    "the client key given is not a PEM private key (`-----BEGIN \
+                     PRIVATE KEY-----`)"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn has_identity(&self) -> bool {
@@ -123,6 +163,9 @@ pub(super) struct Connection {
     /// The prefix, with one trailing `/`.
     pub(super) dir: String,
     pub(super) access: Access,
+    /// Whether a request on these settings has succeeded (shared by their copies): then a
+    /// closed connection is not a matter of TLS settings.
+    worked: Arc<AtomicBool>,
 }
 
 impl Connection {
@@ -139,7 +182,16 @@ impl Connection {
             request_timeout,
             dir,
             access,
+            worked: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    pub(super) fn worked(&self) {
+        self.worked.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn has_worked(&self) -> bool {
+        self.worked.load(Ordering::Relaxed)
     }
 
     pub(super) fn set_auth(&mut self, user: &str, password: &str) {
@@ -198,6 +250,14 @@ impl Connection {
     /// authentication, so a wrong password fails here.)
     pub(super) async fn connect(&self) -> Result<Client, EtcdError> {
         let urls = self.urls()?;
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|why| {
+                EtcdError::invalid(
+                    format!("connecting to etcd at {}", self.endpoints.join(", ")),
+                    why,
+                )
+            })?;
+        }
         let limit = self.request_timeout;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(limit)
@@ -215,7 +275,9 @@ impl Connection {
                 .with_user(&credentials.user, &credentials.password)
                 .with_auto_token_refresh(true);
         }
-        within(
+        // Not `within`: without a user, making the client sends nothing, and proves nothing
+        // about the settings.
+        attempt(
             self,
             || format!("connecting to etcd at {}", self.endpoints.join(", ")),
             Client::connect(&urls, Some(options)),
