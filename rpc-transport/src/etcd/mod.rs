@@ -397,6 +397,14 @@ impl fmt::Display for EtcdError {
                 }
             }
             Cause::Unauthenticated(err) => match user {
+                // etcd-client authenticates again on an expired token; this is what is left
+                // when that did not help either.
+                Some(user) if is_invalid_token(err) => write!(
+                    f,
+                    "{action} failed: etcd at {at} no longer accepts user `{user}`'s auth token \
+                     ({err}), and authenticating again did not help; check etcd's \
+                     --auth-token settings and its logs"
+                ),
                 Some(user) => write!(
                     f,
                     "{action} failed: etcd at {at} refused user `{user}`'s password, or has no \
@@ -468,6 +476,11 @@ impl From<EtcdError> for io::Error {
         };
         io::Error::new(kind, err)
     }
+}
+
+/// Whether etcd refused the token it was sent (expired, or forgotten by a restart).
+fn is_invalid_token(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status) if status.message().starts_with(INVALID_TOKEN))
 }
 
 /// Whether etcd closed the connection before answering: what a plain-text HTTP/2 client gets
