@@ -13,7 +13,8 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use rpc_core::balance::{Backoff, Change, Discover, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{connect, dir, within, Entry, EtcdError, DEFAULT_REQUEST_TIMEOUT};
+use super::security::{Access, Connection};
+use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
 use crate::tcp::{self, TcpConnector};
 
 /// Follows the servers registered under `prefix` in the etcd cluster at `etcd` (`host:port`
@@ -60,10 +61,8 @@ pub fn watch<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> 
 /// ```
 #[derive(Debug, Clone)]
 pub struct EtcdDiscovery {
-    etcd: Vec<String>,
-    dir: String,
+    connection: Connection,
     backoff: Backoff,
-    request_timeout: Duration,
 }
 
 impl EtcdDiscovery {
@@ -71,10 +70,13 @@ impl EtcdDiscovery {
     /// 5 s; gives each request to etcd 5 s.
     pub fn new<E: AsRef<str>>(etcd: impl IntoIterator<Item = E>, prefix: &str) -> EtcdDiscovery {
         EtcdDiscovery {
-            etcd: etcd.into_iter().map(|e| e.as_ref().to_string()).collect(),
-            dir: dir(prefix),
+            connection: Connection::new(
+                etcd.into_iter().map(|e| e.as_ref().to_string()).collect(),
+                dir(prefix),
+                Access::Read,
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -88,7 +90,23 @@ impl EtcdDiscovery {
     /// How long connecting to etcd, listing the prefix and starting the watch may each take
     /// before the attempt counts as failed (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> EtcdDiscovery {
-        self.request_timeout = timeout;
+        self.connection.request_timeout = timeout;
+        self
+    }
+
+    /// Connects to etcd over TLS: see [`EtcdTls`]. Endpoints given as `host:port` are then
+    /// reached as `https://host:port`.
+    pub fn tls(mut self, tls: EtcdTls) -> EtcdDiscovery {
+        self.connection.tls = Some(tls);
+        self
+    }
+
+    /// Authenticates as `user` with `password`, for an etcd with authentication enabled. The
+    /// user's role needs `read` on the prefix (`etcdctl role grant-permission <role> read
+    /// /services/inventory/ --prefix`). The password travels in the clear unless
+    /// [TLS](EtcdDiscovery::tls) is on.
+    pub fn auth(mut self, user: &str, password: &str) -> EtcdDiscovery {
+        self.connection.set_auth(user, password);
         self
     }
 
@@ -179,7 +197,7 @@ impl Watcher {
                     Ok(session) => self.session = Some(session),
                     Err(err) => {
                         self.failures = self.failures.saturating_add(1);
-                        warn!(prefix = %self.options.dir, "etcd discovery: {err}");
+                        warn!(prefix = %self.options.connection.dir, "etcd discovery: {err}");
                     }
                 }
                 continue;
@@ -191,7 +209,14 @@ impl Watcher {
                     Err(why) => why,
                 },
                 Ok(None) => "etcd closed the watch".to_string(),
-                Err(err) => format!("the watch failed: {err}"),
+                // Read as any other request's error: a lost connection, a revoked
+                // permission, an expired token each say so.
+                Err(err) => {
+                    let action = format!("watching `{}` in etcd", self.options.connection.dir);
+                    EtcdError::etcd(action, err)
+                        .on(&self.options.connection)
+                        .to_string()
+                }
             };
             // A session that lasted starts the backoff over; one that failed at once goes on
             // with it.
@@ -203,7 +228,7 @@ impl Watcher {
             };
             self.session = None;
             warn!(
-                prefix = %self.options.dir,
+                prefix = %self.options.connection.dir,
                 "etcd discovery: {failed}; reconnecting and listing again"
             );
         }
@@ -212,9 +237,9 @@ impl Watcher {
     /// Connects, lists the prefix (queueing what differs from what is known) and starts
     /// watching from the revision listed.
     async fn start(&mut self) -> Result<Session, EtcdError> {
-        let limit = self.options.request_timeout;
-        let dir = self.options.dir.clone();
-        let mut client = connect(&self.options.etcd, limit).await?;
+        let limit = &self.options.connection;
+        let dir = limit.dir.clone();
+        let mut client = limit.connect().await?;
         let listed = within(
             limit,
             || format!("listing `{dir}` in etcd"),
@@ -306,7 +331,7 @@ impl Watcher {
                 },
                 DELETE => self.remove(&String::from_utf8_lossy(kv.key())),
                 other => warn!(
-                    prefix = %self.options.dir,
+                    prefix = %self.options.connection.dir,
                     "etcd discovery: ignoring an event of unknown type {other}"
                 ),
             }

@@ -94,23 +94,83 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # TLS and authentication
+//!
+//! Production clusters serve clients over TLS, often require client certificates
+//! (`--client-cert-auth`), and have authentication enabled. [`EtcdTls`] holds the CA that
+//! signed etcd's certificate and, for `--client-cert-auth`, a client certificate and its
+//! key; `.auth(user, password)` authenticates as an etcd user. [`EtcdRegistrar`] and
+//! [`EtcdDiscovery`] take both, the same way:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use rpc_transport::etcd::{EtcdDiscovery, EtcdRegistrar, EtcdTls};
+//! # use rpc_core::service;
+//! # #[service]
+//! # pub trait Inventory {
+//! #     async fn stock(&self, item: String) -> u32;
+//! # }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = EtcdTls::new(std::fs::read_to_string("/etc/etcd/ca.pem")?).identity(
+//!     std::fs::read_to_string("/etc/inventory/etcd-client.pem")?,
+//!     std::fs::read_to_string("/etc/inventory/etcd-client-key.pem")?,
+//! );
+//!
+//! // Server side: a user whose role may write keys under the prefix.
+//! let registration = EtcdRegistrar::new(["10.0.0.10:2379"], "/services/inventory", "inventory-1", "10.0.0.1:4000")
+//!     .tls(tls.clone())
+//!     .auth("inventory-server", &std::env::var("ETCD_PASSWORD")?)
+//!     .ttl(Duration::from_secs(10))
+//!     .register()
+//!     .await?;
+//!
+//! // Client side: a user whose role may read them is enough.
+//! let etcd = EtcdDiscovery::new(["10.0.0.10:2379"], "/services/inventory")
+//!     .tls(tls)
+//!     .auth("inventory-client", &std::env::var("ETCD_CLIENT_PASSWORD")?);
+//! let client = InventoryClient::builder().discover(etcd);
+//! # Ok(()) }
+//! ```
+//!
+//! - With TLS, endpoints given as `host:port` are reached as `https://host:port`, and etcd's
+//!   certificate must name that host (or the name given by [`EtcdTls::domain_name`]). Only
+//!   the CA given is trusted, not the system's.
+//! - The user's role needs `readwrite` on the prefix to register and `read` to discover:
+//!   `etcdctl role grant-permission inventory-server readwrite /services/inventory/ --prefix`.
+//!   Without TLS, the password crosses the network in the clear.
+//! - etcd's auth tokens expire (simple tokens after `--auth-token-ttl` unused, 5 minutes by
+//!   default): a request refused for an expired token authenticates again and is retried, so
+//!   long-lived registrations and watches go on; a failed keepalive or watch also reconnects,
+//!   which authenticates afresh.
+//! - Errors say what to do. [`EtcdError::is_tls`]: the handshake failed (etcd's certificate
+//!   is not signed by the CA given, etcd requires a client certificate and none or an
+//!   untrusted one was given, or one side speaks TLS and the other does not);
+//!   [`EtcdError::is_unauthenticated`]: a wrong password, an unknown user, or no user for an
+//!   etcd with authentication on; [`EtcdError::is_permission_denied`]: the user's role may
+//!   not write (or read) the prefix, with the `etcdctl` command that grants it. Registering
+//!   returns these errors; the background keepalive and discovery's watch log them (at
+//!   `warn`) in the same words while they retry.
+//!
 //! Building this module needs `protoc`, the Protocol Buffers compiler (`apt-get install
-//! protobuf-compiler` on Debian and Ubuntu), for the etcd client's generated gRPC code.
-//! Connections to etcd are plain HTTP/2 (no TLS, no authentication) for now. What happens is
-//! logged with [`tracing`](https://docs.rs/tracing): registrations and lost leases at `info`,
+//! protobuf-compiler` on Debian and Ubuntu), for the etcd client's generated gRPC code. TLS
+//! is rustls with the `ring` provider (no `cmake` or `nasm` needed). What happens is logged
+//! with [`tracing`](https://docs.rs/tracing): registrations and lost leases at `info`,
 //! failures at `warn`, each endpoint change at `debug`.
 
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
-
 mod discovery;
 mod registration;
+mod security;
 
 pub use discovery::{watch, EtcdDiscovery, EtcdWatch};
 pub use registration::{register, EtcdRegistrar, Registration};
+pub use security::EtcdTls;
+
+use security::{tls_problem, Access, Connection, TlsProblem};
 
 /// Default time allowed for one request to etcd (connecting included).
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,29 +179,87 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Something failed talking to etcd: says what was being done, and why it failed.
+/// Something failed talking to etcd: says what was being done, why it failed, and what to
+/// check.
 ///
 /// Converts into an [`io::Error`] (with `?`) for code that returns `io::Result`.
 #[derive(Debug)]
 pub struct EtcdError {
     action: String,
     cause: Cause,
+    /// Where the request went and as whom, for the words of TLS and authentication errors.
+    /// `None` for errors made before there was a connection to speak of.
+    target: Option<Box<Target>>,
+}
+
+/// What an error's text says about the connection it happened on.
+#[derive(Debug, Clone)]
+struct Target {
+    endpoints: String,
+    client_certificate: bool,
+    user: Option<String>,
+    dir: String,
+    access: Access,
 }
 
 #[derive(Debug)]
 enum Cause {
     Etcd(etcd_client::Error),
+    /// The TLS handshake failed (the etcd error it came in, and what rustls said).
+    Tls(etcd_client::Error, TlsProblem),
+    /// etcd did not accept the user (wrong password, unknown user, or none given).
+    Unauthenticated(etcd_client::Error),
+    /// etcd has authentication disabled, but a user was given.
+    AuthNotEnabled(etcd_client::Error),
+    /// The user's roles do not allow the access.
+    PermissionDenied(etcd_client::Error),
     TimedOut(Duration),
     /// etcd answered, but not what was asked for.
     Refused(String),
     Invalid(String),
 }
 
+/// etcd's words for a request without a user while authentication is enabled
+/// (`rpctypes.ErrGRPCUserEmpty`, code InvalidArgument).
+const USER_EMPTY: &str = "etcdserver: user name is empty";
+/// A wrong password or an unknown user (`rpctypes.ErrGRPCAuthFailed`, code InvalidArgument).
+const AUTH_FAILED: &str = "etcdserver: authentication failed";
+/// A token that expired or is unknown (`rpctypes.ErrGRPCInvalidAuthToken`).
+const INVALID_TOKEN: &str = "etcdserver: invalid auth token";
+/// `rpctypes.ErrGRPCAuthNotEnabled`.
+const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+
 impl EtcdError {
+    /// Sorts etcd-client's error into what it means for whoever reads it: etcd's status
+    /// codes are not enough, as it reports a wrong password with `InvalidArgument`.
     fn etcd(action: impl Into<String>, err: etcd_client::Error) -> EtcdError {
+        let cause = if let etcd_client::Error::GRpcStatus(status) = &err {
+            let message = status.message();
+            match status.code() {
+                tonic::Code::PermissionDenied => Cause::PermissionDenied(err),
+                tonic::Code::Unauthenticated => Cause::Unauthenticated(err),
+                _ if message.starts_with(USER_EMPTY)
+                    || message.starts_with(AUTH_FAILED)
+                    || message.starts_with(INVALID_TOKEN) =>
+                {
+                    Cause::Unauthenticated(err)
+                }
+                _ if message.starts_with(AUTH_NOT_ENABLED) => Cause::AuthNotEnabled(err),
+                _ => match tls_problem(status) {
+                    Some(problem) => Cause::Tls(err, problem),
+                    None => Cause::Etcd(err),
+                },
+            }
+        } else {
+            match tls_problem(&err) {
+                Some(problem) => Cause::Tls(err, problem),
+                None => Cause::Etcd(err),
+            }
+        };
         EtcdError {
             action: action.into(),
-            cause: Cause::Etcd(err),
+            cause,
+            target: None,
         }
     }
 
@@ -149,6 +267,7 @@ impl EtcdError {
         EtcdError {
             action: action.into(),
             cause: Cause::TimedOut(after),
+            target: None,
         }
     }
 
@@ -156,6 +275,7 @@ impl EtcdError {
         EtcdError {
             action: action.into(),
             cause: Cause::Refused(why.into()),
+            target: None,
         }
     }
 
@@ -163,7 +283,20 @@ impl EtcdError {
         EtcdError {
             action: action.into(),
             cause: Cause::Invalid(why.into()),
+            target: None,
         }
+    }
+
+    /// Notes where the request went, for the error's words.
+    fn on(mut self, connection: &Connection) -> EtcdError {
+        self.target = Some(Box::new(Target {
+            endpoints: connection.endpoints.join(", "),
+            client_certificate: connection.tls.as_ref().is_some_and(EtcdTls::has_identity),
+            user: connection.user().map(str::to_string),
+            dir: connection.dir.clone(),
+            access: connection.access,
+        }));
+        self
     }
 
     /// Whether the request got no answer in time (etcd down, unreachable, or without a
@@ -173,32 +306,147 @@ impl EtcdError {
     }
 
     /// Whether the arguments were refused before anything was sent (an empty name, an address
-    /// with spaces, no etcd endpoint, a zero TTL).
+    /// with spaces, no etcd endpoint, a zero TTL, an `http://` endpoint with TLS settings).
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self.cause, Cause::Invalid(_))
+    }
+
+    /// Whether the TLS handshake with etcd failed: etcd's certificate is not signed by the CA
+    /// given (or does not name its host), etcd wants a client certificate and got none (or
+    /// one it does not trust), or etcd does not speak TLS at all.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.cause, Cause::Tls(..))
+    }
+
+    /// Whether etcd did not accept the user: a wrong password, an unknown user, no user given
+    /// while etcd has authentication enabled, or a user given while it has it disabled.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self.cause,
+            Cause::Unauthenticated(_) | Cause::AuthNotEnabled(_)
+        )
+    }
+
+    /// Whether the user's roles do not allow what was asked: writing keys under the prefix
+    /// (registration) or reading them (discovery).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self.cause, Cause::PermissionDenied(_))
     }
 }
 
 impl fmt::Display for EtcdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = &self.action;
+        let target = self.target.as_deref();
+        let at = target.map_or("that address", |t| t.endpoints.as_str());
+        let user = target.and_then(|t| t.user.as_deref());
         match &self.cause {
             Cause::Etcd(err) => write!(
                 f,
-                "{} failed: {err}; check that etcd is running and reachable at that address",
-                self.action
+                "{action} failed: {err}; check that etcd is running and reachable at {at}"
             ),
+            Cause::Tls(_, problem) => {
+                write!(
+                    f,
+                    "{action} failed: the TLS handshake with etcd at {at} failed: "
+                )?;
+                match problem {
+                    TlsProblem::UnknownCa(why) => write!(
+                        f,
+                        "its certificate is not signed by the CA given ({why}); give the CA \
+                         that signed etcd's certificate (the issuer of its --cert-file)"
+                    ),
+                    TlsProblem::WrongName(why) => write!(
+                        f,
+                        "its certificate is not for the host connected to ({why}); connect by a \
+                         name or address its certificate lists, or name one with \
+                         `EtcdTls::domain_name`"
+                    ),
+                    TlsProblem::BadServerCertificate(why) => write!(
+                        f,
+                        "its certificate was refused ({why}); check that it is valid now"
+                    ),
+                    TlsProblem::ClientCertificate(why)
+                        if target.is_some_and(|t| t.client_certificate) =>
+                    {
+                        write!(
+                            f,
+                            "etcd refused our client certificate ({why}); give one signed by \
+                             the CA in etcd's --trusted-ca-file, for client authentication"
+                        )
+                    }
+                    TlsProblem::ClientCertificate(why) => write!(
+                        f,
+                        "etcd requires a client certificate and none was given ({why}); it runs \
+                         with --client-cert-auth: give one signed by the CA in its \
+                         --trusted-ca-file with `EtcdTls::identity`"
+                    ),
+                    TlsProblem::NotTls(why) => write!(
+                        f,
+                        "etcd does not answer in TLS ({why}), as an etcd serving plain text \
+                         does: drop the TLS settings, or start etcd with --cert-file and \
+                         --key-file"
+                    ),
+                    TlsProblem::PlainToTls => write!(
+                        f,
+                        "etcd closed the connection at once, as an etcd serving TLS does to a \
+                         plain-text client; if it runs with --cert-file, give the CA that \
+                         signed its certificate with `.tls(EtcdTls::new(ca_pem))`"
+                    ),
+                    TlsProblem::Other(why) => write!(f, "{why}"),
+                }
+            }
+            Cause::Unauthenticated(err) => match user {
+                // etcd-client authenticates again on an expired token; this is what is left
+                // when that did not help either.
+                Some(user) if is_invalid_token(err) => write!(
+                    f,
+                    "{action} failed: etcd at {at} no longer accepts user `{user}`'s auth token \
+                     ({err}), and authenticating again did not help; check etcd's \
+                     --auth-token settings and its logs"
+                ),
+                Some(user) => write!(
+                    f,
+                    "{action} failed: etcd at {at} refused user `{user}`'s password, or has no \
+                     such user ({err}); check the user name and password (`etcdctl user get \
+                     {user}`)"
+                ),
+                None => write!(
+                    f,
+                    "{action} failed: etcd at {at} has authentication enabled and no user was \
+                     given ({err}); give one with `.auth(user, password)`"
+                ),
+            },
+            Cause::AuthNotEnabled(err) => write!(
+                f,
+                "{action} failed: etcd at {at} has authentication disabled, yet user `{}` was \
+                 given ({err}); drop `.auth(…)`, or enable authentication in etcd (`etcdctl \
+                 auth enable`)",
+                user.unwrap_or("?")
+            ),
+            Cause::PermissionDenied(err) => {
+                let (verb, grant) = match target.map(|t| t.access) {
+                    Some(Access::Read) => ("read", "read"),
+                    _ => ("write", "readwrite"),
+                };
+                let dir = target.map_or("the prefix", |t| t.dir.as_str());
+                write!(
+                    f,
+                    "{action} failed: user `{}` may not {verb} keys under `{dir}` ({err}); grant \
+                     its role {grant} on the prefix: `etcdctl role grant-permission <role> \
+                     {grant} {dir} --prefix`",
+                    user.unwrap_or("(none)")
+                )
+            }
             Cause::TimedOut(after) => write!(
                 f,
-                "{} failed: no answer within {after:?}; check that etcd is running, reachable \
-                 at that address, and has a leader",
-                self.action
+                "{action} failed: no answer within {after:?}; check that etcd is running, \
+                 reachable at {at}, and has a leader"
             ),
-            Cause::Refused(why) => write!(
-                f,
-                "{} failed: {why}; check etcd's health and logs",
-                self.action
-            ),
-            Cause::Invalid(why) => write!(f, "{} failed: {why}", self.action),
+            Cause::Refused(why) => {
+                write!(f, "{action} failed: {why}; check etcd's health and logs")
+            }
+            Cause::Invalid(why) => write!(f, "{action} failed: {why}"),
         }
     }
 }
@@ -206,7 +454,11 @@ impl fmt::Display for EtcdError {
 impl std::error::Error for EtcdError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.cause {
-            Cause::Etcd(err) => Some(err),
+            Cause::Etcd(err)
+            | Cause::Tls(err, _)
+            | Cause::Unauthenticated(err)
+            | Cause::AuthNotEnabled(err)
+            | Cause::PermissionDenied(err) => Some(err),
             Cause::TimedOut(_) | Cause::Refused(_) | Cause::Invalid(_) => None,
         }
     }
@@ -215,7 +467,10 @@ impl std::error::Error for EtcdError {
 impl From<EtcdError> for io::Error {
     fn from(err: EtcdError) -> io::Error {
         let kind = match &err.cause {
-            Cause::Etcd(_) | Cause::Refused(_) => io::ErrorKind::Other,
+            Cause::Etcd(_) | Cause::Refused(_) | Cause::Tls(..) => io::ErrorKind::Other,
+            Cause::Unauthenticated(_) | Cause::AuthNotEnabled(_) | Cause::PermissionDenied(_) => {
+                io::ErrorKind::PermissionDenied
+            }
             Cause::TimedOut(_) => io::ErrorKind::TimedOut,
             Cause::Invalid(_) => io::ErrorKind::InvalidInput,
         };
@@ -223,38 +478,74 @@ impl From<EtcdError> for io::Error {
     }
 }
 
-/// Runs one request to etcd within `limit`, naming what it was doing if it fails.
+/// Whether etcd refused the token it was sent (expired, or forgotten by a restart).
+fn is_invalid_token(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status) if status.message().starts_with(INVALID_TOKEN))
+}
+
+/// Whether etcd closed the connection before answering: what a plain-text HTTP/2 client gets
+/// from an etcd speaking TLS (which takes the client's preface for a broken TLS record, and
+/// hangs up or answers with an HTTP/1 `400`, a broken frame to HTTP/2), and a TLS client
+/// without an acceptable certificate from an etcd with `--client-cert-auth`; also what a
+/// crashing etcd gives, which is why [`Connection::diagnose`] looks closer.
+fn hung_up(err: &etcd_client::Error) -> bool {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(err) = source {
+        text += &format!(": {err}");
+        source = err.source();
+    }
+    let text = text.to_ascii_lowercase();
+    [
+        "frame with invalid size",
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
+}
+
+/// Runs one request to etcd within the connection's request timeout, naming what it was
+/// doing if it fails.
 async fn within<T>(
-    limit: Duration,
+    connection: &Connection,
     action: impl FnOnce() -> String,
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, EtcdError> {
-    match tokio::time::timeout(limit, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(EtcdError::etcd(action(), err)),
-        Err(_) => Err(EtcdError::timed_out(action(), limit)),
+    let result = attempt(connection, action, request).await;
+    if result.is_ok() {
+        connection.worked();
     }
+    result
 }
 
-/// A client for the etcd cluster at `endpoints`. (The connection itself is made on the first
-/// request, and remade by the client when lost.)
-async fn connect(endpoints: &[String], limit: Duration) -> Result<Client, EtcdError> {
-    if endpoints.is_empty() {
-        return Err(EtcdError::invalid(
-            "connecting to etcd",
-            "no etcd endpoint was given; pass at least one `host:port`",
-        ));
+/// [`within`], without noting a success: for making a client, which may send nothing.
+async fn attempt<T>(
+    connection: &Connection,
+    action: impl FnOnce() -> String,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    let limit = connection.request_timeout;
+    match tokio::time::timeout(limit, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            let mut error = EtcdError::etcd(action(), err);
+            // Only while these settings have never worked: once they have, a hang-up is etcd
+            // going away (a restart, a crash), and looking closer would only delay the retry.
+            if matches!(&error.cause, Cause::Etcd(err) if hung_up(err)) && !connection.has_worked()
+            {
+                if let Some(problem) = connection.diagnose().await {
+                    error.cause = match error.cause {
+                        Cause::Etcd(err) => Cause::Tls(err, problem),
+                        other => other,
+                    };
+                }
+            }
+            Err(error.on(connection))
+        }
+        Err(_) => Err(EtcdError::timed_out(action(), limit).on(connection)),
     }
-    let options = ConnectOptions::new()
-        .with_connect_timeout(limit)
-        .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
-        .with_require_leader(true);
-    within(
-        limit,
-        || format!("connecting to etcd at {}", endpoints.join(", ")),
-        Client::connect(endpoints, Some(options)),
-    )
-    .await
 }
 
 /// The key prefix everything of `prefix` lives under: `prefix` with exactly one trailing `/`.

@@ -11,7 +11,8 @@ use rpc_core::balance::Backoff;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{connect, dir, within, Entry, EtcdError, DEFAULT_REQUEST_TIMEOUT};
+use super::security::{Access, Connection};
+use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
 
 /// Registers the server `name`, reachable at `addr` (`host:port`, as clients should dial
 /// it), under `prefix` in the etcd cluster at `etcd`, on a lease of `ttl` (whole seconds,
@@ -68,12 +69,11 @@ pub async fn register<E: AsRef<str>>(
 /// ```
 #[derive(Debug, Clone)]
 pub struct EtcdRegistrar {
-    etcd: Vec<String>,
+    connection: Connection,
     name: String,
     key: String,
     entry: Entry,
     ttl: Duration,
-    request_timeout: Duration,
     backoff: Backoff,
 }
 
@@ -88,7 +88,12 @@ impl EtcdRegistrar {
         addr: impl fmt::Display,
     ) -> EtcdRegistrar {
         EtcdRegistrar {
-            etcd: etcd.into_iter().map(|e| e.as_ref().to_string()).collect(),
+            connection: Connection::new(
+                etcd.into_iter().map(|e| e.as_ref().to_string()).collect(),
+                dir(prefix),
+                Access::Write,
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
             name: name.to_string(),
             key: format!("{}{name}", dir(prefix)),
             entry: Entry {
@@ -97,7 +102,6 @@ impl EtcdRegistrar {
                 metadata: Vec::new(),
             },
             ttl: Duration::from_secs(10),
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -141,7 +145,23 @@ impl EtcdRegistrar {
 
     /// How long each request to etcd may take (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> EtcdRegistrar {
-        self.request_timeout = timeout;
+        self.connection.request_timeout = timeout;
+        self
+    }
+
+    /// Connects to etcd over TLS: see [`EtcdTls`]. Endpoints given as `host:port` are then
+    /// reached as `https://host:port`.
+    pub fn tls(mut self, tls: EtcdTls) -> EtcdRegistrar {
+        self.connection.tls = Some(tls);
+        self
+    }
+
+    /// Authenticates as `user` with `password`, for an etcd with authentication enabled. The
+    /// user's role needs `readwrite` on the prefix (`etcdctl role grant-permission <role>
+    /// readwrite /services/inventory/ --prefix`). The password travels in the clear unless
+    /// [TLS](EtcdRegistrar::tls) is on.
+    pub fn auth(mut self, user: &str, password: &str) -> EtcdRegistrar {
+        self.connection.set_auth(user, password);
         self
     }
 
@@ -172,7 +192,7 @@ impl EtcdRegistrar {
                 "the TTL is zero; give at least one second",
             ));
         }
-        let mut client = connect(&self.etcd, self.request_timeout).await?;
+        let mut client = self.connection.connect().await?;
         let lease = Arc::new(AtomicI64::new(0));
         let keeper = Keeper {
             options: self,
@@ -181,8 +201,7 @@ impl EtcdRegistrar {
         };
         let granted_ttl = keeper.grant_and_put(&mut client).await?;
         let key = keeper.options.key.clone();
-        let etcd = keeper.options.etcd.clone();
-        let request_timeout = keeper.options.request_timeout;
+        let connection = keeper.options.connection.clone();
         info!(
             key = %key,
             lease = lease.load(Ordering::Acquire),
@@ -193,9 +212,8 @@ impl EtcdRegistrar {
         Ok(Registration {
             key,
             lease,
-            etcd,
+            connection,
             task: Some(task),
-            request_timeout,
         })
     }
 }
@@ -209,9 +227,8 @@ impl EtcdRegistrar {
 pub struct Registration {
     key: String,
     lease: Arc<AtomicI64>,
-    etcd: Vec<String>,
+    connection: Connection,
     task: Option<JoinHandle<()>>,
-    request_timeout: Duration,
 }
 
 impl fmt::Debug for Registration {
@@ -249,9 +266,9 @@ impl Registration {
         let lease = self.lease_id();
         let key = self.key.clone();
         // A connection of its own: the keepalive's may be the one that broke.
-        let mut client = connect(&self.etcd, self.request_timeout).await?;
+        let mut client = self.connection.connect().await?;
         let revoked = within(
-            self.request_timeout,
+            &self.connection,
             || format!("deregistering `{key}` (revoking lease {lease}) in etcd"),
             client.lease_revoke(lease),
         )
@@ -329,10 +346,10 @@ enum Stop {
 impl Keeper {
     /// Grants a lease and puts the key on it; returns the TTL granted.
     async fn grant_and_put(&self, client: &mut Client) -> Result<i64, EtcdError> {
-        let limit = self.options.request_timeout;
+        let connection = &self.options.connection;
         let key = &self.options.key;
         let granted = within(
-            limit,
+            connection,
             || format!("granting a {} s lease for `{key}` in etcd", self.ttl_secs),
             client.lease_grant(self.ttl_secs, None),
         )
@@ -347,7 +364,7 @@ impl Keeper {
         // Noted before the put, so a deregistration that stops us after it revokes this one.
         self.lease.store(lease, Ordering::Release);
         within(
-            limit,
+            connection,
             || format!("putting `{key}` on lease {lease} in etcd"),
             client.put(
                 key.as_bytes(),
@@ -405,7 +422,7 @@ impl Keeper {
 
     /// Refreshes the current lease every third of its TTL, until that fails.
     async fn keep_alive(&self, client: &mut Client, ttl_secs: i64, failures: &mut u32) -> Stop {
-        let limit = self.options.request_timeout;
+        let limit = &self.options.connection;
         let lease = self.lease.load(Ordering::Acquire);
         let action = || format!("keeping lease {lease} of `{}` alive", self.options.key);
         let interval = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(1)) / 3;
@@ -439,9 +456,8 @@ impl Keeper {
     /// [`Stop::Lost`] if etcd says `lease` does not exist (its TTL is -1), else
     /// [`Stop::Failed`] with `err`.
     async fn lost_or(&self, client: &mut Client, lease: i64, err: EtcdError) -> Stop {
-        let limit = self.options.request_timeout;
         let asked = within(
-            limit,
+            &self.options.connection,
             || format!("reading the TTL of lease {lease}"),
             client.lease_time_to_live(lease, None),
         )
@@ -456,7 +472,7 @@ impl Keeper {
     /// stuck).
     async fn pause_and_reconnect(&self, failures: u32, client: Client) -> Client {
         tokio::time::sleep(self.options.backoff.delay(failures)).await;
-        match connect(&self.options.etcd, self.options.request_timeout).await {
+        match self.options.connection.connect().await {
             Ok(fresh) => fresh,
             Err(err) => {
                 warn!(key = %self.options.key, "etcd: {err}");
