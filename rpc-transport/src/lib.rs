@@ -34,6 +34,8 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod framing;
+#[cfg(feature = "etcd")]
+mod registry;
 pub mod memory;
 #[cfg(feature = "sim")]
 pub mod sim;
