@@ -26,7 +26,9 @@
 //! turmoil's deterministic network, in simulated time.
 //!
 //! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
-//! the servers registered there.
+//! the servers registered there; with the `zookeeper` feature, `zookeeper` does the same with
+//! ZooKeeper (ephemeral nodes, the session as the server's liveness), with the same entry
+//! format.
 #![deny(missing_docs)]
 
 #[cfg(feature = "dns")]
@@ -34,12 +36,14 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod framing;
-#[cfg(feature = "etcd")]
-mod registry;
 pub mod memory;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod registry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod unix;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
