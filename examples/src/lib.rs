@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "etcd")]
 pub mod etcd_process;
 pub mod inventory;
+#[cfg(feature = "zookeeper")]
+pub mod zk_process;
 
 /// A language a greeting can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
