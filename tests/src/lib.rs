@@ -37,6 +37,11 @@ pub struct Fleet;
 #[doc = include_str!("../../docs/etcd.md")]
 pub struct Etcd;
 
+/// The Rust blocks of `docs/zookeeper.md`, which need the feature `zookeeper`.
+#[cfg(all(doctest, feature = "zookeeper"))]
+#[doc = include_str!("../../docs/zookeeper.md")]
+pub struct Zookeeper;
+
 /// The Rust blocks of `docs/governance.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/governance.md")]
