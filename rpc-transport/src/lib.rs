@@ -26,7 +26,7 @@
 //! turmoil's deterministic network, in simulated time.
 //!
 //! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
-//! the servers registered there; with the `zookeeper` feature, `zookeeper` does the same with
+//! the servers registered there; with the `zookeeper` feature, [`zookeeper`] does the same with
 //! ZooKeeper (ephemeral nodes, the session as the server's liveness), with the same entry
 //! format.
 #![deny(missing_docs)]
