@@ -528,6 +528,111 @@ async fn registrations_come_back_after_zookeeper_loses_its_data() {
     eventually("a removed", || endpoints(&client) == nodes(&["b"])).await;
 }
 
+/// Nodes written by hand follow the documented format: `addr` or `addr weight`; data of
+/// another form is ignored (and removes the endpoint it replaced), and so are nodes deeper
+/// than the path's children; a delete removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_written_by_hand_are_followed() {
+    use zookeeper_client::{Acls, Client, CreateMode};
+    logs();
+    let zk = start_zk().await;
+    // A server that does not register: ZooKeeper is told about it by hand.
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _x = serve_unregistered("x", listener);
+    let hand = guard("connecting by hand", Client::connect(&zk.addr()))
+        .await
+        .expect("a ZooKeeper client");
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let create = |path: String, data: String| {
+        let hand = &hand;
+        let persistent = &persistent;
+        async move {
+            guard("a create", hand.create(&path, data.as_bytes(), persistent))
+                .await
+                .expect("create");
+        }
+    };
+    let set = |path: String, data: String| {
+        let hand = &hand;
+        async move {
+            guard("a set", hand.set_data(&path, data.as_bytes(), None))
+                .await
+                .expect("set");
+        }
+    };
+    guard("mkdir", hand.mkdir(PATH, &persistent))
+        .await
+        .expect("mkdir");
+    create(node("junk"), "not an address".into()).await;
+    create(node("x"), format!("{addr} 5")).await;
+    // A grandchild with a good address: not a server of this path.
+    create(format!("{}/deeper", node("junk")), addr.to_string()).await;
+    let client = client(&zk.addr());
+    eventually("connected to x", || ready(&client, &["x"])).await;
+    assert_eq!(stats(&client).endpoints[0].weight, 5);
+    assert_eq!(call_name(&client).await, "x");
+
+    set(node("x"), addr.to_string()).await;
+    eventually("x's weight back to 1", || {
+        stats(&client)
+            .endpoints
+            .iter()
+            .map(|e| e.weight)
+            .collect::<Vec<_>>()
+            == [1]
+    })
+    .await;
+    set(node("x"), "garbage in ZooKeeper".into()).await;
+    eventually("x removed", || endpoints(&client).is_empty()).await;
+    set(node("x"), addr.to_string()).await;
+    eventually("x back", || ready(&client, &["x"])).await;
+    guard("a delete", hand.delete(&node("x"), None))
+        .await
+        .expect("delete");
+    eventually("x removed again", || endpoints(&client).is_empty()).await;
+}
+
+/// A server that crashes leaves its session open, unclosed: ZooKeeper expires it after the
+/// session timeout and deletes its ephemeral node, and clients drop the server then. (The
+/// crash is a detached session, which a client does not close when dropped, holding the node
+/// a registration would have made.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_servers_node_goes_when_its_session_expires() {
+    use zookeeper_client::{Acls, Client, CreateMode};
+    logs();
+    let zk = start_zk().await;
+    let _b = TestServer::start(&zk, "b").await;
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _a = serve_unregistered("a", listener);
+    let crashing = Client::connector()
+        .with_session_timeout(SESSION)
+        .with_detached();
+    let crashing = guard("connecting", crashing.connect(&zk.addr()))
+        .await
+        .expect("a ZooKeeper session");
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    guard(
+        "a create",
+        crashing.create(&node("a"), addr.to_string().as_bytes(), &ephemeral),
+    )
+    .await
+    .expect("create a's node");
+    let client = client(&zk.addr());
+    eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
+
+    // The crash: the connection goes, the session is not closed.
+    drop(crashing);
+    eventually("a removed once its session expired", || {
+        endpoints(&client) == nodes(&["b"])
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(call_name(&client).await, "b");
+    }
+}
+
 /// Registering refuses bad arguments before talking to ZooKeeper, and says why; an
 /// unreachable ZooKeeper fails registration with an error naming what was attempted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
