@@ -2,16 +2,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::FutureExt;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use rpc_core::balance::{Backoff, Change, Discover};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
     AddWatchMode, Client, Error as ZkClientError, EventType, PersistentWatcher, SessionState,
+    WatchedEvent,
 };
 
 use super::{
@@ -207,60 +210,17 @@ impl Watcher {
                 continue;
             };
             // Never polled again after a terminal session state: the client closes the
-            // channel then.
-            let event = session.watcher.changed().await;
+            // channel then, and its `changed` panics on a closed channel. Should it close
+            // otherwise, that panic ends this session rather than the client's discovery.
+            let event = AssertUnwindSafe(session.watcher.changed())
+                .catch_unwind()
+                .await;
             let client = session.client.clone();
             let dir = session.dir.clone();
             let started = session.started;
-            let outcome = match event.event_type {
-                EventType::Session => match event.session_state {
-                    SessionState::Disconnected => {
-                        warn!(
-                            path = %dir,
-                            known = self.known.len(),
-                            "ZooKeeper discovery: disconnected; keeping the servers known while \
-                             reconnecting"
-                        );
-                        Ok(())
-                    }
-                    // Watches anew, then lists: the client does not set persistent watches
-                    // again on the server it reconnects to (zookeeper-client 0.11 re-sends
-                    // only the one-shot ones), and events may have been missed while
-                    // disconnected anyway (ZOOKEEPER-4698).
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        info!(
-                            path = %dir,
-                            "ZooKeeper discovery: reconnected; watching and listing again"
-                        );
-                        match self.watch_and_list(&client, &dir).await {
-                            Ok(watcher) => {
-                                // Replaced only now: while both exist, dropping the old one
-                                // leaves the server's watch in place.
-                                if let Some(session) = &mut self.session {
-                                    session.watcher = watcher;
-                                }
-                                Ok(())
-                            }
-                            Err(err) => Err(err.to_string()),
-                        }
-                    }
-                    SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                        Err(format!("the session ended ({})", event.session_state))
-                    }
-                },
-                EventType::NodeCreated | EventType::NodeDataChanged => {
-                    match server_name(&dir, &event.path) {
-                        Some(_) => self.reread(&client, &event.path).await,
-                        None => Ok(()),
-                    }
-                }
-                EventType::NodeDeleted => {
-                    if server_name(&dir, &event.path).is_some() {
-                        self.remove(&event.path);
-                    }
-                    Ok(())
-                }
-                EventType::NodeChildrenChanged => Ok(()),
+            let outcome = match event {
+                Err(_) => Err("the ZooKeeper client closed the watch".to_string()),
+                Ok(event) => self.apply(&client, &dir, event).await,
             };
             let Err(failed) = outcome else { continue };
             // A session that lasted starts the backoff over; one that failed at once goes on
@@ -278,6 +238,65 @@ impl Watcher {
                 known = self.known.len(),
                 "ZooKeeper discovery: {failed}; opening a new session and listing again"
             );
+        }
+    }
+
+    /// Applies a watch event; says why if the session is over.
+    async fn apply(
+        &mut self,
+        client: &Client,
+        dir: &str,
+        event: WatchedEvent,
+    ) -> Result<(), String> {
+        match event.event_type {
+            EventType::Session => match event.session_state {
+                SessionState::Disconnected => {
+                    warn!(
+                        path = %dir,
+                        known = self.known.len(),
+                        "ZooKeeper discovery: disconnected; keeping the servers known while \
+                         reconnecting"
+                    );
+                    Ok(())
+                }
+                // Watches anew, then lists: the client does not set persistent watches
+                // again on the server it reconnects to (zookeeper-client 0.11 re-sends
+                // only the one-shot ones), and events may have been missed while
+                // disconnected anyway (ZOOKEEPER-4698).
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    info!(
+                        path = %dir,
+                        "ZooKeeper discovery: reconnected; watching and listing again"
+                    );
+                    match self.watch_and_list(client, dir).await {
+                        Ok(watcher) => {
+                            // Replaced only now: while both exist, dropping the old one
+                            // leaves the server's watch in place.
+                            if let Some(session) = &mut self.session {
+                                session.watcher = watcher;
+                            }
+                            Ok(())
+                        }
+                        Err(err) => Err(err.to_string()),
+                    }
+                }
+                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                    Err(format!("the session ended ({})", event.session_state))
+                }
+            },
+            EventType::NodeCreated | EventType::NodeDataChanged => {
+                match server_name(dir, &event.path) {
+                    Some(_) => self.reread(client, &event.path).await,
+                    None => Ok(()),
+                }
+            }
+            EventType::NodeDeleted => {
+                if server_name(dir, &event.path).is_some() {
+                    self.remove(&event.path);
+                }
+                Ok(())
+            }
+            EventType::NodeChildrenChanged => Ok(()),
         }
     }
 
