@@ -9,6 +9,8 @@ pub mod etcd_process;
 pub mod inventory;
 #[cfg(feature = "nats")]
 pub mod nats_process;
+#[cfg(feature = "zookeeper")]
+pub mod zk_process;
 
 /// A language a greeting can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,7 +29,9 @@
 //! serve a subject in a queue group, and clients reach one of them by the subject alone.
 //!
 //! With the `etcd` feature, [`etcd`] registers servers in etcd and lets clients balance over
-//! the servers registered there.
+//! the servers registered there; with the `zookeeper` feature, [`zookeeper`] does the same with
+//! ZooKeeper (ephemeral nodes, the session as the server's liveness), with the same entry
+//! format.
 #![deny(missing_docs)]
 
 #[cfg(feature = "dns")]
@@ -40,9 +42,13 @@ pub mod framing;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod registry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod unix;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;

@@ -42,6 +42,11 @@ pub struct Etcd;
 #[doc = include_str!("../../docs/nats.md")]
 pub struct Nats;
 
+/// The Rust blocks of `docs/zookeeper.md`, which need the feature `zookeeper`.
+#[cfg(all(doctest, feature = "zookeeper"))]
+#[doc = include_str!("../../docs/zookeeper.md")]
+pub struct Zookeeper;
+
 /// The Rust blocks of `docs/governance.md`.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/governance.md")]

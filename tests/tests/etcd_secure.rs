@@ -520,26 +520,3 @@ async fn discovery_logs_a_wrong_password_and_a_missing_read_permission() {
     );
     assert!(!logs.text().contains("not-the-password"), "{}", logs.text());
 }
-
-/// The README shows the TLS and authentication example without compiling it (its blocks
-/// build without the feature `etcd`); docs/etcd.md compiles the same block. They must not
-/// drift apart.
-#[test]
-fn the_readme_shows_the_block_docs_etcd_md_compiles() {
-    fn block<'a>(text: &'a str, fence: &str) -> &'a str {
-        let marker = text.find("<!-- etcd-tls:").expect("the etcd-tls marker");
-        let start = marker
-            + text[marker..]
-                .find(fence)
-                .expect("a block after the marker");
-        let start = start + fence.len();
-        let end = start + text[start..].find("```\n").expect("the block's end");
-        &text[start..end]
-    }
-    let readme = include_str!("../../README.md");
-    let docs = include_str!("../../docs/etcd.md");
-    assert_eq!(
-        block(readme, "```rust,ignore\n"),
-        block(docs, "```rust,no_run\n")
-    );
-}

@@ -10,12 +10,12 @@ use tokio::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use futures::stream::{BoxStream, Stream, StreamExt};
-use rpc_core::balance::{Backoff, Change, Discover, Endpoint};
+use rpc_core::balance::{Backoff, Change, Discover};
 use tracing::{debug, info, warn};
 
 use super::security::{Access, Connection};
 use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
-use crate::tcp::{self, TcpConnector};
+use crate::tcp::TcpConnector;
 
 /// Follows the servers registered under `prefix` in the etcd cluster at `etcd` (`host:port`
 /// of one or more members), with the default options of [`EtcdDiscovery`]: give it to
@@ -344,12 +344,8 @@ impl Watcher {
             return;
         }
         debug!(key = %key, addr = %entry.addr, weight = entry.weight, "etcd discovery: server in");
-        let mut endpoint =
-            Endpoint::new(key.clone(), tcp::connector(&entry.addr)).weight(entry.weight);
-        for (k, v) in &entry.metadata {
-            endpoint = endpoint.metadata(k.clone(), v.clone());
-        }
-        self.pending.push_back(Change::Insert(endpoint));
+        self.pending
+            .push_back(Change::Insert(entry.endpoint(key.clone())));
         self.known.insert(key, entry);
     }
 

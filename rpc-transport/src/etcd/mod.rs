@@ -162,6 +162,9 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+// The entry format, shared with the ZooKeeper registry.
+use crate::registry::Entry;
+
 mod discovery;
 mod registration;
 mod security;
@@ -553,95 +556,9 @@ fn dir(prefix: &str) -> String {
     format!("{}/", prefix.trim_end_matches('/'))
 }
 
-/// An entry under the prefix: where a server is, its weight and its metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    addr: String,
-    weight: u32,
-    /// `key=value` words, in order (a zone: `zone=eu-west-1a`).
-    metadata: Vec<(String, String)>,
-}
-
-impl Entry {
-    /// Reads a value: `addr`, then optionally a weight, then any `key=value` words.
-    fn parse(value: &[u8]) -> Result<Entry, String> {
-        let text = std::str::from_utf8(value).map_err(|_| "it is not UTF-8".to_string())?;
-        let mut words = text.split_whitespace().peekable();
-        let addr = words.next().ok_or_else(|| "it is empty".to_string())?;
-        let weight = match words.next_if(|word| !word.contains('=')) {
-            None => 1,
-            Some(word) => word
-                .parse()
-                .map_err(|_| format!("its weight `{word}` is not a whole number"))?,
-        };
-        let metadata = words
-            .map(|word| match word.split_once('=') {
-                Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-                _ => Err(format!(
-                    "`{text}` is not `address [weight] [key=value ...]` (at `{word}`)"
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Entry {
-            addr: addr.to_string(),
-            weight,
-            metadata,
-        })
-    }
-
-    /// The value that [`parse`](Entry::parse) reads back.
-    fn format(&self) -> String {
-        let mut value = self.addr.clone();
-        if self.weight != 1 || !self.metadata.is_empty() {
-            value += &format!(" {}", self.weight);
-        }
-        for (key, v) in &self.metadata {
-            value += &format!(" {key}={v}");
-        }
-        value
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_read_back() {
-        for (value, addr, weight) in [
-            ("10.0.0.1:4000", "10.0.0.1:4000", 1),
-            ("  10.0.0.1:4000\n", "10.0.0.1:4000", 1),
-            ("host:1 3", "host:1", 3),
-            ("host:1\t0", "host:1", 0),
-            ("host:1 zone=a", "host:1", 1),
-            ("host:1 2 zone=a rack=r1", "host:1", 2),
-        ] {
-            let entry = Entry::parse(value.as_bytes()).expect(value);
-            assert_eq!((entry.addr.as_str(), entry.weight), (addr, weight));
-            assert_eq!(Entry::parse(entry.format().as_bytes()), Ok(entry));
-        }
-        let entry = Entry::parse(b"host:1 2 zone=a rack=r1").unwrap();
-        assert_eq!(
-            entry.metadata,
-            [("zone".into(), "a".into()), ("rack".into(), "r1".into())]
-        );
-    }
-
-    #[test]
-    fn bad_values_are_refused() {
-        for value in [
-            &b""[..],
-            b"   ",
-            b"host:1 x",
-            b"host:1 -1",
-            b"a b c",
-            b"a 1 =x",
-            b"a 1 2",
-            b"\xff:1",
-        ] {
-            assert!(Entry::parse(value).is_err(), "{value:?}");
-        }
-    }
 
     #[test]
     fn prefixes_end_in_one_slash() {

@@ -96,11 +96,7 @@ impl EtcdRegistrar {
             ),
             name: name.to_string(),
             key: format!("{}{name}", dir(prefix)),
-            entry: Entry {
-                addr: addr.to_string(),
-                weight: 1,
-                metadata: Vec::new(),
-            },
+            entry: Entry::new(addr.to_string()),
             ttl: Duration::from_secs(10),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
@@ -129,17 +125,7 @@ impl EtcdRegistrar {
     /// If the key is empty or has `=` or white space, or the value has white space: the
     /// entry could not be read back.
     pub fn metadata(mut self, key: &str, value: &str) -> EtcdRegistrar {
-        assert!(
-            !key.is_empty()
-                && !key.contains('=')
-                && !key.contains(char::is_whitespace)
-                && !value.contains(char::is_whitespace),
-            "etcd registration metadata must be single words, the key without `=`: {key:?}={value:?}"
-        );
-        self.entry.metadata.retain(|(k, _)| k != key);
-        self.entry
-            .metadata
-            .push((key.to_string(), value.to_string()));
+        self.entry.set_metadata("etcd", key, value);
         self
     }
 
@@ -178,12 +164,8 @@ impl EtcdRegistrar {
         if self.name.is_empty() {
             return Err(EtcdError::invalid(action, "the server's name is empty"));
         }
-        let addr = &self.entry.addr;
-        if addr.is_empty() || addr.contains(char::is_whitespace) {
-            return Err(EtcdError::invalid(
-                action,
-                format!("the address `{addr}` is empty or has whitespace; give `host:port`"),
-            ));
+        if let Some(why) = self.entry.bad_addr() {
+            return Err(EtcdError::invalid(action, why));
         }
         let ttl_secs = whole_seconds(self.ttl);
         if ttl_secs == 0 {
