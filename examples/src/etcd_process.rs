@@ -7,10 +7,9 @@
 //! certificates made at start-up by a throwaway CA (optionally requiring client
 //! certificates), and with authentication enabled and users of its own.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,6 +19,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
+use crate::daemon::Daemon;
+pub use crate::daemon::StartError;
 use crate::inventory::free_ports;
 
 /// The password of etcd's `root` user when the harness enables authentication.
@@ -28,14 +29,9 @@ pub const ROOT_PASSWORD: &str = "root-secret";
 /// An `etcd` process; see the [module docs](self).
 #[derive(Debug)]
 pub struct EtcdProcess {
-    /// `None` once killed.
-    child: Option<Child>,
-    /// The process id of the latest start.
-    pid: u32,
-    binary: PathBuf,
+    daemon: Daemon,
     name: String,
     patience: Duration,
-    dir: PathBuf,
     client_port: u16,
     peer_port: u16,
     /// Serves `/health` over plain HTTP whatever the client port speaks.
@@ -156,24 +152,14 @@ impl EtcdBuilder {
 
     /// Starts it, and waits until it is healthy (and its users are made).
     pub async fn start(self) -> Result<EtcdProcess, EtcdError> {
-        // A directory per etcd: a process (a test binary) may start several.
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rpc-etcd-{}-{}-{}",
-            self.name,
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let [client_port, peer_port, metrics_port] = free_ports()?;
+        let label = format!("etcd-{}", self.name);
+        let daemon =
+            Daemon::new("etcd", &label, self.binary, self.patience).map_err(StartError::Setup)?;
+        let [client_port, peer_port, metrics_port] = free_ports().map_err(StartError::Setup)?;
         let mut etcd = EtcdProcess {
-            child: None,
-            pid: 0,
-            binary: self.binary,
+            daemon,
             name: self.name,
             patience: self.patience,
-            dir,
             client_port,
             peer_port,
             metrics_port,
@@ -194,36 +180,24 @@ impl EtcdBuilder {
     }
 }
 
-/// Why an etcd did not start.
+/// Why an etcd did not start, or the harness could not do what was asked of it.
 #[derive(Debug)]
 pub enum EtcdError {
-    /// Its directory, log file or ports could not be had.
-    Setup(std::io::Error),
-    /// The binary could not be run (`NotFound`: it is not installed).
-    Spawn {
-        /// The binary.
-        binary: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It exited before it became healthy.
-    Exited {
-        /// How it exited.
-        status: ExitStatus,
-        /// Its log, which is deleted with its directory.
-        log: String,
-    },
-    /// It was not healthy within the patience given.
-    Unhealthy {
-        /// How long it was given.
-        patience: Duration,
-        /// Its log so far.
-        log: String,
-    },
+    /// The process did not start, or was not healthy in time.
+    Start(StartError),
     /// Its certificates could not be made.
     Certificates(rcgen::Error),
     /// Setting up its users and enabling authentication, or a request as `root`, failed.
     Auth(etcd_client::Error),
+    /// A request as `root` got no answer within the patience given.
+    TimedOut(Duration),
+}
+
+impl EtcdError {
+    /// Whether the `etcd` binary is not installed.
+    pub fn is_not_installed(&self) -> bool {
+        matches!(self, EtcdError::Start(err) if err.is_not_installed())
+    }
 }
 
 impl From<rcgen::Error> for EtcdError {
@@ -232,22 +206,27 @@ impl From<rcgen::Error> for EtcdError {
     }
 }
 
+impl From<StartError> for EtcdError {
+    fn from(err: StartError) -> EtcdError {
+        EtcdError::Start(err)
+    }
+}
+
+impl From<std::io::Error> for EtcdError {
+    fn from(err: std::io::Error) -> EtcdError {
+        EtcdError::Start(StartError::Setup(err))
+    }
+}
+
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EtcdError::Setup(err) => write!(f, "could not prepare to start etcd: {err}"),
-            EtcdError::Spawn { binary, source } => {
-                write!(f, "could not start `{}` ({source})", binary.display())
-            }
-            EtcdError::Exited { status, log } => {
-                write!(f, "etcd exited at start-up ({status}); its log:\n{log}")
-            }
-            EtcdError::Unhealthy { patience, log } => write!(
-                f,
-                "etcd did not become healthy within {patience:?}; its log:\n{log}"
-            ),
+            EtcdError::Start(err) => err.fmt(f),
             EtcdError::Certificates(err) => write!(f, "could not make etcd's certificates: {err}"),
             EtcdError::Auth(err) => write!(f, "could not enable etcd's authentication: {err}"),
+            EtcdError::TimedOut(after) => {
+                write!(f, "etcd did not answer a request as root within {after:?}")
+            }
         }
     }
 }
@@ -255,17 +234,11 @@ impl std::fmt::Display for EtcdError {
 impl std::error::Error for EtcdError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            EtcdError::Setup(err) | EtcdError::Spawn { source: err, .. } => Some(err),
+            EtcdError::Start(err) => Some(err),
             EtcdError::Certificates(err) => Some(err),
             EtcdError::Auth(err) => Some(err),
-            EtcdError::Exited { .. } | EtcdError::Unhealthy { .. } => None,
+            EtcdError::TimedOut(_) => None,
         }
-    }
-}
-
-impl From<std::io::Error> for EtcdError {
-    fn from(err: std::io::Error) -> EtcdError {
-        EtcdError::Setup(err)
     }
 }
 
@@ -307,7 +280,7 @@ impl EtcdProcess {
     /// PEM key).
     pub fn client_identity(&self, name: &str) -> Result<(String, String), EtcdError> {
         let ca = self.ca.as_ref().ok_or_else(|| {
-            EtcdError::Setup(std::io::Error::other("this etcd was started without TLS"))
+            EtcdError::from(std::io::Error::other("this etcd was started without TLS"))
         })?;
         Ok(ca.issue(&[name], vec![ExtendedKeyUsagePurpose::ClientAuth])?)
     }
@@ -330,20 +303,17 @@ impl EtcdProcess {
 
     /// The process id of its latest start.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.daemon.pid()
     }
 
     /// Its log so far (stdout and stderr, over every start).
     pub fn log(&self) -> String {
-        read_log(&self.log_path())
+        self.daemon.log()
     }
 
     /// Kills etcd (SIGKILL: no goodbye to anyone). Its data stays, for [`restart`](Self::restart).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// Kills etcd and starts it again on the same ports, with its data.
@@ -355,7 +325,7 @@ impl EtcdProcess {
     /// Kills etcd and starts a new, empty one on the same ports: every key and lease is gone.
     pub async fn restart_empty(&mut self) -> Result<(), EtcdError> {
         self.kill();
-        std::fs::remove_dir_all(self.dir.join("data"))?;
+        std::fs::remove_dir_all(self.daemon.dir().join("data"))?;
         self.launch().await
     }
 
@@ -363,10 +333,13 @@ impl EtcdProcess {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let name = &self.name;
-        let mut command = Command::new(&self.binary);
+        let mut command = self.daemon.command();
         command
             .arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.daemon.dir().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -382,16 +355,16 @@ impl EtcdProcess {
             command
                 .arg(format!(
                     "--cert-file={}",
-                    self.dir.join("etcd.pem").display()
+                    self.daemon.dir().join("etcd.pem").display()
                 ))
                 .arg(format!(
                     "--key-file={}",
-                    self.dir.join("etcd-key.pem").display()
+                    self.daemon.dir().join("etcd-key.pem").display()
                 ));
             if self.client_cert_auth {
                 command.arg("--client-cert-auth").arg(format!(
                     "--trusted-ca-file={}",
-                    self.dir.join("ca.pem").display()
+                    self.daemon.dir().join("ca.pem").display()
                 ));
             }
         }
@@ -399,52 +372,9 @@ impl EtcdProcess {
     }
 
     async fn launch(&mut self) -> Result<(), EtcdError> {
-        // Appended to: a restarted etcd's log follows the one before.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = self
-            .launch_command()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|source| EtcdError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        self.pid = child.id();
-        self.child = Some(child);
-        self.wait_healthy().await
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("etcd.log")
-    }
-
-    /// Polls `/health` on the client port until etcd says it is healthy.
-    async fn wait_healthy(&mut self) -> Result<(), EtcdError> {
-        let since = Instant::now();
-        loop {
-            let exited = (self.child.as_mut()).and_then(|child| child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                return Err(EtcdError::Exited {
-                    status,
-                    log: self.log(),
-                });
-            }
-            if healthy(self.metrics_port).await {
-                return Ok(());
-            }
-            if since.elapsed() > self.patience {
-                return Err(EtcdError::Unhealthy {
-                    patience: self.patience,
-                    log: self.log(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let command = self.launch_command();
+        let port = self.metrics_port;
+        Ok(self.daemon.launch(command, || healthy(port)).await?)
     }
 }
 
@@ -456,9 +386,9 @@ impl EtcdProcess {
             &["127.0.0.1", "localhost"],
             vec![ExtendedKeyUsagePurpose::ServerAuth],
         )?;
-        std::fs::write(self.dir.join("etcd.pem"), cert)?;
-        std::fs::write(self.dir.join("etcd-key.pem"), key)?;
-        std::fs::write(self.dir.join("ca.pem"), ca.issuer.pem())?;
+        std::fs::write(self.daemon.dir().join("etcd.pem"), cert)?;
+        std::fs::write(self.daemon.dir().join("etcd-key.pem"), key)?;
+        std::fs::write(self.daemon.dir().join("ca.pem"), ca.issuer.pem())?;
         self.ca = Some(ca);
         Ok(())
     }
@@ -468,10 +398,7 @@ impl EtcdProcess {
         let revoke = async { self.admin().await?.lease_revoke(lease).await };
         match tokio::time::timeout(self.patience, revoke).await {
             Ok(result) => result.map(drop).map_err(EtcdError::Auth),
-            Err(_) => Err(EtcdError::Unhealthy {
-                patience: self.patience,
-                log: self.log(),
-            }),
+            Err(_) => Err(EtcdError::TimedOut(self.patience)),
         }
     }
 
@@ -524,31 +451,9 @@ impl EtcdProcess {
         };
         match tokio::time::timeout(self.patience, setup).await {
             Ok(result) => result.map_err(EtcdError::Auth),
-            Err(_) => Err(EtcdError::Unhealthy {
-                patience: self.patience,
-                log: self.log(),
-            }),
+            Err(_) => Err(EtcdError::TimedOut(self.patience)),
         }
     }
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        self.kill();
-        // A failing test: its output is the only place the log is left.
-        if std::thread::panicking() {
-            eprintln!(
-                "etcd's log ({}):\n{}",
-                self.log_path().display(),
-                self.log()
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| format!("(unreadable: {err})"))
 }
 
 /// Whether etcd answers `GET /health` with `"health":"true"` (it is up and has a leader).

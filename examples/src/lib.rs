@@ -4,6 +4,8 @@
 use rpc_core::{service, Streaming};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(feature = "etcd", feature = "nats", feature = "zookeeper"))]
+pub mod daemon;
 #[cfg(feature = "etcd")]
 pub mod etcd_process;
 pub mod inventory;

@@ -11,12 +11,13 @@
 //! to run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::daemon::Daemon;
+pub use crate::daemon::StartError;
 use crate::inventory::free_ports;
 
 /// Debian's jars: the server, and a logger for it (without one, it logs nothing).
@@ -25,79 +26,10 @@ const DEBIAN_CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/sl
 /// A ZooKeeper server process; see the [module docs](self).
 #[derive(Debug)]
 pub struct ZkProcess {
-    /// `None` once killed.
-    child: Option<Child>,
-    /// The process id of the latest start.
-    pid: u32,
-    java: PathBuf,
+    daemon: Daemon,
     classpath: String,
     tick: Duration,
-    patience: Duration,
-    dir: PathBuf,
     client_port: u16,
-}
-
-/// Why a ZooKeeper did not start.
-#[derive(Debug)]
-pub enum StartError {
-    /// Its directory, configuration, log file or port could not be had.
-    Setup(std::io::Error),
-    /// Java could not be run (`NotFound`: it is not installed).
-    Spawn {
-        /// The `java` binary.
-        java: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It exited before it served.
-    Exited {
-        /// How it exited.
-        status: ExitStatus,
-        /// Its log, which is deleted with its directory.
-        log: String,
-    },
-    /// It did not serve within the patience given.
-    Unhealthy {
-        /// How long it was given.
-        patience: Duration,
-        /// Its log so far.
-        log: String,
-    },
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Setup(err) => write!(f, "could not prepare to start ZooKeeper: {err}"),
-            StartError::Spawn { java, source } => {
-                write!(f, "could not start `{}` ({source})", java.display())
-            }
-            StartError::Exited { status, log } => write!(
-                f,
-                "ZooKeeper exited at start-up ({status}); is Debian's `zookeeperd` installed \
-                 (its jars in /usr/share/java)? Its log:\n{log}"
-            ),
-            StartError::Unhealthy { patience, log } => write!(
-                f,
-                "ZooKeeper did not serve within {patience:?}; its log:\n{log}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::Setup(err) | StartError::Spawn { source: err, .. } => Some(err),
-            StartError::Exited { .. } | StartError::Unhealthy { .. } => None,
-        }
-    }
-}
-
-impl From<std::io::Error> for StartError {
-    fn from(err: std::io::Error) -> StartError {
-        StartError::Setup(err)
-    }
 }
 
 impl ZkProcess {
@@ -110,25 +42,14 @@ impl ZkProcess {
         tick: Duration,
         patience: Duration,
     ) -> Result<ZkProcess, StartError> {
-        // A directory per server: a process (a test binary) may start several.
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rpc-zk-{name}-{}-{}",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let java = std::env::var_os("JAVA").map_or_else(|| PathBuf::from("java"), PathBuf::from);
+        let daemon = Daemon::new("ZooKeeper", &format!("zk-{name}"), java, patience)?;
         let [client_port] = free_ports()?;
         let mut zk = ZkProcess {
-            child: None,
-            pid: 0,
-            java: std::env::var_os("JAVA").map_or_else(|| PathBuf::from("java"), PathBuf::from),
+            daemon,
             classpath: std::env::var("ZOOKEEPER_CLASSPATH")
                 .unwrap_or_else(|_| DEBIAN_CLASSPATH.to_string()),
             tick,
-            patience,
-            dir,
             client_port,
         };
         // On an error, `zk` is dropped: the process killed and the directory deleted.
@@ -148,21 +69,18 @@ impl ZkProcess {
 
     /// The process id of its latest start.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.daemon.pid()
     }
 
     /// Its log so far (stdout and stderr, over every start).
     pub fn log(&self) -> String {
-        read_log(&self.log_path())
+        self.daemon.log()
     }
 
     /// Kills ZooKeeper (SIGKILL: no goodbye to anyone). Its data stays, for
     /// [`restart`](Self::restart).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// Kills ZooKeeper and starts it again on the same port, with its data: its nodes and
@@ -181,7 +99,7 @@ impl ZkProcess {
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.daemon.dir().join("data")
     }
 
     /// Writes `zoo.cfg` (again: its directory may be new).
@@ -201,13 +119,13 @@ impl ZkProcess {
             self.client_port,
             2 * tick,
         );
-        let path = self.dir.join("zoo.cfg");
+        let path = self.daemon.dir().join("zoo.cfg");
         std::fs::write(&path, config)?;
         Ok(path)
     }
 
     fn launch_command(&self, config: &Path) -> Command {
-        let mut command = Command::new(&self.java);
+        let mut command = self.daemon.command();
         command
             // A small, quick-starting JVM: tests run several at once on small machines.
             .arg("-Xmx256m")
@@ -223,72 +141,10 @@ impl ZkProcess {
 
     async fn launch(&mut self) -> Result<(), StartError> {
         let config = self.write_config()?;
-        // Appended to: a restarted server's log follows the one before.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = self
-            .launch_command(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|source| StartError::Spawn {
-                java: self.java.clone(),
-                source,
-            })?;
-        self.pid = child.id();
-        self.child = Some(child);
-        self.wait_serving().await
+        let command = self.launch_command(&config);
+        let port = self.client_port;
+        self.daemon.launch(command, || serving(port)).await
     }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("zookeeper.log")
-    }
-
-    /// Asks `srvr` on the client port until ZooKeeper says it serves.
-    async fn wait_serving(&mut self) -> Result<(), StartError> {
-        let since = Instant::now();
-        loop {
-            let exited = (self.child.as_mut()).and_then(|child| child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                return Err(StartError::Exited {
-                    status,
-                    log: self.log(),
-                });
-            }
-            if serving(self.client_port).await {
-                return Ok(());
-            }
-            if since.elapsed() > self.patience {
-                return Err(StartError::Unhealthy {
-                    patience: self.patience,
-                    log: self.log(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ZkProcess {
-    fn drop(&mut self) {
-        self.kill();
-        // A failing test: its output is the only place the log is left.
-        if std::thread::panicking() {
-            eprintln!(
-                "ZooKeeper's log ({}):\n{}",
-                self.log_path().display(),
-                self.log()
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| format!("(unreadable: {err})"))
 }
 
 /// Whether ZooKeeper answers the `srvr` four-letter word with its statistics (it answers

@@ -41,7 +41,7 @@ async fn start_etcd() -> Etcd {
 /// What `start` or a restart gave; fails the test, saying why, if etcd did not start.
 fn started<T>(result: Result<T, EtcdError>) -> T {
     result.unwrap_or_else(|err| match err {
-        EtcdError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => panic!(
+        err if err.is_not_installed() => panic!(
             "the etcd tests need the `etcd` binary, which was not found: install it with \
              `apt-get install etcd-server` (or set ETCD_BIN to its path)"
         ),

@@ -15,8 +15,7 @@ use std::time::Duration;
 use rpc_core::balance::Backoff;
 use rpc_core::Server;
 use rpc_examples::etcd_process::{
-    unrelated_ca_pem, unrelated_client_identity, Access, EtcdBuilder, EtcdError,
-    EtcdProcess as Etcd,
+    unrelated_ca_pem, unrelated_client_identity, Access, EtcdBuilder, EtcdProcess as Etcd,
 };
 use rpc_examples::inventory::{
     client_builder, endpoints, wait_until, InventoryClient, InventoryServer, Replica,
@@ -51,7 +50,7 @@ fn with_users(builder: EtcdBuilder) -> EtcdBuilder {
 
 async fn start(builder: EtcdBuilder) -> Etcd {
     builder.start().await.unwrap_or_else(|err| match err {
-        EtcdError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => panic!(
+        err if err.is_not_installed() => panic!(
             "the etcd tests need the `etcd` binary, which was not found: install it with \
              `apt-get install etcd-server` (or set ETCD_BIN to its path)"
         ),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use rpc_core::{service, ErrorKind, Keepalive, Server, Streaming};
-use rpc_examples::nats_process::{NatsError, NatsProcess};
+use rpc_examples::nats_process::{NatsProcess, StartError};
 use rpc_transport::nats::{self, async_nats};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -36,9 +36,9 @@ async fn start_nats(max_payload: Option<usize>) -> NatsProcess {
     started(NatsProcess::start_with(binary, HANG_GUARD, max_payload).await)
 }
 
-fn started<T>(result: Result<T, NatsError>) -> T {
+fn started<T>(result: Result<T, StartError>) -> T {
     result.unwrap_or_else(|err| match err {
-        NatsError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        err if err.is_not_installed() => {
             panic!(
                 "the NATS tests need the `nats-server` binary, which was not found: install it \
                  with `apt-get install nats-server` (or set NATS_BIN to its path)"

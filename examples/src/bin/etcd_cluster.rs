@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Backoff, EndpointState};
 use rpc_core::Server;
-use rpc_examples::etcd_process::{EtcdError, EtcdProcess};
+use rpc_examples::etcd_process::{EtcdError, EtcdProcess, StartError};
 use rpc_examples::inventory::{
     client_builder, endpoints, wait_until, when_stdin_closes, InventoryClient, InventoryServer,
     Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
@@ -259,7 +259,7 @@ async fn own_etcd() -> Result<EtcdProcess, Box<dyn Error>> {
     EtcdProcess::start("etcd", "demo", PATIENCE)
         .await
         .map_err(|err| match err {
-            EtcdError::Spawn { source, .. } => format!(
+            EtcdError::Start(StartError::Spawn { source, .. }) => format!(
                 "could not start `etcd` ({source}): install it (`apt-get install etcd-server`), \
                  or point ETCD_ENDPOINTS at a running etcd"
             )

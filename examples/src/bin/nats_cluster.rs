@@ -9,7 +9,8 @@
 //! The program plays every part. As the driver (no arguments) it starts three copies of
 //! itself as servers (`nats_cluster serve <nats-url> <subject> <name>`, which you can also run
 //! by hand): each connects to NATS and binds the subject. The client knows no address: it
-//! keeps six connections to the subject (each opened on whichever member NATS picks), and
+//! keeps six connections to the subject (each opened on whichever member NATS picks, once
+//! all three have joined the group), and
 //! makes calls from 8 concurrent tasks. After a third of the calls the driver kills server
 //! `b` with SIGKILL, and starts a fourth server, `d`. NATS drops b's subscriptions when its
 //! connection closes; the client's next frames to b come back as "no responders", its
@@ -21,6 +22,8 @@
 use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use rpc_core::balance::{Endpoint, EndpointState};
 use rpc_core::Server;
@@ -67,6 +70,10 @@ async fn main() -> Result<ExitCode, Box<dyn Error>> {
 async fn serve(url: &str, subject: &str, name: &str) -> Result<(), Box<dyn Error>> {
     let nats = async_nats::connect(url).await?;
     let listener = nats::bind(&nats, subject).await?;
+    // Tell the driver we are in the group (NATS handles our commands in order, so the
+    // subscription is in place before anyone hears this).
+    nats.publish(format!("{subject}.ready"), name.to_owned().into())
+        .await?;
     println!("  server {name}: serving NATS subject {subject}");
 
     // The driver holds our stdin open; when it closes it (or dies), we leave.
@@ -105,18 +112,31 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // A subject of our own, so runs sharing a NATS do not see each other's servers.
     let subject = format!("rpc-examples.nats-cluster.{}.inventory", std::process::id());
 
+    let nats = async_nats::connect(url.as_str()).await?;
+    let mut ready = nats.subscribe(format!("{subject}.ready")).await?;
     let mut servers: Vec<Option<ServerProcess>> = Vec::new();
     for name in &SERVERS[..FIRST] {
         let server = ServerProcess::start(["serve", &url, &subject, name])?;
         println!("started server {name} (pid {})", server.pid());
         servers.push(Some(server));
     }
+    // Connect once all three are in the group, so that NATS spreads the connections.
+    for _ in 0..FIRST {
+        tokio::time::timeout(PATIENCE, ready.next())
+            .await
+            .map_err(|_| format!("the servers did not all bind {subject} within {PATIENCE:?}"))?;
+    }
 
-    let nats = async_nats::connect(url.as_str()).await?;
     let connector = nats::connector(&nats, &subject);
-    let client = client_builder().balance(
-        (0..CONNECTIONS).map(|i| Endpoint::new(format!("{subject}#{i}"), connector.clone())),
-    );
+    // Calls made while a lost connection is being opened again wait for it. Each connection
+    // to the killed server finds out on its own, at its next frame: a call may meet several
+    // of them in turn, so it may try every connection (and one more).
+    let client = client_builder()
+        .wait_for_ready(true)
+        .max_attempts(CONNECTIONS as u32 + 1)
+        .balance(
+            (0..CONNECTIONS).map(|i| Endpoint::new(format!("{subject}#{i}"), connector.clone())),
+        );
     // Each connection is opened once a member answers its hello.
     let ready = || {
         (endpoints(&client).iter())
