@@ -1,9 +1,16 @@
-//! What the registries (etcd, ZooKeeper) store for a server, shared by both: the entry's text
-//! format, and the balancer endpoint a discovering client makes of it.
+//! What the registries (etcd, ZooKeeper) share: what they store for a server (the entry's
+//! text format, and the balancer endpoint a discovering client makes of it), the bookkeeping
+//! and stream of a discovering client's watch, and the shape of a registration.
 
 use rpc_core::balance::Endpoint;
 
 use crate::tcp::{self, TcpConnector};
+
+mod known;
+mod watch;
+
+pub(crate) use known::Known;
+pub(crate) use watch::{changes, watch_stream, Retries, Watcher};
 
 /// An entry in a registry: where a server is, its weight and its metadata.
 ///

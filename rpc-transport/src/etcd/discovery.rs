@@ -1,20 +1,19 @@
 //! The client side: a stream of endpoint changes that follows a prefix in etcd.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
-use futures::stream::{BoxStream, Stream, StreamExt};
-use rpc_core::balance::{Backoff, Change, Discover};
-use tracing::{debug, info, warn};
+#[cfg(doc)]
+use rpc_core::balance::Discover;
+use rpc_core::balance::{Backoff, Change};
+use tracing::{info, warn};
 
 use super::security::{Access, Connection};
 use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
+use crate::registry::{self, watch_stream, Known, Retries};
 use crate::tcp::TcpConnector;
 
 /// Follows the servers registered under `prefix` in the etcd cluster at `etcd` (`host:port`
@@ -115,51 +114,20 @@ impl EtcdDiscovery {
     /// work only while polled (no background task), and dropping it closes its connection to
     /// etcd.
     pub fn watch(self) -> EtcdWatch {
-        let watcher = Watcher {
+        EtcdWatch::new(Watcher {
             options: self,
-            known: HashMap::new(),
-            pending: VecDeque::new(),
+            known: Known::new("etcd discovery"),
             session: None,
-            failures: 0,
-        };
-        let changes = futures::stream::unfold(watcher, |mut watcher| async move {
-            let change = watcher.next().await;
-            Some((change, watcher))
-        });
-        EtcdWatch {
-            changes: changes.boxed(),
-        }
+            retries: Retries::default(),
+        })
     }
 }
 
-impl Discover for EtcdDiscovery {
-    type Connector = TcpConnector;
-    type Changes = EtcdWatch;
-
-    fn into_changes(self) -> EtcdWatch {
-        self.watch()
-    }
-}
-
-/// The changes to the servers under a prefix in etcd; made by [`watch`] or
-/// [`EtcdDiscovery::watch`]. A `Stream` of [`Change`]s for
-/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
-pub struct EtcdWatch {
-    changes: BoxStream<'static, Change<TcpConnector>>,
-}
-
-impl fmt::Debug for EtcdWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdWatch").finish_non_exhaustive()
-    }
-}
-
-impl Stream for EtcdWatch {
-    type Item = Change<TcpConnector>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_next_unpin(cx)
-    }
+watch_stream! {
+    /// The changes to the servers under a prefix in etcd; made by [`watch`] or
+    /// [`EtcdDiscovery::watch`]. A `Stream` of [`Change`]s for
+    /// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
+    EtcdWatch, EtcdDiscovery
 }
 
 /// A live watch: the client it runs on, and when it started.
@@ -172,31 +140,26 @@ struct Session {
 
 struct Watcher {
     options: EtcdDiscovery,
-    /// What the consumer has been told is under the prefix (changes in `pending` included).
-    known: HashMap<String, Entry>,
-    /// Changes not handed out yet.
-    pending: VecDeque<Change<TcpConnector>>,
+    /// What the consumer has been told is under the prefix, and the changes not handed out
+    /// yet.
+    known: Known,
     session: Option<Session>,
-    /// Attempts to (re)start a session that failed in a row.
-    failures: u32,
+    retries: Retries,
 }
 
-impl Watcher {
+impl registry::Watcher for Watcher {
     /// The next change; waits (and reconnects, as often as needed) until there is one.
     async fn next(&mut self) -> Change<TcpConnector> {
         loop {
-            if let Some(change) = self.pending.pop_front() {
+            if let Some(change) = self.known.next() {
                 return change;
             }
             let Some(session) = &mut self.session else {
-                let delay = self.options.backoff.delay(self.failures);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+                self.retries.pause(&self.options.backoff).await;
                 match self.start().await {
                     Ok(session) => self.session = Some(session),
                     Err(err) => {
-                        self.failures = self.failures.saturating_add(1);
+                        self.retries.failed();
                         warn!(prefix = %self.options.connection.dir, "etcd discovery: {err}");
                     }
                 }
@@ -218,14 +181,7 @@ impl Watcher {
                         .to_string()
                 }
             };
-            // A session that lasted starts the backoff over; one that failed at once goes on
-            // with it.
-            let lasted = started.elapsed() > self.options.backoff.max;
-            self.failures = if lasted {
-                1
-            } else {
-                self.failures.saturating_add(1)
-            };
+            self.retries.ended(started, &self.options.backoff);
             self.session = None;
             warn!(
                 prefix = %self.options.connection.dir,
@@ -233,7 +189,9 @@ impl Watcher {
             );
         }
     }
+}
 
+impl Watcher {
     /// Connects, lists the prefix (queueing what differs from what is known) and starts
     /// watching from the revision listed.
     async fn start(&mut self) -> Result<Session, EtcdError> {
@@ -286,7 +244,7 @@ impl Watcher {
             }
         }
 
-        self.sync(now);
+        self.known.sync(now);
         info!(
             prefix = %dir,
             revision,
@@ -300,20 +258,6 @@ impl Watcher {
         })
     }
 
-    /// Makes `known` what was listed, queueing the changes that takes.
-    fn sync(&mut self, now: HashMap<String, Entry>) {
-        let gone: Vec<String> = (self.known.keys())
-            .filter(|key| !now.contains_key(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.remove(&key);
-        }
-        for (key, entry) in now {
-            self.insert(key, entry);
-        }
-    }
-
     /// Applies a watch response; says why if the watch is over.
     fn apply(&mut self, response: WatchResponse) -> Result<(), String> {
         if response.canceled() || response.compact_revision() != 0 {
@@ -325,11 +269,11 @@ impl Watcher {
             // does not know.
             match event.0.r#type {
                 PUT => match read(kv.key(), kv.value()) {
-                    Some((key, entry)) => self.insert(key, entry),
+                    Some((key, entry)) => self.known.insert(key, entry),
                     // Not a server (any more): as if deleted.
-                    None => self.remove(&String::from_utf8_lossy(kv.key())),
+                    None => self.known.remove(&String::from_utf8_lossy(kv.key())),
                 },
-                DELETE => self.remove(&String::from_utf8_lossy(kv.key())),
+                DELETE => self.known.remove(&String::from_utf8_lossy(kv.key())),
                 other => warn!(
                     prefix = %self.options.connection.dir,
                     "etcd discovery: ignoring an event of unknown type {other}"
@@ -337,23 +281,6 @@ impl Watcher {
             }
         }
         Ok(())
-    }
-
-    fn insert(&mut self, key: String, entry: Entry) {
-        if self.known.get(&key) == Some(&entry) {
-            return;
-        }
-        debug!(key = %key, addr = %entry.addr, weight = entry.weight, "etcd discovery: server in");
-        self.pending
-            .push_back(Change::Insert(entry.endpoint(key.clone())));
-        self.known.insert(key, entry);
-    }
-
-    fn remove(&mut self, key: &str) {
-        if self.known.remove(key).is_some() {
-            debug!(key = %key, "etcd discovery: server out");
-            self.pending.push_back(Change::Remove(key.to_string()));
-        }
     }
 }
 

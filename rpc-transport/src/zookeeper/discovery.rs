@@ -1,17 +1,15 @@
 //! The client side: a stream of endpoint changes that follows a path in ZooKeeper.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::FutureExt;
-use futures::stream::{BoxStream, Stream, StreamExt};
-use rpc_core::balance::{Backoff, Change, Discover};
+#[cfg(doc)]
+use rpc_core::balance::Discover;
+use rpc_core::balance::{Backoff, Change};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use zookeeper_client::{
     AddWatchMode, Client, Error as ZkClientError, EventType, PersistentWatcher, SessionState,
     WatchedEvent,
@@ -20,6 +18,7 @@ use zookeeper_client::{
 use super::{
     child, connect, dir, within, Entry, ZkError, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SESSION_TIMEOUT,
 };
+use crate::registry::{self, watch_stream, Known, Retries};
 use crate::tcp::TcpConnector;
 
 /// Follows the servers registered under `path` with the ZooKeeper ensemble at `zookeeper`
@@ -117,51 +116,20 @@ impl ZkDiscovery {
     /// ends; it does its work only while polled (no task of its own: the ZooKeeper client
     /// runs its connection in a tokio task), and dropping it closes its session.
     pub fn watch(self) -> ZkWatch {
-        let watcher = Watcher {
+        ZkWatch::new(Watcher {
             options: self,
-            known: HashMap::new(),
-            pending: VecDeque::new(),
+            known: Known::new("ZooKeeper discovery"),
             session: None,
-            failures: 0,
-        };
-        let changes = futures::stream::unfold(watcher, |mut watcher| async move {
-            let change = watcher.next().await;
-            Some((change, watcher))
-        });
-        ZkWatch {
-            changes: changes.boxed(),
-        }
+            retries: Retries::default(),
+        })
     }
 }
 
-impl Discover for ZkDiscovery {
-    type Connector = TcpConnector;
-    type Changes = ZkWatch;
-
-    fn into_changes(self) -> ZkWatch {
-        self.watch()
-    }
-}
-
-/// The changes to the servers under a path in ZooKeeper; made by [`watch`] or
-/// [`ZkDiscovery::watch`]. A `Stream` of [`Change`]s for
-/// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
-pub struct ZkWatch {
-    changes: BoxStream<'static, Change<TcpConnector>>,
-}
-
-impl fmt::Debug for ZkWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZkWatch").finish_non_exhaustive()
-    }
-}
-
-impl Stream for ZkWatch {
-    type Item = Change<TcpConnector>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_next_unpin(cx)
-    }
+watch_stream! {
+    /// The changes to the servers under a path in ZooKeeper; made by [`watch`] or
+    /// [`ZkDiscovery::watch`]. A `Stream` of [`Change`]s for
+    /// [`ClientBuilder::discover`](rpc_core::ClientBuilder::discover).
+    ZkWatch, ZkDiscovery
 }
 
 /// A live session and its watch on the path.
@@ -175,31 +143,26 @@ struct Session {
 
 struct Watcher {
     options: ZkDiscovery,
-    /// What the consumer has been told is under the path (changes in `pending` included).
-    known: HashMap<String, Entry>,
-    /// Changes not handed out yet.
-    pending: VecDeque<Change<TcpConnector>>,
+    /// What the consumer has been told is under the path, and the changes not handed out
+    /// yet.
+    known: Known,
     session: Option<Session>,
-    /// Attempts to (re)start a session that failed in a row.
-    failures: u32,
+    retries: Retries,
 }
 
-impl Watcher {
+impl registry::Watcher for Watcher {
     /// The next change; waits (and opens new sessions, as often as needed) until there is one.
     async fn next(&mut self) -> Change<TcpConnector> {
         loop {
-            if let Some(change) = self.pending.pop_front() {
+            if let Some(change) = self.known.next() {
                 return change;
             }
             let Some(session) = &mut self.session else {
-                let delay = self.options.backoff.delay(self.failures);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+                self.retries.pause(&self.options.backoff).await;
                 match self.start().await {
                     Ok(session) => self.session = Some(session),
                     Err(err) => {
-                        self.failures = self.failures.saturating_add(1);
+                        self.retries.failed();
                         warn!(
                             path = %self.options.path,
                             known = self.known.len(),
@@ -223,14 +186,7 @@ impl Watcher {
                 Ok(event) => self.apply(&client, &dir, event).await,
             };
             let Err(failed) = outcome else { continue };
-            // A session that lasted starts the backoff over; one that failed at once goes on
-            // with it.
-            let lasted = started.elapsed() > self.options.backoff.max;
-            self.failures = if lasted {
-                1
-            } else {
-                self.failures.saturating_add(1)
-            };
+            self.retries.ended(started, &self.options.backoff);
             // Dropping the client closes the session (if it is not over already).
             self.session = None;
             warn!(
@@ -240,7 +196,9 @@ impl Watcher {
             );
         }
     }
+}
 
+impl Watcher {
     /// Applies a watch event; says why if the session is over.
     async fn apply(
         &mut self,
@@ -292,7 +250,7 @@ impl Watcher {
             }
             EventType::NodeDeleted => {
                 if server_name(dir, &event.path).is_some() {
-                    self.remove(&event.path);
+                    self.known.remove(&event.path);
                 }
                 Ok(())
             }
@@ -386,7 +344,7 @@ impl Watcher {
                 Err(err) => return Err(err),
             }
         }
-        self.sync(now);
+        self.known.sync(now);
         Ok(())
     }
 
@@ -400,48 +358,17 @@ impl Watcher {
         .await;
         match read {
             Ok((data, _)) => match parse(node, &data) {
-                Some(entry) => self.insert(node.to_string(), entry),
+                Some(entry) => self.known.insert(node.to_string(), entry),
                 // Not a server (any more): as if deleted.
-                None => self.remove(node),
+                None => self.known.remove(node),
             },
             Err(ZkError {
                 cause: super::Cause::Zk(ZkClientError::NoNode),
                 ..
-            }) => self.remove(node),
+            }) => self.known.remove(node),
             Err(err) => return Err(err.to_string()),
         }
         Ok(())
-    }
-
-    /// Makes `known` what was listed, queueing the changes that takes.
-    fn sync(&mut self, now: HashMap<String, Entry>) {
-        let gone: Vec<String> = (self.known.keys())
-            .filter(|key| !now.contains_key(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.remove(&key);
-        }
-        for (key, entry) in now {
-            self.insert(key, entry);
-        }
-    }
-
-    fn insert(&mut self, key: String, entry: Entry) {
-        if self.known.get(&key) == Some(&entry) {
-            return;
-        }
-        debug!(key = %key, addr = %entry.addr, weight = entry.weight, "ZooKeeper discovery: server in");
-        self.pending
-            .push_back(Change::Insert(entry.endpoint(key.clone())));
-        self.known.insert(key, entry);
-    }
-
-    fn remove(&mut self, key: &str) {
-        if self.known.remove(key).is_some() {
-            debug!(key = %key, "ZooKeeper discovery: server out");
-            self.pending.push_back(Change::Remove(key.to_string()));
-        }
     }
 }
 
