@@ -7,9 +7,11 @@ use rpc_core::balance::Endpoint;
 use crate::tcp::{self, TcpConnector};
 
 mod known;
+mod registration;
 mod watch;
 
 pub(crate) use known::Known;
+pub(crate) use registration::{deregister_on, Background};
 pub(crate) use watch::{changes, watch_stream, Retries, Watcher};
 
 /// An entry in a registry: where a server is, its weight and its metadata.

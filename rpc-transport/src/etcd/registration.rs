@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
 use rpc_core::balance::Backoff;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::security::{Access, Connection};
 use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
+use crate::registry::{self, Background};
 
 /// Registers the server `name`, reachable at `addr` (`host:port`, as clients should dial
 /// it), under `prefix` in the etcd cluster at `etcd`, on a lease of `ttl` (whole seconds,
@@ -195,7 +195,7 @@ impl EtcdRegistrar {
             key,
             lease,
             connection,
-            task: Some(task),
+            task: Background::new(task),
         })
     }
 }
@@ -210,7 +210,7 @@ pub struct Registration {
     key: String,
     lease: Arc<AtomicI64>,
     connection: Connection,
-    task: Option<JoinHandle<()>>,
+    task: Background,
 }
 
 impl fmt::Debug for Registration {
@@ -240,11 +240,8 @@ impl Registration {
     /// If etcd cannot be reached, this fails after the request timeout, and the key expires
     /// after the TTL instead.
     pub async fn deregister(mut self) -> Result<(), EtcdError> {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            // Wait until it has stopped, so it grants no lease behind our back.
-            let _ = task.await;
-        }
+        // Waits until it has stopped, so it grants no lease behind our back.
+        self.task.stop().await;
         let lease = self.lease_id();
         let key = self.key.clone();
         // A connection of its own: the keepalive's may be the one that broke.
@@ -286,26 +283,14 @@ impl Registration {
     /// ```
     // Not an `async fn`: the signature promises the `Send + 'static` that
     // `serve_with_shutdown` needs.
-    #[allow(clippy::manual_async_fn)]
     pub fn deregister_on<F>(self, signal: F) -> impl Future<Output = ()> + Send + 'static
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        async move {
-            signal.await;
-            let key = self.key.clone();
-            if let Err(err) = self.deregister().await {
-                warn!(key = %key, "etcd: {err}; the key expires after its TTL");
-            }
-        }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        let key = self.key.clone();
+        registry::deregister_on(signal, self.deregister(), move |err| {
+            warn!(key = %key, "etcd: {err}; the key expires after its TTL");
+        })
     }
 }
 

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rpc_core::balance::Backoff;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkClientError, SessionState};
 
 use super::{
     child, connect, dir, within, Entry, ZkError, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SESSION_TIMEOUT,
 };
+use crate::registry::{self, Background};
 
 /// Registers the server `name`, reachable at `addr` (`host:port`, as clients should dial
 /// it), as the ephemeral node `{path}/{name}` with the ZooKeeper ensemble at `zookeeper`
@@ -182,7 +182,7 @@ impl ZkRegistrar {
             node,
             session,
             client: current,
-            task: Some(task),
+            task: Background::new(task),
             request_timeout,
         })
     }
@@ -201,7 +201,9 @@ pub struct Registration {
     /// The current session's client; `None` while the background task opens a new one. The
     /// task holds clones: the session is closed when the last one goes.
     client: Arc<Mutex<Option<Client>>>,
-    task: Option<JoinHandle<()>>,
+    /// Dropping it aborts the task: the task's clients are dropped with it, and ours with
+    /// this registration: the session is closed.
+    task: Background,
     request_timeout: Duration,
 }
 
@@ -232,11 +234,8 @@ impl Registration {
     /// If ZooKeeper cannot be reached, this fails after the request timeout, and the node
     /// goes when ZooKeeper expires the session.
     pub async fn deregister(mut self) -> Result<(), ZkError> {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            // Wait until it has stopped, so it makes no new session behind our back.
-            let _ = task.await;
-        }
+        // Waits until it has stopped, so it makes no new session behind our back.
+        self.task.stop().await;
         let client = self
             .client
             .lock()
@@ -290,27 +289,14 @@ impl Registration {
     /// ```
     // Not an `async fn`: the signature promises the `Send + 'static` that
     // `serve_with_shutdown` needs.
-    #[allow(clippy::manual_async_fn)]
     pub fn deregister_on<F>(self, signal: F) -> impl Future<Output = ()> + Send + 'static
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        async move {
-            signal.await;
-            let node = self.node.clone();
-            if let Err(err) = self.deregister().await {
-                warn!(node = %node, "ZooKeeper: {err}; the node goes when its session expires");
-            }
-        }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            // The task's clients are dropped with it, and ours here: the session is closed.
-            task.abort();
-        }
+        let node = self.node.clone();
+        registry::deregister_on(signal, self.deregister(), move |err| {
+            warn!(node = %node, "ZooKeeper: {err}; the node goes when its session expires");
+        })
     }
 }
 
