@@ -12,7 +12,7 @@ mod watch;
 
 pub(crate) use known::Known;
 pub(crate) use registration::{deregister_on, Background};
-pub(crate) use watch::{changes, watch_stream, Retries, Watcher};
+pub(crate) use watch::{watch_stream, Follow, Watch};
 
 /// An entry in a registry: where a server is, its weight and its metadata.
 ///

@@ -6,15 +6,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use rpc_core::balance::Backoff;
 #[cfg(doc)]
-use rpc_core::balance::Discover;
-use rpc_core::balance::{Backoff, Change};
+use rpc_core::balance::{Change, Discover};
 use tracing::{info, warn};
 
 use super::security::{Access, Connection};
 use super::{dir, within, Entry, EtcdError, EtcdTls, DEFAULT_REQUEST_TIMEOUT};
-use crate::registry::{self, watch_stream, Known, Retries};
-use crate::tcp::TcpConnector;
+use crate::registry::{watch_stream, Follow, Known, Watch};
 
 /// Follows the servers registered under `prefix` in the etcd cluster at `etcd` (`host:port`
 /// of one or more members), with the default options of [`EtcdDiscovery`]: give it to
@@ -114,12 +113,7 @@ impl EtcdDiscovery {
     /// work only while polled (no background task), and dropping it closes its connection to
     /// etcd.
     pub fn watch(self) -> EtcdWatch {
-        EtcdWatch::new(Watcher {
-            options: self,
-            known: Known::new("etcd discovery"),
-            session: None,
-            retries: Retries::default(),
-        })
+        EtcdWatch::new(Watch::new(Watcher { options: self }, "etcd discovery"))
     }
 }
 
@@ -140,61 +134,50 @@ struct Session {
 
 struct Watcher {
     options: EtcdDiscovery,
-    /// What the consumer has been told is under the prefix, and the changes not handed out
-    /// yet.
-    known: Known,
-    session: Option<Session>,
-    retries: Retries,
 }
 
-impl registry::Watcher for Watcher {
-    /// The next change; waits (and reconnects, as often as needed) until there is one.
-    async fn next(&mut self) -> Change<TcpConnector> {
-        loop {
-            if let Some(change) = self.known.next() {
-                return change;
+impl Follow for Watcher {
+    type Session = Session;
+    type Error = EtcdError;
+
+    fn backoff(&self) -> &Backoff {
+        &self.options.backoff
+    }
+
+    fn started(session: &Session) -> Instant {
+        session.started
+    }
+
+    async fn follow(&mut self, session: &mut Session, known: &mut Known) -> Result<(), String> {
+        match session.stream.message().await {
+            Ok(Some(response)) => self.apply(response, known),
+            Ok(None) => Err("etcd closed the watch".to_string()),
+            // Read as any other request's error: a lost connection, a revoked
+            // permission, an expired token each say so.
+            Err(err) => {
+                let action = format!("watching `{}` in etcd", self.options.connection.dir);
+                Err(EtcdError::etcd(action, err)
+                    .on(&self.options.connection)
+                    .to_string())
             }
-            let Some(session) = &mut self.session else {
-                self.retries.pause(&self.options.backoff).await;
-                match self.start().await {
-                    Ok(session) => self.session = Some(session),
-                    Err(err) => {
-                        self.retries.failed();
-                        warn!(prefix = %self.options.connection.dir, "etcd discovery: {err}");
-                    }
-                }
-                continue;
-            };
-            let started = session.started;
-            let failed = match session.stream.message().await {
-                Ok(Some(response)) => match self.apply(response) {
-                    Ok(()) => continue,
-                    Err(why) => why,
-                },
-                Ok(None) => "etcd closed the watch".to_string(),
-                // Read as any other request's error: a lost connection, a revoked
-                // permission, an expired token each say so.
-                Err(err) => {
-                    let action = format!("watching `{}` in etcd", self.options.connection.dir);
-                    EtcdError::etcd(action, err)
-                        .on(&self.options.connection)
-                        .to_string()
-                }
-            };
-            self.retries.ended(started, &self.options.backoff);
-            self.session = None;
-            warn!(
-                prefix = %self.options.connection.dir,
-                "etcd discovery: {failed}; reconnecting and listing again"
-            );
         }
     }
-}
 
-impl Watcher {
+    fn start_failed(&self, err: EtcdError, _: &Known) {
+        warn!(prefix = %self.options.connection.dir, "etcd discovery: {err}");
+    }
+
+    fn ended(&self, session: Session, failed: String, _: &Known) {
+        drop(session);
+        warn!(
+            prefix = %self.options.connection.dir,
+            "etcd discovery: {failed}; reconnecting and listing again"
+        );
+    }
+
     /// Connects, lists the prefix (queueing what differs from what is known) and starts
     /// watching from the revision listed.
-    async fn start(&mut self) -> Result<Session, EtcdError> {
+    async fn start(&mut self, known: &mut Known) -> Result<Session, EtcdError> {
         let limit = &self.options.connection;
         let dir = limit.dir.clone();
         let mut client = limit.connect().await?;
@@ -244,11 +227,11 @@ impl Watcher {
             }
         }
 
-        self.known.sync(now);
+        known.sync(now);
         info!(
             prefix = %dir,
             revision,
-            servers = self.known.len(),
+            servers = known.len(),
             "etcd discovery: listed and watching"
         );
         Ok(Session {
@@ -257,9 +240,11 @@ impl Watcher {
             started: Instant::now(),
         })
     }
+}
 
+impl Watcher {
     /// Applies a watch response; says why if the watch is over.
-    fn apply(&mut self, response: WatchResponse) -> Result<(), String> {
+    fn apply(&self, response: WatchResponse, known: &mut Known) -> Result<(), String> {
         if response.canceled() || response.compact_revision() != 0 {
             return Err(format!("etcd cancelled the watch: {}", refusal(&response)));
         }
@@ -269,11 +254,11 @@ impl Watcher {
             // does not know.
             match event.0.r#type {
                 PUT => match read(kv.key(), kv.value()) {
-                    Some((key, entry)) => self.known.insert(key, entry),
+                    Some((key, entry)) => known.insert(key, entry),
                     // Not a server (any more): as if deleted.
-                    None => self.known.remove(&String::from_utf8_lossy(kv.key())),
+                    None => known.remove(&String::from_utf8_lossy(kv.key())),
                 },
-                DELETE => self.known.remove(&String::from_utf8_lossy(kv.key())),
+                DELETE => known.remove(&String::from_utf8_lossy(kv.key())),
                 other => warn!(
                     prefix = %self.options.connection.dir,
                     "etcd discovery: ignoring an event of unknown type {other}"

@@ -1,39 +1,119 @@
-//! The shape both registries' discovery shares: a watcher that reconnects with a backoff,
-//! run as a stream of changes behind a public type of each registry's own.
+//! What both registries' discovery shares: a watch that starts sessions anew with a
+//! backoff, run as a stream of changes behind a public type of each registry's own.
 
+use std::fmt::Display;
 use std::future::Future;
 
 use futures::stream::{BoxStream, StreamExt};
 use rpc_core::balance::{Backoff, Change};
 use tokio::time::Instant;
 
+use super::Known;
 use crate::tcp::TcpConnector;
 
-/// What follows a registry: hands out the next change, waiting (and reconnecting, as often as
-/// needed) until there is one.
-pub(crate) trait Watcher: Send + 'static {
-    /// The next change.
-    fn next(&mut self) -> impl Future<Output = Change<TcpConnector>> + Send + '_;
+/// How a registry is followed: starting a session (connecting, listing, watching) and
+/// applying what it watches to the servers known. [`Watch`] does the rest.
+pub(crate) trait Follow: Send + 'static {
+    /// A live watch.
+    type Session: Send;
+    /// Why starting a session failed.
+    type Error: Display + Send;
+
+    /// How long to wait before starting a session again, by the failures in a row.
+    fn backoff(&self) -> &Backoff;
+
+    /// Starts a session, making `known` what is listed now.
+    fn start(
+        &mut self,
+        known: &mut Known,
+    ) -> impl Future<Output = Result<Self::Session, Self::Error>> + Send;
+
+    /// When `session` started.
+    fn started(session: &Self::Session) -> Instant;
+
+    /// Waits for the session's next event and applies it to `known`; says why if the
+    /// session is over.
+    fn follow(
+        &mut self,
+        session: &mut Self::Session,
+        known: &mut Known,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Starting a session failed with `err` (to be logged).
+    fn start_failed(&self, err: Self::Error, known: &Known);
+
+    /// `session` is over, for the reason `why`: ends it (to be logged).
+    fn ended(&self, session: Self::Session, why: String, known: &Known);
 }
 
-/// The never-ending stream of `watcher`'s changes. It does its work only while polled.
-pub(crate) fn changes(watcher: impl Watcher) -> BoxStream<'static, Change<TcpConnector>> {
-    futures::stream::unfold(watcher, |mut watcher| async move {
-        let change = watcher.next().await;
-        Some((change, watcher))
-    })
-    .boxed()
+/// Follows a registry with `F`, starting sessions anew as often as needed.
+pub(crate) struct Watch<F: Follow> {
+    follow: F,
+    /// What the consumer has been told is registered, and the changes not handed out yet.
+    known: Known,
+    session: Option<F::Session>,
+    retries: Retries,
+}
+
+impl<F: Follow> Watch<F> {
+    /// Nothing known and no session yet; logs the servers in and out as `log`.
+    pub(crate) fn new(follow: F, log: &'static str) -> Watch<F> {
+        Watch {
+            follow,
+            known: Known::new(log),
+            session: None,
+            retries: Retries::default(),
+        }
+    }
+
+    /// The next change; waits (and starts new sessions, as often as needed) until there is
+    /// one.
+    async fn next(&mut self) -> Change<TcpConnector> {
+        loop {
+            if let Some(change) = self.known.next() {
+                return change;
+            }
+            let Some(session) = &mut self.session else {
+                self.retries.pause(self.follow.backoff()).await;
+                match self.follow.start(&mut self.known).await {
+                    Ok(session) => self.session = Some(session),
+                    Err(err) => {
+                        self.retries.failed();
+                        self.follow.start_failed(err, &self.known);
+                    }
+                }
+                continue;
+            };
+            let Err(why) = self.follow.follow(session, &mut self.known).await else {
+                continue;
+            };
+            self.retries
+                .ended(F::started(session), self.follow.backoff());
+            if let Some(session) = self.session.take() {
+                self.follow.ended(session, why, &self.known);
+            }
+        }
+    }
+
+    /// The never-ending stream of changes. It does its work only while polled.
+    pub(crate) fn changes(self) -> BoxStream<'static, Change<TcpConnector>> {
+        futures::stream::unfold(self, |mut watch| async move {
+            let change = watch.next().await;
+            Some((change, watch))
+        })
+        .boxed()
+    }
 }
 
 /// Attempts to (re)start a session that failed in a row, and the backoff they make.
 #[derive(Debug, Default)]
-pub(crate) struct Retries {
+struct Retries {
     failures: u32,
 }
 
 impl Retries {
     /// Waits out the backoff for the failures so far (not at all before the first).
-    pub(crate) async fn pause(&self, backoff: &Backoff) {
+    async fn pause(&self, backoff: &Backoff) {
         let delay = backoff.delay(self.failures);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -41,12 +121,12 @@ impl Retries {
     }
 
     /// Starting a session failed.
-    pub(crate) fn failed(&mut self) {
+    fn failed(&mut self) {
         self.failures = self.failures.saturating_add(1);
     }
 
     /// The session that started at `started` failed.
-    pub(crate) fn ended(&mut self, started: Instant, backoff: &Backoff) {
+    fn ended(&mut self, started: Instant, backoff: &Backoff) {
         // A session that lasted starts the backoff over; one that failed at once goes on
         // with it.
         let lasted = started.elapsed() > backoff.max;
@@ -58,8 +138,8 @@ impl Retries {
     }
 }
 
-/// Defines a registry's public stream of changes, `$watch` (with the docs given), made by
-/// [`changes`], and makes `$discovery` a [`Discover`](rpc_core::balance::Discover) source of
+/// Defines a registry's public stream of changes, `$watch` (with the docs given), made of a
+/// [`Watch`], and makes `$discovery` a [`Discover`](rpc_core::balance::Discover) source of
 /// it through its `watch` method.
 macro_rules! watch_stream {
     ($(#[$doc:meta])* $watch:ident, $discovery:ident) => {
@@ -72,9 +152,9 @@ macro_rules! watch_stream {
         }
 
         impl $watch {
-            fn new(watcher: impl $crate::registry::Watcher) -> $watch {
+            fn new<F: $crate::registry::Follow>(watch: $crate::registry::Watch<F>) -> $watch {
                 $watch {
-                    changes: $crate::registry::changes(watcher),
+                    changes: watch.changes(),
                 }
             }
         }

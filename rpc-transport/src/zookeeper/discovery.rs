@@ -5,9 +5,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::future::FutureExt;
+use rpc_core::balance::Backoff;
 #[cfg(doc)]
-use rpc_core::balance::Discover;
-use rpc_core::balance::{Backoff, Change};
+use rpc_core::balance::{Change, Discover};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{
@@ -18,8 +18,7 @@ use zookeeper_client::{
 use super::{
     child, connect, dir, within, Entry, ZkError, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SESSION_TIMEOUT,
 };
-use crate::registry::{self, watch_stream, Known, Retries};
-use crate::tcp::TcpConnector;
+use crate::registry::{watch_stream, Follow, Known, Watch};
 
 /// Follows the servers registered under `path` with the ZooKeeper ensemble at `zookeeper`
 /// (`host:port` of one or more of its servers), with the default options of
@@ -116,12 +115,7 @@ impl ZkDiscovery {
     /// ends; it does its work only while polled (no task of its own: the ZooKeeper client
     /// runs its connection in a tokio task), and dropping it closes its session.
     pub fn watch(self) -> ZkWatch {
-        ZkWatch::new(Watcher {
-            options: self,
-            known: Known::new("ZooKeeper discovery"),
-            session: None,
-            retries: Retries::default(),
-        })
+        ZkWatch::new(Watch::new(Watcher { options: self }, "ZooKeeper discovery"))
     }
 }
 
@@ -143,75 +137,90 @@ struct Session {
 
 struct Watcher {
     options: ZkDiscovery,
-    /// What the consumer has been told is under the path, and the changes not handed out
-    /// yet.
-    known: Known,
-    session: Option<Session>,
-    retries: Retries,
 }
 
-impl registry::Watcher for Watcher {
-    /// The next change; waits (and opens new sessions, as often as needed) until there is one.
-    async fn next(&mut self) -> Change<TcpConnector> {
-        loop {
-            if let Some(change) = self.known.next() {
-                return change;
-            }
-            let Some(session) = &mut self.session else {
-                self.retries.pause(&self.options.backoff).await;
-                match self.start().await {
-                    Ok(session) => self.session = Some(session),
-                    Err(err) => {
-                        self.retries.failed();
-                        warn!(
-                            path = %self.options.path,
-                            known = self.known.len(),
-                            "ZooKeeper discovery: {err}; keeping the servers known"
-                        );
-                    }
-                }
-                continue;
-            };
-            // Never polled again after a terminal session state: the client closes the
-            // channel then, and its `changed` panics on a closed channel. Should it close
-            // otherwise, that panic ends this session rather than the client's discovery.
-            let event = AssertUnwindSafe(session.watcher.changed())
-                .catch_unwind()
-                .await;
-            let client = session.client.clone();
-            let dir = session.dir.clone();
-            let started = session.started;
-            let outcome = match event {
-                Err(_) => Err("the ZooKeeper client closed the watch".to_string()),
-                Ok(event) => self.apply(&client, &dir, event).await,
-            };
-            let Err(failed) = outcome else { continue };
-            self.retries.ended(started, &self.options.backoff);
-            // Dropping the client closes the session (if it is not over already).
-            self.session = None;
-            warn!(
-                path = %dir,
-                known = self.known.len(),
-                "ZooKeeper discovery: {failed}; opening a new session and listing again"
-            );
+impl Follow for Watcher {
+    type Session = Session;
+    type Error = ZkError;
+
+    fn backoff(&self) -> &Backoff {
+        &self.options.backoff
+    }
+
+    fn started(session: &Session) -> Instant {
+        session.started
+    }
+
+    async fn follow(&mut self, session: &mut Session, known: &mut Known) -> Result<(), String> {
+        // Never polled again after a terminal session state: the client closes the
+        // channel then, and its `changed` panics on a closed channel. Should it close
+        // otherwise, that panic ends this session rather than the client's discovery.
+        let event = AssertUnwindSafe(session.watcher.changed())
+            .catch_unwind()
+            .await;
+        match event {
+            Err(_) => Err("the ZooKeeper client closed the watch".to_string()),
+            Ok(event) => self.apply(session, known, event).await,
         }
+    }
+
+    fn start_failed(&self, err: ZkError, known: &Known) {
+        warn!(
+            path = %self.options.path,
+            known = known.len(),
+            "ZooKeeper discovery: {err}; keeping the servers known"
+        );
+    }
+
+    fn ended(&self, session: Session, failed: String, known: &Known) {
+        let dir = session.dir.clone();
+        // Dropping the client closes the session (if it is not over already).
+        drop(session);
+        warn!(
+            path = %dir,
+            known = known.len(),
+            "ZooKeeper discovery: {failed}; opening a new session and listing again"
+        );
+    }
+
+    /// Opens a session, watches the path and lists it.
+    async fn start(&mut self, known: &mut Known) -> Result<Session, ZkError> {
+        let limit = self.options.request_timeout;
+        let dir = dir(&self.options.path, || {
+            format!("watching `{}` in ZooKeeper", self.options.path)
+        })?;
+        let client = connect(&self.options.servers, self.options.session_timeout, limit).await?;
+        let watcher = self.watch_and_list(&client, &dir, known).await?;
+        info!(
+            path = %self.options.path,
+            session = %client.session_id(),
+            servers = known.len(),
+            "ZooKeeper discovery: listed and watching"
+        );
+        Ok(Session {
+            client,
+            watcher,
+            dir,
+            started: Instant::now(),
+        })
     }
 }
 
 impl Watcher {
     /// Applies a watch event; says why if the session is over.
     async fn apply(
-        &mut self,
-        client: &Client,
-        dir: &str,
+        &self,
+        session: &mut Session,
+        known: &mut Known,
         event: WatchedEvent,
     ) -> Result<(), String> {
+        let (client, dir) = (&session.client, session.dir.as_str());
         match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::Disconnected => {
                     warn!(
                         path = %dir,
-                        known = self.known.len(),
+                        known = known.len(),
                         "ZooKeeper discovery: disconnected; keeping the servers known while \
                          reconnecting"
                     );
@@ -226,13 +235,11 @@ impl Watcher {
                         path = %dir,
                         "ZooKeeper discovery: reconnected; watching and listing again"
                     );
-                    match self.watch_and_list(client, dir).await {
+                    match self.watch_and_list(client, dir, known).await {
                         Ok(watcher) => {
                             // Replaced only now: while both exist, dropping the old one
                             // leaves the server's watch in place.
-                            if let Some(session) = &mut self.session {
-                                session.watcher = watcher;
-                            }
+                            session.watcher = watcher;
                             Ok(())
                         }
                         Err(err) => Err(err.to_string()),
@@ -244,13 +251,13 @@ impl Watcher {
             },
             EventType::NodeCreated | EventType::NodeDataChanged => {
                 match server_name(dir, &event.path) {
-                    Some(_) => self.reread(client, &event.path).await,
+                    Some(_) => self.reread(client, &event.path, known).await,
                     None => Ok(()),
                 }
             }
             EventType::NodeDeleted => {
                 if server_name(dir, &event.path).is_some() {
-                    self.known.remove(&event.path);
+                    known.remove(&event.path);
                 }
                 Ok(())
             }
@@ -258,35 +265,14 @@ impl Watcher {
         }
     }
 
-    /// Opens a session, watches the path and lists it.
-    async fn start(&mut self) -> Result<Session, ZkError> {
-        let limit = self.options.request_timeout;
-        let dir = dir(&self.options.path, || {
-            format!("watching `{}` in ZooKeeper", self.options.path)
-        })?;
-        let client = connect(&self.options.servers, self.options.session_timeout, limit).await?;
-        let watcher = self.watch_and_list(&client, &dir).await?;
-        info!(
-            path = %self.options.path,
-            session = %client.session_id(),
-            servers = self.known.len(),
-            "ZooKeeper discovery: listed and watching"
-        );
-        Ok(Session {
-            client,
-            watcher,
-            dir,
-            started: Instant::now(),
-        })
-    }
-
     /// Watches the path (persistent and recursive), then lists it, queueing what differs
     /// from what is known. Watching first: a change made while listing is seen afterwards,
     /// as an event.
     async fn watch_and_list(
-        &mut self,
+        &self,
         client: &Client,
         dir: &str,
+        known: &mut Known,
     ) -> Result<PersistentWatcher, ZkError> {
         let watched = if dir.is_empty() { "/" } else { dir };
         let watcher = within(
@@ -295,13 +281,13 @@ impl Watcher {
             client.watch(watched, AddWatchMode::PersistentRecursive),
         )
         .await?;
-        self.list(client, dir).await?;
+        self.list(client, dir, known).await?;
         Ok(watcher)
     }
 
     /// Lists the children of the path and reads their data, then makes `known` what was
     /// listed, queueing the changes that takes.
-    async fn list(&mut self, client: &Client, dir: &str) -> Result<(), ZkError> {
+    async fn list(&self, client: &Client, dir: &str, known: &mut Known) -> Result<(), ZkError> {
         let limit = self.options.request_timeout;
         let listed = if dir.is_empty() { "/" } else { dir };
         let names = match within(
@@ -344,12 +330,12 @@ impl Watcher {
                 Err(err) => return Err(err),
             }
         }
-        self.known.sync(now);
+        known.sync(now);
         Ok(())
     }
 
     /// Reads `node` again after it was created or changed.
-    async fn reread(&mut self, client: &Client, node: &str) -> Result<(), String> {
+    async fn reread(&self, client: &Client, node: &str, known: &mut Known) -> Result<(), String> {
         let read = within(
             self.options.request_timeout,
             || format!("reading `{node}` in ZooKeeper"),
@@ -358,14 +344,14 @@ impl Watcher {
         .await;
         match read {
             Ok((data, _)) => match parse(node, &data) {
-                Some(entry) => self.known.insert(node.to_string(), entry),
+                Some(entry) => known.insert(node.to_string(), entry),
                 // Not a server (any more): as if deleted.
-                None => self.known.remove(node),
+                None => known.remove(node),
             },
             Err(ZkError {
                 cause: super::Cause::Zk(ZkClientError::NoNode),
                 ..
-            }) => self.known.remove(node),
+            }) => known.remove(node),
             Err(err) => return Err(err.to_string()),
         }
         Ok(())
