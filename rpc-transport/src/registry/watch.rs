@@ -188,3 +188,106 @@ macro_rules! watch_stream {
 }
 
 pub(crate) use watch_stream;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures::stream::StreamExt;
+
+    use super::*;
+    use crate::registry::Entry;
+
+    /// Fails to start once, then lists `a` and ends at once, then lists `b` and lasts.
+    struct Script {
+        backoff: Backoff,
+        starts: u32,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Follow for Script {
+        type Session = (u32, Instant);
+        type Error = String;
+
+        fn backoff(&self) -> &Backoff {
+            &self.backoff
+        }
+
+        async fn start(&mut self, known: &mut Known) -> Result<(u32, Instant), String> {
+            self.starts += 1;
+            let listed = match self.starts {
+                1 => return Err("refused".into()),
+                2 => "a",
+                _ => "b",
+            };
+            known.sync(HashMap::from([(listed.to_string(), Entry::new("h:1"))]));
+            Ok((self.starts, Instant::now()))
+        }
+
+        fn started(session: &(u32, Instant)) -> Instant {
+            session.1
+        }
+
+        async fn follow(
+            &mut self,
+            session: &mut (u32, Instant),
+            _: &mut Known,
+        ) -> Result<(), String> {
+            if session.0 == 2 {
+                return Err("over".into());
+            }
+            std::future::pending().await
+        }
+
+        fn start_failed(&self, err: String, _: &Known) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("start failed: {err}"));
+        }
+
+        fn ended(&self, session: (u32, Instant), why: String, known: &Known) {
+            let (n, known) = (session.0, known.len());
+            (self.log.lock().unwrap()).push(format!("session {n} ended: {why} ({known} known)"));
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_start_anew_and_changes_are_the_difference() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let script = Script {
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(1)),
+            starts: 0,
+            log: log.clone(),
+        };
+        let changes: Vec<String> = Watch::new(script, "test")
+            .changes()
+            .take(3)
+            .map(|change| match change {
+                Change::Insert(endpoint) => format!("+{}", endpoint.key()),
+                Change::Remove(key) => format!("-{key}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(changes, ["+a", "-a", "+b"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["start failed: refused", "session 2 ended: over (1 known)"]
+        );
+    }
+
+    #[test]
+    fn a_session_that_lasted_starts_the_backoff_over() {
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(1));
+        let mut retries = Retries::default();
+        retries.failed();
+        retries.failed();
+        retries.ended(Instant::now(), &backoff);
+        assert_eq!(retries.failures, 3);
+        let long_ago = Instant::now() - Duration::from_millis(50);
+        retries.ended(long_ago, &backoff);
+        assert_eq!(retries.failures, 1);
+    }
+}
