@@ -74,6 +74,18 @@ where
     }
 }
 
+/// Driver mode: the registry the environment variable `var` names, if it is set (saying
+/// that the demo uses it, `what` it is), or `None`: the demo then starts its own.
+pub fn from_env(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(addr) if !addr.trim().is_empty() => {
+            println!("using the {what} at {addr} ({var})");
+            Some(addr)
+        }
+        _ => None,
+    }
+}
+
 /// Server mode: resolves once stdin closes (the driver closed it, or died) or Ctrl-C comes.
 pub fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
     let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rpc_examples::etcd_process::{EtcdError, EtcdProcess, StartError};
 use rpc_examples::registry_demo::{
-    self, discovery_backoff, serve_replica, stop_signal, Registry, PATIENCE,
+    self, discovery_backoff, from_env, serve_replica, stop_signal, Registry, PATIENCE,
 };
 use rpc_transport::etcd::{self, EtcdDiscovery};
 
@@ -58,12 +58,9 @@ async fn serve(etcd: String, prefix: String, name: String) -> Result<(), Box<dyn
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // An etcd to use: the one named by ETCD_ENDPOINTS, or our own.
-    let (etcd, _own_etcd) = match std::env::var("ETCD_ENDPOINTS") {
-        Ok(endpoints) if !endpoints.trim().is_empty() => {
-            println!("using the etcd at {endpoints} (ETCD_ENDPOINTS)");
-            (endpoints, None)
-        }
-        _ => {
+    let (etcd, _own_etcd) = match from_env("ETCD_ENDPOINTS", "etcd") {
+        Some(endpoints) => (endpoints, None),
+        None => {
             let own = own_etcd().await?;
             println!("started etcd (pid {}) at {}", own.pid(), own.addr());
             (own.addr(), Some(own))

@@ -28,8 +28,8 @@ use rpc_core::balance::{Endpoint, EndpointState};
 use rpc_examples::inventory::{client_builder, endpoints, wait_until, Load, TASKS, TOTAL_CALLS};
 use rpc_examples::nats_process::NatsProcess;
 use rpc_examples::registry_demo::{
-    self, print_summary, serve_replica, stop_signal, Servers, AFTER_CRASH, FIRST, PATIENCE, PHASES,
-    PROGRESS_EVERY, SERVERS, VICTIM,
+    self, from_env, print_summary, serve_replica, stop_signal, Servers, AFTER_CRASH, FIRST,
+    PATIENCE, PHASES, PROGRESS_EVERY, SERVERS, VICTIM,
 };
 use rpc_transport::nats::{self, async_nats};
 
@@ -57,12 +57,9 @@ async fn serve(url: String, subject: String, name: String) -> Result<(), Box<dyn
 
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
-    let (url, _own_nats) = match std::env::var("NATS_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            println!("using the NATS at {url} (NATS_URL)");
-            (url, None)
-        }
-        _ => {
+    let (url, _own_nats) = match from_env("NATS_URL", "NATS") {
+        Some(url) => (url, None),
+        None => {
             let own = NatsProcess::start("nats-server", PATIENCE).await?;
             println!("started nats-server at {}", own.url());
             (own.url(), Some(own))

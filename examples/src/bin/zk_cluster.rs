@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rpc_examples::registry_demo::{
-    self, discovery_backoff, serve_replica, stop_signal, Registry, PATIENCE,
+    self, discovery_backoff, from_env, serve_replica, stop_signal, Registry, PATIENCE,
 };
 use rpc_examples::zk_process::{StartError, ZkProcess};
 use rpc_transport::zookeeper::{ZkDiscovery, ZkRegistrar};
@@ -62,12 +62,9 @@ async fn serve(zookeeper: String, path: String, name: String) -> Result<(), Box<
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // A ZooKeeper to use: the one named by ZOOKEEPER_SERVERS, or our own.
-    let (zookeeper, _own_zookeeper) = match std::env::var("ZOOKEEPER_SERVERS") {
-        Ok(servers) if !servers.trim().is_empty() => {
-            println!("using the ZooKeeper at {servers} (ZOOKEEPER_SERVERS)");
-            (servers, None)
-        }
-        _ => {
+    let (zookeeper, _own_zookeeper) = match from_env("ZOOKEEPER_SERVERS", "ZooKeeper") {
+        Some(servers) => (servers, None),
+        None => {
             let own = own_zookeeper().await?;
             println!("started ZooKeeper (pid {}) at {}", own.pid(), own.addr());
             (own.addr(), Some(own))
