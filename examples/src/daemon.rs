@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 /// A server process; see the [module docs](self).
 #[derive(Debug)]
 pub struct Daemon {
@@ -226,4 +228,32 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A readiness check: whether the server on loopback `port` answers `request` (sent once
+/// connected; nothing if it is empty) with something in which `expect` appears, read until
+/// it does or the server closes the connection, all within 2 s.
+pub async fn answers(port: u16, request: &[u8], expect: &str) -> bool {
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        if !request.is_empty() {
+            stream.write_all(request).await?;
+        }
+        let mut answer = Vec::new();
+        let mut buf = [0; 4096];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            answer.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&answer).contains(expect) {
+                return std::io::Result::Ok(true);
+            }
+            if n == 0 {
+                return Ok(false);
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Ok(true))
+    )
 }

@@ -11,16 +11,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, TlsOptions};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::daemon::Daemon;
 pub use crate::daemon::StartError;
+use crate::daemon::{answers, Daemon};
 use crate::inventory::free_ports;
 
 /// The password of etcd's `root` user when the harness enables authentication.
@@ -374,7 +372,15 @@ impl EtcdProcess {
     async fn launch(&mut self) -> Result<(), EtcdError> {
         let command = self.launch_command();
         let port = self.metrics_port;
-        Ok(self.daemon.launch(command, || healthy(port)).await?)
+        // etcd is up and has a leader once `/health` says `"health":"true"`.
+        let healthy = || {
+            answers(
+                port,
+                b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                r#""health":"true""#,
+            )
+        };
+        Ok(self.daemon.launch(command, healthy).await?)
     }
 }
 
@@ -454,21 +460,4 @@ impl EtcdProcess {
             Err(_) => Err(EtcdError::TimedOut(self.patience)),
         }
     }
-}
-
-/// Whether etcd answers `GET /health` with `"health":"true"` (it is up and has a leader).
-async fn healthy(port: u16) -> bool {
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&answer).contains(r#""health":"true""#))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
 }

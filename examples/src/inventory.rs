@@ -1,7 +1,8 @@
-//! The inventory service, and what the `cluster` and `etcd_cluster` examples share around it.
+//! The inventory service, and what the `cluster` example and the registry demos
+//! (`etcd_cluster`, `zk_cluster`, `nats_cluster`: see `registry_demo`) share around it.
 //!
-//! Both examples start copies of themselves as servers, make calls through one balancing
-//! client while a server crashes, and count who answered what.
+//! They start copies of themselves as servers, make calls through one balancing client while
+//! a server crashes, and count who answered what.
 
 use std::ffi::OsStr;
 use std::fmt::Write;

@@ -11,6 +11,8 @@ pub mod etcd_process;
 pub mod inventory;
 #[cfg(feature = "nats")]
 pub mod nats_process;
+#[cfg(any(feature = "etcd", feature = "nats", feature = "zookeeper"))]
+pub mod registry_demo;
 #[cfg(feature = "zookeeper")]
 pub mod zk_process;
 

@@ -7,10 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-
-use crate::daemon::Daemon;
 pub use crate::daemon::StartError;
+use crate::daemon::{answers, Daemon};
 use crate::inventory::free_ports;
 
 /// A `nats-server` process; see the [module docs](self).
@@ -74,20 +72,9 @@ impl NatsProcess {
         let mut command = self.daemon.command();
         command.arg("-c").arg(self.daemon.dir().join("nats.conf"));
         let port = self.port;
-        self.daemon.launch(command, || greets(port)).await
+        // A NATS server greets every client with `INFO {…}`.
+        self.daemon
+            .launch(command, || answers(port, b"", "INFO "))
+            .await
     }
-}
-
-/// Whether a NATS server on `port` sends its `INFO` greeting.
-async fn greets(port: u16) -> bool {
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut greeting = [0; 5];
-        stream.read_exact(&mut greeting).await?;
-        std::io::Result::Ok(&greeting == b"INFO ")
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
 }

@@ -14,10 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::daemon::Daemon;
 pub use crate::daemon::StartError;
+use crate::daemon::{answers, Daemon};
 use crate::inventory::free_ports;
 
 /// Debian's jars: the server, and a logger for it (without one, it logs nothing).
@@ -143,22 +141,9 @@ impl ZkProcess {
         let config = self.write_config()?;
         let command = self.launch_command(&config);
         let port = self.client_port;
-        self.daemon.launch(command, || serving(port)).await
+        // ZooKeeper answers the `srvr` four-letter word with its statistics once it serves
+        // ("not currently serving requests" until it has loaded its data).
+        let serving = || answers(port, b"srvr", "Mode: standalone");
+        self.daemon.launch(command, serving).await
     }
-}
-
-/// Whether ZooKeeper answers the `srvr` four-letter word with its statistics (it answers
-/// "not currently serving requests" until it has loaded its data).
-async fn serving(port: u16) -> bool {
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"srvr").await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&answer).contains("Mode: standalone"))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
 }

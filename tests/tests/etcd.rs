@@ -7,25 +7,24 @@
 //! --all-features`). Tests wait for conditions by polling them under a hang guard; none
 //! sleeps to let something happen, and none asserts on timing.
 
+#[path = "common/registry.rs"]
+mod registry;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rpc_core::balance::{Backoff, EndpointState, RoundRobin};
-use rpc_core::{service, Server};
 use rpc_examples::etcd_process::{EtcdError, EtcdProcess as Etcd};
 use rpc_examples::inventory::free_ports;
-use rpc_transport::etcd::{self, EtcdDiscovery, EtcdRegistrar, Registration};
+use rpc_transport::etcd::{self, EtcdDiscovery, EtcdRegistrar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
-/// Long enough never to fire on a slow, busy machine (etcd restarts and 2 s leases
-/// included); short enough that a hang fails the test instead of blocking the suite.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-const PREFIX: &str = "/rpc-tests/where";
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+use registry::{
+    answered_by_all, call_name, endpoints, eventually, fast, guard, key, keys, logs,
+    only_answered_by, ready, serve_unregistered, weights, TestServer, WhereClient, CALL_TIMEOUT,
+    HANG_GUARD, PREFIX,
+};
+
 /// The TTL of the servers' leases: a crashed server leaves within this.
 const TTL: Duration = Duration::from_secs(2);
 
@@ -106,211 +105,43 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// The service, its servers and clients
+// Its servers and clients
 
-/// Which server answered.
-#[service]
-pub trait Where {
-    /// The server's name. Safe to retry.
-    #[rpc(idempotent)]
-    async fn name(&self) -> String;
-    /// Tells the test it started, waits until the test opens the gate, then returns the
-    /// server's name.
-    async fn hold(&self) -> String;
-}
-
-#[derive(Clone)]
-struct Named {
-    name: String,
-    entered: mpsc::UnboundedSender<String>,
-    gate: watch::Receiver<bool>,
-}
-
-impl Where for Named {
-    async fn name(&self) -> String {
-        self.name.clone()
-    }
-
-    async fn hold(&self) -> String {
-        let _ = self.entered.send(self.name.clone());
-        let mut gate = self.gate.clone();
-        let _ = gate.wait_for(|open| *open).await;
-        self.name.clone()
-    }
-}
-
-/// A server on a free loopback port, registered in etcd, shut down gracefully (deregistering
-/// first) when `shutdown` fires.
-struct TestServer {
-    /// Fires the server's shutdown signal.
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-    /// `hold` calls report here once they run.
-    entered: mpsc::UnboundedReceiver<String>,
-    /// Opens the gate `hold` calls wait at.
-    gate: Arc<watch::Sender<bool>>,
-}
-
-impl TestServer {
-    /// Registers with `register` and serves with the shutdown pattern the docs give:
-    /// `serve_with_shutdown(listener, registration.deregister_on(signal))`.
-    async fn start(etcd: &Etcd, name: &str) -> TestServer {
-        let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let registration = etcd::register([etcd.addr()], PREFIX, name, addr, TTL)
-            .await
-            .expect("register in etcd");
-        assert_eq!(registration.key(), key(name));
-        TestServer::serve(name, listener, registration)
-    }
-
-    fn serve(
-        name: &str,
-        listener: rpc_transport::tcp::TcpListener,
-        registration: Registration,
-    ) -> TestServer {
-        let (entered_tx, entered) = mpsc::unbounded_channel();
-        let (gate, gate_rx) = watch::channel(false);
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let signal = async {
-            let _ = signal.await;
-        };
-        let service = WhereServer::new(Named {
-            name: name.to_string(),
-            entered: entered_tx,
-            gate: gate_rx,
-        });
-        let task = tokio::spawn(
-            Server::new()
-                .add_service(service)
-                .serve_with_shutdown(listener, registration.deregister_on(signal)),
-        );
-        TestServer {
-            shutdown: Some(shutdown),
-            task,
-            entered,
-            gate: Arc::new(gate),
-        }
-    }
-
-    /// Graceful shutdown: deregisters, then stops accepting and finishes the calls it has.
-    fn shut_down(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-
-    /// A crash: the server and its registration vanish at once, without revoking the lease
-    /// (the registration is dropped, which only stops its keepalive).
-    fn crash(&self) {
-        self.task.abort();
-    }
-
-    fn open_gate(&self) {
-        self.gate.send_replace(true);
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn key(name: &str) -> String {
-    format!("{PREFIX}/{name}")
-}
-
-fn keys(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|name| key(name)).collect()
+/// Registers `name` with `register` and serves it (see [`TestServer::serve`]).
+async fn start_server(etcd: &Etcd, name: &str) -> TestServer {
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registration = etcd::register([etcd.addr()], PREFIX, name, addr, TTL)
+        .await
+        .expect("register in etcd");
+    assert_eq!(registration.key(), key(name));
+    TestServer::serve(name, listener, |signal| registration.deregister_on(signal))
 }
 
 /// A client balancing round robin over what etcd lists, retrying and reconnecting quickly.
 fn client(etcd: &Etcd) -> WhereClient {
-    let fast = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-    WhereClient::builder()
-        .strategy(RoundRobin::new())
-        .backoff(fast)
-        .discover(
-            EtcdDiscovery::new([etcd.addr()], PREFIX)
-                .backoff(fast)
-                .request_timeout(Duration::from_secs(2)),
-        )
+    registry::client(
+        EtcdDiscovery::new([etcd.addr()], PREFIX)
+            .backoff(fast())
+            .request_timeout(Duration::from_secs(2)),
+    )
 }
 
-/// The endpoint keys the client has now.
-fn endpoints(client: &WhereClient) -> BTreeSet<String> {
-    stats(client).endpoints.into_iter().map(|e| e.key).collect()
-}
-
-fn stats(client: &WhereClient) -> rpc_core::balance::ClientStats {
-    client
-        .client()
-        .stats()
-        .expect("a balancing client has stats")
-}
-
-/// Whether the client has exactly these endpoints, all connected.
-fn ready(client: &WhereClient, names: &[&str]) -> bool {
-    let stats = stats(client);
-    stats
-        .endpoints
-        .iter()
-        .all(|e| e.state == EndpointState::Ready)
-        && stats
-            .endpoints
-            .into_iter()
-            .map(|e| e.key)
-            .collect::<BTreeSet<_>>()
-            == keys(names)
-}
-
-/// Shows what discovery and registration logged when a test fails (the test harness
-/// captures it).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `done` until it holds, failing the test (saying `what`) after the hang guard.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed() < HANG_GUARD, "hang guard: never {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+impl registry::Registry for Etcd {
+    async fn start_server(&self, name: &str) -> TestServer {
+        start_server(self, name).await
     }
-}
 
-/// Awaits `fut` under the hang guard.
-async fn guard<F: std::future::IntoFuture>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(HANG_GUARD, fut.into_future())
-        .await
-        .unwrap_or_else(|_| panic!("hang guard: {what} did not complete"))
-}
+    fn client(&self) -> WhereClient {
+        client(self)
+    }
 
-async fn call_name(client: &WhereClient) -> String {
-    guard("a call", client.name().timeout(CALL_TIMEOUT))
-        .await
-        .expect("the call succeeds")
-}
+    fn kill(&mut self) {
+        Etcd::kill(self);
+    }
 
-/// Calls until every server in `names` has answered (round robin reaches each quickly).
-async fn answered_by_all(client: &WhereClient, names: &[&str]) {
-    let mut seen = BTreeSet::new();
-    let since = Instant::now();
-    while seen.len() < names.len() {
-        let name = call_name(client).await;
-        assert!(
-            names.contains(&name.as_str()),
-            "answered by {name}, not one of {names:?}"
-        );
-        seen.insert(name);
-        assert!(
-            since.elapsed() < HANG_GUARD,
-            "hang guard: only {seen:?} answered"
-        );
+    async fn restart(&mut self) {
+        started(Etcd::restart(self).await);
     }
 }
 
@@ -323,8 +154,8 @@ async fn answered_by_all(client: &WhereClient, names: &[&str]) {
 async fn a_client_balances_over_the_servers_registered() {
     logs();
     let etcd = start_etcd().await;
-    let _a = TestServer::start(&etcd, "a").await;
-    let _b = TestServer::start(&etcd, "b").await;
+    let _a = start_server(&etcd, "a").await;
+    let _b = start_server(&etcd, "b").await;
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let registration = EtcdRegistrar::new([etcd.addr()], PREFIX, "c", addr)
@@ -333,19 +164,17 @@ async fn a_client_balances_over_the_servers_registered() {
         .register()
         .await
         .expect("register in etcd");
-    let _c = TestServer::serve("c", listener, registration);
+    let _c = TestServer::serve("c", listener, |signal| registration.deregister_on(signal));
 
     let client = client(&etcd);
     eventually("connected to a, b and c", || {
         ready(&client, &["a", "b", "c"])
     })
     .await;
-    let weights: Vec<(String, u32)> = (stats(&client).endpoints.into_iter())
-        .map(|e| (e.key, e.weight))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(weights, [(key("a"), 1), (key("b"), 1), (key("c"), 3)]);
+    assert_eq!(
+        weights(&client),
+        [(key("a"), 1), (key("b"), 1), (key("c"), 3)]
+    );
     answered_by_all(&client, &["a", "b", "c"]).await;
 }
 
@@ -366,13 +195,14 @@ async fn a_registered_zone_reaches_zone_aware_clients() {
             .register()
             .await
             .expect("register in etcd");
-        servers.push(TestServer::serve(name, listener, registration));
+        servers.push(TestServer::serve(name, listener, |signal| {
+            registration.deregister_on(signal)
+        }));
     }
-    let fast = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     let client = WhereClient::builder()
         .zone(Zone::new("z2"))
-        .backoff(fast)
-        .discover(EtcdDiscovery::new([etcd.addr()], PREFIX).backoff(fast));
+        .backoff(fast())
+        .discover(EtcdDiscovery::new([etcd.addr()], PREFIX).backoff(fast()));
     eventually("connected to a, b and c", || {
         ready(&client, &["a", "b", "c"])
     })
@@ -390,7 +220,7 @@ async fn a_registered_zone_reaches_zone_aware_clients() {
 async fn a_server_deregistering_is_removed_and_finishes_its_call() {
     logs();
     let etcd = start_etcd().await;
-    let mut a = TestServer::start(&etcd, "a").await;
+    let mut a = start_server(&etcd, "a").await;
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
 
@@ -405,14 +235,12 @@ async fn a_server_deregistering_is_removed_and_finishes_its_call() {
         Some("a")
     );
 
-    let b = TestServer::start(&etcd, "b").await;
+    let b = start_server(&etcd, "b").await;
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
 
     a.shut_down();
     eventually("a removed", || endpoints(&client) == keys(&["b"])).await;
-    for _ in 0..10 {
-        assert_eq!(call_name(&client).await, "b");
-    }
+    only_answered_by(&client, "b", 10).await;
 
     a.open_gate();
     let answer = guard("the held call", held).await.unwrap();
@@ -431,8 +259,8 @@ async fn a_server_deregistering_is_removed_and_finishes_its_call() {
 async fn a_crashed_server_is_removed_when_its_lease_expires() {
     logs();
     let etcd = start_etcd().await;
-    let a = TestServer::start(&etcd, "a").await;
-    let _b = TestServer::start(&etcd, "b").await;
+    let a = start_server(&etcd, "a").await;
+    let _b = start_server(&etcd, "b").await;
     let client = client(&etcd);
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
 
@@ -442,9 +270,7 @@ async fn a_crashed_server_is_removed_when_its_lease_expires() {
         endpoints(&client) == keys(&["b"])
     })
     .await;
-    for _ in 0..10 {
-        assert_eq!(call_name(&client).await, "b");
-    }
+    only_answered_by(&client, "b", 10).await;
 }
 
 /// A server registering after the client started is picked up and gets calls.
@@ -452,12 +278,12 @@ async fn a_crashed_server_is_removed_when_its_lease_expires() {
 async fn a_server_registering_later_is_picked_up() {
     logs();
     let etcd = start_etcd().await;
-    let _a = TestServer::start(&etcd, "a").await;
+    let _a = start_server(&etcd, "a").await;
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
     assert_eq!(call_name(&client).await, "a");
 
-    let _b = TestServer::start(&etcd, "b").await;
+    let _b = start_server(&etcd, "b").await;
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
     answered_by_all(&client, &["a", "b"]).await;
 }
@@ -468,26 +294,7 @@ async fn a_server_registering_later_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_survives_an_etcd_restart() {
     logs();
-    let mut etcd = start_etcd().await;
-    let _a = TestServer::start(&etcd, "a").await;
-    let mut b = TestServer::start(&etcd, "b").await;
-    let client = client(&etcd);
-    eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
-
-    etcd.kill();
-    // etcd is down: nothing is removed, and calls still reach both servers.
-    answered_by_all(&client, &["a", "b"]).await;
-    assert_eq!(endpoints(&client), keys(&["a", "b"]));
-
-    started(etcd.restart().await);
-    let _c = TestServer::start(&etcd, "c").await;
-    eventually("connected to a, b and c", || {
-        ready(&client, &["a", "b", "c"])
-    })
-    .await;
-    b.shut_down();
-    eventually("b removed", || endpoints(&client) == keys(&["a", "c"])).await;
-    answered_by_all(&client, &["a", "c"]).await;
+    registry::the_watch_survives_a_restart(&mut start_etcd().await).await;
 }
 
 /// etcd comes back empty (its data lost): every registration's lease is gone, and each
@@ -503,15 +310,7 @@ async fn registrations_come_back_after_etcd_loses_its_data() {
         .await
         .expect("register in etcd");
     let first_lease = registration.lease_id();
-    let server = tokio::spawn(
-        Server::new()
-            .add_service(WhereServer::new(Named {
-                name: "a".into(),
-                entered: mpsc::unbounded_channel().0,
-                gate: watch::channel(true).1,
-            }))
-            .serve(listener),
-    );
+    let server = serve_unregistered("a", listener);
     let client = client(&etcd);
     eventually("connected to a", || ready(&client, &["a"])).await;
 
@@ -542,38 +341,17 @@ async fn entries_put_by_hand_are_followed() {
     // A server that does not register: etcd is told about it by hand.
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        Server::new()
-            .add_service(WhereServer::new(Named {
-                name: "x".into(),
-                entered: mpsc::unbounded_channel().0,
-                gate: watch::channel(true).1,
-            }))
-            .serve(listener),
-    );
+    let server = serve_unregistered("x", listener);
     put_by_hand(&etcd, &key("junk"), "not an address").await;
     put_by_hand(&etcd, &key("x"), &format!("{addr} 5")).await;
     let client = client(&etcd);
-    eventually("connected to x", || ready(&client, &["x"])).await;
-    assert_eq!(stats(&client).endpoints[0].weight, 5);
-    assert_eq!(call_name(&client).await, "x");
-
-    put_by_hand(&etcd, &key("x"), &addr.to_string()).await;
-    eventually("x's weight back to 1", || {
-        stats(&client)
-            .endpoints
-            .iter()
-            .map(|e| e.weight)
-            .collect::<Vec<_>>()
-            == [1]
-    })
+    registry::entries_written_by_hand_are_followed(
+        &client,
+        &addr.to_string(),
+        async |value| put_by_hand(&etcd, &key("x"), value).await,
+        async || delete_by_hand(&etcd, &key("x")).await,
+    )
     .await;
-    put_by_hand(&etcd, &key("x"), "garbage in etcd").await;
-    eventually("x removed", || endpoints(&client).is_empty()).await;
-    put_by_hand(&etcd, &key("x"), &addr.to_string()).await;
-    eventually("x back", || ready(&client, &["x"])).await;
-    delete_by_hand(&etcd, &key("x")).await;
-    eventually("x removed again", || endpoints(&client).is_empty()).await;
     server.abort();
 }
 

@@ -8,24 +8,27 @@
 //! --workspace --all-features`). Tests wait for conditions by polling them under a hang
 //! guard; none sleeps to let something happen, and none asserts on timing.
 
+#[path = "common/registry.rs"]
+mod registry;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rpc_core::balance::{Backoff, EndpointState, RoundRobin};
-use rpc_core::{service, Server};
 use rpc_examples::inventory::free_ports;
 use rpc_examples::zk_process::{StartError, ZkProcess as Zk};
 use rpc_transport::zookeeper::{self, Registration, ZkDiscovery, ZkRegistrar};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Long enough never to fire on a slow, busy machine (a JVM starting included); short enough
-/// that a hang fails the test instead of blocking the suite.
-const HANG_GUARD: Duration = Duration::from_secs(90);
-const PATH: &str = "/rpc-tests/where";
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+// A ZooKeeper node is the key of the endpoint it lists.
+use registry::{
+    answered_by_all, endpoints, eventually, fast, guard, key as node, keys as nodes, logs,
+    only_answered_by, ready, serve_unregistered, weights, TestServer, WhereClient, HANG_GUARD,
+    PREFIX as PATH,
+};
+
 /// The servers' session timeout: a cut-off server leaves within this.
 const SESSION: Duration = Duration::from_secs(2);
 /// ZooKeeper's tick: short, so sessions of `SESSION` are allowed and expire on time.
@@ -113,192 +116,61 @@ impl Drop for Cuttable {
 }
 
 // ---------------------------------------------------------------------------------------
-// The service, its servers and clients
+// Its servers and clients
 
-/// Which server answered.
-#[service]
-pub trait Where {
-    /// The server's name. Safe to retry.
-    #[rpc(idempotent)]
-    async fn name(&self) -> String;
-}
-
-#[derive(Clone)]
-struct Named {
-    name: String,
-}
-
-impl Where for Named {
-    async fn name(&self) -> String {
-        self.name.clone()
-    }
-}
-
-/// A server on a free loopback port, registered in ZooKeeper, shut down gracefully
-/// (deregistering first) when `shutdown` fires.
-struct TestServer {
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    /// Registers with `register` and serves with the shutdown pattern the docs give:
-    /// `serve_with_shutdown(listener, registration.deregister_on(signal))`.
-    async fn start(zk: &Zk, name: &str) -> TestServer {
-        let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let registration = zookeeper::register([zk.addr()], PATH, name, addr)
-            .await
-            .expect("register in ZooKeeper");
-        assert_eq!(registration.node(), node(name));
-        TestServer::serve(name, listener, registration)
-    }
-
-    fn serve(
-        name: &str,
-        listener: rpc_transport::tcp::TcpListener,
-        registration: Registration,
-    ) -> TestServer {
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let signal = async {
-            let _ = signal.await;
-        };
-        let task = tokio::spawn(
-            Server::new()
-                .add_service(WhereServer::new(Named {
-                    name: name.to_string(),
-                }))
-                .serve_with_shutdown(listener, registration.deregister_on(signal)),
-        );
-        TestServer {
-            shutdown: Some(shutdown),
-            task,
-        }
-    }
-
-    /// Graceful shutdown: deregisters, then stops accepting and finishes the calls it has.
-    fn shut_down(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A server, not registered (the test registers it as it likes).
-fn serve_unregistered(name: &str, listener: rpc_transport::tcp::TcpListener) -> JoinHandle<()> {
-    let server = Server::new().add_service(WhereServer::new(Named {
-        name: name.to_string(),
-    }));
-    tokio::spawn(async move {
-        let _ = server.serve(listener).await;
-    })
-}
-
-fn node(name: &str) -> String {
-    format!("{PATH}/{name}")
-}
-
-fn nodes(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|name| node(name)).collect()
-}
-
-fn fast() -> Backoff {
-    Backoff::new(Duration::from_millis(20), Duration::from_millis(500))
+/// Registers `name` with `register` and serves it (see [`TestServer::serve`]).
+async fn start_server(zk: &Zk, name: &str) -> TestServer {
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registration = zookeeper::register([zk.addr()], PATH, name, addr)
+        .await
+        .expect("register in ZooKeeper");
+    assert_eq!(registration.node(), node(name));
+    TestServer::serve(name, listener, |signal| registration.deregister_on(signal))
 }
 
 /// A client balancing round robin over what ZooKeeper lists, retrying and reconnecting
 /// quickly, through ZooKeeper at `zk` (`host:port`).
 fn client(zk: &str) -> WhereClient {
-    WhereClient::builder()
-        .strategy(RoundRobin::new())
+    registry::client(
+        ZkDiscovery::new([zk], PATH)
+            .backoff(fast())
+            .session_timeout(SESSION)
+            .request_timeout(Duration::from_secs(2)),
+    )
+}
+
+/// Server `a`, serving, and its registration through ZooKeeper at `zk` (`host:port`),
+/// reconnecting quickly: kept by the test (not moved into a shutdown signal) to read its
+/// session.
+async fn serve_a_registered_by_hand(zk: &str) -> (Registration, JoinHandle<()>) {
+    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registration = ZkRegistrar::new([zk], PATH, "a", addr)
+        .session_timeout(SESSION)
         .backoff(fast())
-        .discover(
-            ZkDiscovery::new([zk], PATH)
-                .backoff(fast())
-                .session_timeout(SESSION)
-                .request_timeout(Duration::from_secs(2)),
-        )
+        .request_timeout(Duration::from_secs(2))
+        .register()
+        .await
+        .expect("register a");
+    (registration, serve_unregistered("a", listener))
 }
 
-/// The endpoint keys the client has now.
-fn endpoints(client: &WhereClient) -> BTreeSet<String> {
-    stats(client).endpoints.into_iter().map(|e| e.key).collect()
-}
-
-fn stats(client: &WhereClient) -> rpc_core::balance::ClientStats {
-    client
-        .client()
-        .stats()
-        .expect("a balancing client has stats")
-}
-
-/// Whether the client has exactly these endpoints, all connected.
-fn ready(client: &WhereClient, names: &[&str]) -> bool {
-    let stats = stats(client);
-    stats
-        .endpoints
-        .iter()
-        .all(|e| e.state == EndpointState::Ready)
-        && stats
-            .endpoints
-            .into_iter()
-            .map(|e| e.key)
-            .collect::<BTreeSet<_>>()
-            == nodes(names)
-}
-
-/// Shows what discovery and registration logged when a test fails (the test harness
-/// captures it).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `done` until it holds, failing the test (saying `what`) after the hang guard.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed() < HANG_GUARD, "hang guard: never {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+impl registry::Registry for Zk {
+    async fn start_server(&self, name: &str) -> TestServer {
+        start_server(self, name).await
     }
-}
 
-/// Awaits `fut` under the hang guard.
-async fn guard<F: std::future::IntoFuture>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(HANG_GUARD, fut.into_future())
-        .await
-        .unwrap_or_else(|_| panic!("hang guard: {what} did not complete"))
-}
+    fn client(&self) -> WhereClient {
+        client(&self.addr())
+    }
 
-async fn call_name(client: &WhereClient) -> String {
-    guard("a call", client.name().timeout(CALL_TIMEOUT))
-        .await
-        .expect("the call succeeds")
-}
+    fn kill(&mut self) {
+        Zk::kill(self);
+    }
 
-/// Calls until every server in `names` has answered (round robin reaches each quickly).
-async fn answered_by_all(client: &WhereClient, names: &[&str]) {
-    let mut seen = BTreeSet::new();
-    let since = Instant::now();
-    while seen.len() < names.len() {
-        let name = call_name(client).await;
-        assert!(
-            names.contains(&name.as_str()),
-            "answered by {name}, not one of {names:?}"
-        );
-        seen.insert(name);
-        assert!(
-            since.elapsed() < HANG_GUARD,
-            "hang guard: only {seen:?} answered"
-        );
+    async fn restart(&mut self) {
+        started(Zk::restart(self).await);
     }
 }
 
@@ -312,7 +184,7 @@ async fn a_client_balances_over_the_servers_registered() {
     use rpc_core::balance::ZONE;
     logs();
     let zk = start_zk().await;
-    let _a = TestServer::start(&zk, "a").await;
+    let _a = start_server(&zk, "a").await;
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let registration = ZkRegistrar::new([zk.addr()], PATH, "b", addr)
@@ -322,16 +194,11 @@ async fn a_client_balances_over_the_servers_registered() {
         .register()
         .await
         .expect("register in ZooKeeper");
-    let _b = TestServer::serve("b", listener, registration);
+    let _b = TestServer::serve("b", listener, |signal| registration.deregister_on(signal));
 
     let client = client(&zk.addr());
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
-    let weights: Vec<(String, u32)> = (stats(&client).endpoints.into_iter())
-        .map(|e| (e.key, e.weight))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(weights, [(node("a"), 1), (node("b"), 3)]);
+    assert_eq!(weights(&client), [(node("a"), 1), (node("b"), 3)]);
     answered_by_all(&client, &["a", "b"]).await;
 }
 
@@ -429,20 +296,11 @@ async fn a_name_taken_by_a_live_server_is_refused() {
 async fn a_cut_off_server_drops_out_and_registers_again() {
     logs();
     let zk = start_zk().await;
-    let _b = TestServer::start(&zk, "b").await;
+    let _b = start_server(&zk, "b").await;
     // a talks to ZooKeeper through a link the test can cut.
     let link = Cuttable::to(&zk).await;
-    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let registration = ZkRegistrar::new([link.addr()], PATH, "a", addr)
-        .session_timeout(SESSION)
-        .backoff(fast())
-        .request_timeout(Duration::from_secs(2))
-        .register()
-        .await
-        .expect("register a");
+    let (registration, _a) = serve_a_registered_by_hand(&link.addr()).await;
     let first_session = registration.session_id();
-    let _a = serve_unregistered("a", listener);
     let client = client(&zk.addr());
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
 
@@ -451,9 +309,7 @@ async fn a_cut_off_server_drops_out_and_registers_again() {
         endpoints(&client) == nodes(&["b"])
     })
     .await;
-    for _ in 0..10 {
-        assert_eq!(call_name(&client).await, "b");
-    }
+    only_answered_by(&client, "b", 10).await;
 
     link.mend();
     eventually("a registered on a new session", || {
@@ -470,26 +326,7 @@ async fn a_cut_off_server_drops_out_and_registers_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_survives_a_zookeeper_restart() {
     logs();
-    let mut zk = start_zk().await;
-    let _a = TestServer::start(&zk, "a").await;
-    let mut b = TestServer::start(&zk, "b").await;
-    let client = client(&zk.addr());
-    eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
-
-    zk.kill();
-    // ZooKeeper is down: nothing is removed, and calls still reach both servers.
-    answered_by_all(&client, &["a", "b"]).await;
-    assert_eq!(endpoints(&client), nodes(&["a", "b"]));
-
-    started(zk.restart().await);
-    let _c = TestServer::start(&zk, "c").await;
-    eventually("connected to a, b and c", || {
-        ready(&client, &["a", "b", "c"])
-    })
-    .await;
-    b.shut_down();
-    eventually("b removed", || endpoints(&client) == nodes(&["a", "c"])).await;
-    answered_by_all(&client, &["a", "c"]).await;
+    registry::the_watch_survives_a_restart(&mut start_zk().await).await;
 }
 
 /// ZooKeeper comes back empty (its data and sessions lost): every registration's session is
@@ -499,17 +336,8 @@ async fn the_watch_survives_a_zookeeper_restart() {
 async fn registrations_come_back_after_zookeeper_loses_its_data() {
     logs();
     let mut zk = start_zk().await;
-    let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Kept by the test (not moved into a shutdown signal) to read its session.
-    let registration = ZkRegistrar::new([zk.addr()], PATH, "a", addr)
-        .session_timeout(SESSION)
-        .backoff(fast())
-        .register()
-        .await
-        .expect("register a");
+    let (registration, _a) = serve_a_registered_by_hand(&zk.addr()).await;
     let first_session = registration.session_id();
-    let _a = serve_unregistered("a", listener);
     let client = client(&zk.addr());
     eventually("connected to a", || ready(&client, &["a"])).await;
 
@@ -518,7 +346,7 @@ async fn registrations_come_back_after_zookeeper_loses_its_data() {
         registration.session_id() != first_session
     })
     .await;
-    let _b = TestServer::start(&zk, "b").await;
+    let _b = start_server(&zk, "b").await;
     eventually("connected to a and b", || ready(&client, &["a", "b"])).await;
     answered_by_all(&client, &["a", "b"]).await;
 
@@ -569,28 +397,17 @@ async fn nodes_written_by_hand_are_followed() {
     // A grandchild with a good address: not a server of this path.
     create(format!("{}/deeper", node("junk")), addr.to_string()).await;
     let client = client(&zk.addr());
-    eventually("connected to x", || ready(&client, &["x"])).await;
-    assert_eq!(stats(&client).endpoints[0].weight, 5);
-    assert_eq!(call_name(&client).await, "x");
-
-    set(node("x"), addr.to_string()).await;
-    eventually("x's weight back to 1", || {
-        stats(&client)
-            .endpoints
-            .iter()
-            .map(|e| e.weight)
-            .collect::<Vec<_>>()
-            == [1]
-    })
+    registry::entries_written_by_hand_are_followed(
+        &client,
+        &addr.to_string(),
+        async |data| set(node("x"), data.to_string()).await,
+        async || {
+            guard("a delete", hand.delete(&node("x"), None))
+                .await
+                .expect("delete");
+        },
+    )
     .await;
-    set(node("x"), "garbage in ZooKeeper".into()).await;
-    eventually("x removed", || endpoints(&client).is_empty()).await;
-    set(node("x"), addr.to_string()).await;
-    eventually("x back", || ready(&client, &["x"])).await;
-    guard("a delete", hand.delete(&node("x"), None))
-        .await
-        .expect("delete");
-    eventually("x removed again", || endpoints(&client).is_empty()).await;
 }
 
 /// A server that crashes leaves its session open, unclosed: ZooKeeper expires it after the
@@ -602,7 +419,7 @@ async fn a_crashed_servers_node_goes_when_its_session_expires() {
     use zookeeper_client::{Acls, Client, CreateMode};
     logs();
     let zk = start_zk().await;
-    let _b = TestServer::start(&zk, "b").await;
+    let _b = start_server(&zk, "b").await;
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _a = serve_unregistered("a", listener);
@@ -628,9 +445,7 @@ async fn a_crashed_servers_node_goes_when_its_session_expires() {
         endpoints(&client) == nodes(&["b"])
     })
     .await;
-    for _ in 0..10 {
-        assert_eq!(call_name(&client).await, "b");
-    }
+    only_answered_by(&client, "b", 10).await;
 }
 
 /// Registering refuses bad arguments before talking to ZooKeeper, and says why; an

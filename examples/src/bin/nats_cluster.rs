@@ -21,89 +21,45 @@
 
 use std::error::Error;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use futures::StreamExt;
 
 use rpc_core::balance::{Endpoint, EndpointState};
-use rpc_core::Server;
-use rpc_examples::inventory::{
-    client_builder, endpoints, wait_until, when_stdin_closes, InventoryServer, Load, Replica,
-    ServerProcess, TASKS, TOTAL_CALLS,
-};
+use rpc_examples::inventory::{client_builder, endpoints, wait_until, Load, TASKS, TOTAL_CALLS};
 use rpc_examples::nats_process::NatsProcess;
+use rpc_examples::registry_demo::{
+    self, from_env, print_summary, serve_replica, stop_signal, Servers, AFTER_CRASH, FIRST,
+    PATIENCE, PHASES, PROGRESS_EVERY, SERVERS, VICTIM,
+};
 use rpc_transport::nats::{self, async_nats};
 
-/// The servers: three at first, then `d` joins after `b` crashed.
-const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
-const FIRST: usize = 3;
-const VICTIM: usize = 1;
-const JOINER: usize = 3;
 /// Connections the client keeps to the subject.
 const CONNECTIONS: usize = 6;
-/// The longest the driver waits for something to happen.
-const PATIENCE: Duration = Duration::from_secs(20);
-/// Progress is printed every so many calls.
-const PROGRESS_EVERY: u64 = 1000;
-/// The phases of the run: before `b` crashed, and after.
-const PHASES: usize = 2;
-const AFTER_CRASH: usize = 1;
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => drive().await,
-        [mode, url, subject, name] if mode == "serve" => {
-            serve(url, subject, name).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            eprintln!("usage: nats_cluster                                    (the demo)");
-            eprintln!("       nats_cluster serve <nats-url> <subject> <name>  (one server)");
-            Ok(ExitCode::from(2))
-        }
-    }
+    registry_demo::main("nats_cluster", "<nats-url> <subject> <name>", drive, serve).await
 }
 
 /// Server mode: one replica serving `subject`, until its stdin closes or it gets Ctrl-C.
-async fn serve(url: &str, subject: &str, name: &str) -> Result<(), Box<dyn Error>> {
+async fn serve(url: String, subject: String, name: String) -> Result<(), Box<dyn Error>> {
     let nats = async_nats::connect(url).await?;
-    let listener = nats::bind(&nats, subject).await?;
+    let listener = nats::bind(&nats, &subject).await?;
     // Tell the driver we are in the group (NATS handles our commands in order, so the
     // subscription is in place before anyone hears this).
-    nats.publish(format!("{subject}.ready"), name.to_owned().into())
+    nats.publish(format!("{subject}.ready"), name.clone().into())
         .await?;
     println!("  server {name}: serving NATS subject {subject}");
-
-    // The driver holds our stdin open; when it closes it (or dies), we leave.
-    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
-    when_stdin_closes(move || {
-        let _ = closed.send(());
-    });
-    let signal = async {
-        tokio::select! {
-            _ = stdin_closed => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    Server::new()
-        .add_service(InventoryServer::new(Replica::new(name)))
-        .shutdown_grace(Duration::from_secs(5))
-        .serve_with_shutdown(listener, signal)
-        .await?;
+    serve_replica(&name, listener, stop_signal()).await?;
     println!("  server {name}: stopped");
     Ok(())
 }
 
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
-    let (url, _own_nats) = match std::env::var("NATS_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            println!("using the NATS at {url} (NATS_URL)");
-            (url, None)
-        }
-        _ => {
+    let (url, _own_nats) = match from_env("NATS_URL", "NATS") {
+        Some(url) => (url, None),
+        None => {
             let own = NatsProcess::start("nats-server", PATIENCE).await?;
             println!("started nats-server at {}", own.url());
             (own.url(), Some(own))
@@ -114,12 +70,7 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
 
     let nats = async_nats::connect(url.as_str()).await?;
     let mut ready = nats.subscribe(format!("{subject}.ready")).await?;
-    let mut servers: Vec<Option<ServerProcess>> = Vec::new();
-    for name in &SERVERS[..FIRST] {
-        let server = ServerProcess::start(["serve", &url, &subject, name])?;
-        println!("started server {name} (pid {})", server.pid());
-        servers.push(Some(server));
-    }
+    let mut servers = Servers::start(&url, &subject)?;
     // Connect once all three are in the group, so that NATS spreads the connections.
     for _ in 0..FIRST {
         tokio::time::timeout(PATIENCE, ready.next())
@@ -153,39 +104,23 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
 
     let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
     load.wait_for_calls(TOTAL_CALLS / 3).await;
-    let victim = SERVERS[VICTIM];
-    let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
-    let pid = crashed.pid();
-    crashed.crash()?;
+    servers.crash_victim("")?;
     load.enter_phase(AFTER_CRASH);
-    println!("killed server {victim} (pid {pid}) with SIGKILL");
-
-    let joiner = SERVERS[JOINER];
-    let server = ServerProcess::start(["serve", &url, &subject, joiner])?;
-    println!("started server {joiner} (pid {})", server.pid());
-    servers.push(Some(server));
+    servers.start_next()?;
 
     // Calls started after the crash cannot have been answered by b.
     let from_victim = load.answered(AFTER_CRASH, VICTIM);
     let tally = load.stop().await?;
-    tally.print_summary(
-        &client,
-        "every call had finished",
-        &[
-            (&format!("before {victim} crashed"), 16),
-            (&format!("after ({joiner} joining)"), 19),
-        ],
-    );
+    print_summary(&tally, &client, "every call had finished");
     println!();
 
     println!("shutting the servers down gracefully");
-    for server in servers.into_iter().flatten() {
-        server.stop()?;
-    }
+    servers.stop()?;
     if tally.report_failed() {
         return Ok(ExitCode::FAILURE);
     }
     if from_victim > 0 {
+        let victim = SERVERS[VICTIM];
         eprintln!("FAILED: {victim} answered {from_victim} calls made after it was killed");
         return Ok(ExitCode::FAILURE);
     }

@@ -22,59 +22,30 @@
 
 use std::error::Error;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rpc_core::balance::{Backoff, EndpointState};
-use rpc_core::Server;
-use rpc_examples::inventory::{
-    client_builder, endpoints, wait_until, when_stdin_closes, InventoryClient, InventoryServer,
-    Load, Replica, ServerProcess, FAIR_SHARE, TASKS, TOTAL_CALLS,
+use rpc_examples::registry_demo::{
+    self, discovery_backoff, from_env, serve_replica, stop_signal, Registry, PATIENCE,
 };
 use rpc_examples::zk_process::{StartError, ZkProcess};
 use rpc_transport::zookeeper::{ZkDiscovery, ZkRegistrar};
 
-/// The servers: three at first, then `d` joins after `b` crashed.
-const SERVERS: [&str; 4] = ["a", "b", "c", "d"];
-const FIRST: usize = 3;
-const VICTIM: usize = 1;
-const JOINER: usize = 3;
 /// The servers' session timeout: how long a crashed server stays listed in ZooKeeper.
 const SESSION: Duration = Duration::from_secs(3);
 /// Our own ZooKeeper's tick (sessions may last from two ticks).
 const TICK: Duration = Duration::from_millis(200);
-/// The longest the driver waits for something to happen.
-const PATIENCE: Duration = Duration::from_secs(20);
-/// Progress is printed every so many calls.
-const PROGRESS_EVERY: u64 = 1000;
-
-/// The phases of the run, which the summary counts calls by: before `b` crashed (the first),
-/// and after (when `d` joins too).
-const PHASES: usize = 2;
-const AFTER_CRASH: usize = 1;
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => drive().await,
-        [mode, zookeeper, path, name] if mode == "serve" => {
-            serve(zookeeper, path, name).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            eprintln!("usage: zk_cluster                                   (the demo)");
-            eprintln!("       zk_cluster serve <zookeeper> <path> <name>   (one server)");
-            Ok(ExitCode::from(2))
-        }
-    }
+    registry_demo::main("zk_cluster", "<zookeeper> <path> <name>", drive, serve).await
 }
 
 /// Server mode: one replica on a free port, registered in ZooKeeper, until its stdin closes
 /// or it gets Ctrl-C; then it deregisters and shuts down gracefully.
-async fn serve(zookeeper: &str, path: &str, name: &str) -> Result<(), Box<dyn Error>> {
+async fn serve(zookeeper: String, path: String, name: String) -> Result<(), Box<dyn Error>> {
     let listener = rpc_transport::tcp::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let registration = ZkRegistrar::new(zookeeper.split(','), path, name, addr)
+    let registration = ZkRegistrar::new(zookeeper.split(','), &path, &name, addr)
         .session_timeout(SESSION)
         .register()
         .await?;
@@ -82,24 +53,8 @@ async fn serve(zookeeper: &str, path: &str, name: &str) -> Result<(), Box<dyn Er
         "  server {name}: listening on {addr}, registered as {}",
         registration.node()
     );
-
-    // The driver holds our stdin open; when it closes it (or dies), we leave.
-    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
-    when_stdin_closes(move || {
-        let _ = closed.send(());
-    });
-    let signal = async {
-        tokio::select! {
-            _ = stdin_closed => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    Server::new()
-        .add_service(InventoryServer::new(Replica::new(name)))
-        .shutdown_grace(Duration::from_secs(5))
-        // Deregister first (clients stop sending new calls), then stop and drain.
-        .serve_with_shutdown(listener, registration.deregister_on(signal))
-        .await?;
+    // Deregister first (clients stop sending new calls), then stop and drain.
+    serve_replica(&name, listener, registration.deregister_on(stop_signal())).await?;
     println!("  server {name}: deregistered and stopped");
     Ok(())
 }
@@ -107,12 +62,9 @@ async fn serve(zookeeper: &str, path: &str, name: &str) -> Result<(), Box<dyn Er
 /// Driver mode: the demo.
 async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     // A ZooKeeper to use: the one named by ZOOKEEPER_SERVERS, or our own.
-    let (zookeeper, _own_zookeeper) = match std::env::var("ZOOKEEPER_SERVERS") {
-        Ok(servers) if !servers.trim().is_empty() => {
-            println!("using the ZooKeeper at {servers} (ZOOKEEPER_SERVERS)");
-            (servers, None)
-        }
-        _ => {
+    let (zookeeper, _own_zookeeper) = match from_env("ZOOKEEPER_SERVERS", "ZooKeeper") {
+        Some(servers) => (servers, None),
+        None => {
             let own = own_zookeeper().await?;
             println!("started ZooKeeper (pid {}) at {}", own.pid(), own.addr());
             (own.addr(), Some(own))
@@ -120,135 +72,17 @@ async fn drive() -> Result<ExitCode, Box<dyn Error>> {
     };
     // A path of our own, so runs sharing a ZooKeeper do not see each other's servers.
     let path = format!("/rpc-examples/zk_cluster/{}/inventory", std::process::id());
-
-    let mut servers: Vec<Option<ServerProcess>> = Vec::new();
-    for name in &SERVERS[..FIRST] {
-        let server = ServerProcess::start(["serve", &zookeeper, &path, name])?;
-        println!("started server {name} (pid {})", server.pid());
-        servers.push(Some(server));
-    }
-
     let discovery = ZkDiscovery::new(zookeeper.split(','), &path)
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_secs(2),
-        ))
+        .backoff(discovery_backoff())
         .watch();
-    let client = client_builder().discover(discovery);
-    // Wait until the three have registered and the client is connected to each.
-    let first = registered(&SERVERS[..FIRST], &path);
-    if !wait_until(PATIENCE, || connected(&client) == first).await {
-        return Err(format!("the servers did not all register within {PATIENCE:?}").into());
-    }
-    println!(
-        "the client found a, b and c in ZooKeeper under {path}/ and is connected to each; making \
-         {TOTAL_CALLS} calls from {TASKS} tasks"
-    );
-
-    let load = Load::start(&client, &SERVERS, PHASES, PROGRESS_EVERY);
-
-    load.wait_for_calls(TOTAL_CALLS / 3).await;
-    let victim = SERVERS[VICTIM];
-    let mut crashed = servers[VICTIM].take().ok_or("no victim")?;
-    let pid = crashed.pid();
-    crashed.crash()?;
-    let crash = Instant::now();
-    load.enter_phase(AFTER_CRASH);
-    println!("killed server {victim} (pid {pid}) with SIGKILL: it does not deregister");
-
-    let joiner = SERVERS[JOINER];
-    let server = ServerProcess::start(["serve", &zookeeper, &path, joiner])?;
-    println!("started server {joiner} (pid {})", server.pid());
-    servers.push(Some(server));
-    let join = Instant::now();
-
-    // The client drops b once ZooKeeper expires its session, and picks d up once it
-    // registers.
-    let victim_key = format!("{path}/{victim}");
-    let joiner_key = format!("{path}/{joiner}");
-    let (mut dropped, mut picked) = (false, false);
-    let settled = wait_until(PATIENCE, || {
-        let endpoints = endpoints(&client);
-        if !dropped && !endpoints.iter().any(|(key, _)| *key == victim_key) {
-            dropped = true;
-            println!(
-                "the client dropped {victim} {} ms after the crash, when its session expired \
-                 (timeout {} s)",
-                crash.elapsed().as_millis(),
-                SESSION.as_secs()
-            );
-        }
-        if !picked
-            && (endpoints.iter())
-                .any(|(key, state)| *key == joiner_key && *state == EndpointState::Ready)
-        {
-            picked = true;
-            println!(
-                "the client connected to {joiner} {} ms after it started",
-                join.elapsed().as_millis()
-            );
-        }
-        dropped && picked
-    })
-    .await;
-    let shared = settled
-        && wait_until(PATIENCE, || {
-            load.answered(AFTER_CRASH, JOINER) >= FAIR_SHARE
-        })
-        .await;
-    let tally = load.stop().await?;
-    tally.print_summary(
-        &client,
-        &format!("{victim}'s session expired and {joiner} took its share"),
-        &[
-            (&format!("before {victim} crashed"), 16),
-            (&format!("after ({joiner} joining)"), 19),
-        ],
-    );
-    println!();
-
-    println!("shutting the servers down gracefully (each deregisters, then drains)");
-    for server in servers.into_iter().flatten() {
-        server.stop()?;
-    }
-    let left = wait_until(PATIENCE, || endpoints(&client).is_empty()).await;
-    println!("the client has {} endpoints left", endpoints(&client).len());
-
-    if tally.report_failed() {
-        return Ok(ExitCode::FAILURE);
-    }
-    if !settled {
-        eprintln!(
-            "FAILED: within {PATIENCE:?}, the client did not drop {victim} or did not pick up {joiner}"
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    if !shared {
-        eprintln!("FAILED: {joiner} did not answer {FAIR_SHARE} calls within {PATIENCE:?}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if !left {
-        eprintln!("FAILED: the servers shut down, but the client still lists some");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The keys of the client's connected endpoints, sorted.
-fn connected(client: &InventoryClient) -> Vec<String> {
-    let mut keys: Vec<String> = (endpoints(client).into_iter())
-        .filter(|(_, state)| *state == EndpointState::Ready)
-        .map(|(key, _)| key)
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// The nodes these servers register as, sorted.
-fn registered(names: &[&str], path: &str) -> Vec<String> {
-    let mut keys: Vec<String> = names.iter().map(|name| format!("{path}/{name}")).collect();
-    keys.sort();
-    keys
+    let registry = Registry {
+        name: "ZooKeeper",
+        addr: &zookeeper,
+        under: &path,
+        holder: "session",
+        expiry: &format!("timeout {} s", SESSION.as_secs()),
+    };
+    registry.drive(discovery).await
 }
 
 /// A ZooKeeper of our own on a free loopback port, with a temporary data directory; killed
