@@ -6,15 +6,18 @@
 //! `nats` of this crate (`cargo test --workspace --all-features`). Tests wait for conditions
 //! under a hang guard; none sleeps to let something happen, and none asserts on timing.
 
+#[path = "common/cuttable.rs"]
+mod cuttable;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use rpc_core::{service, ErrorKind, Keepalive, Server, Streaming};
 use rpc_examples::nats_process::{NatsProcess, StartError};
 use rpc_transport::nats::{self, async_nats};
-use tokio::net::TcpListener;
+
+use cuttable::Cuttable;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -334,61 +337,18 @@ async fn garbage_and_other_versions_on_the_subject_do_no_harm() {
 // ---------------------------------------------------------------------------------------
 // Failure modes
 
-/// A TCP relay between one member and NATS, so that the test can cut the member off as a
-/// crash would (NATS sees its connection close), while its handlers still run.
-struct Relay {
-    port: u16,
-    task: JoinHandle<()>,
-    links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Relay {
-    async fn start(nats_port: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let links = links.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut outbound) =
-                            tokio::net::TcpStream::connect(("127.0.0.1", nats_port)).await
-                        {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    links.lock().unwrap().push(link);
-                }
-            }
-        });
-        Relay { port, task, links }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Cuts every connection and accepts no more: the member behind it is gone for good.
-    fn cut(&self) {
-        self.task.abort();
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
+fn addr_of(url: &str) -> String {
+    url.trim_start_matches("nats://").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_mid_call_retries_idempotent_calls_elsewhere_and_fails_the_rest() {
     let server = start_nats(None).await;
-    let relay = Relay::start(port_of(&server.url())).await;
+    // A network cut between member "a" and NATS: NATS sees its connection close, as it
+    // would at a crash, while its handlers still run.
+    let relay = Cuttable::to(addr_of(&server.url())).await;
     // Member "a" holds every call; it is alone when the client connects, so it is the one.
-    let mut doomed = serve(&relay.url(), "a", true).await;
+    let mut doomed = serve(&format!("nats://{}", relay.addr()), "a", true).await;
     let nats = nats_client(&server.url()).await;
     let client = depot_client(&nats);
     assert_eq!(guard(client.name()).await.unwrap(), "a");

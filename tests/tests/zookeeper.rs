@@ -8,21 +8,21 @@
 //! --workspace --all-features`). Tests wait for conditions by polling them under a hang
 //! guard; none sleeps to let something happen, and none asserts on timing.
 
+#[path = "common/cuttable.rs"]
+mod cuttable;
 #[path = "common/registry.rs"]
 mod registry;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_examples::inventory::free_ports;
 use rpc_examples::zk_process::{StartError, ZkProcess as Zk};
 use rpc_transport::zookeeper::{self, Registration, ZkDiscovery, ZkRegistrar};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 // A ZooKeeper node is the key of the endpoint it lists.
+use cuttable::Cuttable;
 use registry::{
     answered_by_all, endpoints, eventually, fast, guard, key as node, keys as nodes, logs,
     only_answered_by, ready, serve_unregistered, weights, TestServer, WhereClient, HANG_GUARD,
@@ -52,67 +52,6 @@ fn started<T>(result: Result<T, StartError>) -> T {
         }
         err => panic!("{err}"),
     })
-}
-
-/// A TCP proxy to ZooKeeper that the test can cut (every connection through it dropped, new
-/// ones refused) and mend: a network cut between one server and ZooKeeper.
-struct Cuttable {
-    port: u16,
-    open: Arc<watch::Sender<bool>>,
-    task: JoinHandle<()>,
-}
-
-impl Cuttable {
-    async fn to(zk: &Zk) -> Cuttable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (open, _) = watch::channel(true);
-        let open = Arc::new(open);
-        let target = zk.addr();
-        let task = tokio::spawn({
-            let open = Arc::clone(&open);
-            async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let mut is_open = open.subscribe();
-                    if !*is_open.borrow_and_update() {
-                        continue; // dropped: refused
-                    }
-                    let target = target.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = is_open.wait_for(|open| !*open) => {}
-                        }
-                    });
-                }
-            }
-        });
-        Cuttable { port, open, task }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn mend(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Drop for Cuttable {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -298,7 +237,7 @@ async fn a_cut_off_server_drops_out_and_registers_again() {
     let zk = start_zk().await;
     let _b = start_server(&zk, "b").await;
     // a talks to ZooKeeper through a link the test can cut.
-    let link = Cuttable::to(&zk).await;
+    let link = Cuttable::to(zk.addr()).await;
     let (registration, _a) = serve_a_registered_by_hand(&link.addr()).await;
     let first_session = registration.session_id();
     let client = client(&zk.addr());
