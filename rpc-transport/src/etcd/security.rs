@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+use crate::tls;
 
 use super::{attempt, EtcdError, PING_INTERVAL, PING_TIMEOUT};
 
@@ -318,25 +321,24 @@ impl Connection {
     }
 }
 
+/// The host of `host_port` (without an IPv6 address's brackets), for a TLS server name.
+fn host(host_port: &str) -> Option<String> {
+    let (host, _port) = host_port.rsplit_once(':')?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
 /// Whether the server at `host_port` speaks TLS: it goes as far in a handshake as to show a
 /// certificate (which, trusting no CA, we refuse).
 async fn speaks_tls(host_port: &str) -> bool {
-    use std::sync::Arc;
-    use tokio_rustls::rustls::pki_types::ServerName;
-
-    let Some((host, _port)) = host_port.rsplit_once(':') else {
+    let Some(name) = host(host_port).and_then(|host| ServerName::try_from(host).ok()) else {
         return false;
     };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let Ok(name) = ServerName::try_from(host) else {
-        return false;
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(builder) =
-        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
     else {
         return false;
     };
@@ -364,38 +366,19 @@ impl EtcdTls {
     /// Shakes hands with `host_port` as [`Connection::diagnose`] describes; what went wrong,
     /// if the handshake or the first read after it fails for a TLS reason.
     async fn probe(&self, host_port: &str) -> Option<TlsProblem> {
-        use std::sync::Arc;
         use tokio::io::AsyncReadExt;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.ok()?).ok()?;
+        let mut config = match &self.identity {
+            Some((cert, key)) => tls::client_config_mtls(&self.ca_pem, cert, key),
+            None => tls::client_config(&self.ca_pem),
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .with_root_certificates(roots);
-        let config = match &self.identity {
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .ok()?;
-                let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).ok()?;
-                builder.with_client_auth_cert(chain, key).ok()?
-            }
-            None => builder.with_no_client_auth(),
-        };
+        .ok()?;
+        // As etcd-client's own handshake would, but offering no protocol: the probe only
+        // reads what etcd thinks of the handshake.
+        config.alpn_protocols.clear();
         let host = match &self.domain_name {
             Some(name) => name.clone(),
-            None => {
-                let (host, _port) = host_port.rsplit_once(':')?;
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string()
-            }
+            None => host(host_port)?,
         };
         let name = ServerName::try_from(host).ok()?;
         let tcp = tokio::net::TcpStream::connect(host_port).await.ok()?;
